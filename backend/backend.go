@@ -1,0 +1,297 @@
+// Package backend defines the contract between carrot and the message brokers it talks to.
+//
+// Users of carrot do not import this package; they import the root package and open a
+// connection from a URL. Backend authors implement [Driver], [Conn] and [Subscription] here
+// and register the driver with carrot.Register in their package's init function, the way
+// database/sql drivers register with sql.Register.
+//
+// # Division of labour
+//
+// The portable layer (package carrot) owns every invariant: it validates names and
+// properties, encodes and decodes bodies, normalises header values, makes sure a delivery is
+// settled at most once, runs the consume loop, handles shutdown and turns backend errors
+// into carrot's sentinel errors. A backend does the broker I/O and nothing else:
+//
+//   - it receives only validated input (names no longer than 255 bytes, header values of the
+//     types listed on [Message], an Expiration in whole milliseconds, a Timestamp in whole
+//     seconds);
+//   - it returns its client's errors as they are and classifies them in [Conn.ErrorCode];
+//   - it reports what it supports in [Capabilities]; carrot refuses operations that need a
+//     capability the backend lacks, so a backend never fakes one;
+//   - it owns its network connection, and when that connection breaks it is the backend's job
+//     to reconnect, declare again the topology it declared and resume its subscriptions.
+//
+// This package imports only the standard library.
+package backend
+
+import (
+	"context"
+	"time"
+)
+
+// A Driver opens connections to one kind of broker.
+type Driver interface {
+	// Open connects to the broker named by rawURL. The URL's scheme is one the driver was
+	// registered under; its query options are the driver's to define, and unknown options
+	// must be an error. Errors must not contain the URL's password.
+	Open(ctx context.Context, rawURL string) (Conn, error)
+}
+
+// A Conn is a connection to a broker. All its methods may be called concurrently, except
+// Close, which is called once, after every other call has returned.
+type Conn interface {
+	// Capabilities reports what the connection supports. It must not change over the life
+	// of the Conn.
+	Capabilities() Capabilities
+
+	// DeclareExchange creates an exchange, or checks that an existing one has the same
+	// kind and flags. With Passive set it only checks that the exchange exists.
+	DeclareExchange(ctx context.Context, x Exchange) error
+
+	// DeleteExchange removes an exchange and its bindings. Deleting an exchange that does
+	// not exist is not an error.
+	DeleteExchange(ctx context.Context, name string) error
+
+	// DeclareQueue creates a queue, or checks that an existing one has the same flags and
+	// arguments. With Passive set it only checks that the queue exists.
+	DeclareQueue(ctx context.Context, q Queue) error
+
+	// DeleteQueue removes a queue, its bindings and its messages. Deleting a queue that does
+	// not exist is not an error.
+	DeleteQueue(ctx context.Context, name string) error
+
+	// Bind routes messages published to b.Exchange whose routing key matches b.Key to
+	// b.Queue. Binding twice with the same key is not an error.
+	Bind(ctx context.Context, b Binding) error
+
+	// Unbind removes a binding. Removing a binding that does not exist is not an error.
+	Unbind(ctx context.Context, b Binding) error
+
+	// Publish sends a message to an exchange. When p.Confirm is set, Publish returns only
+	// after the broker has taken responsibility for the message (a publisher confirm, an
+	// accepted outcome, a completed write), or with an error if it refused it. When
+	// p.Mandatory is set and the message matched no queue, Publish returns an error that
+	// ErrorCode classifies as [Unroutable]. Publish must not keep p or p.Body after it
+	// returns.
+	Publish(ctx context.Context, p *Publishing) error
+
+	// Get removes one message from the head of a queue and returns it, or returns nil, nil
+	// at once when the queue is empty; it never waits for a message to arrive. With autoAck
+	// set the message is settled on delivery and the returned Delivery has no Settler.
+	// Otherwise the message stays unacknowledged until it is settled, or until the Conn
+	// closes, when it goes back to its queue.
+	Get(ctx context.Context, queue string, autoAck bool) (*Delivery, error)
+
+	// Consume starts delivering messages from a queue. The broker must not hand the
+	// subscription more than opts.Prefetch unsettled messages at a time (unless AutoAck is
+	// set, or Prefetch is 0 for no limit).
+	Consume(ctx context.Context, opts ConsumeOptions) (Subscription, error)
+
+	// Purge removes every ready message from a queue and returns how many it removed.
+	// Messages delivered but not yet settled are not counted and not removed.
+	Purge(ctx context.Context, queue string) (int, error)
+
+	// ErrorCode classifies an error returned by any method of this Conn, its
+	// Subscriptions or its Settlers.
+	ErrorCode(err error) Code
+
+	// As sets target to the underlying client value it points to, if the backend has one of
+	// that type, and reports whether it did. Each backend lists the types it supports.
+	As(target any) bool
+
+	// Close closes the connection. Unsettled deliveries go back to their queues, exclusive
+	// queues declared on this connection are deleted. Close is called once.
+	Close() error
+}
+
+// A Subscription delivers messages from one queue, in the order the broker hands them out.
+type Subscription interface {
+	// Receive blocks until a message arrives, ctx is done, or the subscription fails. It
+	// returns ctx.Err() unwrapped when ctx is done. Receive is never called concurrently
+	// with itself or with Close.
+	Receive(ctx context.Context) (*Delivery, error)
+
+	// Close stops the subscription. Messages it delivered that are not yet settled go back
+	// to the queue, flagged as redelivered; settling them afterwards returns an error.
+	// Close is called once, after the last Receive has returned.
+	Close() error
+}
+
+// A Settler settles one delivery.
+type Settler interface {
+	// Settle acknowledges, requeues or rejects the delivery. It is called at most once per
+	// delivery, and may be called concurrently with the settling of other deliveries, with
+	// Receive and with Get.
+	Settle(ctx context.Context, o Outcome) error
+}
+
+// An Outcome is how a consumer settles a delivery.
+type Outcome int
+
+const (
+	// Ack removes the message from its queue: it was handled.
+	Ack Outcome = iota
+	// Requeue puts the message back in its queue, to be delivered again with the
+	// redelivered flag set.
+	Requeue
+	// Reject removes the message from its queue without handling it. The broker sends it
+	// to the queue's dead-letter exchange if it has one, and drops it otherwise.
+	Reject
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Ack:
+		return "ack"
+	case Requeue:
+		return "requeue"
+	case Reject:
+		return "reject"
+	}
+	return "outcome(?)"
+}
+
+// ExchangeKind is the routing algorithm of an exchange. The names are those of AMQP 0-9-1.
+type ExchangeKind string
+
+const (
+	// Direct routes a message to the queues bound with a key equal to its routing key.
+	Direct ExchangeKind = "direct"
+	// Fanout routes a message to every bound queue, whatever its routing key.
+	Fanout ExchangeKind = "fanout"
+	// Topic routes a message to the queues bound with a pattern that matches its routing
+	// key: words are separated by dots, "*" matches exactly one word and "#" zero or more.
+	Topic ExchangeKind = "topic"
+)
+
+// Exchange describes an exchange to declare.
+type Exchange struct {
+	Name       string
+	Kind       ExchangeKind // never empty
+	Durable    bool         // survives a broker restart
+	AutoDelete bool         // deleted when its last binding is removed
+	Passive    bool         // only check that it exists
+	Args       map[string]any
+}
+
+// Queue describes a queue to declare. Zero values mean "not set".
+type Queue struct {
+	Name       string
+	Durable    bool // survives a broker restart
+	Exclusive  bool // used by the declaring connection only, deleted when it closes
+	AutoDelete bool // deleted when its last consumer goes away
+	Passive    bool // only check that it exists
+
+	MessageTTL           time.Duration // messages expire after this long in the queue
+	MaxLength            int           // the oldest messages are dropped (or dead-lettered) beyond this many
+	MaxPriority          uint8         // the queue delivers higher priorities first, up to this one
+	DeadLetterExchange   string        // where rejected, expired and dropped messages go
+	DeadLetterRoutingKey string        // their routing key there; empty keeps the original key
+
+	// Args holds broker-specific arguments, such as RabbitMQ's "x-queue-type". A backend
+	// returns an error for arguments it does not understand.
+	Args map[string]any
+}
+
+// Binding routes messages from an exchange to a queue.
+type Binding struct {
+	Exchange string
+	Queue    string
+	Key      string // the routing key (direct), pattern (topic), or ignored (fanout)
+}
+
+// Message is the content and properties of a message, as published and as delivered.
+//
+// Header values are of the types string, []byte, bool, int64, float64, time.Time (UTC,
+// whole seconds) or nil; carrot converts other integer and float types before they reach a
+// backend, and backends return these types on delivery.
+type Message struct {
+	Body            []byte
+	RoutingKey      string
+	ContentType     string
+	ContentEncoding string
+	Headers         map[string]any
+	Persistent      bool
+	Priority        uint8
+	Expiration      time.Duration // per-message time to live, whole milliseconds; 0 for none
+	MessageID       string
+	CorrelationID   string
+	ReplyTo         string
+	Timestamp       time.Time // whole seconds; zero for none
+}
+
+// Publishing is a message on its way to an exchange.
+type Publishing struct {
+	Message
+	Exchange  string // "" is the default exchange, which routes to the queue named by the routing key
+	Mandatory bool   // a message that matches no queue is an error, not dropped
+	Confirm   bool   // wait until the broker has taken the message
+}
+
+// Delivery is a message handed to a consumer.
+type Delivery struct {
+	Message
+	Exchange      string // the exchange it was published to
+	Redelivered   bool   // it may have been delivered before
+	DeliveryCount int    // how many times it has been delivered, this one included; 0 if unknown
+	Settler       Settler
+	Raw           any // the client's own delivery value, for As; may be nil
+}
+
+// ConsumeOptions says how to consume a queue.
+type ConsumeOptions struct {
+	Queue    string
+	Prefetch int  // most unsettled deliveries at a time; 0 for no limit
+	AutoAck  bool // settle messages on delivery; the deliveries have no Settler
+	Tag      string
+}
+
+// Capabilities is what a connection supports. The zero value supports only what every
+// backend must: direct, fanout and topic exchanges, durable and non-durable queues,
+// bindings, publish, get, consume with a prefetch limit, ack, requeue, reject (as a drop),
+// purge, and every message property round-tripped unchanged.
+type Capabilities struct {
+	Confirms      bool  // Publish with Confirm waits for the broker to take the message
+	Mandatory     bool  // Publish with Mandatory reports unroutable messages
+	DeadLetter    bool  // Queue.DeadLetterExchange is honoured on reject, expiry and overflow
+	MessageTTL    bool  // Message.Expiration is honoured
+	QueueTTL      bool  // Queue.MessageTTL is honoured
+	MaxLength     bool  // Queue.MaxLength is honoured
+	Priority      bool  // Queue.MaxPriority is honoured
+	DeliveryCount bool  // Delivery.DeliveryCount is set
+	Exclusive     bool  // Queue.Exclusive is honoured
+	AutoDelete    bool  // Queue.AutoDelete and Exchange.AutoDelete are honoured
+	Persistence   bool  // durable queues and persistent messages survive a broker restart
+	SharedAcross  bool  // other processes can reach the same broker (false for in-process brokers)
+	MaxBodySize   int64 // the largest body the broker accepts, in bytes; 0 for no known limit
+}
+
+// Code classifies a backend error.
+type Code int
+
+const (
+	// Unknown is an error the backend cannot classify.
+	Unknown Code = iota
+	// NotFound: the exchange or queue does not exist.
+	NotFound
+	// Mismatch: a declaration conflicts with an existing exchange or queue.
+	Mismatch
+	// Unroutable: a mandatory message matched no queue.
+	Unroutable
+	// Refused: the broker would not take a message (a negative confirm, a rejected
+	// outcome, a full queue that refuses publishes).
+	Refused
+	// InUse: the resource is locked by another connection (an exclusive queue).
+	InUse
+	// TooLarge: the message is larger than the broker accepts.
+	TooLarge
+	// Unavailable: the connection to the broker is broken or the broker is down; the
+	// operation may succeed if retried.
+	Unavailable
+	// Closed: the connection, subscription or delivery was closed by this process.
+	Closed
+	// Unsupported: the backend does not support the operation or argument.
+	Unsupported
+	// Invalid: the broker rejected the request as malformed.
+	Invalid
+)

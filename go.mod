@@ -1,0 +1,3 @@
+module github.com/carrot-go/carrot
+
+go 1.26
