@@ -26,6 +26,8 @@ package backend
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 )
 
@@ -37,8 +39,9 @@ type Driver interface {
 	Open(ctx context.Context, rawURL string) (Conn, error)
 }
 
-// A Conn is a connection to a broker. All its methods may be called concurrently, except
-// Close, which is called once, after every other call has returned.
+// A Conn is a connection to a broker. All its methods may be called concurrently. Close is
+// called once; calls still in progress when it is called must then return promptly with
+// an error that ErrorCode classifies as Closed, and calls after it likewise.
 type Conn interface {
 	// Capabilities reports what the connection supports. It must not change over the life
 	// of the Conn.
@@ -100,7 +103,8 @@ type Conn interface {
 	As(target any) bool
 
 	// Close closes the connection. Unsettled deliveries go back to their queues, exclusive
-	// queues declared on this connection are deleted. Close is called once.
+	// queues declared on this connection are deleted. Close is called once, after every
+	// Subscription of the Conn has been closed.
 	Close() error
 }
 
@@ -295,3 +299,28 @@ const (
 	// Invalid: the broker rejected the request as malformed.
 	Invalid
 )
+
+// Errorf returns an error classified by code, with a message formatted as by fmt.Errorf
+// (so %w wraps). Backends that make their own errors can use it, and classify them with
+// [CodeOf] in ErrorCode. Errors from Driver.Open are classified this way too: a bad URL
+// should be Invalid; an error without a code counts as Unavailable.
+func Errorf(code Code, format string, args ...any) error {
+	return &codeError{code: code, err: fmt.Errorf(format, args...)}
+}
+
+// CodeOf returns the code of the first error in err's tree made by [Errorf], or Unknown.
+func CodeOf(err error) Code {
+	var ce *codeError
+	if errors.As(err, &ce) {
+		return ce.code
+	}
+	return Unknown
+}
+
+type codeError struct {
+	code Code
+	err  error
+}
+
+func (e *codeError) Error() string { return e.err.Error() }
+func (e *codeError) Unwrap() error { return e.err }

@@ -1,0 +1,322 @@
+package memory
+
+import (
+	"bytes"
+	"cmp"
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/topic"
+)
+
+// broker is one in-process broker: its exchanges, queues and messages. One mutex guards
+// all of it; nothing in it blocks while holding the mutex.
+type broker struct {
+	mu        sync.Mutex
+	exchanges map[string]*exchange
+	queues    map[string]*queue
+	seq       uint64 // orders entries, so requeued messages go back in their original order
+}
+
+// The exchanges every broker starts with, as in RabbitMQ.
+var builtinExchanges = []backend.Exchange{
+	{Name: "amq.direct", Kind: backend.Direct, Durable: true},
+	{Name: "amq.fanout", Kind: backend.Fanout, Durable: true},
+	{Name: "amq.topic", Kind: backend.Topic, Durable: true},
+}
+
+func newBroker() *broker {
+	b := &broker{exchanges: make(map[string]*exchange), queues: make(map[string]*queue)}
+	for _, x := range builtinExchanges {
+		b.exchanges[x.Name] = &exchange{def: x}
+	}
+	return b
+}
+
+type exchange struct {
+	def      backend.Exchange
+	bindings []*binding // in the order they were made
+}
+
+type binding struct {
+	queue   *queue
+	key     string
+	pattern topic.Pattern // for topic exchanges
+}
+
+func (x *exchange) matches(bd *binding, key string) bool {
+	switch x.def.Kind {
+	case backend.Fanout:
+		return true
+	case backend.Topic:
+		return bd.pattern.Match(key)
+	default:
+		return bd.key == key
+	}
+}
+
+type queue struct {
+	def         backend.Queue
+	levels      []deque // one per priority level, the highest last
+	owner       *Conn   // of an exclusive queue
+	consumers   int
+	hadConsumer bool
+	deleted     bool
+	changed     chan struct{} // closed, and replaced, when a waiting Receive may proceed
+	timer       *time.Timer   // fires when the message at a head expires
+}
+
+// entry is a message in a queue, or delivered from it and not yet settled.
+type entry struct {
+	msg         backend.Message // Body and Headers are the broker's own copies, never modified
+	exchange    string
+	seq         uint64
+	redelivered bool
+	deliveries  int
+	expires     time.Time // zero for never
+	deadFrom    []string  // queues that dead-lettered it for expiry or overflow, to break cycles
+	level       int       // priority level
+}
+
+func newQueue(def backend.Queue, owner *Conn) *queue {
+	q := &queue{def: def, levels: make([]deque, int(def.MaxPriority)+1), changed: make(chan struct{})}
+	if def.Exclusive {
+		q.owner = owner
+	}
+	return q
+}
+
+// signal wakes every Receive waiting on the queue.
+func (q *queue) signal() {
+	close(q.changed)
+	q.changed = make(chan struct{})
+}
+
+func (q *queue) ready() int {
+	n := 0
+	for i := range q.levels {
+		n += q.levels[i].len()
+	}
+	return n
+}
+
+// usableBy reports whether c may use the queue: anyone may, unless it is exclusive to
+// another connection.
+func (q *queue) usableBy(c *Conn) error {
+	if q.owner != nil && q.owner != c {
+		return backend.Errorf(backend.InUse, "queue %q is exclusive to another connection", q.def.Name)
+	}
+	return nil
+}
+
+// route returns the queues a message published to exchange with key goes to, each once.
+func (b *broker) route(exchangeName, key string) ([]*queue, error) {
+	if exchangeName == "" {
+		if q := b.queues[key]; q != nil {
+			return []*queue{q}, nil
+		}
+		return nil, nil
+	}
+	x := b.exchanges[exchangeName]
+	if x == nil {
+		return nil, backend.Errorf(backend.NotFound, "exchange %q not found", exchangeName)
+	}
+	var qs []*queue
+	for _, bd := range x.bindings {
+		if x.matches(bd, key) && !slices.Contains(qs, bd.queue) {
+			qs = append(qs, bd.queue)
+		}
+	}
+	return qs, nil
+}
+
+// enqueue appends a message to the back of q, then enforces its max length.
+func (b *broker) enqueue(q *queue, e *entry, now time.Time) {
+	b.seq++
+	e.seq = b.seq
+	ttl := e.msg.Expiration
+	if q.def.MessageTTL > 0 && (ttl == 0 || q.def.MessageTTL < ttl) {
+		ttl = q.def.MessageTTL
+	}
+	if ttl > 0 {
+		e.expires = now.Add(ttl)
+	}
+	e.level = min(int(e.msg.Priority), len(q.levels)-1)
+	q.levels[e.level].pushBack(e)
+	for q.def.MaxLength > 0 && q.ready() > q.def.MaxLength {
+		// Drop from the head, the lowest priority first, as RabbitMQ's default overflow does.
+		for i := range q.levels {
+			if dropped := q.levels[i].popFront(); dropped != nil {
+				b.deadLetter(q, dropped, "maxlen", now)
+				break
+			}
+		}
+	}
+	b.scheduleExpiry(q, now)
+	q.signal()
+}
+
+// requeue puts delivered entries back at the head of q in their original order.
+func (b *broker) requeue(q *queue, es []*entry, now time.Time) {
+	if q.deleted {
+		return
+	}
+	slices.SortFunc(es, func(a, b *entry) int { return cmp.Compare(b.seq, a.seq) })
+	for _, e := range es { // the latest first, so the earliest ends up at the head
+		e.redelivered = true
+		q.levels[e.level].pushFront(e)
+	}
+	b.scheduleExpiry(q, now)
+	q.signal()
+}
+
+// pop removes the next live message from q, highest priority first, dead-lettering the
+// expired ones it finds at the heads. It returns nil if q has none.
+func (b *broker) pop(q *queue, now time.Time) *entry {
+	b.expire(q, now)
+	for i := len(q.levels) - 1; i >= 0; i-- {
+		if e := q.levels[i].popFront(); e != nil {
+			e.deliveries++
+			return e
+		}
+	}
+	return nil
+}
+
+// expire dead-letters the expired messages at the heads of q; as in RabbitMQ, a message
+// behind a live one waits until it reaches the head.
+func (b *broker) expire(q *queue, now time.Time) {
+	for i := range q.levels {
+		l := &q.levels[i]
+		for e := l.front(); e != nil && !e.expires.IsZero() && !now.Before(e.expires); e = l.front() {
+			l.popFront()
+			b.deadLetter(q, e, "expired", now)
+		}
+	}
+}
+
+// scheduleExpiry arms q's timer for the earliest expiry among the heads of its levels, so
+// that expired messages are dead-lettered even when nobody reads the queue.
+func (b *broker) scheduleExpiry(q *queue, now time.Time) {
+	var next time.Time
+	for i := range q.levels {
+		if e := q.levels[i].front(); e != nil && !e.expires.IsZero() && (next.IsZero() || e.expires.Before(next)) {
+			next = e.expires
+		}
+	}
+	if q.timer != nil {
+		q.timer.Stop()
+		q.timer = nil
+	}
+	if next.IsZero() || q.deleted {
+		return
+	}
+	q.timer = time.AfterFunc(next.Sub(now), func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if q.deleted {
+			return
+		}
+		now := time.Now()
+		b.expire(q, now)
+		b.scheduleExpiry(q, now)
+	})
+}
+
+// deadLetter sends an entry that left q for reason ("rejected", "expired" or "maxlen") to
+// q's dead-letter exchange, or drops it if q has none. A message that would expire or
+// overflow out of the same queue twice is dropped, as RabbitMQ drops dead-letter cycles.
+func (b *broker) deadLetter(q *queue, e *entry, reason string, now time.Time) {
+	dlx := q.def.DeadLetterExchange
+	if dlx == "" {
+		return
+	}
+	if reason != "rejected" {
+		if slices.Contains(e.deadFrom, q.def.Name) {
+			return
+		}
+	}
+	key := q.def.DeadLetterRoutingKey
+	if key == "" {
+		key = e.msg.RoutingKey
+	}
+	targets, err := b.route(dlx, key)
+	if err != nil {
+		return // a missing dead-letter exchange drops the message, as in RabbitMQ
+	}
+	msg := e.msg
+	msg.Expiration = 0 // RabbitMQ drops the expiration of dead-lettered messages
+	deadFrom := e.deadFrom
+	if reason != "rejected" {
+		deadFrom = append(slices.Clip(deadFrom), q.def.Name)
+	}
+	for _, t := range targets {
+		b.enqueue(t, &entry{msg: msg, exchange: dlx, deadFrom: deadFrom}, now)
+	}
+}
+
+// deleteQueue removes q with its bindings and messages.
+func (b *broker) deleteQueue(q *queue) {
+	if q.deleted {
+		return
+	}
+	q.deleted = true
+	delete(b.queues, q.def.Name)
+	for _, x := range b.exchanges {
+		n := len(x.bindings)
+		x.bindings = slices.DeleteFunc(x.bindings, func(bd *binding) bool { return bd.queue == q })
+		if len(x.bindings) < n {
+			b.autoDeleteExchange(x)
+		}
+	}
+	for i := range q.levels {
+		q.levels[i].clear()
+	}
+	if q.timer != nil {
+		q.timer.Stop()
+	}
+	q.signal()
+}
+
+// autoDeleteExchange deletes an auto-delete exchange that lost its last binding.
+func (b *broker) autoDeleteExchange(x *exchange) {
+	if x.def.AutoDelete && len(x.bindings) == 0 {
+		delete(b.exchanges, x.def.Name)
+	}
+}
+
+// copyMessage returns m with its own copies of the body and headers, so the caller's
+// buffers can be reused and the receiver's modified without touching the broker's.
+func copyMessage(m backend.Message) backend.Message {
+	m.Body = bytes.Clone(m.Body)
+	if m.Body == nil {
+		m.Body = []byte{}
+	}
+	if m.Headers != nil {
+		h := make(map[string]any, len(m.Headers))
+		for k, v := range m.Headers {
+			if b, ok := v.([]byte); ok {
+				v = bytes.Clone(b)
+			}
+			h[k] = v
+		}
+		m.Headers = h
+	}
+	return m
+}
+
+// sameArgs compares declaration arguments, treating nil and empty as equal.
+func sameArgs(a, b map[string]any) bool {
+	if len(a) == 0 && len(b) == 0 {
+		return true
+	}
+	return maps.EqualFunc(a, b, func(x, y any) bool { return reflect.DeepEqual(x, y) })
+}
+
+// reserved reports whether a name is reserved for the broker, as RabbitMQ reserves "amq.".
+func reserved(name string) bool { return strings.HasPrefix(name, "amq.") }

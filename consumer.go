@@ -1,0 +1,422 @@
+package carrot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/carrot-go/carrot/backend"
+)
+
+// A Handler receives messages from a [Consumer]. It is the Go form of the seed's
+// subclassing: a type with a Receive method, holding what it needs in its fields.
+//
+// Receive should settle the message with Ack, Requeue or Reject. If it returns an error
+// without settling the message, the Consumer requeues it, or rejects it when the error is a
+// [*DecodeError] (a body that will not decode will not decode next time either), and logs
+// the error. If it returns nil without settling, the message stays in flight until it is
+// settled later or the consumer closes: that is how handlers hand messages on to other
+// goroutines.
+type Handler interface {
+	Receive(ctx context.Context, m *Message) error
+}
+
+// HandlerFunc adapts a function to a [Handler]; it is the seed's callback.
+type HandlerFunc func(ctx context.Context, m *Message) error
+
+// Receive calls f(ctx, m).
+func (f HandlerFunc) Receive(ctx context.Context, m *Message) error { return f(ctx, m) }
+
+// Decoded returns a handler that decodes each message into a T and passes both to fn, like
+// the seed's callback(message_data, message). A message that does not decode is rejected
+// and logged, without calling fn.
+func Decoded[T any](fn func(ctx context.Context, v T, m *Message) error) HandlerFunc {
+	return func(ctx context.Context, m *Message) error {
+		var v T
+		if err := m.Decode(&v); err != nil {
+			return err
+		}
+		return fn(ctx, v, m)
+	}
+}
+
+// ConsumerOptions configures a [Consumer].
+type ConsumerOptions struct {
+	// Queues are the queues to consume, each declared with its exchange and bindings when
+	// the Consumer is made. Several queues make the seed's ConsumerSet. At least one.
+	Queues []Queue
+
+	// Handler receives the messages, after which come any registered with
+	// [Consumer.Register].
+	Handler Handler
+
+	// Prefetch is the most messages of each queue delivered to the consumer and not yet
+	// settled. Zero means the backend's default, which is bounded; see its documentation.
+	Prefetch int
+
+	// Concurrency is how many handlers run at once; 1 when zero, which delivers each
+	// queue's messages in order.
+	Concurrency int
+
+	// NoAck makes the broker consider messages settled as soon as it delivers them: faster,
+	// and a message is lost if the consumer fails while handling it.
+	NoAck bool
+
+	// Accept lists the content types Decode accepts; every registered codec when empty.
+	// Messages without a content type count as "application/octet-stream".
+	Accept []string
+
+	// Logger receives handler errors and panics; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// Consumer receives messages from one or more queues, with handlers in a consume loop
+// ([Consumer.Run]) or one at a time ([Consumer.Fetch]). It is safe for concurrent use.
+type Consumer struct {
+	conn   *Conn
+	opts   ConsumerOptions
+	queues []string
+	accept map[string]bool
+	log    *slog.Logger
+
+	mu        sync.Mutex
+	handlers  []Handler
+	closed    bool
+	run       *run
+	fetched   map[*Message]struct{} // fetched and not settled: requeued on Close
+	closeOnce sync.Once
+}
+
+// run is one call of Run in progress.
+type run struct {
+	stopReceiving  context.CancelFunc
+	cancelHandlers context.CancelFunc
+	stopped        atomic.Bool // by Shutdown or Close, rather than by its context
+	done           chan struct{}
+}
+
+// NewConsumer declares the queues of opts, with their exchanges and bindings, and returns
+// a Consumer for them.
+func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer, error) {
+	const op = "new consumer"
+	if len(opts.Queues) == 0 {
+		return nil, invalidf(op, "no queue to consume")
+	}
+	if opts.Prefetch < 0 {
+		return nil, invalidf(op, "prefetch %d is negative", opts.Prefetch)
+	}
+	if opts.Concurrency < 0 {
+		return nil, invalidf(op, "concurrency %d is negative", opts.Concurrency)
+	}
+	if opts.Concurrency == 0 {
+		opts.Concurrency = 1
+	}
+	cons := &Consumer{conn: c, opts: opts, log: opts.Logger, fetched: make(map[*Message]struct{})}
+	if cons.log == nil {
+		cons.log = slog.Default()
+	}
+	if len(opts.Accept) > 0 {
+		cons.accept = make(map[string]bool, len(opts.Accept))
+		for _, ct := range opts.Accept {
+			t, err := mediaType(ct)
+			if err != nil {
+				return nil, invalidf(op, "accept: %w", err)
+			}
+			cons.accept[t] = true
+		}
+	}
+	if opts.Handler != nil {
+		cons.handlers = append(cons.handlers, opts.Handler)
+	}
+	for _, q := range opts.Queues {
+		name, err := c.DeclareQueue(ctx, q)
+		if err != nil {
+			return nil, err
+		}
+		cons.queues = append(cons.queues, name)
+	}
+	if err := c.adopt(cons); err != nil {
+		return nil, err
+	}
+	return cons, nil
+}
+
+// Queues returns the names of the queues the consumer reads, including names generated
+// for queues declared without one.
+func (c *Consumer) Queues() []string { return slices.Clone(c.queues) }
+
+// Register adds a callback to the handlers that receive messages in [Consumer.Run], as
+// the seed's register_callback does. Handlers are called in the order registered; an error
+// from one stops the message going to the next. Register takes effect at the next Run.
+func (c *Consumer) Register(fn HandlerFunc) {
+	c.mu.Lock()
+	c.handlers = append(c.handlers, fn)
+	c.mu.Unlock()
+}
+
+// Run receives messages and passes them to the handlers until ctx ends, the consumer is
+// shut down or closed, or a queue fails (it was deleted, or the connection was lost for
+// good). It returns ctx.Err() when ctx ends, [ErrClosed] after Shutdown or Close, and the
+// failure otherwise. Before it returns, Run waits for the handlers in progress, whose
+// context is canceled when ctx ends or Close is called. Messages received and not yet
+// settled go back to their queues. Run may be called again after it returns.
+func (c *Consumer) Run(ctx context.Context) error {
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+		return ErrClosed
+	case c.run != nil:
+		c.mu.Unlock()
+		return invalidf("run", "the consumer is already running")
+	case len(c.handlers) == 0:
+		c.mu.Unlock()
+		return invalidf("run", "the consumer has no handler; set ConsumerOptions.Handler or call Register")
+	}
+	handlers := slices.Clone(c.handlers)
+	recvCtx, stopReceiving := context.WithCancel(ctx)
+	handlerCtx, cancelHandlers := context.WithCancel(ctx)
+	r := &run{stopReceiving: stopReceiving, cancelHandlers: cancelHandlers, done: make(chan struct{})}
+	c.run = r
+	c.mu.Unlock()
+
+	defer func() {
+		stopReceiving()
+		cancelHandlers()
+		c.mu.Lock()
+		c.run = nil
+		c.mu.Unlock()
+		close(r.done)
+	}()
+
+	subs := make([]backend.Subscription, 0, len(c.queues))
+	defer func() {
+		for _, s := range subs {
+			s.Close()
+		}
+	}()
+	for _, q := range c.queues {
+		sub, err := c.conn.b.Consume(recvCtx, backend.ConsumeOptions{Queue: q, Prefetch: c.opts.Prefetch, AutoAck: c.opts.NoAck})
+		if err != nil {
+			if r.stopped.Load() {
+				return ErrClosed
+			}
+			return c.conn.wrap(fmt.Sprintf("consume queue %q", q), err)
+		}
+		subs = append(subs, sub)
+	}
+
+	var (
+		msgs      = make(chan *Message)
+		failOnce  sync.Once
+		failure   error
+		receivers sync.WaitGroup
+		workers   sync.WaitGroup
+	)
+	for i, sub := range subs {
+		queue := c.queues[i]
+		receivers.Go(func() {
+			for {
+				d, err := sub.Receive(recvCtx)
+				if err != nil {
+					if recvCtx.Err() == nil {
+						failOnce.Do(func() { failure = c.conn.wrap(fmt.Sprintf("consume queue %q", queue), err) })
+						stopReceiving()
+					}
+					return
+				}
+				m := received(c.conn, d, queue, c.accept, nil)
+				if c.opts.NoAck {
+					msgs <- m // settled already: it must reach a handler
+					continue
+				}
+				select {
+				case msgs <- m:
+				case <-recvCtx.Done():
+					return // unsettled: closing the subscription returns it to the queue
+				}
+			}
+		})
+	}
+	for range c.opts.Concurrency {
+		workers.Go(func() {
+			for m := range msgs {
+				c.handle(handlerCtx, handlers, m)
+			}
+		})
+	}
+	<-recvCtx.Done()
+	receivers.Wait()
+	close(msgs)
+	workers.Wait()
+
+	switch {
+	case failure != nil:
+		return failure
+	case r.stopped.Load():
+		return ErrClosed
+	default:
+		return ctx.Err()
+	}
+}
+
+// handle passes m to the handlers and settles it if they failed and did not.
+func (c *Consumer) handle(ctx context.Context, handlers []Handler, m *Message) {
+	var err error
+	for _, h := range handlers {
+		if err = c.call(ctx, h, m); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		return
+	}
+	if c.opts.NoAck || m.isSettled() {
+		c.log.LogAttrs(ctx, slog.LevelError, "carrot: handler failed", slog.String("queue", m.Queue()), slog.String("message_id", m.MessageID), slog.Any("error", err))
+		return
+	}
+	settle, outcome := m.Requeue, "requeued"
+	if de := (*DecodeError)(nil); errors.As(err, &de) {
+		settle, outcome = m.Reject, "rejected"
+	}
+	serr := settle(context.WithoutCancel(ctx))
+	c.log.LogAttrs(ctx, slog.LevelError, "carrot: handler failed; message "+outcome,
+		slog.String("queue", m.Queue()), slog.String("message_id", m.MessageID), slog.Any("error", err))
+	if serr != nil {
+		c.log.LogAttrs(ctx, slog.LevelError, "carrot: settling a failed message", slog.String("queue", m.Queue()), slog.Any("error", serr))
+	}
+}
+
+// call runs one handler, turning a panic into an error.
+func (c *Consumer) call(ctx context.Context, h Handler, m *Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("carrot: handler panicked: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return h.Receive(ctx, m)
+}
+
+// Fetch returns the next message waiting in the consumer's queues (tried in order), or
+// [ErrEmpty] at once when there is none; it never waits for a message to arrive. The
+// message must be settled; if it is not when the consumer closes, it is requeued.
+func (c *Consumer) Fetch(ctx context.Context) (*Message, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	for _, q := range c.queues {
+		d, err := c.conn.b.Get(ctx, q, c.opts.NoAck)
+		if err != nil {
+			return nil, c.conn.wrap(fmt.Sprintf("fetch from queue %q", q), err)
+		}
+		if d == nil {
+			continue
+		}
+		m := received(c.conn, d, q, c.accept, c.forget)
+		if c.opts.NoAck {
+			return m, nil
+		}
+		c.mu.Lock()
+		closed := c.closed
+		if !closed {
+			c.fetched[m] = struct{}{}
+		}
+		c.mu.Unlock()
+		if closed {
+			m.Requeue(context.WithoutCancel(ctx))
+			return nil, ErrClosed
+		}
+		return m, nil
+	}
+	return nil, ErrEmpty
+}
+
+// forget is called when a fetched message is settled.
+func (c *Consumer) forget(m *Message) {
+	c.mu.Lock()
+	delete(c.fetched, m)
+	c.mu.Unlock()
+}
+
+// Purge removes the messages waiting in the consumer's queues and returns how many it
+// removed, as the seed's discard_all does.
+func (c *Consumer) Purge(ctx context.Context) (int, error) {
+	if c.isClosed() {
+		return 0, ErrClosed
+	}
+	total := 0
+	for _, q := range c.queues {
+		n, err := c.conn.Purge(ctx, q)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func (c *Consumer) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// Shutdown stops the consumer gracefully: Run stops receiving, the handlers in progress
+// finish and settle their messages, then the consumer closes. If ctx ends first, Shutdown
+// closes the consumer at once, canceling the handlers' context, and returns ctx.Err().
+func (c *Consumer) Shutdown(ctx context.Context) error {
+	c.mu.Lock()
+	c.closed = true
+	r := c.run
+	c.mu.Unlock()
+	if r != nil {
+		r.stopped.Store(true)
+		r.stopReceiving()
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			c.Close()
+			return ctx.Err()
+		}
+	}
+	return c.Close()
+}
+
+// closeRequeueTimeout bounds how long Close spends putting fetched, unsettled messages
+// back in their queues; the broker requeues them anyway when the connection closes.
+const closeRequeueTimeout = 5 * time.Second
+
+// Close stops the consumer at once: Run stops receiving, the handlers' context is
+// canceled, and Close waits for them to return. Messages received and not settled go back
+// to their queues. Close is idempotent; later calls on the consumer return [ErrClosed].
+func (c *Consumer) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		r := c.run
+		fetched := c.fetched
+		c.fetched = nil
+		c.mu.Unlock()
+		if r != nil {
+			r.stopped.Store(true)
+			r.stopReceiving()
+			r.cancelHandlers()
+			<-r.done
+		}
+		if len(fetched) > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), closeRequeueTimeout)
+			for m := range fetched {
+				m.settle(ctx, backend.Requeue)
+			}
+			cancel()
+		}
+		c.conn.release(c)
+	})
+	return nil
+}

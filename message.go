@@ -1,0 +1,322 @@
+package carrot
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"reflect"
+	"sync/atomic"
+	"time"
+
+	"github.com/carrot-go/carrot/backend"
+)
+
+// Table holds message headers and declaration arguments.
+//
+// Values are of the types every backend carries unchanged: string, []byte, bool, int64,
+// float64, time.Time and nil. carrot converts the other integer and float types (int,
+// uint8, float32, ...) to int64 and float64 when a message is published, and time.Time to
+// UTC whole seconds, the precision of AMQP 0-9-1; other types are an error.
+type Table map[string]any
+
+// DeliveryMode says whether a message is written to disk by the broker.
+type DeliveryMode uint8
+
+const (
+	// Transient messages are kept in memory only and lost if the broker restarts.
+	Transient DeliveryMode = 1
+	// Persistent messages survive a broker restart, in a durable queue. The zero
+	// DeliveryMode of a published message means Persistent.
+	Persistent DeliveryMode = 2
+)
+
+// Message is a message to publish, or one received from a queue.
+//
+// Received messages must be settled exactly once, with [Message.Ack], [Message.Requeue] or
+// [Message.Reject] (unless the consumer uses NoAck). Until then the broker counts them as
+// in flight; if the consumer or connection closes first, they go back to their queue.
+type Message struct {
+	Body            []byte
+	RoutingKey      string // when publishing, empty means the Publisher's routing key
+	ContentType     string // a MIME type such as "application/json"; it picks the codec for Decode
+	ContentEncoding string
+	Headers         Table
+	DeliveryMode    DeliveryMode  // Persistent when zero
+	Priority        uint8         // honoured by queues with a MaxPriority
+	Expiration      time.Duration // the message expires after this long in a queue; rounded up to milliseconds
+	MessageID       string
+	CorrelationID   string
+	ReplyTo         string
+	Timestamp       time.Time // carried in whole seconds
+
+	d *delivery // set on received messages
+}
+
+// delivery is what carrot knows of a received message beyond its content.
+type delivery struct {
+	queue       string
+	exchange    string
+	redelivered bool
+	count       int
+	settler     backend.Settler // nil when delivered with auto-ack
+	raw         any
+	conn        *Conn
+	accept      map[string]bool // nil accepts every registered codec
+	settled     atomic.Bool
+	onSettle    func(*Message) // bookkeeping of the consumer that received it, may be nil
+}
+
+// Exchange returns the exchange a received message was published to.
+func (m *Message) Exchange() string {
+	if m.d == nil {
+		return ""
+	}
+	return m.d.exchange
+}
+
+// Queue returns the queue a received message came from.
+func (m *Message) Queue() string {
+	if m.d == nil {
+		return ""
+	}
+	return m.d.queue
+}
+
+// Redelivered reports whether a received message may have been delivered before: it was
+// requeued, or its previous consumer went away before settling it.
+func (m *Message) Redelivered() bool { return m.d != nil && m.d.redelivered }
+
+// DeliveryCount returns how many times the message has been delivered, this time included,
+// or 0 when the backend does not count (see [Capabilities].DeliveryCount).
+func (m *Message) DeliveryCount() int {
+	if m.d == nil {
+		return 0
+	}
+	return m.d.count
+}
+
+// Ack acknowledges a received message: it was handled and leaves its queue. It returns
+// [ErrAlreadySettled] if the message was settled before. On a message consumed with NoAck,
+// which the broker acknowledged on delivery, Ack does nothing.
+func (m *Message) Ack(ctx context.Context) error { return m.settle(ctx, backend.Ack) }
+
+// Requeue puts a received message back in its queue, to be delivered again with the
+// redelivered flag set.
+func (m *Message) Requeue(ctx context.Context) error { return m.settle(ctx, backend.Requeue) }
+
+// Reject removes a received message from its queue without handling it: the broker
+// dead-letters it if the queue has a dead-letter exchange, and drops it otherwise.
+func (m *Message) Reject(ctx context.Context) error { return m.settle(ctx, backend.Reject) }
+
+func (m *Message) settle(ctx context.Context, o backend.Outcome) error {
+	op := o.String()
+	if m.d == nil {
+		return invalidf(op, "message was not received from a queue")
+	}
+	if m.d.settler == nil {
+		if o == backend.Ack && m.d.settled.CompareAndSwap(false, true) {
+			return nil // NoAck: the broker acknowledged it already
+		}
+		return &Error{Op: op, Kind: ErrAlreadySettled, Err: fmt.Errorf("message was consumed with NoAck")}
+	}
+	if !m.d.settled.CompareAndSwap(false, true) {
+		return &Error{Op: op, Kind: ErrAlreadySettled}
+	}
+	if m.d.onSettle != nil {
+		m.d.onSettle(m)
+	}
+	return m.d.conn.wrap(op, m.d.settler.Settle(ctx, o))
+}
+
+// isSettled reports whether the message was settled by its handler or the broker.
+func (m *Message) isSettled() bool { return m.d.settled.Load() }
+
+// Decode decodes the body into v with the codec registered for the message's content type
+// (see [RegisterCodec]). A message without a content type is raw bytes. If the consumer
+// does not accept the content type, Decode returns a [*DecodeError] wrapping
+// [ErrUnacceptable]. A message that does not decode can still be acked, requeued or
+// rejected.
+func (m *Message) Decode(v any) error {
+	var accept map[string]bool
+	if m.d != nil {
+		accept = m.d.accept
+	}
+	return decode(m.ContentType, m.ContentEncoding, accept, m.Body, v)
+}
+
+// As sets *target to the backend's own delivery value, if it is of that type, and reports
+// whether it did. Each backend's documentation lists the types.
+func (m *Message) As(target any) bool {
+	if m.d == nil || m.d.raw == nil || target == nil {
+		return false
+	}
+	t := reflect.ValueOf(target)
+	if t.Kind() != reflect.Pointer || t.IsNil() {
+		return false
+	}
+	raw := reflect.ValueOf(m.d.raw)
+	if !raw.Type().AssignableTo(t.Elem().Type()) {
+		return false
+	}
+	t.Elem().Set(raw)
+	return true
+}
+
+// received turns a backend delivery into a Message.
+func received(c *Conn, d *backend.Delivery, queue string, accept map[string]bool, onSettle func(*Message)) *Message {
+	mode := Transient
+	if d.Persistent {
+		mode = Persistent
+	}
+	return &Message{
+		Body:            d.Body,
+		RoutingKey:      d.RoutingKey,
+		ContentType:     d.ContentType,
+		ContentEncoding: d.ContentEncoding,
+		Headers:         Table(d.Headers),
+		DeliveryMode:    mode,
+		Priority:        d.Priority,
+		Expiration:      d.Expiration,
+		MessageID:       d.MessageID,
+		CorrelationID:   d.CorrelationID,
+		ReplyTo:         d.ReplyTo,
+		Timestamp:       d.Timestamp,
+		d: &delivery{
+			queue:       queue,
+			exchange:    d.Exchange,
+			redelivered: d.Redelivered,
+			count:       d.DeliveryCount,
+			settler:     d.Settler,
+			raw:         d.Raw,
+			conn:        c,
+			accept:      accept,
+			onSettle:    onSettle,
+		},
+	}
+}
+
+// backend validates m and converts it for the backend, applying the publisher's defaults.
+func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
+	var bm backend.Message
+	key := m.RoutingKey
+	if key == "" {
+		key = p.opts.RoutingKey
+	}
+	if err := checkKey(op, key); err != nil {
+		return bm, err
+	}
+	if max := p.conn.caps.MaxBodySize; max > 0 && int64(len(m.Body)) > max {
+		return bm, &Error{Op: op, Kind: ErrTooLarge, Err: fmt.Errorf("body is %d bytes, the broker accepts at most %d", len(m.Body), max)}
+	}
+	for _, s := range []struct{ name, v string }{
+		{"content type", m.ContentType},
+		{"content encoding", m.ContentEncoding},
+		{"message id", m.MessageID},
+		{"correlation id", m.CorrelationID},
+		{"reply-to", m.ReplyTo},
+	} {
+		if len(s.v) > maxName {
+			return bm, invalidf(op, "%s is %d bytes long, more than %d", s.name, len(s.v), maxName)
+		}
+	}
+	mode := m.DeliveryMode
+	if mode == 0 {
+		mode = p.opts.DeliveryMode
+	}
+	switch mode {
+	case 0, Persistent:
+		bm.Persistent = true
+	case Transient:
+	default:
+		return bm, invalidf(op, "unknown delivery mode %d", mode)
+	}
+	if m.Expiration < 0 {
+		return bm, invalidf(op, "expiration %v is negative", m.Expiration)
+	}
+	if m.Expiration > 0 && !p.conn.caps.MessageTTL {
+		return bm, unsupportedf(op, "the backend does not support message expiration")
+	}
+	headers, err := normalizeTable(m.Headers)
+	if err != nil {
+		return bm, invalidf(op, "header %w", err)
+	}
+	bm.Body = m.Body
+	bm.RoutingKey = key
+	bm.ContentType = m.ContentType
+	bm.ContentEncoding = m.ContentEncoding
+	bm.Headers = headers
+	bm.Priority = m.Priority
+	bm.Expiration = roundUp(m.Expiration, time.Millisecond)
+	bm.MessageID = m.MessageID
+	bm.CorrelationID = m.CorrelationID
+	bm.ReplyTo = m.ReplyTo
+	if !m.Timestamp.IsZero() {
+		bm.Timestamp = m.Timestamp.UTC().Truncate(time.Second)
+	}
+	return bm, nil
+}
+
+func roundUp(d, unit time.Duration) time.Duration {
+	if r := d % unit; r != 0 {
+		return d + unit - r
+	}
+	return d
+}
+
+// normalizeTable returns a copy of t with every value converted to one of the types
+// listed on Table, or an error naming the first key whose value cannot be.
+func normalizeTable(t Table) (map[string]any, error) {
+	if len(t) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]any, len(t))
+	for k, v := range t {
+		if len(k) > maxName {
+			return nil, fmt.Errorf("name %.20q... is %d bytes long, more than %d", k, len(k), maxName)
+		}
+		nv, err := normalizeValue(v)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %w", k, err)
+		}
+		out[k] = nv
+	}
+	return out, nil
+}
+
+func normalizeValue(v any) (any, error) {
+	switch v := v.(type) {
+	case nil, string, bool, int64, float64:
+		return v, nil
+	case []byte:
+		return append([]byte{}, v...), nil
+	case time.Time:
+		return v.UTC().Truncate(time.Second), nil
+	case int:
+		return int64(v), nil
+	case int8:
+		return int64(v), nil
+	case int16:
+		return int64(v), nil
+	case int32:
+		return int64(v), nil
+	case uint8:
+		return int64(v), nil
+	case uint16:
+		return int64(v), nil
+	case uint32:
+		return int64(v), nil
+	case uint:
+		if uint64(v) > math.MaxInt64 {
+			return nil, fmt.Errorf("value %d does not fit in an int64", v)
+		}
+		return int64(v), nil
+	case uint64:
+		if v > math.MaxInt64 {
+			return nil, fmt.Errorf("value %d does not fit in an int64", v)
+		}
+		return int64(v), nil
+	case float32:
+		return float64(v), nil
+	}
+	return nil, fmt.Errorf("unsupported type %T (want string, []byte, bool, an integer, a float, time.Time or nil)", v)
+}

@@ -1,0 +1,139 @@
+package carrot
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/carrot-go/carrot/backend"
+)
+
+// PublisherOptions configures a [Publisher].
+type PublisherOptions struct {
+	// Exchange is where messages go. The empty name is the default exchange, which routes
+	// each message to the queue named by its routing key.
+	Exchange string
+
+	// RoutingKey is the routing key of messages that do not set their own.
+	RoutingKey string
+
+	// ContentType picks the codec Send encodes values with; JSON when empty.
+	ContentType string
+
+	// DeliveryMode is that of messages that do not set their own; Persistent when zero.
+	DeliveryMode DeliveryMode
+
+	// AllowUnroutable lets messages that match no queue be dropped by the broker, as AMQP
+	// does without its mandatory flag. By default such a message is an error wrapping
+	// [ErrUnroutable], and nothing is dropped silently.
+	AllowUnroutable bool
+
+	// NoConfirm makes Publish return as soon as the message is written to the connection,
+	// without waiting for the broker to take it. It is faster, and a message can be lost
+	// without an error if the broker fails. Since an unroutable message can then not be
+	// reported, NoConfirm requires AllowUnroutable.
+	NoConfirm bool
+}
+
+// Publisher sends messages to an exchange. It is safe for concurrent use; each call to
+// Publish or Send waits for its own message's confirm, and many may be in flight at once.
+type Publisher struct {
+	conn   *Conn
+	opts   PublisherOptions
+	codec  Codec
+	closed atomic.Bool
+}
+
+// NewPublisher returns a Publisher that sends to opts.Exchange. It does not declare the
+// exchange (see [Conn.DeclareExchange]); publishing to an exchange that does not exist
+// returns an error wrapping [ErrNotFound].
+func (c *Conn) NewPublisher(opts PublisherOptions) (*Publisher, error) {
+	const op = "new publisher"
+	if err := checkName(op, "exchange", opts.Exchange, true); err != nil {
+		return nil, err
+	}
+	if err := checkKey(op, opts.RoutingKey); err != nil {
+		return nil, err
+	}
+	if opts.ContentType == "" {
+		opts.ContentType = JSON
+	}
+	codec, err := codecFor(opts.ContentType)
+	if err != nil {
+		return nil, invalidf(op, "%w", err)
+	}
+	switch opts.DeliveryMode {
+	case 0, Transient, Persistent:
+	default:
+		return nil, invalidf(op, "unknown delivery mode %d", opts.DeliveryMode)
+	}
+	if opts.NoConfirm && !opts.AllowUnroutable {
+		return nil, invalidf(op, "NoConfirm requires AllowUnroutable: without a confirm an unroutable message cannot be reported")
+	}
+	if !opts.NoConfirm && !c.caps.Confirms {
+		return nil, unsupportedf(op, "the backend does not support publisher confirms; set NoConfirm")
+	}
+	if !opts.AllowUnroutable && !c.caps.Mandatory {
+		return nil, unsupportedf(op, "the backend cannot report unroutable messages; set AllowUnroutable")
+	}
+	p := &Publisher{conn: c, opts: opts, codec: codec}
+	if err := c.adopt(p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Encode returns a message whose body is v encoded with the publisher's codec, with its
+// content type set, for callers that want to set more properties before [Publisher.Publish].
+func (p *Publisher) Encode(v any) (*Message, error) {
+	body, err := p.codec.Encode(v)
+	if err != nil {
+		return nil, &Error{Op: "encode " + p.codec.ContentType(), Kind: ErrInvalid, Err: err}
+	}
+	return &Message{Body: body, ContentType: p.codec.ContentType()}, nil
+}
+
+// Send encodes v with the publisher's codec (JSON by default) and publishes it with the
+// publisher's routing key, as the seed's Publisher.send does.
+func (p *Publisher) Send(ctx context.Context, v any) error {
+	m, err := p.Encode(v)
+	if err != nil {
+		return err
+	}
+	return p.Publish(ctx, m)
+}
+
+// Publish sends a message as it is: its body is not encoded again. Unless the publisher
+// has NoConfirm set, Publish returns once the broker has taken the message, or with an
+// error: [ErrUnroutable] when it matched no queue, [ErrNotFound] when the exchange does
+// not exist, [ErrRefused] when the broker refused it. If ctx ends first, Publish returns
+// ctx.Err() and the message may or may not have been taken.
+func (p *Publisher) Publish(ctx context.Context, m *Message) error {
+	op := fmt.Sprintf("publish to exchange %q", p.opts.Exchange)
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	bm, err := m.backend(op, p)
+	if err != nil {
+		return err
+	}
+	if p.conn.isClosed() {
+		return ErrClosed
+	}
+	pub := &backend.Publishing{
+		Message:   bm,
+		Exchange:  p.opts.Exchange,
+		Mandatory: !p.opts.AllowUnroutable,
+		Confirm:   !p.opts.NoConfirm,
+	}
+	return p.conn.wrap(op, p.conn.b.Publish(ctx, pub))
+}
+
+// Close closes the publisher; later calls return [ErrClosed]. Publishes in progress
+// finish. Close is idempotent.
+func (p *Publisher) Close() error {
+	if p.closed.CompareAndSwap(false, true) {
+		p.conn.release(p)
+	}
+	return nil
+}
