@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -89,7 +90,8 @@ type Consumer struct {
 	handlers  []Handler
 	closed    bool
 	run       *run
-	fetched   map[*Message]struct{} // fetched and not settled: requeued on Close
+	fetched   map[*Message]int // fetched and not settled, in fetch order: requeued on Close
+	fetches   int
 	closeOnce sync.Once
 }
 
@@ -117,7 +119,7 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 	if opts.Concurrency == 0 {
 		opts.Concurrency = 1
 	}
-	cons := &Consumer{conn: c, opts: opts, log: opts.Logger, fetched: make(map[*Message]struct{})}
+	cons := &Consumer{conn: c, opts: opts, log: opts.Logger, fetched: make(map[*Message]int)}
 	if cons.log == nil {
 		cons.log = slog.Default()
 	}
@@ -310,6 +312,9 @@ func (c *Consumer) Fetch(ctx context.Context) (*Message, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	for _, q := range c.queues {
 		d, err := c.conn.b.Get(ctx, q, c.opts.NoAck)
 		if err != nil {
@@ -325,7 +330,8 @@ func (c *Consumer) Fetch(ctx context.Context) (*Message, error) {
 		c.mu.Lock()
 		closed := c.closed
 		if !closed {
-			c.fetched[m] = struct{}{}
+			c.fetches++
+			c.fetched[m] = c.fetches
 		}
 		c.mu.Unlock()
 		if closed {
@@ -410,8 +416,10 @@ func (c *Consumer) Close() error {
 			<-r.done
 		}
 		if len(fetched) > 0 {
+			// The latest first: a broker that requeues at the head then keeps the order.
+			ms := slices.SortedFunc(maps.Keys(fetched), func(a, b *Message) int { return fetched[b] - fetched[a] })
 			ctx, cancel := context.WithTimeout(context.Background(), closeRequeueTimeout)
-			for m := range fetched {
+			for _, m := range ms {
 				m.settle(ctx, backend.Requeue)
 			}
 			cancel()

@@ -113,6 +113,9 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 	if p.closed.Load() {
 		return ErrClosed
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	bm, err := m.backend(op, p)
 	if err != nil {
 		return err

@@ -250,6 +250,7 @@ func (b *broker) deadLetter(q *queue, e *entry, reason string, now time.Time) {
 		return // a missing dead-letter exchange drops the message, as in RabbitMQ
 	}
 	msg := e.msg
+	msg.RoutingKey = key
 	msg.Expiration = 0 // RabbitMQ drops the expiration of dead-lettered messages
 	deadFrom := e.deadFrom
 	if reason != "rejected" {

@@ -1,0 +1,62 @@
+// Package memory is carrot's in-process broker, registered for memory:// URLs. It is the
+// reference backend: it implements AMQP 0-9-1's model in full and passes the whole
+// conformance suite, so it serves for tests, examples and single-process applications.
+//
+//	import _ "github.com/carrot-go/carrot/backends/memory"
+//
+//	conn, err := carrot.Open(ctx, "memory://")
+//
+// # URLs
+//
+//	memory://[NAME][?OPTIONS]
+//
+// NAME picks the broker: connections opened with the same NAME share one broker, which
+// lives as long as the process; different names never share anything. Without a NAME,
+// each connection gets a broker of its own. A broker never reaches another process: the
+// carrot command line tool, for one, starts a new broker on every run.
+//
+// Options, each given at most once; any other is an error:
+//
+//   - max_body_size: the largest message body accepted, in bytes (default 134217728,
+//     128 MiB, as RabbitMQ's max_message_size).
+//   - prefetch: the prefetch limit of consumers that do not set one (default 100).
+//
+// [ParseURL] turns a URL into [Options]; [New] opens a connection from Options without
+// the registry, for [carrot.NewConn].
+//
+// # Delivery semantics
+//
+// Exchanges route as RabbitMQ's do: direct on equal keys, fanout to every bound queue,
+// topic on patterns where "*" is exactly one word and "#" zero or more. The default
+// exchange "" routes to the queue named by the routing key; amq.direct, amq.fanout and
+// amq.topic exist from the start, and names beginning "amq." cannot be declared. A message
+// that matches several bindings of one queue is queued there once.
+//
+// Queues are FIFO; a priority queue (MaxPriority) delivers higher priorities first, FIFO
+// within one priority. Publish returns once the message is in every matching queue, so
+// every publish is confirmed, and a mandatory message that matched no queue is an error.
+// Consumers get at most their prefetch of unsettled messages. A requeued message, and the
+// unsettled messages of a subscription or connection that closes, go back to the head of
+// their queue in their original order, flagged redelivered, with their delivery count
+// kept. A rejected message, one that expires (per-message Expiration or queue
+// MessageTTL, checked at the head of the queue as RabbitMQ does) or one dropped from the
+// head of a queue at its MaxLength goes to the queue's dead-letter exchange, with the
+// dead-letter routing key if one is set, or is dropped if the queue has none. Exclusive
+// queues belong to the connection that declared them and go with it; auto-delete queues go
+// with their last consumer, auto-delete exchanges with their last binding.
+//
+// Bodies and headers are copied on publish and on delivery: neither side sees the other's
+// changes. Nothing is written to disk: durable queues and persistent messages do not
+// survive the process.
+//
+// # Capabilities
+//
+// Every capability but Persistence and SharedAcross: confirms, mandatory, dead-lettering,
+// message and queue TTL, max length, priorities, delivery counts, exclusive and
+// auto-delete queues, and MaxBodySize from the URL. Queue and exchange Args are not
+// supported: use the fields of [carrot.Queue].
+//
+// # As
+//
+// There is no client underneath: [carrot.Conn.As] and [carrot.Message.As] return false.
+package memory

@@ -1,0 +1,369 @@
+// Package conformance checks that a carrot backend behaves as carrot promises: the same
+// suite runs on every backend, in this module or outside it.
+//
+// A backend's test calls [Run] with a [Harness] that opens connections to the broker under
+// test:
+//
+//	func TestConformance(t *testing.T) {
+//		conformance.Run(t, conformance.Harness{
+//			Open: func(ctx context.Context) (*carrot.Conn, error) {
+//				return carrot.Open(ctx, "memory://"+t.Name())
+//			},
+//		})
+//	}
+//
+// Every behaviour is a named subtest with a one-line explanation. Those that need a
+// capability the backend does not report (see [carrot.Capabilities]) are skipped, saying
+// which; nothing else is ever skipped. Every subtest declares its own exchanges and queues,
+// under names no other run uses, and deletes them afterwards, so runs can share a broker.
+//
+// The package imports carrot and the standard library, plus small test helpers; starting
+// brokers is left to the caller.
+package conformance
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/carrot-go/carrot"
+)
+
+// Harness connects the suite to the broker under test.
+type Harness struct {
+	// Open returns a new connection to the broker under test. Every call must reach the
+	// same broker: some subtests publish on one connection and receive on another. The
+	// suite closes every connection it opens.
+	Open func(ctx context.Context) (*carrot.Conn, error)
+
+	// Timeout bounds each subtest's waits for messages to arrive; 30 seconds when zero. A
+	// subtest that passes never waits this long.
+	Timeout time.Duration
+}
+
+// A testCase is one behaviour the suite checks.
+type testCase struct {
+	name  string
+	doc   string                                   // what a user relies on, in one line
+	needs func(carrot.Capabilities) (string, bool) // the capability it needs, and whether the backend has it
+	run   func(e *env)
+}
+
+// Run runs every conformance subtest against the broker h opens, and logs how many ran,
+// passed and were skipped.
+func Run(t *testing.T, h Harness) {
+	t.Helper()
+	if h.Open == nil {
+		t.Fatal("conformance: Harness.Open is nil")
+	}
+	if h.Timeout == 0 {
+		h.Timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), h.Timeout)
+	admin, err := h.Open(ctx) // for cleaning up after each subtest
+	cancel()
+	if err != nil {
+		t.Fatalf("conformance: open: %v", err)
+	}
+	defer admin.Close()
+
+	run := &runner{h: h, admin: admin, caps: admin.Capabilities(), id: randomID()}
+	for _, c := range cases() {
+		run.run(t, c)
+	}
+	t.Logf("conformance: %d subtests run: %d passed, %d failed, %d skipped by capability%s",
+		run.total.Load(), run.total.Load()-run.failed.Load()-run.skipped.Load(), run.failed.Load(), run.skipped.Load(), run.skippedList())
+}
+
+type runner struct {
+	h       Harness
+	admin   *carrot.Conn
+	caps    carrot.Capabilities
+	id      string // unique to this run, in every name it declares
+	seq     atomic.Int64
+	total   atomic.Int64
+	failed  atomic.Int64
+	skipped atomic.Int64
+	skips   []string
+}
+
+func (r *runner) skippedList() string {
+	if len(r.skips) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(r.skips, "; ") + ")"
+}
+
+// run runs one case as a subtest, counting it.
+func (r *runner) run(t *testing.T, c testCase) {
+	t.Run(c.name, func(t *testing.T) {
+		r.total.Add(1)
+		if c.needs != nil {
+			if capability, ok := c.needs(r.caps); !ok {
+				r.skipped.Add(1)
+				r.skips = append(r.skips, c.name+": "+capability)
+				t.Skipf("the backend does not report the %s capability", capability)
+			}
+		}
+		t.Log(c.doc)
+		e := r.env(t)
+		defer func() {
+			if t.Failed() {
+				r.failed.Add(1)
+			}
+		}()
+		c.run(e)
+	})
+}
+
+// env is what a subtest works with: a connection of its own and helpers that fail the
+// test on error.
+type env struct {
+	t      *testing.T
+	r      *runner
+	ctx    context.Context // ends after the harness timeout
+	conn   *carrot.Conn
+	caps   carrot.Capabilities
+	prefix string
+}
+
+func (r *runner) env(t *testing.T) *env {
+	ctx, cancel := context.WithTimeout(t.Context(), r.h.Timeout)
+	t.Cleanup(cancel)
+	e := &env{t: t, r: r, ctx: ctx, caps: r.caps}
+	e.prefix = fmt.Sprintf("carrot-test.%s.%d", r.id, r.seq.Add(1))
+	e.conn = e.open()
+	return e
+}
+
+// sub runs a nested subtest with an env of its own, counting it.
+func (e *env) sub(name string, f func(e *env)) {
+	e.t.Run(name, func(t *testing.T) {
+		e.r.total.Add(1)
+		defer func() {
+			if t.Failed() {
+				e.r.failed.Add(1)
+			}
+		}()
+		f(e.r.env(t))
+	})
+}
+
+func randomID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// name returns a name unique to this subtest.
+func (e *env) name(s string) string { return e.prefix + "." + s }
+
+// open opens another connection to the broker, closed when the subtest ends.
+func (e *env) open() *carrot.Conn {
+	e.t.Helper()
+	conn, err := e.r.h.Open(e.ctx)
+	if err != nil {
+		e.t.Fatalf("open: %v", err)
+	}
+	e.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// exchange declares an exchange, deleted when the subtest ends.
+func (e *env) exchange(kind carrot.ExchangeKind, name string) string {
+	e.t.Helper()
+	name = e.name(name)
+	if err := e.conn.DeclareExchange(e.ctx, carrot.Exchange{Name: name, Kind: kind}); err != nil {
+		e.t.Fatalf("declare %s exchange: %v", kind, err)
+	}
+	e.t.Cleanup(func() { e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteExchange(ctx, name) }) })
+	return name
+}
+
+// queue declares q (with its exchange and bindings) under a unique name, deleted when the
+// subtest ends; q.Name is the suffix of that name. It returns the full name.
+func (e *env) queue(q carrot.Queue) string {
+	e.t.Helper()
+	return e.queueOn(e.conn, q)
+}
+
+func (e *env) queueOn(conn *carrot.Conn, q carrot.Queue) string {
+	e.t.Helper()
+	q.Name = e.name(q.Name)
+	if q.Exchange.Name != "" {
+		name := q.Exchange.Name
+		e.t.Cleanup(func() { e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteExchange(ctx, name) }) })
+	}
+	name, err := conn.DeclareQueue(e.ctx, q)
+	if err != nil {
+		e.t.Fatalf("declare queue: %v", err)
+	}
+	e.t.Cleanup(func() { e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteQueue(ctx, name) }) })
+	return name
+}
+
+// cleanup deletes something on the run's own connection: the subtest's may be closed. An
+// exclusive queue cannot be deleted there, but goes when the subtest's connection closes.
+func (e *env) cleanup(f func(c *carrot.Conn, ctx context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.r.h.Timeout)
+	defer cancel()
+	if err := f(e.r.admin, ctx); err != nil && !errors.Is(err, carrot.ErrInUse) {
+		e.t.Errorf("cleanup: %v", err)
+	}
+}
+
+// publisher returns a publisher on the subtest's connection.
+func (e *env) publisher(opts carrot.PublisherOptions) *carrot.Publisher {
+	e.t.Helper()
+	p, err := e.conn.NewPublisher(opts)
+	if err != nil {
+		e.t.Fatalf("new publisher: %v", err)
+	}
+	e.t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// publish publishes a message with body to exchange with key.
+func (e *env) publish(exchange, key string, body string) {
+	e.t.Helper()
+	e.publishMessage(exchange, &carrot.Message{RoutingKey: key, Body: []byte(body)})
+}
+
+func (e *env) publishMessage(exchange string, m *carrot.Message) {
+	e.t.Helper()
+	p, err := e.conn.NewPublisher(carrot.PublisherOptions{Exchange: exchange})
+	if err != nil {
+		e.t.Fatalf("new publisher: %v", err)
+	}
+	defer p.Close()
+	if err := p.Publish(e.ctx, m); err != nil {
+		e.t.Fatalf("publish to %q with key %q: %v", exchange, m.RoutingKey, err)
+	}
+}
+
+// consumer returns a consumer of existing queues on conn.
+func (e *env) consumerOn(conn *carrot.Conn, opts carrot.ConsumerOptions, queues ...string) *carrot.Consumer {
+	e.t.Helper()
+	for _, q := range queues {
+		opts.Queues = append(opts.Queues, carrot.Queue{Name: q, Passive: true})
+	}
+	c, err := conn.NewConsumer(e.ctx, opts)
+	if err != nil {
+		e.t.Fatalf("new consumer: %v", err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (e *env) consumer(queues ...string) *carrot.Consumer {
+	e.t.Helper()
+	return e.consumerOn(e.conn, carrot.ConsumerOptions{}, queues...)
+}
+
+// fetch fetches one message from queue, failing if there is none.
+func (e *env) fetch(queue string) *carrot.Message {
+	e.t.Helper()
+	return e.fetchFrom(e.consumer(queue))
+}
+
+func (e *env) fetchFrom(c *carrot.Consumer) *carrot.Message {
+	e.t.Helper()
+	m, err := c.Fetch(e.ctx)
+	if err != nil {
+		e.t.Fatalf("fetch: %v", err)
+	}
+	return m
+}
+
+// fetchBody fetches one message, acks it and returns its body.
+func (e *env) fetchBody(queue string) string {
+	e.t.Helper()
+	m := e.fetch(queue)
+	e.ack(m)
+	return string(m.Body)
+}
+
+// expectEmpty checks that queue has no message waiting.
+func (e *env) expectEmpty(queue string) {
+	e.t.Helper()
+	m, err := e.consumer(queue).Fetch(e.ctx)
+	if !errors.Is(err, carrot.ErrEmpty) {
+		body := ""
+		if m != nil {
+			body = string(m.Body)
+		}
+		e.t.Fatalf("fetch from a queue that should be empty: got message %q, error %v; want ErrEmpty", body, err)
+	}
+}
+
+func (e *env) ack(m *carrot.Message) {
+	e.t.Helper()
+	if err := m.Ack(e.ctx); err != nil {
+		e.t.Fatalf("ack: %v", err)
+	}
+}
+
+// running is a consumer's Run in progress.
+type running struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// start runs c.Run in a goroutine until stop is called.
+func (e *env) start(c *carrot.Consumer) *running {
+	ctx, cancel := context.WithCancel(e.ctx)
+	r := &running{cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- c.Run(ctx) }()
+	e.t.Cleanup(func() { r.cancel(); <-r.done })
+	return r
+}
+
+// stop cancels the Run and checks that it returned the context's error.
+func (e *env) stop(r *running) {
+	e.t.Helper()
+	r.cancel()
+	if err := e.wait(r.done); err != context.Canceled {
+		e.t.Errorf("Run returned %v after its context was canceled, want context.Canceled", err)
+	}
+	r.done <- nil // for the cleanup
+}
+
+// wait receives from ch, failing the subtest if the harness timeout passes first.
+func wait[T any](e *env, ch <-chan T) T {
+	e.t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-e.ctx.Done():
+		var zero T
+		e.t.Fatalf("timed out after %v", e.r.h.Timeout)
+		return zero
+	}
+}
+
+func (e *env) wait(ch <-chan error) error {
+	e.t.Helper()
+	return wait(e, ch)
+}
+
+// eventually polls cond until it holds, failing the subtest if the harness timeout passes
+// first. It is for state the broker changes on its own time, such as deleting a queue
+// after its connection closed; it never asserts that something did not happen.
+func (e *env) eventually(what string, cond func() bool) {
+	e.t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-e.ctx.Done():
+			e.t.Fatalf("timed out after %v waiting until %s", e.r.h.Timeout, what)
+		}
+	}
+}
