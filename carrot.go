@@ -74,9 +74,9 @@ func Open(ctx context.Context, rawURL string) (*Conn, error) {
 	driversMu.RUnlock()
 	if d == nil {
 		return nil, &Error{
-			Op:   "open " + u.Redacted(),
+			Op:   "open " + Redact(rawURL),
 			Kind: ErrUnknownScheme,
-			Err:  fmt.Errorf("unknown URL scheme %q (registered: %s); is the backend's package imported?", scheme, strings.Join(Backends(), ", ")),
+			Err:  fmt.Errorf("%q is not registered (registered: %s); is the backend's package imported?", scheme, strings.Join(Backends(), ", ")),
 		}
 	}
 	b, err := d.Open(ctx, rawURL)
@@ -85,10 +85,10 @@ func Open(ctx context.Context, rawURL string) (*Conn, error) {
 			return nil, cerr
 		}
 		secret, _ := u.User.Password()
-		return nil, &Error{Op: "open " + u.Redacted(), Kind: kindOfOpenError(err), Err: err, secret: secret}
+		return nil, &Error{Op: "open " + Redact(rawURL), Kind: kindOfOpenError(err), Err: err, secret: secret}
 	}
 	c := NewConn(b)
-	c.name = u.Redacted()
+	c.name = Redact(rawURL)
 	return c, nil
 }
 
@@ -114,6 +114,9 @@ func kindOfOpenError(err error) error {
 // works on URLs that do not parse, too.
 func Redact(rawURL string) string {
 	if u, err := url.Parse(rawURL); err == nil {
+		if _, ok := u.User.Password(); !ok {
+			return rawURL
+		}
 		return u.Redacted()
 	}
 	p := password(rawURL)

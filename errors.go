@@ -63,13 +63,13 @@ func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("carrot: ")
 	b.WriteString(e.Op)
-	switch {
-	case e.Err != nil:
-		b.WriteString(": ")
-		b.WriteString(e.Err.Error())
-	case e.Kind != nil:
+	if e.Kind != nil {
 		b.WriteString(": ")
 		b.WriteString(strings.TrimPrefix(e.Kind.Error(), "carrot: "))
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
 	}
 	msg := b.String()
 	if e.secret != "" {

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// runTool runs the tool in process and returns its exit status and output.
+func runTool(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = run(context.Background(), args, strings.NewReader(stdin), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestDemo(t *testing.T) {
+	const want = "Got feed import message for: http://cnn.com/rss/edition.rss\n"
+	code, out, errOut := runTool(t, "", "demo")
+	if code != 0 || out != want {
+		t.Errorf("carrot demo: exit %d, stdout %q, stderr %q; want exit 0, stdout %q", code, out, errOut, want)
+	}
+	t.Setenv("CARROT_URL", "memory://demo-from-env")
+	if code, out, _ := runTool(t, "", "demo"); code != 0 || out != want {
+		t.Errorf("carrot demo with CARROT_URL: exit %d, stdout %q", code, out)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // in stderr
+	}{
+		{nil, "Usage:"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"publish", "--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+		{[]string{"fetch"}, "--queue is required"},
+		{[]string{"fetch", "--queue", "q", "--exchange", "x"}, "give --declare too"},
+		{[]string{"publish", "--priority", "300", "x"}, "more than 255"},
+		{[]string{"publish", "a", "b"}, `unexpected argument "b"`},
+		{[]string{"declare"}, "give --exchange, --queue or both"},
+		{[]string{"consume", "--queue", "q", "--format", "xml"}, `--format "xml"`},
+	} {
+		code, _, errOut := runTool(t, "", tc.args...)
+		if code != exitUsage || !strings.Contains(errOut, tc.want) {
+			t.Errorf("carrot %v: exit %d, stderr %q; want exit %d and %q", tc.args, code, errOut, exitUsage, tc.want)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	code, out, _ := runTool(t, "", "help", "consume")
+	if code != 0 || !strings.Contains(out, "Usage: carrot consume") || !strings.Contains(out, "-prefetch") {
+		t.Errorf("carrot help consume: exit %d, stdout %q", code, out)
+	}
+}
+
+func TestUnknownSchemeKeepsPasswordSecret(t *testing.T) {
+	code, _, errOut := runTool(t, "", "purge", "--queue", "q", "--url", "nosuch://user:hunter2@localhost/")
+	if code != exitError {
+		t.Errorf("exit %d, want %d", code, exitError)
+	}
+	if !strings.Contains(errOut, `unknown URL scheme: "nosuch" is not registered`) || !strings.Contains(errOut, "memory") {
+		t.Errorf("stderr %q should name the scheme and the registered ones", errOut)
+	}
+	if strings.Contains(errOut, "hunter2") {
+		t.Errorf("stderr %q shows the password", errOut)
+	}
+}
+
+func TestPublishFetchConsumePurge(t *testing.T) {
+	url := "memory://" + t.Name() // shared by every command run in this process
+	if code, out, errOut := runTool(t, "", "declare", "--url", url, "--exchange", "logs", "--kind", "topic", "--queue", "errors", "--key", "*.error", "--key", "audit.#"); code != 0 {
+		t.Fatalf("declare: exit %d, %s%s", code, out, errOut)
+	}
+	code, _, errOut := runTool(t, "", "publish", "--url", url, "--exchange", "logs", "--key", "db.error", "--header", "host=db1", `{"disk":"full"}`)
+	if code != 0 {
+		t.Fatalf("publish: exit %d, %s", code, errOut)
+	}
+	if !strings.Contains(errOut, "lives in this process only") {
+		t.Errorf("publish on memory:// should warn that the broker dies with the process; stderr %q", errOut)
+	}
+
+	code, out, errOut := runTool(t, "", "fetch", "--url", url, "--queue", "errors", "--format", "json")
+	if code != 0 {
+		t.Fatalf("fetch: exit %d, %s", code, errOut)
+	}
+	var got jsonMessage
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("fetch --format json printed %q: %v", out, err)
+	}
+	if got.Body == nil || *got.Body != `{"disk":"full"}` || got.ContentType != "application/json" || got.RoutingKey != "db.error" ||
+		got.Exchange != "logs" || got.Headers["host"] != "db1" || !got.Persistent {
+		t.Errorf("fetched %+v", got)
+	}
+	if code, _, errOut := runTool(t, "", "fetch", "--url", url, "--queue", "errors"); code != exitEmpty {
+		t.Errorf("fetch from an empty queue: exit %d (%s), want %d", code, errOut, exitEmpty)
+	}
+
+	if code, _, errOut := runTool(t, "", "publish", "--url", url, "--exchange", "logs", "--key", "web.info", "lost"); code != exitError || !strings.Contains(errOut, "unroutable") {
+		t.Errorf("publish of an unroutable message: exit %d, stderr %q; want exit 1 and an unroutable error", code, errOut)
+	}
+	if code, _, errOut := runTool(t, "", "publish", "--url", url, "--exchange", "logs", "--key", "web.info", "--allow-unroutable", "dropped"); code != 0 {
+		t.Errorf("publish --allow-unroutable: exit %d, %s", code, errOut)
+	}
+
+	if code, _, errOut := runTool(t, "one\ntwo\nthree\n", "publish", "--url", url, "--exchange", "logs", "--key", "audit.login", "--lines"); code != 0 {
+		t.Fatalf("publish --lines: exit %d, %s", code, errOut)
+	}
+	if code, out, errOut := runTool(t, "", "consume", "--url", url, "--queue", "errors", "--count", "2"); code != 0 || out != "one\ntwo\n" {
+		t.Errorf("consume --count 2: exit %d, stdout %q, stderr %q; want %q", code, out, errOut, "one\ntwo\n")
+	}
+	if code, out, _ := runTool(t, "", "purge", "--url", url, "--queue", "errors"); code != 0 || out != "1\n" {
+		t.Errorf("purge: exit %d, stdout %q; want 1 message purged", code, out)
+	}
+}
+
+func TestBackends(t *testing.T) {
+	code, out, _ := runTool(t, "", "backends")
+	if code != 0 || !strings.Contains(out, "memory\n") {
+		t.Errorf("backends: exit %d, stdout %q", code, out)
+	}
+}
