@@ -2,6 +2,7 @@ package carrot_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 
@@ -52,4 +53,176 @@ func Example() {
 
 	consumer.Run(runCtx) // the consumer loop, until stop is called
 	// Output: Got feed import message for: http://cnn.com/rss/edition.rss
+}
+
+// Polling a queue with Fetch instead of a consume loop, as the seed's consumer.fetch().
+func ExampleConsumer_Fetch() {
+	ctx := context.Background()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	feed := carrot.Queue{Name: "feed", Exchange: carrot.Exchange{Name: "feed"}, RoutingKey: "importer"}
+	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{feed}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	publisher, err := conn.NewPublisher(carrot.PublisherOptions{Exchange: "feed", RoutingKey: "importer"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	publisher.Send(ctx, map[string]string{"import_feed": "http://cnn.com/rss/edition.rss"})
+
+	for {
+		message, err := consumer.Fetch(ctx)
+		if errors.Is(err, carrot.ErrEmpty) {
+			fmt.Println("No messages waiting on the queue.")
+			break
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		var data map[string]string
+		if err := message.Decode(&data); err != nil {
+			message.Reject(ctx)
+			continue
+		}
+		fmt.Println("Fetched:", data["import_feed"])
+		message.Ack(ctx)
+	}
+	// Output:
+	// Fetched: http://cnn.com/rss/edition.rss
+	// No messages waiting on the queue.
+}
+
+// FeedConsumer is the Go form of the seed's FeedConsumer subclass: a handler type.
+type FeedConsumer struct {
+	imported chan<- string
+}
+
+func (f FeedConsumer) Receive(ctx context.Context, m *carrot.Message) error {
+	var data struct {
+		Action  string `json:"action"`
+		FeedURL string `json:"feed_url"`
+	}
+	if err := m.Decode(&data); err != nil {
+		return err // rejected: it will never decode
+	}
+	if data.Action != "import_feed" {
+		return fmt.Errorf("unknown action: %s", data.Action) // requeued and logged
+	}
+	f.imported <- data.FeedURL
+	return m.Ack(ctx)
+}
+
+// FeedPublisher is the seed's FeedPublisher: a Publisher with a method of its own.
+type FeedPublisher struct{ *carrot.Publisher }
+
+func (f FeedPublisher) ImportFeed(ctx context.Context, feedURL string) error {
+	return f.Send(ctx, map[string]string{"action": "import_feed", "feed_url": feedURL})
+}
+
+// The seed's subclassing example: a consumer type and a publisher type.
+func Example_handlerType() {
+	ctx := context.Background()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+
+	imported := make(chan string, 1)
+	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues:  []carrot.Queue{{Name: "feed", Exchange: carrot.Exchange{Name: "feed"}, RoutingKey: "importer"}},
+		Handler: FeedConsumer{imported: imported},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- consumer.Run(runCtx) }()
+
+	p, err := conn.NewPublisher(carrot.PublisherOptions{Exchange: "feed", RoutingKey: "importer"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := (FeedPublisher{p}).ImportFeed(ctx, "http://cnn.com/rss/edition.rss"); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("imported", <-imported)
+	stop()
+	<-done
+	// Output: imported http://cnn.com/rss/edition.rss
+}
+
+// Decoded hands the handler the decoded value, like the seed's callback(message_data, message).
+func ExampleDecoded() {
+	ctx := context.Background()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+
+	type Order struct {
+		ID    int
+		Items []string
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: "orders"}},
+		Handler: carrot.Decoded(func(ctx context.Context, o Order, m *carrot.Message) error {
+			fmt.Printf("order %d: %v\n", o.ID, o.Items)
+			defer stop()
+			return m.Ack(ctx)
+		}),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "orders"}) // the default exchange
+	if err != nil {
+		log.Fatal(err)
+	}
+	p.Send(ctx, Order{ID: 7, Items: []string{"carrots", "leeks"}})
+	consumer.Run(runCtx)
+	// Output: order 7: [carrots leeks]
+}
+
+// A topic exchange routes on patterns: "*" is exactly one word, "#" zero or more.
+func Example_topic() {
+	ctx := context.Background()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+
+	stocks := carrot.Exchange{Name: "stocks", Kind: carrot.Topic}
+	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: "stock-news", Exchange: stocks, RoutingKey: "*.stock.#"}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{Exchange: "stocks", AllowUnroutable: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, key := range []string{"usd.stock", "eur.stock.db", "stock.nasdaq"} {
+		p.Publish(ctx, &carrot.Message{RoutingKey: key, Body: []byte(key)})
+	}
+	for {
+		m, err := consumer.Fetch(ctx)
+		if err != nil {
+			break
+		}
+		fmt.Println(string(m.Body))
+		m.Ack(ctx)
+	}
+	// Output:
+	// usd.stock
+	// eur.stock.db
 }

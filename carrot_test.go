@@ -1,0 +1,259 @@
+package carrot_test
+
+import (
+	"context"
+	"errors"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/backends/memory"
+)
+
+// open returns a connection to a memory broker of the test's own.
+func open(t *testing.T) *carrot.Conn {
+	t.Helper()
+	conn, err := carrot.Open(t.Context(), "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func TestRegister(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		scheme string
+		d      backend.Driver
+	}{
+		{"nil driver", "x-nil", nil},
+		{"empty scheme", "", memory.Driver{}},
+		{"duplicate", "MEMORY", memory.Driver{}}, // schemes are case-insensitive
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("Register(%q, %v) did not panic", tc.scheme, tc.d)
+				}
+			}()
+			carrot.Register(tc.scheme, tc.d)
+		})
+	}
+	got := carrot.Backends()
+	if !slices.Contains(got, "memory") || !slices.IsSorted(got) {
+		t.Errorf("Backends() = %v, want a sorted list with memory", got)
+	}
+}
+
+// leakyDriver fails to open with an error that repeats the URL, password and all.
+type leakyDriver struct{}
+
+func (leakyDriver) Open(ctx context.Context, rawURL string) (backend.Conn, error) {
+	return nil, errors.New("dial " + rawURL + ": connection refused")
+}
+
+func init() { carrot.Register("leaky", leakyDriver{}) }
+
+func TestOpenErrors(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		url       string
+		kind      error
+		mentions  []string
+		forbidden string
+	}{
+		{"nosuch://user:s3cret@host/", carrot.ErrUnknownScheme, []string{`"nosuch" is not registered`, "memory", "imported"}, "s3cret"},
+		{"amqp://user:s3cret@host:bad-port/", carrot.ErrInvalid, []string{"xxxxx"}, "s3cret"},
+		{"leaky://user:s3cret@host/", carrot.ErrUnavailable, []string{"connection refused", "xxxxx"}, "s3cret"},
+		{"memory://x?bogus=1", carrot.ErrInvalid, []string{`unknown URL option "bogus"`}, ""},
+		{"memory://x?prefetch=-1", carrot.ErrInvalid, []string{"prefetch"}, ""},
+	} {
+		_, err := carrot.Open(ctx, tc.url)
+		if !errors.Is(err, tc.kind) {
+			t.Errorf("Open(%q) = %v, want %v", tc.url, err, tc.kind)
+			continue
+		}
+		for _, m := range tc.mentions {
+			if !strings.Contains(err.Error(), m) {
+				t.Errorf("Open(%q) error %q does not mention %q", tc.url, err, m)
+			}
+		}
+		if tc.forbidden != "" && strings.Contains(err.Error(), tc.forbidden) {
+			t.Errorf("Open(%q) error %q shows the password", tc.url, err)
+		}
+	}
+}
+
+func TestOpenEnv(t *testing.T) {
+	t.Setenv(carrot.EnvURL, "")
+	if _, err := carrot.OpenEnv(t.Context()); !errors.Is(err, carrot.ErrInvalid) || !strings.Contains(err.Error(), "CARROT_URL") {
+		t.Errorf("OpenEnv without CARROT_URL = %v, want ErrInvalid naming CARROT_URL", err)
+	}
+	t.Setenv(carrot.EnvURL, "memory://from-env")
+	conn, err := carrot.OpenEnv(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if conn.String() != "memory://from-env" {
+		t.Errorf("String() = %q", conn.String())
+	}
+}
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"amqp://guest:guest@localhost:5672/vhost": "amqp://guest:xxxxx@localhost:5672/vhost",
+		"amqp://guest@localhost/":                 "amqp://guest@localhost/",
+		"memory://":                               "memory://",
+		"amqp://u:p%zz@host:bad/":                 "amqp://u:xxxxx@host:bad/",
+	} {
+		if got := carrot.Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestErrorUnwrapsBoth(t *testing.T) {
+	conn := open(t)
+	_, err := conn.DeclareQueue(t.Context(), carrot.Queue{Name: "missing", Passive: true})
+	var ce *carrot.Error
+	if !errors.Is(err, carrot.ErrNotFound) || !errors.As(err, &ce) || backend.CodeOf(ce.Err) != backend.NotFound {
+		t.Errorf("passive declare of a missing queue = %#v; want an *Error wrapping ErrNotFound and the backend's error", err)
+	}
+	if !errors.Is(carrot.ErrUnsupported, errors.ErrUnsupported) {
+		t.Error("ErrUnsupported does not wrap errors.ErrUnsupported")
+	}
+}
+
+func TestInvalidArguments(t *testing.T) {
+	ctx := t.Context()
+	conn := open(t)
+	long := strings.Repeat("x", 256)
+	q := carrot.Queue{Name: "q"}
+	if _, err := conn.DeclareQueue(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"queue name too long", second(conn.DeclareQueue(ctx, carrot.Queue{Name: long}))},
+		{"exchange name too long", conn.DeclareExchange(ctx, carrot.Exchange{Name: long})},
+		{"default exchange", conn.DeclareExchange(ctx, carrot.Exchange{})},
+		{"unknown kind", conn.DeclareExchange(ctx, carrot.Exchange{Name: "h", Kind: "headers"})},
+		{"negative TTL", second(conn.DeclareQueue(ctx, carrot.Queue{Name: "t", MessageTTL: -time.Second}))},
+		{"sub-millisecond TTL", second(conn.DeclareQueue(ctx, carrot.Queue{Name: "t", MessageTTL: time.Microsecond}))},
+		{"bind to default exchange", conn.Bind(ctx, carrot.Binding{Queue: "q"})},
+		{"routing key too long", p.Publish(ctx, &carrot.Message{RoutingKey: long})},
+		{"message id too long", p.Publish(ctx, &carrot.Message{MessageID: long})},
+		{"negative expiration", p.Publish(ctx, &carrot.Message{Expiration: -1})},
+		{"unknown delivery mode", p.Publish(ctx, &carrot.Message{DeliveryMode: 7})},
+		{"struct header", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": struct{}{}}})},
+		{"map header", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": map[string]any{}}})},
+		{"uint64 header too big", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": uint64(math.MaxUint64)}})},
+		{"NoConfirm without AllowUnroutable", second(conn.NewPublisher(carrot.PublisherOptions{NoConfirm: true}))},
+		{"no queues", second(conn.NewConsumer(ctx, carrot.ConsumerOptions{}))},
+		{"negative prefetch", second(conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{q}, Prefetch: -1}))},
+		{"unparsable accept", second(conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{q}, Accept: []string{"/"}}))},
+		{"unknown codec", second(conn.NewPublisher(carrot.PublisherOptions{ContentType: "application/x-nothing"}))},
+		{"unencodable value", p.Send(ctx, func() {})},
+	} {
+		if !errors.Is(tc.err, carrot.ErrInvalid) {
+			t.Errorf("%s: got %v, want ErrInvalid", tc.name, tc.err)
+		}
+	}
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{q}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(ctx); !errors.Is(err, carrot.ErrInvalid) {
+		t.Errorf("Run without a handler = %v, want ErrInvalid", err)
+	}
+	if m, err := c.Fetch(ctx); !errors.Is(err, carrot.ErrEmpty) {
+		t.Errorf("nothing invalid was published, but Fetch = %v, %v", m, err)
+	}
+}
+
+// capsConn is a backend connection that reports other capabilities than it has.
+type capsConn struct {
+	backend.Conn
+	caps backend.Capabilities
+}
+
+func (c capsConn) Capabilities() backend.Capabilities { return c.caps }
+
+func TestMissingCapabilities(t *testing.T) {
+	ctx := t.Context()
+	conn := carrot.NewConn(capsConn{Conn: memory.New(&memory.Options{})})
+	defer conn.Close()
+	confirming := carrot.NewConn(capsConn{Conn: memory.New(&memory.Options{}), caps: backend.Capabilities{Confirms: true}})
+	defer confirming.Close()
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"confirms", second(conn.NewPublisher(carrot.PublisherOptions{AllowUnroutable: true}))},
+		{"mandatory", second(confirming.NewPublisher(carrot.PublisherOptions{}))},
+		{"queue TTL", second(conn.DeclareQueue(ctx, carrot.Queue{Name: "q", MessageTTL: time.Second}))},
+		{"max length", second(conn.DeclareQueue(ctx, carrot.Queue{Name: "q", MaxLength: 1}))},
+		{"priority", second(conn.DeclareQueue(ctx, carrot.Queue{Name: "q", MaxPriority: 1}))},
+		{"dead letter", second(conn.DeclareQueue(ctx, carrot.Queue{Name: "q", DeadLetterExchange: "x"}))},
+		{"exclusive", second(conn.DeclareQueue(ctx, carrot.Queue{Name: "q", Exclusive: true}))},
+		{"auto-delete", second(conn.DeclareQueue(ctx, carrot.Queue{Name: "q", AutoDelete: true}))},
+	} {
+		if !errors.Is(tc.err, carrot.ErrUnsupported) || !errors.Is(tc.err, errors.ErrUnsupported) {
+			t.Errorf("%s: got %v, want ErrUnsupported", tc.name, tc.err)
+		}
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{NoConfirm: true, AllowUnroutable: true})
+	if err != nil {
+		t.Fatalf("a fire-and-forget publisher needs no capability: %v", err)
+	}
+	if err := p.Publish(ctx, &carrot.Message{Expiration: time.Second}); !errors.Is(err, carrot.ErrUnsupported) {
+		t.Errorf("expiration without the MessageTTL capability = %v, want ErrUnsupported", err)
+	}
+}
+
+func TestRunTwice(t *testing.T) {
+	conn := open(t)
+	received := make(chan struct{}, 1)
+	c, err := conn.NewConsumer(t.Context(), carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: "q"}},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			received <- struct{}{}
+			return m.Ack(ctx)
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	<-received // the first Run is running
+	if err := c.Run(ctx); !errors.Is(err, carrot.ErrInvalid) {
+		t.Errorf("Run while running = %v, want ErrInvalid", err)
+	}
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Errorf("first Run = %v, want context.Canceled", err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }

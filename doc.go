@@ -1,0 +1,55 @@
+// Package carrot publishes and consumes messages over RabbitMQ, AMQP 1.0 brokers, Redis or
+// an in-process broker, through one API, with the broker chosen by a URL.
+//
+// carrot descends from the Python library carrot 0.4 and keeps its ideas: messages are
+// published to exchanges (direct, fanout or topic), which route them by routing key to the
+// queues bound to them; a [Publisher] sends; a [Consumer] declares its queue and binding,
+// receives through callbacks or a handler type, or fetches one message at a time, and acks,
+// rejects or requeues each message. Bodies are JSON by default, with pluggable codecs.
+//
+// # Connecting
+//
+// [Open] picks the backend from the URL's scheme; backends register themselves when their
+// package is imported, as database/sql drivers do:
+//
+//	import _ "github.com/carrot-go/carrot/backends/memory"
+//
+//	conn, err := carrot.Open(ctx, "memory://")
+//
+// [OpenEnv] reads the URL from CARROT_URL. [NewConn] wraps a backend connection made
+// without the registry. Errors never contain a URL's password.
+//
+// # Publishing
+//
+// A Publisher sends to one exchange with a default routing key. [Publisher.Send] encodes
+// a Go value with the publisher's codec; [Publisher.Publish] sends a [Message] as it is,
+// with its properties and headers. Publishing waits for the broker to take the message (a
+// publisher confirm) unless NoConfirm is set, and a message that matches no queue is an
+// error wrapping [ErrUnroutable] unless AllowUnroutable is set: nothing is dropped
+// silently.
+//
+// # Consuming
+//
+// [Conn.NewConsumer] declares its queues, with their exchanges and bindings, and returns a
+// Consumer. [Consumer.Run] passes messages to the [Handler] and the callbacks registered
+// with [Consumer.Register] until its context ends; [Consumer.Fetch] returns one message,
+// or [ErrEmpty] at once. Each message is settled once with [Message.Ack],
+// [Message.Requeue] or [Message.Reject]; a handler that fails has its message requeued
+// (rejected if it does not decode) and the failure logged. [Consumer.Shutdown] lets the
+// handlers in progress finish; [Consumer.Close] stops at once. Messages not settled when a
+// consumer or connection closes go back to their queue, flagged redelivered.
+//
+// # Errors
+//
+// Errors wrap a sentinel error, such as [ErrNotFound], [ErrUnroutable] or [ErrClosed],
+// for [errors.Is], and the backend's own error for [errors.As]. Context errors come back
+// unwrapped. What a backend does not support is an error wrapping [ErrUnsupported]; its
+// [Capabilities] say beforehand.
+//
+// # Backends
+//
+// The backends live in the backends directory, each documenting its URLs, delivery
+// semantics and capabilities. Anyone can write another by implementing package
+// [github.com/carrot-go/carrot/backend] and proving it with package
+// [github.com/carrot-go/carrot/conformance].
+package carrot

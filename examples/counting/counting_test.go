@@ -1,0 +1,85 @@
+package counting_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/conformance"
+	"github.com/carrot-go/carrot/examples/counting"
+)
+
+func TestConformance(t *testing.T) {
+	url := "counting+memory://" + t.Name()
+	before := counting.Memory.Published()
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+	})
+	if counting.Memory.Published() == before {
+		t.Error("the suite ran without a publish passing through the counting backend")
+	}
+}
+
+func TestCounts(t *testing.T) {
+	ctx := context.Background()
+	d := counting.Memory
+	conn, err := carrot.Open(ctx, "counting+memory://"+t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	published, delivered, acked, requeued, rejected := d.Published(), d.Delivered(), d.Acked(), d.Requeued(), d.Rejected()
+	for _, body := range []string{"a", "b", "c"} {
+		if err := p.Send(ctx, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, settle := range []func(*carrot.Message) error{
+		func(m *carrot.Message) error { return m.Ack(ctx) },
+		func(m *carrot.Message) error { return m.Requeue(ctx) },
+		func(m *carrot.Message) error { return m.Ack(ctx) }, // the requeued one again
+		func(m *carrot.Message) error { return m.Reject(ctx) },
+	} {
+		m, err := c.Fetch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := settle(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, got := range []struct {
+		name      string
+		got, want int64
+	}{
+		{"published", d.Published() - published, 3},
+		{"delivered", d.Delivered() - delivered, 4},
+		{"acked", d.Acked() - acked, 2},
+		{"requeued", d.Requeued() - requeued, 1},
+		{"rejected", d.Rejected() - rejected, 1},
+	} {
+		if got.got != got.want {
+			t.Errorf("%s: got %d, want %d", got.name, got.got, got.want)
+		}
+	}
+}
+
+func TestBadURL(t *testing.T) {
+	_, err := carrot.Open(context.Background(), "counting+memory://x?bogus=1")
+	if !errors.Is(err, carrot.ErrInvalid) {
+		t.Errorf("open with an unknown option = %v, want ErrInvalid", err)
+	}
+}
