@@ -182,7 +182,9 @@ func (e *env) exchange(kind carrot.ExchangeKind, name string) string {
 	if err := e.conn.DeclareExchange(e.ctx, carrot.Exchange{Name: name, Kind: kind}); err != nil {
 		e.t.Fatalf("declare %s exchange: %v", kind, err)
 	}
-	e.t.Cleanup(func() { e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteExchange(ctx, name) }) })
+	e.t.Cleanup(func() {
+		e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteExchange(ctx, name) })
+	})
 	return name
 }
 
@@ -198,7 +200,9 @@ func (e *env) queueOn(conn *carrot.Conn, q carrot.Queue) string {
 	q.Name = e.name(q.Name)
 	if q.Exchange.Name != "" {
 		name := q.Exchange.Name
-		e.t.Cleanup(func() { e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteExchange(ctx, name) }) })
+		e.t.Cleanup(func() {
+			e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteExchange(ctx, name) })
+		})
 	}
 	name, err := conn.DeclareQueue(e.ctx, q)
 	if err != nil {

@@ -578,7 +578,9 @@ func kindOrDirect(k carrot.ExchangeKind) carrot.ExchangeKind {
 
 func runBackends(ctx context.Context, c *cli, args []string) error {
 	fs := flag.NewFlagSet("carrot backends", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprintln(fs.Output(), "Usage: carrot backends\n\nLists the URL schemes this carrot binary has backends for.") }
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: carrot backends\n\nLists the URL schemes this carrot binary has backends for.")
+	}
 	if err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
