@@ -182,9 +182,7 @@ func (e *env) exchange(kind carrot.ExchangeKind, name string) string {
 	if err := e.conn.DeclareExchange(e.ctx, carrot.Exchange{Name: name, Kind: kind}); err != nil {
 		e.t.Fatalf("declare %s exchange: %v", kind, err)
 	}
-	e.t.Cleanup(func() {
-		e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteExchange(ctx, name) })
-	})
+	e.deleteExchangeLater(name)
 	return name
 }
 
@@ -199,17 +197,28 @@ func (e *env) queueOn(conn *carrot.Conn, q carrot.Queue) string {
 	e.t.Helper()
 	q.Name = e.name(q.Name)
 	if q.Exchange.Name != "" {
-		name := q.Exchange.Name
-		e.t.Cleanup(func() {
-			e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteExchange(ctx, name) })
-		})
+		e.deleteExchangeLater(q.Exchange.Name)
 	}
 	name, err := conn.DeclareQueue(e.ctx, q)
 	if err != nil {
 		e.t.Fatalf("declare queue: %v", err)
 	}
-	e.t.Cleanup(func() { e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteQueue(ctx, name) }) })
+	e.deleteQueueLater(name)
 	return name
+}
+
+// deleteQueueLater deletes a queue when the subtest ends.
+func (e *env) deleteQueueLater(name string) {
+	e.t.Cleanup(func() {
+		e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteQueue(ctx, name) })
+	})
+}
+
+// deleteExchangeLater deletes an exchange when the subtest ends.
+func (e *env) deleteExchangeLater(name string) {
+	e.t.Cleanup(func() {
+		e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteExchange(ctx, name) })
+	})
 }
 
 // cleanup deletes something on the run's own connection: the subtest's may be closed. An
@@ -303,6 +312,19 @@ func (e *env) expectEmpty(queue string) {
 			body = string(m.Body)
 		}
 		e.t.Fatalf("fetch from a queue that should be empty: got message %q, error %v; want ErrEmpty", body, err)
+	}
+}
+
+// expectRedelivered fetches the messages with bodies want, in order, checks that each is
+// flagged redelivered, and acks it.
+func (e *env) expectRedelivered(queue string, want ...string) {
+	e.t.Helper()
+	for _, w := range want {
+		m := e.fetch(queue)
+		if string(m.Body) != w || !m.Redelivered() {
+			e.t.Errorf("got %q (redelivered %v), want %q redelivered", m.Body, m.Redelivered(), w)
+		}
+		e.ack(m)
 	}
 }
 

@@ -99,13 +99,7 @@ func testUnackedAfterConsumerClose(e *env) {
 		e.t.Errorf("Run after Close returned %v, want ErrClosed", err)
 	}
 	r.done <- nil
-	for _, want := range []string{"one", "two"} {
-		m := e.fetch(q)
-		if string(m.Body) != want || !m.Redelivered() {
-			e.t.Errorf("after close got %q (redelivered %v), want %q redelivered", m.Body, m.Redelivered(), want)
-		}
-		e.ack(m)
-	}
+	e.expectRedelivered(q, "one", "two")
 	if err := first.Ack(e.ctx); err == nil {
 		e.t.Errorf("acking a message its closed consumer gave back = nil, want an error")
 	}

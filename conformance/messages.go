@@ -253,11 +253,7 @@ func testUnackedAfterFetchClose(e *env) {
 	if err := c.Close(); err != nil {
 		e.t.Fatalf("close consumer: %v", err)
 	}
-	m := e.fetch(q)
-	if string(m.Body) != "one" || !m.Redelivered() {
-		e.t.Errorf("after close got %q (redelivered %v), want %q redelivered", m.Body, m.Redelivered(), "one")
-	}
-	e.ack(m)
+	e.expectRedelivered(q, "one")
 }
 
 func testUnackedAfterConnClose(e *env) {
@@ -271,13 +267,7 @@ func testUnackedAfterConnClose(e *env) {
 	if err := other.Close(); err != nil {
 		e.t.Fatalf("close connection: %v", err)
 	}
-	for _, want := range []string{"one", "two"} {
-		m := e.fetch(q)
-		if string(m.Body) != want || !m.Redelivered() {
-			e.t.Errorf("after close got %q (redelivered %v), want %q redelivered", m.Body, m.Redelivered(), want)
-		}
-		e.ack(m)
-	}
+	e.expectRedelivered(q, "one", "two")
 }
 
 func testUndecodable(e *env) {

@@ -201,7 +201,7 @@ func testGeneratedQueueName(e *env) {
 		if err != nil {
 			e.t.Fatalf("declare a queue without a name: %v", err)
 		}
-		e.t.Cleanup(func() { e.cleanup(func(c *carrot.Conn, ctx context.Context) error { return c.DeleteQueue(ctx, name) }) })
+		e.deleteQueueLater(name)
 		names = append(names, name)
 	}
 	if names[0] == "" || names[0] == names[1] {

@@ -248,13 +248,15 @@ func guessContentType(body []byte) string {
 	}
 }
 
-// queueFlags are the flags of commands that read a queue, which they may also declare.
+// queueFlags are the flags of commands that read and print messages from a queue, which
+// they may also declare.
 type queueFlags struct {
 	queue    *string
 	declare  *bool
 	exchange *string
 	kind     *string
 	keys     multiFlag
+	format   *string
 }
 
 func addQueueFlags(fs *flag.FlagSet) *queueFlags {
@@ -263,12 +265,25 @@ func addQueueFlags(fs *flag.FlagSet) *queueFlags {
 		declare:  fs.Bool("declare", false, "declare the queue (durable), and --exchange with its bindings, if they do not exist"),
 		exchange: fs.String("exchange", "", "with --declare: exchange to bind the queue to"),
 		kind:     fs.String("kind", "direct", "with --declare: kind of --exchange: direct, fanout or topic"),
+		format:   fs.String("format", "body", "output: body (the body and a newline) or json (one JSON object per message, with properties)"),
 	}
 	fs.Var(&q.keys, "key", "with --declare: binding key (pattern for topic exchanges); repeatable")
 	return q
 }
 
-// spec returns the queue to consume: passive unless --declare.
+// parsed returns the queue to read, passive unless --declare, and the printer for its
+// messages.
+func (q *queueFlags) parsed(w io.Writer) (carrot.Queue, *printer, error) {
+	spec, err := q.spec()
+	if err != nil {
+		return spec, nil, err
+	}
+	if *q.format != "body" && *q.format != "json" {
+		return spec, nil, usageError{fmt.Sprintf("--format %q: want body or json", *q.format)}
+	}
+	return spec, &printer{w: w, format: *q.format}, nil
+}
+
 func (q *queueFlags) spec() (carrot.Queue, error) {
 	if *q.queue == "" {
 		return carrot.Queue{}, usageError{"--queue is required"}
@@ -300,17 +315,6 @@ func (q *queueFlags) spec() (carrot.Queue, error) {
 type printer struct {
 	w      io.Writer
 	format string
-}
-
-func addFormatFlag(fs *flag.FlagSet) *string {
-	return fs.String("format", "body", "output: body (the body and a newline) or json (one JSON object per message, with properties)")
-}
-
-func newPrinter(w io.Writer, format string) (*printer, error) {
-	if format != "body" && format != "json" {
-		return nil, usageError{fmt.Sprintf("--format %q: want body or json", format)}
-	}
-	return &printer{w: w, format: format}, nil
 }
 
 // jsonMessage is a received message as --format json prints it.
@@ -383,15 +387,10 @@ interrupted (Ctrl-C) or until --count messages have arrived.`)
 	prefetch := fs.Int("prefetch", 0, "prefetch limit (0: the backend's default)")
 	noAck := fs.Bool("no-ack", false, "let the broker settle messages on delivery")
 	requeue := fs.Bool("requeue", false, "requeue messages instead of acking them (they will come again)")
-	format := addFormatFlag(fs)
 	if err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
-	spec, err := qf.spec()
-	if err != nil {
-		return err
-	}
-	out, err := newPrinter(c.stdout, *format)
+	spec, out, err := qf.parsed(c.stdout)
 	if err != nil {
 		return err
 	}
@@ -441,15 +440,10 @@ func runFetch(ctx context.Context, c *cli, args []string) error {
 the queue is empty.`)
 	qf := addQueueFlags(fs)
 	requeue := fs.Bool("requeue", false, "requeue the message instead of acking it")
-	format := addFormatFlag(fs)
 	if err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
-	spec, err := qf.spec()
-	if err != nil {
-		return err
-	}
-	out, err := newPrinter(c.stdout, *format)
+	spec, out, err := qf.parsed(c.stdout)
 	if err != nil {
 		return err
 	}
