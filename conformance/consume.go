@@ -107,6 +107,51 @@ func testUnackedAfterConsumerClose(e *env) {
 	e.expectEmpty(q)
 }
 
+func testSeveralQueues(e *env) {
+	x := e.exchange(carrot.Direct, "x")
+	news := carrot.Queue{Name: e.name("news"), Exchange: carrot.Exchange{Name: x}, RoutingKey: "news"}
+	sport := carrot.Queue{Name: e.name("sport"), Exchange: carrot.Exchange{Name: x}, RoutingKey: "sport"}
+	e.deleteQueueLater(news.Name)
+	e.deleteQueueLater(sport.Name)
+	got := make(chan string, 4)
+	c, err := e.conn.NewConsumer(e.ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{news, sport},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			got <- m.Queue() + ":" + string(m.Body)
+			return m.Ack(ctx)
+		}),
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer c.Close()
+	if names := c.Queues(); !slices.Equal(names, []string{news.Name, sport.Name}) {
+		e.t.Errorf("Queues() = %v", names)
+	}
+
+	// Fetch tries the queues in order.
+	e.publish(x, "sport", "match")
+	e.publish(x, "news", "election")
+	for _, want := range []string{news.Name + ":election", sport.Name + ":match"} {
+		m := e.fetchFrom(c)
+		if got := m.Queue() + ":" + string(m.Body); got != want {
+			e.t.Errorf("Fetch got %q, want %q", got, want)
+		}
+		e.ack(m)
+	}
+
+	// Run reads both.
+	r := e.start(c)
+	e.publish(x, "news", "budget")
+	e.publish(x, "sport", "race")
+	received := []string{wait(e, got), wait(e, got)}
+	slices.Sort(received)
+	if want := []string{news.Name + ":budget", sport.Name + ":race"}; !slices.Equal(received, want) {
+		e.t.Errorf("Run received %v, want %v", received, want)
+	}
+	e.stop(r)
+}
+
 func testCompetingConsumers(e *env) {
 	q := e.queue(carrot.Queue{Name: "q"})
 	const n = 10

@@ -2,7 +2,10 @@ package memory_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/carrot-go/carrot"
 	_ "github.com/carrot-go/carrot/backends/memory"
@@ -14,4 +17,91 @@ func TestConformance(t *testing.T) {
 	conformance.Run(t, conformance.Harness{
 		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
 	})
+}
+
+// TestManyGoroutines publishes and consumes from many goroutines on shared connections at
+// once; run with -race, it checks the broker's locking, and that every message arrives
+// exactly once.
+func TestManyGoroutines(t *testing.T) {
+	ctx := t.Context()
+	url := "memory://" + t.Name()
+	const publishers, perPublisher, consumers = 8, 250, 4
+	pubConn, err := carrot.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pubConn.Close()
+	topic := carrot.Exchange{Name: "events", Kind: carrot.Topic}
+	queue := carrot.Queue{Name: "all", Exchange: topic, RoutingKey: "#", Bindings: []carrot.Binding{{Exchange: "events", Key: "p.*"}}}
+	if _, err := pubConn.DeclareQueue(ctx, queue); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	seen := make(map[string]int)
+	done := make(chan struct{})
+	runCtx, stop := context.WithCancel(ctx)
+	var runs sync.WaitGroup
+	for i := range consumers {
+		conn, err := carrot.Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+			Queues:      []carrot.Queue{queue},
+			Prefetch:    1 + i,
+			Concurrency: 1 + i%3,
+			Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+				if m.DeliveryCount() == 1 && len(m.Body)%7 == 0 {
+					return m.Requeue(ctx) // some go round twice
+				}
+				mu.Lock()
+				seen[string(m.Body)]++
+				if len(seen) == publishers*perPublisher {
+					close(done)
+				}
+				mu.Unlock()
+				return m.Ack(ctx)
+			}),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs.Go(func() { c.Run(runCtx) })
+	}
+
+	var pubs sync.WaitGroup
+	for p := range publishers {
+		pubs.Go(func() {
+			pub, err := pubConn.NewPublisher(carrot.PublisherOptions{Exchange: "events", RoutingKey: fmt.Sprintf("p.%d", p)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for i := range perPublisher {
+				if err := pub.Send(ctx, fmt.Sprintf("%d-%d", p, i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	pubs.Wait()
+	select {
+	case <-done:
+	case <-time.After(time.Minute): // reported below
+	}
+	stop()
+	runs.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != publishers*perPublisher {
+		t.Errorf("received %d distinct messages, want %d", len(seen), publishers*perPublisher)
+	}
+	for body, n := range seen {
+		if n != 1 {
+			t.Errorf("message %s handled %d times", body, n)
+		}
+	}
 }
