@@ -2,8 +2,11 @@ package carrot
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync/atomic"
+	"time"
 
 	"github.com/carrot-go/carrot/backend"
 )
@@ -33,6 +36,12 @@ type PublisherOptions struct {
 	// without an error if the broker fails. Since an unroutable message can then not be
 	// reported, NoConfirm requires AllowUnroutable.
 	NoConfirm bool
+
+	// NoRetry makes Publish return an error wrapping [ErrUnavailable] when the connection
+	// fails under a message, instead of publishing it again once the backend has
+	// reconnected. Retrying is what makes delivery at-least-once: a message whose confirm
+	// was lost with the connection may arrive twice.
+	NoRetry bool
 }
 
 // Publisher sends messages to an exchange. It is safe for concurrent use; each call to
@@ -106,8 +115,10 @@ func (p *Publisher) Send(ctx context.Context, v any) error {
 // Publish sends a message as it is: its body is not encoded again. Unless the publisher
 // has NoConfirm set, Publish returns once the broker has taken the message, or with an
 // error: [ErrUnroutable] when it matched no queue, [ErrNotFound] when the exchange does
-// not exist, [ErrRefused] when the broker refused it. If ctx ends first, Publish returns
-// ctx.Err() and the message may or may not have been taken.
+// not exist, [ErrRefused] when the broker refused it. When the connection fails under the
+// message, Publish publishes it again once the backend has reconnected (unless NoRetry is
+// set), so the message may arrive twice but is not lost. If ctx ends first, Publish
+// returns ctx.Err() and the message may or may not have been taken.
 func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 	op := fmt.Sprintf("publish to exchange %q", p.opts.Exchange)
 	if p.closed.Load() {
@@ -129,7 +140,27 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 		Mandatory: !p.opts.AllowUnroutable,
 		Confirm:   !p.opts.NoConfirm,
 	}
-	return p.conn.wrap(op, p.conn.b.Publish(ctx, pub))
+	for attempt := 0; ; attempt++ {
+		err := p.conn.wrap(op, p.conn.b.Publish(ctx, pub))
+		if err == nil || p.opts.NoRetry || !errors.Is(err, ErrUnavailable) {
+			return err
+		}
+		t := time.NewTimer(retryDelay(attempt))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+}
+
+// retryDelay is how long Publish waits before its next attempt: from 50ms, doubling, up to
+// 2s, with jitter so that many publishers do not retry in step.
+func retryDelay(attempt int) time.Duration {
+	d := 50 * time.Millisecond << min(attempt, 5)
+	d = min(d, 2*time.Second)
+	return d/2 + rand.N(d/2)
 }
 
 // Close closes the publisher; later calls return [ErrClosed]. Publishes in progress

@@ -34,6 +34,7 @@ import (
 	"strings"
 	"syscall"
 
+	_ "github.com/carrot-go/carrot/backends/amqp091"
 	_ "github.com/carrot-go/carrot/backends/memory"
 )
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,13 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // start starts a container of image for kind k, waits until its broker is ready, and
 // removes it when t ends. It fails t if any of that goes wrong: Docker was found usable.
 func start(t testing.TB, k Kind, image string) *Container {
+	t.Helper()
+	return startWith(t, k, image, t.Cleanup, tclog.TestLogger(t))
+}
+
+// startWith is start with the removal of the container registered with cleanup, and
+// testcontainers-go's messages sent to logger.
+func startWith(t testing.TB, k Kind, image string, cleanup func(func()), logger tclog.Logger) *Container {
 	t.Helper()
 	// Creating the container takes a little time of its own, before the wait.
 	ctx, cancel := context.WithTimeout(context.Background(), startupTimeout+time.Minute)
@@ -47,15 +55,15 @@ func start(t testing.TB, k Kind, image string) *Container {
 			hc.PortBindings = network.PortMap{port: {{HostIP: loopback}}}
 		}),
 		ready,
-		testcontainers.WithLogger(tclog.TestLogger(t)),
+		testcontainers.WithLogger(logger),
 	)
 	if ctr != nil {
 		// Run returns the container it created even when waiting for it failed.
-		t.Cleanup(func() {
+		cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 			defer cancel()
 			if err := ctr.Terminate(ctx, testcontainers.StopTimeout(0)); err != nil {
-				t.Errorf("testbroker: removing the %s container %.12s: %v", k.Name, ctr.GetContainerID(), err)
+				fmt.Fprintf(os.Stderr, "testbroker: removing the %s container %.12s: %v\n", k.Name, ctr.GetContainerID(), err)
 			}
 		})
 	}

@@ -21,11 +21,13 @@
 //     usable. With CARROT_TEST_REQUIRE_BROKERS=1 the test fails instead, so that CI never
 //     passes with a broker test skipped.
 //
-// Every call of [URL] that finds no URL variable starts its own container, which takes
-// seconds for Redis and tens of seconds for RabbitMQ: call it once in a top-level test and
-// share the URL with its subtests. [Start] always starts a dedicated container, whatever
-// the environment says, for tests that restart or disturb the broker; [Container.Exec]
-// runs a command in it, such as "rabbitmqctl stop_app".
+// A package whose tests call [URL] should run them with [Main], from TestMain: its tests
+// then share one container of each kind, started on first use and removed when they are
+// done. Without Main, every call of URL that finds no URL variable starts a container of
+// its own, which takes seconds for Redis and tens of seconds for RabbitMQ. [Start] always
+// starts a dedicated container, whatever the environment says, for tests that restart or
+// disturb the broker; [Container.Exec] runs a command in it, such as
+// "rabbitmqctl stop_app". [CanStart] tells, without starting one, whether Start could.
 //
 // # When Docker is usable
 //

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,7 +94,9 @@ const (
 )
 
 // URL returns the URL of a broker of kind k for t: the kind's URL environment variable if it
-// is set, else the URL of a container that it starts and removes when t ends. When it can do
+// is set, else the URL of a container. Under [Main], every test of the package shares one
+// container of each kind, removed when the tests are done; otherwise URL starts a
+// container for t alone and removes it when t ends. When it can do
 // neither, URL skips t, or fails it if CARROT_TEST_REQUIRE_BROKERS=1, saying why; so it
 // returns only with a URL. The package documentation says when Docker is used.
 func URL(t testing.TB, k Kind) string {
@@ -104,6 +107,8 @@ func URL(t testing.TB, k Kind) string {
 		u, _ := url.Parse(p.url) // decide checked that it parses
 		t.Logf("testbroker: %s at %s, from %s", k.Name, u.Redacted(), k.URLEnv)
 		return p.url
+	case p.start && shared.inMain:
+		return shared.url(t, k, p.image)
 	case p.start:
 		return start(t, k, p.image).URL
 	case p.fatal:
@@ -302,3 +307,60 @@ func dockerUsable(k Kind, image string) error {
 	}
 	return nil
 }
+
+// CanStart reports why [Start] could not start a container of kind k here, or nil if it
+// could, without starting one; for tests that prefer a container and can do without.
+func CanStart(k Kind) error {
+	p := decide(k, os.Getenv, false, dockerUsable)
+	if p.start {
+		return nil
+	}
+	return errors.New(p.reason)
+}
+
+// shared holds the containers that URL starts under Main, one of each kind.
+var shared sharedContainers
+
+type sharedContainers struct {
+	mu       sync.Mutex
+	inMain   bool
+	urls     map[string]string // by Kind.Name
+	removers []func()
+}
+
+// Main runs a package's tests, as TestMain must, and removes the containers URL started
+// for them once they are done. With it, the tests of a package share one broker of each
+// kind instead of starting one each:
+//
+//	func TestMain(m *testing.M) { testbroker.Main(m) }
+func Main(m *testing.M) {
+	shared.inMain = true
+	code := m.Run()
+	shared.mu.Lock()
+	for _, remove := range shared.removers {
+		remove()
+	}
+	shared.mu.Unlock()
+	os.Exit(code)
+}
+
+func (s *sharedContainers) url(t testing.TB, k Kind, image string) string {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if u, ok := s.urls[k.Name]; ok {
+		return u
+	}
+	c := startWith(t, k, image, func(f func()) { s.removers = append(s.removers, f) }, quietLogger{})
+	if s.urls == nil {
+		s.urls = make(map[string]string)
+	}
+	s.urls[k.Name] = c.URL
+	return c.URL
+}
+
+// quietLogger drops testcontainers-go's messages about shared containers, which outlive
+// the test that started them.
+type quietLogger struct{}
+
+func (quietLogger) Printf(string, ...any) {}

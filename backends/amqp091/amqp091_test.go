@@ -1,0 +1,454 @@
+package amqp091_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/backends/amqp091"
+	"github.com/carrot-go/carrot/conformance"
+	"github.com/carrot-go/carrot/internal/testbroker"
+)
+
+func TestMain(m *testing.M) { testbroker.Main(m) }
+
+func TestConformance(t *testing.T) {
+	url := testbroker.URL(t, testbroker.RabbitMQ)
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+	})
+}
+
+func TestParseURL(t *testing.T) {
+	for _, tc := range []struct {
+		url  string
+		want amqp091.Options // the fields compared below
+	}{
+		{"amqp://", amqp091.Options{Addr: "localhost:5672", Username: "guest", Password: "guest", Vhost: "/"}},
+		{"amqp://u:p@rabbit:5673/", amqp091.Options{Addr: "rabbit:5673", Username: "u", Password: "p", Vhost: "/"}},
+		{"amqp://u:p@rabbit/prod", amqp091.Options{Addr: "rabbit:5672", Username: "u", Password: "p", Vhost: "prod"}},
+		{"amqp://rabbit/%2F", amqp091.Options{Addr: "rabbit:5672", Username: "guest", Password: "guest", Vhost: "/"}},
+		{"amqps://rabbit/v?server_name_indication=other", amqp091.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "v"}},
+		{"amqp://[::1]:5672/?heartbeat=30s&connection_timeout=2s&prefetch=10&confirms=false&max_body_size=1024&channel_max=16&frame_size=8192&connection_name=app&reconnect_max=1s&auth_mechanism=amqplain",
+			amqp091.Options{Addr: "[::1]:5672", Username: "guest", Password: "guest", Vhost: "/", Heartbeat: 30 * time.Second, ConnectionTimeout: 2 * time.Second,
+				Prefetch: 10, NoConfirms: true, MaxBodySize: 1024, ChannelMax: 16, FrameSize: 8192, ConnectionName: "app", ReconnectMax: time.Second, AuthMechanism: "AMQPLAIN"}},
+	} {
+		got, err := amqp091.ParseURL(tc.url)
+		if err != nil {
+			t.Errorf("ParseURL(%q): %v", tc.url, err)
+			continue
+		}
+		w := tc.want
+		if got.Addr != w.Addr || got.Username != w.Username || got.Password != w.Password || got.Vhost != w.Vhost ||
+			got.Heartbeat != w.Heartbeat || got.ConnectionTimeout != w.ConnectionTimeout || got.Prefetch != w.Prefetch ||
+			got.NoConfirms != w.NoConfirms || got.MaxBodySize != w.MaxBodySize || got.ChannelMax != w.ChannelMax ||
+			got.FrameSize != w.FrameSize || got.ConnectionName != w.ConnectionName || got.ReconnectMax != w.ReconnectMax ||
+			got.AuthMechanism != w.AuthMechanism {
+			t.Errorf("ParseURL(%q) = %+v, want %+v", tc.url, got, w)
+		}
+		if strings.HasPrefix(tc.url, "amqps") && (got.TLS == nil || got.TLS.ServerName != "other") {
+			t.Errorf("ParseURL(%q): TLS config %+v, want server name %q", tc.url, got.TLS, "other")
+		}
+	}
+}
+
+func TestParseURLErrors(t *testing.T) {
+	for _, tc := range []struct{ url, mentions string }{
+		{"amqp://u:s3cret@host/?bogus=1", `unknown URL option "bogus"`},
+		{"amqp://u:s3cret@host/?heartbeat=10", "heartbeat"},
+		{"amqp://u:s3cret@host/?prefetch=0", "prefetch"},
+		{"amqp://u:s3cret@host/?prefetch=1&prefetch=2", "given 2 times"},
+		{"amqp://u:s3cret@host/?confirms=maybe", "confirms"},
+		{"amqp://u:s3cret@host/?certfile=/x", "amqps"},
+		{"amqp://u:s3cret@host/?auth_mechanism=external", "amqps"},
+		{"amqps://u:s3cret@host/?certfile=/x", "go together"},
+		{"amqps://u:s3cret@host/?cacertfile=/does/not/exist", "cacertfile"},
+		{"redis://u:s3cret@host/", "want amqp or amqps"},
+	} {
+		_, err := amqp091.ParseURL(tc.url)
+		if err == nil || !strings.Contains(err.Error(), tc.mentions) {
+			t.Errorf("ParseURL(%q) = %v, want an error mentioning %q", tc.url, err, tc.mentions)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("ParseURL(%q) error %q shows the password", tc.url, err)
+		}
+	}
+	// Through carrot.Open, the error is ErrInvalid.
+	if _, err := carrot.Open(context.Background(), "amqp://guest:s3cret@127.0.0.1:1/?bogus=1"); !errors.Is(err, carrot.ErrInvalid) || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("Open with an unknown option = %v, want ErrInvalid without the password", err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	ctx := context.Background()
+	// A port nobody listens on.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	if _, err := carrot.Open(ctx, "amqp://guest:s3cret@"+addr+"/?connection_timeout=2s"); !errors.Is(err, carrot.ErrUnavailable) || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("Open of a closed port = %v, want ErrUnavailable without the password", err)
+	}
+	broker := testbroker.URL(t, testbroker.RabbitMQ)
+	u, err := url.Parse(broker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword("guest", "wrong-s3cret")
+	if _, err := carrot.Open(ctx, u.String()); !errors.Is(err, carrot.ErrInvalid) || strings.Contains(err.Error(), "wrong-s3cret") {
+		t.Errorf("Open with a wrong password = %v, want ErrInvalid without the password", err)
+	}
+}
+
+// open connects to the test broker, with extra URL options.
+func open(t *testing.T, options string) *carrot.Conn {
+	t.Helper()
+	broker := testbroker.URL(t, testbroker.RabbitMQ)
+	if options != "" {
+		broker += "?" + options
+	}
+	conn, err := carrot.Open(t.Context(), broker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// uniqueName returns a queue or exchange name no other test run uses.
+func uniqueName(t *testing.T) string {
+	return fmt.Sprintf("carrot-test.%s.%d", t.Name(), time.Now().UnixNano())
+}
+
+// declareQueue declares a queue deleted when the test ends.
+func declareQueue(t *testing.T, conn *carrot.Conn, q carrot.Queue) string {
+	t.Helper()
+	name, err := conn.DeclareQueue(t.Context(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.DeleteQueue(context.Background(), name) })
+	if q.Exchange.Name != "" {
+		t.Cleanup(func() { conn.DeleteExchange(context.Background(), q.Exchange.Name) })
+	}
+	return name
+}
+
+func TestQuorumQueueDeliveryCount(t *testing.T) {
+	ctx := t.Context()
+	conn := open(t, "")
+	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t), Args: carrot.Table{"x-queue-type": "quorum"}})
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, "again and again"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for want := 1; want <= 3; want++ {
+		m, err := c.Fetch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.DeliveryCount() != want {
+			t.Errorf("delivery %d of a quorum queue's message: DeliveryCount() = %d", want, m.DeliveryCount())
+		}
+		settle := m.Requeue
+		if want == 3 {
+			settle = m.Ack
+		}
+		if err := settle(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReturnsMatchTheirPublishes publishes routable and unroutable messages concurrently
+// on the shared channel: each publish must get its own outcome.
+func TestReturnsMatchTheirPublishes(t *testing.T) {
+	ctx := t.Context()
+	conn := open(t, "")
+	x := uniqueName(t)
+	q := declareQueue(t, conn, carrot.Queue{Name: x, Exchange: carrot.Exchange{Name: x, Transient: true}, RoutingKey: "yes", Transient: true})
+	p, err := conn.NewPublisher(carrot.PublisherOptions{Exchange: x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 400
+	var wg sync.WaitGroup
+	var routed atomic.Int32
+	for i := range n {
+		wg.Go(func() {
+			key := []string{"yes", "no"}[i%2]
+			body := []byte(fmt.Sprint(i % 7)) // bodies repeat across keys
+			err := p.Publish(ctx, &carrot.Message{RoutingKey: key, Body: body, DeliveryMode: carrot.Transient})
+			switch {
+			case key == "no" && !errors.Is(err, carrot.ErrUnroutable):
+				t.Errorf("message %d with an unbound key: %v, want ErrUnroutable", i, err)
+			case key == "yes" && err != nil:
+				t.Errorf("message %d with a bound key: %v", i, err)
+			case key == "yes":
+				routed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if got, err := conn.Purge(ctx, q); got != int(routed.Load()) || got != n/2 || err != nil {
+		t.Errorf("queue holds %d messages (%v), want %d", got, err, n/2)
+	}
+}
+
+func TestNackIsRefused(t *testing.T) {
+	ctx := t.Context()
+	conn := open(t, "")
+	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t), MaxLength: 1, Args: carrot.Table{"x-overflow": "reject-publish"}})
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, "fits"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, "overflows"); !errors.Is(err, carrot.ErrRefused) {
+		t.Errorf("publish to a full reject-publish queue = %v, want ErrRefused", err)
+	}
+}
+
+// TestExchangeDeletedUnderPublisher deletes, behind the publisher's back, an exchange it
+// published to: RabbitMQ closes the publishing channel, the publish is ErrNotFound, and
+// the connection goes on.
+func TestExchangeDeletedUnderPublisher(t *testing.T) {
+	ctx := t.Context()
+	conn, other := open(t, ""), open(t, "")
+	name := uniqueName(t)
+	q := declareQueue(t, conn, carrot.Queue{Name: name, Exchange: carrot.Exchange{Name: name}, RoutingKey: "k"})
+	p, err := conn.NewPublisher(carrot.PublisherOptions{Exchange: name, RoutingKey: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, "before"); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.DeleteExchange(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, "lost"); !errors.Is(err, carrot.ErrNotFound) {
+		t.Errorf("publish to an exchange deleted meanwhile = %v, want ErrNotFound", err)
+	}
+	toQueue, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := toQueue.Send(ctx, "after"); err != nil {
+		t.Errorf("publish after the channel closed: %v", err)
+	}
+	if n, err := conn.Purge(ctx, q); n != 2 || err != nil {
+		t.Errorf("queue holds %d messages (%v), want 2", n, err)
+	}
+}
+
+func TestAs(t *testing.T) {
+	ctx := t.Context()
+	conn := open(t, "")
+	var ac *amqp.Connection
+	if !conn.As(&ac) || ac.IsClosed() {
+		t.Fatalf("As(*amqp.Connection) = %v", ac)
+	}
+	var ch *amqp.Channel
+	if !conn.As(&ch) || ch.IsClosed() {
+		t.Fatalf("As(*amqp.Channel) = %v", ch)
+	}
+	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t)})
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Publish(ctx, &carrot.Message{Body: []byte("raw"), Headers: carrot.Table{"n": 1}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.Fetch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d amqp.Delivery
+	if !m.As(&d) || string(d.Body) != "raw" || d.RoutingKey != q {
+		t.Errorf("As(*amqp.Delivery) gave %+v", d)
+	}
+	var wrong *os.File
+	if conn.As(&wrong) || m.As(&wrong) {
+		t.Error("As accepted a type it does not have")
+	}
+	m.Ack(ctx)
+}
+
+// disruptable returns a RabbitMQ that a test may restart, and a way to run rabbitmqctl
+// on it: a container of the test's own when Docker is usable, else the local broker of
+// CARROT_TEST_AMQP091_URL with the local rabbitmqctl (no other test may use it meanwhile).
+func disruptable(t *testing.T) (string, func(ctx context.Context, args ...string) error) {
+	if err := testbroker.CanStart(testbroker.RabbitMQ); err != nil {
+		if local := os.Getenv("CARROT_TEST_AMQP091_URL"); local != "" {
+			u, err := url.Parse(local)
+			if _, lookErr := exec.LookPath("rabbitmqctl"); err == nil && lookErr == nil && (u.Hostname() == "127.0.0.1" || u.Hostname() == "localhost") {
+				t.Logf("restarting the local RabbitMQ at %s with rabbitmqctl", u.Redacted())
+				return local, func(ctx context.Context, args ...string) error {
+					out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
+					if err != nil {
+						return fmt.Errorf("rabbitmqctl %v: %v: %s", args, err, out)
+					}
+					return nil
+				}
+			}
+		}
+	}
+	c := testbroker.Start(t, testbroker.RabbitMQ)
+	return c.URL, func(ctx context.Context, args ...string) error {
+		_, err := c.Exec(ctx, append([]string{"rabbitmqctl"}, args...)...)
+		return err
+	}
+}
+
+// TestBrokerRestart sends 10,000 persistent messages from a publisher to a consumer while
+// the broker's connections are closed and the broker application is stopped and started:
+// every message must arrive at least once.
+func TestBrokerRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a broker; not in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	broker, rabbitmqctl := disruptable(t)
+	t.Cleanup(func() { rabbitmqctl(context.Background(), "start_app") }) // whatever happens
+
+	conn, err := carrot.Open(ctx, broker+"?reconnect_max=1s&heartbeat=2s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t)}) // durable
+
+	const total = 10000
+	var (
+		mu       sync.Mutex
+		seen     = make(map[int]int)
+		received atomic.Int64
+		all      = make(chan struct{})
+	)
+	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues:   []carrot.Queue{{Name: q, Passive: true}},
+		Prefetch: 200,
+		Handler: carrot.Decoded(func(ctx context.Context, n int, m *carrot.Message) error {
+			mu.Lock()
+			seen[n]++
+			distinct := len(seen)
+			mu.Unlock()
+			received.Add(1)
+			if distinct == total {
+				select {
+				case <-all:
+				default:
+					close(all)
+				}
+			}
+			m.Ack(ctx) // a failed ack means a redelivery, counted as a duplicate
+			return nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- consumer.Run(ctx) }()
+
+	// Eight publishers share the messages; Send retries across reconnections.
+	var published atomic.Int64
+	var pubs sync.WaitGroup
+	const publishers = 8
+	for w := range publishers {
+		pubs.Go(func() {
+			p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for n := w; n < total; n += publishers {
+				if err := p.Send(ctx, n); err != nil {
+					t.Errorf("send %d: %v", n, err)
+					return
+				}
+				published.Add(1)
+			}
+		})
+	}
+
+	waitFor := func(what string, cond func() bool) {
+		for !cond() {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("timed out waiting for %s (published %d, received %d)", what, published.Load(), received.Load())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	waitFor("2,000 messages", func() bool { return received.Load() >= 2000 })
+	t.Logf("closing all connections after %d received", received.Load())
+	if err := rabbitmqctl(ctx, "close_all_connections", "carrot restart test"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("5,000 messages", func() bool { return received.Load() >= 5000 })
+	t.Logf("stopping the broker after %d received", received.Load())
+	if err := rabbitmqctl(ctx, "stop_app"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // let the clients notice, and fail to reconnect for a while
+	if err := rabbitmqctl(ctx, "start_app"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("broker started again; %d published, %d received", published.Load(), received.Load())
+
+	pubs.Wait()
+	select {
+	case <-all:
+	case <-ctx.Done():
+	}
+	cancel()
+	<-runDone
+
+	mu.Lock()
+	defer mu.Unlock()
+	var missing []int
+	duplicates := 0
+	for n := range total {
+		switch c := seen[n]; {
+		case c == 0:
+			missing = append(missing, n)
+		case c > 1:
+			duplicates += c - 1
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("%d of %d messages never arrived, such as %v", len(missing), total, missing[:min(10, len(missing))])
+	}
+	t.Logf("all %d messages arrived; %d duplicates (at-least-once), %d deliveries in all", total-len(missing), duplicates, received.Load())
+}

@@ -1,0 +1,90 @@
+// Package amqp091 is carrot's RabbitMQ backend, on AMQP 0-9-1 with
+// github.com/rabbitmq/amqp091-go, registered for amqp:// and amqps:// URLs.
+//
+//	import _ "github.com/carrot-go/carrot/backends/amqp091"
+//
+//	conn, err := carrot.Open(ctx, "amqp://guest:guest@localhost:5672/")
+//
+// # URLs
+//
+//	amqp://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//	amqps://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//
+// USER and PASSWORD default to guest, HOST to localhost, PORT to 5672 (5671 for amqps),
+// and VHOST to "/" (write a vhost named "/" as %2F, other names as they are). Options, each
+// given at most once; an unknown option or a bad value is an error naming it:
+//
+//   - heartbeat: the heartbeat interval, a duration such as 10s (default 10s).
+//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes
+//     (default 30s).
+//   - channel_max, frame_size: channel and frame limits asked of the broker (default: the
+//     broker's).
+//   - prefetch: the prefetch (basic.qos) of consumers that do not set one (default 100).
+//   - confirms: false turns publisher confirms off (default true). Without confirms,
+//     publishers must set NoConfirm and AllowUnroutable.
+//   - max_body_size: the largest body the broker accepts, in bytes (default 134217728,
+//     RabbitMQ's default max_message_size); larger messages are refused before sending.
+//   - reconnect_max: the longest wait between reconnection attempts (default 5s).
+//   - connection_name: the name RabbitMQ's management tools show for the connection.
+//   - auth_mechanism: plain (the default), amqplain or external (a TLS client
+//     certificate, amqps only).
+//   - certfile, keyfile, cacertfile, server_name_indication (amqps only): the client
+//     certificate and key, the CAs to trust instead of the system's, and the server name
+//     to verify instead of HOST.
+//
+// [ParseURL] turns a URL into [Options]; [Open] connects from Options without the
+// registry, for [carrot.NewConn]. Errors and logs never show the password.
+//
+// # Delivery semantics
+//
+// Everything RabbitMQ does, natively: direct, fanout and topic exchanges, queues with
+// their arguments (the fields of carrot.Queue map to x-message-ttl, x-max-length,
+// x-max-priority, x-dead-letter-exchange and x-dead-letter-routing-key; Args adds others,
+// such as x-queue-type=quorum or x-overflow), bindings, basic.get for Fetch, basic.consume
+// with basic.qos for Run, basic.ack and basic.reject for settling, queue.purge with its
+// count.
+//
+// Publishing uses one channel in confirm mode shared by every publisher of the
+// connection: many publishes are in flight at once, and each Publish returns when its own
+// confirm arrives, as an error wrapping carrot.ErrRefused for a nack. Mandatory messages
+// that RabbitMQ returns as unroutable (312 NO_ROUTE) are an error wrapping
+// carrot.ErrUnroutable on the publish that sent them: the channel's returns and confirms
+// are read by one goroutine in the order RabbitMQ sent them, and RabbitMQ returns a
+// message before it confirms it. A publish to an exchange not known to exist is preceded
+// by a passive declaration, so that a missing exchange is an ErrNotFound error rather than
+// a closed channel under the other publishes in flight.
+//
+// Each consumer has a channel of its own, so its prefetch is its own and closing it
+// requeues what it received and did not settle. Gets share one channel; a get from a
+// queue that does not exist closes it, and RabbitMQ requeues what was got on it and not
+// yet settled.
+//
+// The Conn owns its connection and channels, and drains every notification channel it
+// registers. When the connection is lost, it reconnects with a delay that starts at 100ms
+// and doubles up to reconnect_max, declares again the exchanges, queues and bindings it
+// declared (logging, and skipping, any the broker now refuses), and its consumers
+// subscribe again. Calls made meanwhile wait for the new connection, within their
+// context. A publish whose confirm was lost with the connection is an error wrapping
+// carrot.ErrUnavailable, which carrot's Publisher retries: delivery is at-least-once, and
+// a message may arrive twice. Messages delivered and not acked when the connection was
+// lost come again, flagged redelivered; acking them on the old channel is an
+// ErrUnavailable error.
+//
+// Received header values are converted to carrot's types: every integer to int64, floats
+// to float64, timestamps to UTC; nested tables (such as RabbitMQ's x-death) arrive as
+// map[string]any and arrays as []any.
+//
+// # Capabilities
+//
+// Confirms and Mandatory (unless confirms=false), DeadLetter, MessageTTL, QueueTTL,
+// MaxLength, Priority, Exclusive, AutoDelete, Persistence, SharedAcross, and MaxBodySize
+// from the URL. DeliveryCount is off, because classic queues do not count deliveries;
+// quorum queues do, and their messages' DeliveryCount is x-delivery-count plus one.
+//
+// # As
+//
+// [carrot.Conn.As] takes a **amqp091.Connection (the current connection, which changes
+// when the Conn reconnects) and a **amqp091.Channel (the channel the Conn declares
+// topology on; if it closes, the Conn opens another). [carrot.Message.As] takes a
+// *amqp091.Delivery.
+package amqp091

@@ -1,0 +1,298 @@
+package amqp091
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/carrot-go/carrot/backend"
+)
+
+// Defaults of the URL options.
+const (
+	DefaultHeartbeat         = 10 * time.Second
+	DefaultConnectionTimeout = 30 * time.Second
+	DefaultPrefetch          = 100
+	DefaultMaxBodySize       = 128 << 20 // RabbitMQ's default max_message_size
+	DefaultReconnectMax      = 5 * time.Second
+)
+
+// Options configures a connection to RabbitMQ. [ParseURL] makes one from a URL; the zero
+// value of each field means its default.
+type Options struct {
+	// Addr is the broker's host:port.
+	Addr string
+	// Username and Password authenticate with PLAIN or AMQPLAIN; guest/guest when the URL
+	// has none, as in amqp091-go.
+	Username, Password string
+	// Vhost is the virtual host; "/" when empty.
+	Vhost string
+	// TLS, when not nil, makes the connection use TLS (the amqps scheme).
+	TLS *tls.Config
+	// AuthMechanism is "PLAIN" (the default), "AMQPLAIN" or "EXTERNAL" (TLS client
+	// certificates).
+	AuthMechanism string
+
+	Heartbeat         time.Duration // DefaultHeartbeat when zero
+	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes; DefaultConnectionTimeout when zero
+	ChannelMax        uint16        // 0 lets the broker choose
+	FrameSize         int           // 0 lets amqp091-go choose
+	ConnectionName    string        // shown by RabbitMQ's management tools
+
+	// Prefetch is the prefetch limit of consumers that do not set one (DefaultPrefetch).
+	Prefetch int
+	// NoConfirms turns publisher confirms off: Publish returns once the message is written,
+	// and unroutable messages cannot be reported.
+	NoConfirms bool
+	// MaxBodySize is the largest body the broker accepts (DefaultMaxBodySize, RabbitMQ's
+	// default max_message_size); set it to match the broker's configuration.
+	MaxBodySize int64
+	// ReconnectMax caps the delay between reconnection attempts, which starts at 100ms and
+	// doubles (DefaultReconnectMax).
+	ReconnectMax time.Duration
+
+	// Logger receives reconnection events; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// ParseURL parses an AMQP URL as RabbitMQ documents it,
+//
+//	amqp://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//	amqps://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//
+// with the query options listed in the package documentation. Unknown options, options
+// given twice and bad values are errors naming the option.
+func ParseURL(rawURL string) (*Options, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL does not parse")
+	}
+	o := &Options{Username: "guest", Password: "guest", Vhost: "/"}
+	port := "5672"
+	switch u.Scheme {
+	case "amqp":
+	case "amqps":
+		port = "5671"
+		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+	default:
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL scheme is %q, want amqp or amqps", u.Scheme)
+	}
+	if u.Opaque != "" || u.Fragment != "" {
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL must be %s://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS", u.Scheme)
+	}
+	host := u.Hostname()
+	if host == "" {
+		host = "localhost"
+	}
+	if p := u.Port(); p != "" {
+		port = p
+	}
+	o.Addr = net.JoinHostPort(host, port)
+	if u.User != nil {
+		o.Username = u.User.Username()
+		o.Password, _ = u.User.Password()
+	}
+	if len(u.Path) > 1 {
+		o.Vhost = u.Path[1:]
+	}
+
+	q := u.Query()
+	seen := func(key string) (string, error) {
+		vals := q[key]
+		if len(vals) != 1 {
+			return "", backend.Errorf(backend.Invalid, "carrot/amqp091: URL option %q is given %d times", key, len(vals))
+		}
+		return vals[0], nil
+	}
+	bad := func(key, v, want string) error {
+		return backend.Errorf(backend.Invalid, "carrot/amqp091: URL option %s=%q: want %s", key, v, want)
+	}
+	var certFile, keyFile, caFile, serverName string
+	for _, key := range slices.Sorted(maps.Keys(q)) {
+		v, err := seen(key)
+		if err != nil {
+			return nil, err
+		}
+		switch key {
+		case "heartbeat", "connection_timeout", "reconnect_max":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return nil, bad(key, v, "a positive duration such as 10s")
+			}
+			switch key {
+			case "heartbeat":
+				o.Heartbeat = d
+			case "connection_timeout":
+				o.ConnectionTimeout = d
+			default:
+				o.ReconnectMax = d
+			}
+		case "channel_max":
+			n, err := strconv.ParseUint(v, 10, 16)
+			if err != nil || n == 0 {
+				return nil, bad(key, v, "a number from 1 to 65535")
+			}
+			o.ChannelMax = uint16(n)
+		case "frame_size":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 4096 {
+				return nil, bad(key, v, "a number of bytes, at least 4096")
+			}
+			o.FrameSize = n
+		case "prefetch":
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 || n > 65535 {
+				return nil, bad(key, v, "a number from 1 to 65535")
+			}
+			o.Prefetch = n
+		case "confirms":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return nil, bad(key, v, "true or false")
+			}
+			o.NoConfirms = !b
+		case "max_body_size":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return nil, bad(key, v, "a positive number of bytes")
+			}
+			o.MaxBodySize = n
+		case "connection_name":
+			o.ConnectionName = v
+		case "auth_mechanism":
+			switch m := strings.ToUpper(v); m {
+			case "PLAIN", "AMQPLAIN", "EXTERNAL":
+				o.AuthMechanism = m
+			default:
+				return nil, bad(key, v, "plain, amqplain or external")
+			}
+		case "certfile":
+			certFile = v
+		case "keyfile":
+			keyFile = v
+		case "cacertfile":
+			caFile = v
+		case "server_name_indication":
+			serverName = v
+		default:
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: unknown URL option %q (known: auth_mechanism, cacertfile, certfile, channel_max, confirms, connection_name, connection_timeout, frame_size, heartbeat, keyfile, max_body_size, prefetch, reconnect_max, server_name_indication)", key)
+		}
+	}
+	if o.TLS == nil {
+		if certFile != "" || keyFile != "" || caFile != "" || serverName != "" {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL options certfile, keyfile, cacertfile and server_name_indication need the amqps scheme")
+		}
+		if o.AuthMechanism == "EXTERNAL" {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: auth_mechanism=external needs the amqps scheme and a client certificate")
+		}
+		return o, nil
+	}
+	o.TLS.ServerName = host
+	if serverName != "" {
+		o.TLS.ServerName = serverName
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL options certfile and keyfile go together")
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL options certfile and keyfile: %w", err)
+		}
+		o.TLS.Certificates = []tls.Certificate{cert}
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL option cacertfile: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL option cacertfile=%q holds no PEM certificate", caFile)
+		}
+		o.TLS.RootCAs = pool
+	}
+	return o, nil
+}
+
+// withDefaults returns a copy of o with every zero field set to its default.
+func (o Options) withDefaults() Options {
+	if o.Vhost == "" {
+		o.Vhost = "/"
+	}
+	if o.Heartbeat == 0 {
+		o.Heartbeat = DefaultHeartbeat
+	}
+	if o.ConnectionTimeout == 0 {
+		o.ConnectionTimeout = DefaultConnectionTimeout
+	}
+	if o.Prefetch == 0 {
+		o.Prefetch = DefaultPrefetch
+	}
+	if o.MaxBodySize == 0 {
+		o.MaxBodySize = DefaultMaxBodySize
+	}
+	if o.ReconnectMax == 0 {
+		o.ReconnectMax = DefaultReconnectMax
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// String describes where o connects, without the password.
+func (o Options) String() string {
+	scheme := "amqp"
+	if o.TLS != nil {
+		scheme = "amqps"
+	}
+	path := "/" + o.Vhost
+	if o.Vhost == "/" {
+		path = "/"
+	}
+	u := url.URL{Scheme: scheme, User: url.User(o.Username), Host: o.Addr, Path: path}
+	return u.String()
+}
+
+// config returns the amqp091-go configuration for o, and the URL to dial.
+func (o Options) config() (string, amqp.Config) {
+	props := amqp.NewConnectionProperties()
+	if o.ConnectionName != "" {
+		props.SetClientConnectionName(o.ConnectionName)
+	}
+	cfg := amqp.Config{
+		Vhost:           o.Vhost,
+		ChannelMax:      o.ChannelMax,
+		FrameSize:       o.FrameSize,
+		Heartbeat:       o.Heartbeat,
+		TLSClientConfig: o.TLS,
+		Properties:      props,
+		Locale:          "en_US",
+		Dial:            amqp.DefaultDial(o.ConnectionTimeout),
+	}
+	switch o.AuthMechanism {
+	case "AMQPLAIN":
+		cfg.SASL = []amqp.Authentication{&amqp.AMQPlainAuth{Username: o.Username, Password: o.Password}}
+	case "EXTERNAL":
+		cfg.SASL = []amqp.Authentication{&amqp.ExternalAuth{}}
+	default:
+		cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: o.Username, Password: o.Password}}
+	}
+	scheme := "amqp"
+	if o.TLS != nil {
+		scheme = "amqps"
+	}
+	return fmt.Sprintf("%s://%s/", scheme, o.Addr), cfg
+}
