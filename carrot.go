@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/carrot-go/carrot/backend"
 )
@@ -157,7 +158,7 @@ type Conn struct {
 	name string
 
 	mu       sync.Mutex
-	closed   bool
+	closed   atomic.Bool // set under mu
 	children map[closer]struct{}
 }
 
@@ -188,11 +189,11 @@ func (c *Conn) As(target any) bool { return c.b.As(target) }
 // it returns [ErrClosed].
 func (c *Conn) Close() error {
 	c.mu.Lock()
-	if c.closed {
+	if c.closed.Load() {
 		c.mu.Unlock()
 		return nil
 	}
-	c.closed = true
+	c.closed.Store(true)
 	children := make([]closer, 0, len(c.children))
 	for ch := range c.children {
 		children = append(children, ch)
@@ -205,17 +206,13 @@ func (c *Conn) Close() error {
 }
 
 // isClosed reports whether Close was called.
-func (c *Conn) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
-}
+func (c *Conn) isClosed() bool { return c.closed.Load() }
 
 // adopt registers a Publisher or Consumer to close with the Conn.
 func (c *Conn) adopt(ch closer) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
+	if c.closed.Load() {
 		return ErrClosed
 	}
 	c.children[ch] = struct{}{}

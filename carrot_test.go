@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -257,3 +258,67 @@ func TestRunTwice(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+// flakyConn fails its first publishes as if the connection dropped under them.
+type flakyConn struct {
+	backend.Conn
+	failures atomic.Int32
+	calls    atomic.Int32
+}
+
+func (f *flakyConn) Publish(ctx context.Context, p *backend.Publishing) error {
+	f.calls.Add(1)
+	if f.failures.Add(-1) >= 0 {
+		return backend.Errorf(backend.Unavailable, "connection lost")
+	}
+	return f.Conn.Publish(ctx, p)
+}
+
+func TestPublishRetriesUnavailable(t *testing.T) {
+	ctx := t.Context()
+	flaky := &flakyConn{Conn: memory.New(&memory.Options{})}
+	conn := carrot.NewConn(flaky)
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		noRetry bool
+		async   bool
+		want    error
+		calls   int32
+	}{
+		{"retried", false, false, nil, 3},
+		{"retried async", false, true, nil, 3},
+		{"NoRetry", true, false, carrot.ErrUnavailable, 1},
+	} {
+		flaky.failures.Store(2)
+		flaky.calls.Store(0)
+		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q, NoRetry: tc.noRetry})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.async {
+			err = p.PublishAsync(ctx, &carrot.Message{Body: []byte(tc.name)}).Err()
+		} else {
+			err = p.Send(ctx, tc.name)
+		}
+		if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) || flaky.calls.Load() != tc.calls {
+			t.Errorf("%s: got %v after %d attempts, want %v after %d", tc.name, err, flaky.calls.Load(), tc.want, tc.calls)
+		}
+	}
+	if n, _ := conn.Purge(ctx, q); n != 2 {
+		t.Errorf("queue holds %d messages, want the 2 retried ones", n)
+	}
+
+	// A context that ends stops the retries.
+	flaky.failures.Store(1000)
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := p.Send(short, "never"); err != context.DeadlineExceeded {
+		t.Errorf("Send while the broker stays away = %v, want context.DeadlineExceeded", err)
+	}
+}

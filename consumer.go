@@ -221,6 +221,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		receivers sync.WaitGroup
 		workers   sync.WaitGroup
 	)
+	// One queue and one handler at a time: the receiving goroutine handles each message
+	// itself, saving a hand-over per message. Otherwise receivers feed the workers.
+	direct := len(subs) == 1 && c.opts.Concurrency == 1
 	for i, sub := range subs {
 		queue := c.queues[i]
 		receivers.Go(func() {
@@ -234,24 +237,29 @@ func (c *Consumer) Run(ctx context.Context) error {
 					return
 				}
 				m := received(c.conn, d, queue, c.accept, nil)
-				if c.opts.NoAck {
+				switch {
+				case direct:
+					c.handle(handlerCtx, handlers, m)
+				case c.opts.NoAck:
 					msgs <- m // settled already: it must reach a handler
-					continue
-				}
-				select {
-				case msgs <- m:
-				case <-recvCtx.Done():
-					return // unsettled: closing the subscription returns it to the queue
+				default:
+					select {
+					case msgs <- m:
+					case <-recvCtx.Done():
+						return // unsettled: closing the subscription returns it to the queue
+					}
 				}
 			}
 		})
 	}
-	for range c.opts.Concurrency {
-		workers.Go(func() {
-			for m := range msgs {
-				c.handle(handlerCtx, handlers, m)
-			}
-		})
+	if !direct {
+		for range c.opts.Concurrency {
+			workers.Go(func() {
+				for m := range msgs {
+					c.handle(handlerCtx, handlers, m)
+				}
+			})
+		}
 	}
 	<-recvCtx.Done()
 	receivers.Wait()

@@ -49,6 +49,7 @@ type PublisherOptions struct {
 type Publisher struct {
 	conn   *Conn
 	opts   PublisherOptions
+	op     string // for errors
 	codec  Codec
 	closed atomic.Bool
 }
@@ -85,7 +86,7 @@ func (c *Conn) NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	if !opts.AllowUnroutable && !c.caps.Mandatory {
 		return nil, unsupportedf(op, "the backend cannot report unroutable messages; set AllowUnroutable")
 	}
-	p := &Publisher{conn: c, opts: opts, codec: codec}
+	p := &Publisher{conn: c, opts: opts, codec: codec, op: fmt.Sprintf("publish to exchange %q", opts.Exchange)}
 	if err := c.adopt(p); err != nil {
 		return nil, err
 	}
@@ -120,29 +121,13 @@ func (p *Publisher) Send(ctx context.Context, v any) error {
 // set), so the message may arrive twice but is not lost. If ctx ends first, Publish
 // returns ctx.Err() and the message may or may not have been taken.
 func (p *Publisher) Publish(ctx context.Context, m *Message) error {
-	op := fmt.Sprintf("publish to exchange %q", p.opts.Exchange)
-	if p.closed.Load() {
-		return ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	bm, err := m.backend(op, p)
+	pub, err := p.prepare(ctx, m)
 	if err != nil {
 		return err
 	}
-	if p.conn.isClosed() {
-		return ErrClosed
-	}
-	pub := &backend.Publishing{
-		Message:   bm,
-		Exchange:  p.opts.Exchange,
-		Mandatory: !p.opts.AllowUnroutable,
-		Confirm:   !p.opts.NoConfirm,
-	}
 	for attempt := 0; ; attempt++ {
-		err := p.conn.wrap(op, p.conn.b.Publish(ctx, pub))
-		if err == nil || p.opts.NoRetry || !errors.Is(err, ErrUnavailable) {
+		err := p.conn.wrap(p.op, p.conn.b.Publish(ctx, pub))
+		if !p.retry(ctx, err) {
 			return err
 		}
 		t := time.NewTimer(retryDelay(attempt))
@@ -152,6 +137,107 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 			t.Stop()
 			return ctx.Err()
 		}
+	}
+}
+
+// PublishAsync starts publishing a message and returns once it is written, without
+// waiting for the broker's confirm, so that one goroutine can keep many messages in
+// flight; the [Confirmation] reports what [Publisher.Publish] would have returned.
+// Messages published by one goroutine are written in the order of the calls. The message,
+// its body and headers must not be changed until the Confirmation is done. With a backend
+// that cannot publish asynchronously (see [backend.AsyncPublisher]), PublishAsync returns
+// once the message is confirmed.
+func (p *Publisher) PublishAsync(ctx context.Context, m *Message) *Confirmation {
+	c := &Confirmation{done: make(chan struct{})}
+	pub, err := p.prepare(ctx, m)
+	if err != nil {
+		c.finish(err)
+		return c
+	}
+	p.start(ctx, pub, c, 0)
+	return c
+}
+
+// start makes one attempt of an asynchronous publish.
+func (p *Publisher) start(ctx context.Context, pub *backend.Publishing, c *Confirmation, attempt int) {
+	done := func(err error) {
+		err = p.conn.wrap(p.op, err)
+		if !p.retry(ctx, err) {
+			c.finish(err)
+			return
+		}
+		time.AfterFunc(retryDelay(attempt), func() {
+			if err := ctx.Err(); err != nil {
+				c.finish(err)
+				return
+			}
+			p.start(ctx, pub, c, attempt+1)
+		})
+	}
+	if ap, ok := p.conn.b.(backend.AsyncPublisher); ok {
+		ap.PublishAsync(ctx, pub, done)
+		return
+	}
+	done(p.conn.b.Publish(ctx, pub)) // in order, if not in parallel
+}
+
+// prepare validates m and makes the backend's publishing of it.
+func (p *Publisher) prepare(ctx context.Context, m *Message) (*backend.Publishing, error) {
+	if p.closed.Load() {
+		return nil, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	bm, err := m.backend(p.op, p)
+	if err != nil {
+		return nil, err
+	}
+	if p.conn.isClosed() {
+		return nil, ErrClosed
+	}
+	return &backend.Publishing{
+		Message:   bm,
+		Exchange:  p.opts.Exchange,
+		Mandatory: !p.opts.AllowUnroutable,
+		Confirm:   !p.opts.NoConfirm,
+	}, nil
+}
+
+// retry reports whether a publish that failed with err is to be made again: the
+// connection failed under it, and the backend will reconnect.
+func (p *Publisher) retry(ctx context.Context, err error) bool {
+	return err != nil && !p.opts.NoRetry && errors.Is(err, ErrUnavailable) && ctx.Err() == nil && !p.conn.isClosed()
+}
+
+// A Confirmation is the outcome of a publish started with [Publisher.PublishAsync].
+type Confirmation struct {
+	done chan struct{}
+	err  error
+}
+
+func (c *Confirmation) finish(err error) {
+	c.err = err
+	close(c.done)
+}
+
+// Done returns a channel that is closed once the broker has answered.
+func (c *Confirmation) Done() <-chan struct{} { return c.done }
+
+// Err waits until the broker has answered and returns what [Publisher.Publish] would
+// have returned.
+func (c *Confirmation) Err() error {
+	<-c.done
+	return c.err
+}
+
+// Wait is Err, returning ctx.Err() if ctx ends first; the publish goes on.
+func (c *Confirmation) Wait(ctx context.Context) error {
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

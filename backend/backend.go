@@ -108,6 +108,20 @@ type Conn interface {
 	Close() error
 }
 
+// An AsyncPublisher is a Conn that can publish without blocking its caller until the
+// broker answers, so that one goroutine keeps many messages in flight. For a Conn that
+// does not implement it, carrot's PublishAsync calls Publish.
+type AsyncPublisher interface {
+	// PublishAsync writes p as Publish does, returns, and later calls done with what
+	// Publish would have returned. Calls from one goroutine write in the order of the
+	// calls. done is called exactly once, from any goroutine, possibly before
+	// PublishAsync returns, and it must not block. The Conn does not use p or p.Body
+	// after PublishAsync returns. ctx bounds the wait for a connection and the write; a
+	// written message waits for the broker's answer, or the loss of the connection.
+	// PublishAsync may be called concurrently.
+	PublishAsync(ctx context.Context, p *Publishing, done func(error))
+}
+
 // A Subscription delivers messages from one queue, in the order the broker hands them out.
 type Subscription interface {
 	// Receive blocks until a message arrives, ctx is done, or the subscription fails. It

@@ -23,6 +23,7 @@ func cases() []testCase {
 		{name: "RoutingDefaultExchange", doc: "the default exchange routes to the queue named by the key", run: testRoutingDefaultExchange},
 		{name: "SeveralBindings", doc: "a queue with several bindings gets each matching message once", run: testSeveralBindings},
 		{name: "Unroutable", doc: "a message that matches no queue is an ErrUnroutable error, unless allowed", needs: need("Mandatory", func(c carrot.Capabilities) bool { return c.Mandatory }), run: testUnroutable},
+		{name: "PublishAsync", doc: "PublishAsync keeps many publishes in flight, in order, each with its own outcome", run: testPublishAsync},
 		{name: "MissingExchange", doc: "publishing to an exchange that does not exist is an ErrNotFound error", run: testMissingExchange},
 		{name: "SeveralQueues", doc: "one consumer reads several queues, as the seed's ConsumerSet", run: testSeveralQueues},
 		{name: "CompetingConsumers", doc: "consumers of one queue each get distinct messages", run: testCompetingConsumers},

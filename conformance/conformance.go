@@ -17,6 +17,9 @@
 // which; nothing else is ever skipped. Every subtest declares its own exchanges and queues,
 // under names no other run uses, and deletes them afterwards, so runs can share a broker.
 //
+// The suite publishes with carrot's defaults, which need the Confirms and Mandatory
+// capabilities: a backend without them cannot pass it.
+//
 // The package imports carrot and the standard library, plus small test helpers; starting
 // brokers is left to the caller.
 package conformance

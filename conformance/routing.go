@@ -289,3 +289,37 @@ func testAutoDelete(e *env) {
 		return errors.Is(err, carrot.ErrNotFound)
 	})
 }
+
+func testPublishAsync(e *env) {
+	x := e.exchange(carrot.Direct, "x")
+	q := e.queue(carrot.Queue{Name: "q", Exchange: carrot.Exchange{Name: x}, RoutingKey: "bound"})
+	p := e.publisher(carrot.PublisherOptions{Exchange: x, AllowUnroutable: !e.caps.Mandatory})
+	const n = 100
+	confirmations := make([]*carrot.Confirmation, n)
+	for i := range n {
+		key := "bound"
+		if i%10 == 9 {
+			key = "unbound"
+		}
+		confirmations[i] = p.PublishAsync(e.ctx, &carrot.Message{RoutingKey: key, Body: []byte(fmt.Sprint(i))})
+	}
+	for i, c := range confirmations {
+		err := c.Wait(e.ctx)
+		if i%10 == 9 && e.caps.Mandatory {
+			if !errors.Is(err, carrot.ErrUnroutable) {
+				e.t.Errorf("message %d, unroutable: %v, want ErrUnroutable", i, err)
+			}
+		} else if err != nil {
+			e.t.Errorf("message %d: %v", i, err)
+		}
+	}
+	for i := range n {
+		if i%10 == 9 {
+			continue
+		}
+		if got := e.fetchBody(q); got != fmt.Sprint(i) {
+			e.t.Fatalf("got %q, want %q: PublishAsync from one goroutine must keep the order", got, fmt.Sprint(i))
+		}
+	}
+	e.expectEmpty(q)
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -54,8 +55,8 @@ type Conn struct {
 	ctl   *amqp.Channel // for declarations, deletions, bindings and purges
 	getMu sync.Mutex    // serializes gets on get
 	get   *amqp.Channel // for basic.get
-	pubMu sync.Mutex    // guards pub
-	pub   *publisher
+	pubMu sync.Mutex    // serializes opening publishers
+	pub   atomic.Pointer[publisher]
 }
 
 var _ backend.Conn = (*Conn)(nil)

@@ -1,10 +1,11 @@
 package amqp091
 
 import (
-	"bytes"
 	"context"
+	"hash/crc32"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -12,37 +13,144 @@ import (
 	"github.com/carrot-go/carrot/backend"
 )
 
-// publisher is a channel in confirm mode that many publishes share, each waiting for its
-// own confirm. One goroutine, listen, reads the channel's returns and confirms: amqp091-go
-// hands both over in the order RabbitMQ sent them, and RabbitMQ sends a mandatory
-// message's return before its confirm, so when listen sees a confirm it has already seen
-// the return that goes with it.
+// publisher is a channel in confirm mode that every publish of the Conn goes through.
+// Publishes write to it from their own goroutines, one at a time, and join a window of
+// written messages in publishing order; one goroutine, run, answers them as their
+// confirms come.
+//
+// A mandatory message that matches no queue comes back as a basic.return, which RabbitMQ
+// sends before the message's confirm; amqp091-go puts it in the returns channel (buffered)
+// as it reads it, before it reads the confirm. So when run sees a confirmation done, the
+// message's return, if any, is in that channel or already among those run took from it.
 type publisher struct {
+	c          *Conn
 	ch         *amqp.Channel
 	confirming bool
+	returns    chan amqp.Return
+	closes     chan *amqp.Error
+	kick       chan struct{} // wakes run when the window was empty
+	dead       chan struct{} // closed when run has stopped
 
-	mu sync.Mutex // serializes publishes, so that delivery tags follow the order of writes
+	mu     sync.Mutex // serializes writes, so that the window is in publishing order
+	window []*request // written, waiting for their confirms
+	closed bool       // run stopped: write no more
 
-	wmu     sync.Mutex
-	waiters map[uint64]*waiter // by delivery tag
-	dead    error              // why the channel closed, once it has
-
-	returned []amqp.Return // returns whose confirm has not come yet; listen's alone
+	// run's alone:
+	returned []amqp.Return // returns not yet matched to a confirm
+	closeErr *amqp.Error
 }
 
-// waiter is a publish waiting for its confirm.
-type waiter struct {
-	exchange string
-	msg      *backend.Message // nil once its Publish stopped waiting
-	result   chan error       // receives the outcome; nil when nobody waits
+// request is a written publish waiting for its confirm.
+type request struct {
+	fp       fingerprint // of the message, to recognize its return
+	dc       *amqp.DeferredConfirmation
+	done     func(error)
+	answered atomic.Bool
+}
+
+// answer calls done, once.
+func (r *request) answer(err error) {
+	if r.answered.CompareAndSwap(false, true) {
+		r.done(err)
+	}
+}
+
+// fingerprint identifies a message among its return candidates without keeping its body,
+// which the caller may reuse once its publish is answered.
+type fingerprint struct {
+	exchange, key, messageID, correlationID, contentType string
+	size                                                 int
+	sum                                                  uint32
+}
+
+func fingerprintOf(exchange, key string, p *amqp.Publishing) fingerprint {
+	return fingerprint{exchange, key, p.MessageId, p.CorrelationId, p.ContentType, len(p.Body), crc32.ChecksumIEEE(p.Body)}
+}
+
+// Publish publishes and waits for the broker's answer: its confirm, or the return of an
+// unroutable message. A message written to a channel that then closes is an Unavailable
+// error: it may or may not have reached the broker.
+func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
+	result := make(chan error, 1)
+	c.PublishAsync(ctx, p, func(err error) { result <- err })
+	select {
+	case err := <-result:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// PublishAsync writes the message in the caller's goroutine, waiting for a connection if
+// there is none, and answers through done when the broker does. ctx bounds the wait for a
+// connection and the write; once written, a publish waits for the broker's answer or the
+// loss of the channel, and the caller who wants to wait less stops waiting.
+func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done func(error)) {
+	if p.Confirm && c.opts.NoConfirms {
+		done(backend.Errorf(backend.Unsupported, "carrot/amqp091: confirms are off (URL option confirms=false)"))
+		return
+	}
+	if err := c.checkExchange(ctx, p.Exchange); err != nil {
+		done(err)
+		return
+	}
+	msg := publishing(&p.Message)
+	r := &request{done: done}
+	r.fp.exchange = p.Exchange
+	if p.Mandatory {
+		r.fp = fingerprintOf(p.Exchange, p.RoutingKey, &msg)
+	}
+	for {
+		pc, err := c.publisher(ctx)
+		if err != nil {
+			done(err)
+			return
+		}
+		if err := pc.write(p, msg, r); err == nil || !channelGone(err) || ctx.Err() != nil {
+			if err != nil {
+				r.answer(err)
+			}
+			return
+		}
+		// Nothing was written: the next channel takes it.
+	}
+}
+
+// write writes one message and hands it to run, or answers it at once if it needs no
+// confirm.
+func (pc *publisher) write(p *backend.Publishing, msg amqp.Publishing, r *request) error {
+	pc.mu.Lock()
+	if pc.closed {
+		pc.mu.Unlock()
+		return amqp.ErrClosed
+	}
+	immediate := false
+	dc, err := pc.ch.PublishWithDeferredConfirm(p.Exchange, p.RoutingKey, p.Mandatory, immediate, msg)
+	if err != nil {
+		pc.mu.Unlock()
+		return err
+	}
+	if dc == nil || !p.Confirm {
+		pc.mu.Unlock()
+		r.answer(nil)
+		return nil
+	}
+	r.dc = dc
+	pc.window = append(pc.window, r)
+	wake := len(pc.window) == 1
+	pc.mu.Unlock()
+	if wake {
+		select {
+		case pc.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
 // publisher returns the live publishing channel, opening one if needed.
 func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
-	c.pubMu.Lock()
-	pc := c.pub
-	c.pubMu.Unlock()
-	if pc != nil && !pc.isDead() {
+	if pc := c.pub.Load(); pc != nil && !pc.isDead() {
 		return pc, nil
 	}
 	ch, err := c.openChannel(ctx)
@@ -51,11 +159,11 @@ func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 	}
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
-	if c.pub != nil && !c.pub.isDead() { // another publish opened one meanwhile
+	if pc := c.pub.Load(); pc != nil && !pc.isDead() { // another publish opened one meanwhile
 		go ch.Close()
-		return c.pub, nil
+		return pc, nil
 	}
-	pc = &publisher{ch: ch, confirming: !c.opts.NoConfirms, waiters: make(map[uint64]*waiter)}
+	pc := &publisher{c: c, ch: ch, confirming: !c.opts.NoConfirms, kick: make(chan struct{}, 1), dead: make(chan struct{})}
 	if pc.confirming {
 		noWait := false
 		if err := ch.Confirm(noWait); err != nil {
@@ -63,204 +171,160 @@ func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 			return nil, err
 		}
 	}
-	// Returns must not be buffered: see the type's documentation. Confirms may be.
-	returns := ch.NotifyReturn(make(chan amqp.Return))
-	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 256))
-	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+	pc.returns = ch.NotifyReturn(make(chan amqp.Return, 1024))
+	pc.closes = ch.NotifyClose(make(chan *amqp.Error, 1))
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		pc.listen(returns, confirms, closes)
+		pc.run(c.done)
 	}()
-	c.pub = pc
+	c.pub.Store(pc)
 	return pc, nil
 }
 
 func (pc *publisher) isDead() bool {
-	pc.wmu.Lock()
-	defer pc.wmu.Unlock()
-	return pc.dead != nil
+	select {
+	case <-pc.dead:
+		return true
+	default:
+		return pc.ch.IsClosed()
+	}
 }
 
-// Publish waits for the connection, checks that the exchange exists, publishes, and with
-// p.Confirm waits for the broker's confirm, or the return of an unroutable message. A
-// message written to a channel that then closes is an Unavailable error: it may or may not
-// have reached the broker.
-func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
-	if p.Confirm && c.opts.NoConfirms {
-		return backend.Errorf(backend.Unsupported, "carrot/amqp091: confirms are off (URL option confirms=false)")
-	}
-	if err := c.checkExchange(ctx, p.Exchange); err != nil {
-		return err
-	}
-	msg := publishing(&p.Message)
+// run answers written publishes as their confirms come, until the channel has closed
+// and every written publish is answered, or the Conn closes.
+func (pc *publisher) run(done <-chan struct{}) {
+	defer pc.stop()
 	for {
-		pc, err := c.publisher(ctx)
-		if err != nil {
-			return err
+		pc.mu.Lock()
+		var head *request
+		if len(pc.window) > 0 {
+			head = pc.window[0]
 		}
-		w, err := pc.publish(p, msg)
-		if err != nil {
-			if channelGone(err) && ctx.Err() == nil {
-				continue // nothing was written: try the next channel
-			}
-			return err
-		}
-		if w == nil || w.result == nil {
-			return nil
+		pc.mu.Unlock()
+		var confirmed <-chan struct{}
+		if head != nil {
+			confirmed = head.dc.Done()
+		} else if pc.ch.IsClosed() {
+			return
 		}
 		select {
-		case err := <-w.result:
-			if backend.CodeOf(err) == backend.NotFound {
-				c.topo.setKnown(p.Exchange, false)
-			}
-			return err
-		case <-ctx.Done():
-			pc.abandon(w)
-			return ctx.Err()
-		}
-	}
-}
-
-// publish writes one message and registers for its confirm.
-func (pc *publisher) publish(p *backend.Publishing, msg amqp.Publishing) (*waiter, error) {
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
-	var w *waiter
-	var tag uint64
-	if pc.confirming {
-		w = &waiter{exchange: p.Exchange, msg: &p.Message}
-		if p.Confirm {
-			w.result = make(chan error, 1)
-		}
-		tag = pc.ch.GetNextPublishSeqNo()
-		pc.wmu.Lock()
-		if pc.dead != nil {
-			pc.wmu.Unlock()
-			return nil, pc.dead
-		}
-		pc.waiters[tag] = w
-		pc.wmu.Unlock()
-	}
-	immediate := false
-	if err := pc.ch.Publish(p.Exchange, p.RoutingKey, p.Mandatory, immediate, msg); err != nil {
-		if w != nil {
-			pc.wmu.Lock()
-			delete(pc.waiters, tag)
-			pc.wmu.Unlock()
-		}
-		return nil, err
-	}
-	return w, nil
-}
-
-// abandon releases the message of a publish that stopped waiting: the caller may reuse it.
-func (pc *publisher) abandon(w *waiter) {
-	pc.wmu.Lock()
-	w.msg = nil
-	pc.wmu.Unlock()
-}
-
-// listen matches returns and confirms to publishes until the channel closes.
-func (pc *publisher) listen(returns <-chan amqp.Return, confirms <-chan amqp.Confirmation, closes <-chan *amqp.Error) {
-	for {
-		select {
-		case r, ok := <-returns:
+		case <-pc.kick:
+		case r, ok := <-pc.returns:
 			if !ok {
-				returns = nil
+				pc.returns = nil // closed with the channel; a nil channel is never ready
 				continue
 			}
 			pc.returned = append(pc.returned, r)
-		case cf, ok := <-confirms:
-			if !ok {
-				confirms = nil
-				continue
-			}
-			pc.confirm(cf)
-		case err, ok := <-closes:
-			if !ok || err == nil {
-				err = amqp.ErrClosed
-			}
-			pc.fail(err)
-			// Keep draining until amqp091-go closes the other notification channels, so
-			// that its reader never waits on this goroutine.
-			for returns != nil || confirms != nil {
-				select {
-				case _, ok := <-returns:
-					if !ok {
-						returns = nil
-					}
-				case _, ok := <-confirms:
-					if !ok {
-						confirms = nil
-					}
-				}
-			}
+		case <-confirmed:
+			pc.mu.Lock()
+			pc.window[0] = nil
+			pc.window = pc.window[1:]
+			pc.mu.Unlock()
+			pc.confirm(head)
+		case err, ok := <-pc.closes:
+			// The channel closed: its pending confirmations are done (not acked), and
+			// the loop answers them. Keep the error for them.
+			pc.setClose(err, ok)
+		case <-done:
 			return
 		}
 	}
 }
 
-// confirm settles the publish of one confirm.
-func (pc *publisher) confirm(cf amqp.Confirmation) {
-	pc.wmu.Lock()
-	w := pc.waiters[cf.DeliveryTag]
-	delete(pc.waiters, cf.DeliveryTag)
-	var err error
-	if w != nil && len(pc.returned) > 0 && returnOf(&pc.returned[0], w) {
-		r := pc.returned[0]
-		pc.returned = pc.returned[1:]
-		err = backend.Errorf(backend.Unroutable, "carrot/amqp091: message returned by the broker: %d %s (exchange %q, routing key %q)", r.ReplyCode, r.ReplyText, r.Exchange, r.RoutingKey)
-	} else if !cf.Ack {
-		err = backend.Errorf(backend.Refused, "carrot/amqp091: the broker nacked the message (exchange %q)", w.exchangeName())
+// stop answers whatever is left when run ends, as Unavailable: written, not confirmed.
+func (pc *publisher) stop() {
+	defer close(pc.dead)
+	pc.mu.Lock()
+	pc.closed = true
+	window := pc.window
+	pc.window = nil
+	pc.mu.Unlock()
+	if !pc.ch.IsClosed() {
+		pc.ch.Close()
 	}
-	pc.wmu.Unlock()
-	if w != nil && w.result != nil {
-		w.result <- err
+	for _, r := range window {
+		r.answer(backend.Errorf(backend.Unavailable, "carrot/amqp091: the connection closed before the broker confirmed the message"))
 	}
 }
 
-func (w *waiter) exchangeName() string {
-	if w == nil {
-		return "?"
+// confirm answers a written publish whose confirmation is done.
+func (pc *publisher) confirm(r *request) {
+	if ret, ok := pc.claimReturn(r); ok {
+		r.answer(backend.Errorf(backend.Unroutable, "carrot/amqp091: message returned by the broker: %d %s (exchange %q, routing key %q)", ret.ReplyCode, ret.ReplyText, ret.Exchange, ret.RoutingKey))
+		return
 	}
-	return w.exchange
+	if r.dc.Acked() {
+		r.answer(nil)
+		return
+	}
+	if !pc.ch.IsClosed() {
+		r.answer(backend.Errorf(backend.Refused, "carrot/amqp091: the broker nacked the message (exchange %q)", r.fp.exchange))
+		return
+	}
+	// The channel closed before the confirm came. A 404 naming this publish's exchange was
+	// its fault; anything else was not, and it may be retried.
+	pc.noteClose()
+	cause := pc.closeErr
+	code := backend.Unavailable
+	if culprit, named := missingExchange(cause); named && culprit == r.fp.exchange {
+		code = backend.NotFound
+		pc.c.topo.setKnown(culprit, false)
+	}
+	r.answer(backend.Errorf(code, "carrot/amqp091: the publishing channel closed before the broker confirmed the message: %w", cause))
 }
 
-// returnOf reports whether r is the return of w's message. Returns arrive in publishing
-// order, each before its own confirm, so only the oldest return can be w's; comparing the
-// content tells whether it is (two messages alike in all these are routed alike).
-func returnOf(r *amqp.Return, w *waiter) bool {
-	if r.Exchange != w.exchange {
-		return false
+// noteClose keeps why the channel closed, once amqp091-go says.
+func (pc *publisher) noteClose() {
+	if pc.closeErr != nil {
+		return
 	}
-	if w.msg == nil { // its Publish gave up waiting; the exchange must do
-		return true
-	}
-	m := w.msg
-	return r.RoutingKey == m.RoutingKey && r.MessageId == m.MessageID && r.CorrelationId == m.CorrelationID &&
-		r.ContentType == m.ContentType && bytes.Equal(r.Body, m.Body)
-}
-
-// fail ends every publish waiting on a channel that closed. A 404 naming another exchange
-// than a publish's own was not that publish's fault: it is Unavailable, and may be retried.
-func (pc *publisher) fail(cause *amqp.Error) {
-	pc.wmu.Lock()
-	pc.dead = cause
-	waiters := pc.waiters
-	pc.waiters = nil
-	pc.wmu.Unlock()
-	culprit, named := missingExchange(cause)
-	for _, w := range waiters {
-		if w.result == nil {
-			continue
+	select {
+	case err, ok := <-pc.closes:
+		pc.setClose(err, ok)
+	default:
+		if pc.ch.IsClosed() {
+			pc.closeErr = amqp.ErrClosed
 		}
-		code := backend.Unavailable
-		if named && culprit == w.exchange {
-			code = backend.NotFound
-		}
-		w.result <- backend.Errorf(code, "carrot/amqp091: the publishing channel closed before the broker confirmed the message: %w", cause)
 	}
+}
+
+func (pc *publisher) setClose(err *amqp.Error, ok bool) {
+	pc.closes = nil
+	if pc.closeErr != nil {
+		return
+	}
+	pc.closeErr = amqp.ErrClosed
+	if ok && err != nil {
+		pc.closeErr = err
+	}
+}
+
+// claimReturn removes and returns the return of r's message, if it came back.
+func (pc *publisher) claimReturn(r *request) (amqp.Return, bool) {
+	for drained := false; !drained; {
+		select {
+		case ret, ok := <-pc.returns:
+			if !ok {
+				pc.returns = nil
+				drained = true
+				continue
+			}
+			pc.returned = append(pc.returned, ret)
+		default:
+			drained = true
+		}
+	}
+	for i := range pc.returned {
+		ret := &pc.returned[i]
+		back := amqp.Publishing{MessageId: ret.MessageId, CorrelationId: ret.CorrelationId, ContentType: ret.ContentType, Body: ret.Body}
+		if fingerprintOf(ret.Exchange, ret.RoutingKey, &back) == r.fp {
+			claimed := *ret
+			pc.returned = append(pc.returned[:i], pc.returned[i+1:]...)
+			return claimed, true
+		}
+	}
+	return amqp.Return{}, false
 }
 
 // publishing converts a message for amqp091-go.

@@ -23,29 +23,26 @@ type topology struct {
 	exchanges map[string]backend.Exchange
 	queues    map[string]backend.Queue
 	bindings  map[backend.Binding]struct{}
-	known     map[string]bool // exchanges that exist
+	known     sync.Map // exchanges that exist, by name; read on every publish
 }
 
 func (t *topology) init() {
 	t.exchanges = make(map[string]backend.Exchange)
 	t.queues = make(map[string]backend.Queue)
 	t.bindings = make(map[backend.Binding]struct{})
-	t.known = map[string]bool{"": true}
+	t.known.Store("", true)
 }
 
 func (t *topology) exchangeKnown(name string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.known[name]
+	_, ok := t.known.Load(name)
+	return ok
 }
 
 func (t *topology) setKnown(name string, exists bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	if exists {
-		t.known[name] = true
+		t.known.Store(name, true)
 	} else if name != "" {
-		delete(t.known, name)
+		t.known.Delete(name)
 	}
 }
 
@@ -170,9 +167,9 @@ func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
 	if err != nil {
 		return err
 	}
+	c.topo.setKnown(x.Name, true)
 	c.topo.mu.Lock()
 	defer c.topo.mu.Unlock()
-	c.topo.known[x.Name] = true
 	if !x.Passive {
 		c.topo.exchanges[x.Name] = x
 	}
@@ -188,10 +185,10 @@ func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	c.topo.setKnown(name, false)
 	c.topo.mu.Lock()
 	defer c.topo.mu.Unlock()
 	delete(c.topo.exchanges, name)
-	delete(c.topo.known, name)
 	for b := range c.topo.bindings {
 		if b.Exchange == name {
 			delete(c.topo.bindings, b)

@@ -1,0 +1,313 @@
+package amqp091_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/internal/testbroker"
+)
+
+// The benchmarks run raw amqp091-go and carrot side by side, on the same broker and queue,
+// in alternating rounds, and report each one's rate, allocations and CPU time per message,
+// and carrot's rate as a share of raw amqp091-go's used the same way: one goroutine
+// keeping a window of unconfirmed publishes (raw, carrot-async), or one goroutine per
+// publish in flight, each waiting for its confirm (raw-goroutines, carrot). Run them with
+// a fixed count of messages:
+//
+//	go test -run '^$' -bench . -benchtime 20000x ./backends/amqp091/
+
+const inFlight = 256 // publishes awaiting confirms; the consumers' prefetch
+
+// side is one contestant: it handles n messages and returns when they are done.
+type side func(b *testing.B, n int)
+
+// contestant names a side for the report.
+type contestant struct {
+	name string
+	run  side
+}
+
+// sideBySide runs each contestant on b.N messages, in alternating rounds, with prepare
+// (untimed) before each run, and reports each one's rate, allocations and CPU time per
+// message, and for each pair {carrot, raw} of contestant names, the rate of the first as
+// a share of the second's ("carrot/raw").
+func sideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []contestant, pairs ...[2]string) {
+	const rounds = 6
+	per := max(b.N/rounds, 1)
+	elapsed := make([]time.Duration, len(sides))
+	cpu := make([]time.Duration, len(sides))
+	allocs := make([]uint64, len(sides))
+	b.ResetTimer()
+	for range rounds {
+		for i, s := range sides {
+			prepare(b, per)
+			runtime.GC()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			c := cpuTime()
+			start := time.Now()
+			s.run(b, per)
+			elapsed[i] += time.Since(start)
+			cpu[i] += cpuTime() - c
+			runtime.ReadMemStats(&after)
+			allocs[i] += after.Mallocs - before.Mallocs
+		}
+	}
+	b.StopTimer()
+	total := float64(per * rounds)
+	rates := make(map[string]float64)
+	for i, s := range sides {
+		rates[s.name] = total / elapsed[i].Seconds()
+		b.ReportMetric(rates[s.name], s.name+"-msgs/s")
+		b.ReportMetric(float64(allocs[i])/total, s.name+"-allocs/msg")
+		b.ReportMetric(float64(cpu[i].Microseconds())/total, s.name+"-cpu-µs/msg")
+	}
+	for _, p := range pairs {
+		b.ReportMetric(rates[p[0]]/rates[p[1]], p[0]+"/"+p[1])
+	}
+	b.ReportMetric(0, "ns/op") // the rates above say it better
+}
+
+// cpuTime returns the CPU time the process has used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchBroker returns the broker URL, a raw connection and a carrot connection to it, and
+// a durable queue declared for the benchmark.
+func benchBroker(b *testing.B) (*amqp.Connection, *carrot.Conn, string) {
+	url := testbroker.URL(b, testbroker.RabbitMQ)
+	raw, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { raw.Close() })
+	conn, err := carrot.Open(b.Context(), url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	q, err := conn.DeclareQueue(b.Context(), carrot.Queue{Name: fmt.Sprintf("carrot-bench.%d", time.Now().UnixNano())})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.DeleteQueue(context.Background(), q) })
+	return raw, conn, q
+}
+
+func BenchmarkPublishConfirmed(b *testing.B) {
+	for _, size := range []int{100, 4096} {
+		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
+			raw, conn, q := benchBroker(b)
+			body := make([]byte, size)
+			purge := func(b *testing.B, n int) {
+				if _, err := conn.Purge(b.Context(), q); err != nil {
+					b.Fatal(err)
+				}
+			}
+			sideBySide(b, purge, []contestant{
+				{"raw", rawPublisher(raw, q, body)},
+				{"carrot-async", carrotAsyncPublisher(conn, q, body)},
+				{"raw-goroutines", rawGoroutinesPublisher(raw, q, body)},
+				{"carrot", carrotPublisher(conn, q, body)},
+			}, [2]string{"carrot-async", "raw"}, [2]string{"carrot", "raw-goroutines"}, [2]string{"carrot", "raw"})
+		})
+	}
+}
+
+// rawPublisher publishes persistent messages on one confirm-mode channel, keeping
+// inFlight unconfirmed, as a careful amqp091-go program does.
+func rawPublisher(conn *amqp.Connection, q string, body []byte) side {
+	return func(b *testing.B, n int) {
+		ch, err := conn.Channel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ch.Close()
+		if err := ch.Confirm(false); err != nil {
+			b.Fatal(err)
+		}
+		window := make([]*amqp.DeferredConfirmation, 0, inFlight)
+		msg := amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: "application/octet-stream", Body: body}
+		for range n {
+			if len(window) == inFlight {
+				if !window[0].Wait() {
+					b.Fatal("nack")
+				}
+				window = window[1:]
+			}
+			dc, err := ch.PublishWithDeferredConfirm("", q, true, false, msg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			window = append(window, dc)
+		}
+		for _, dc := range window {
+			if !dc.Wait() {
+				b.Fatal("nack")
+			}
+		}
+	}
+}
+
+// carrotAsyncPublisher publishes the same messages as rawPublisher does, the same way:
+// one goroutine, with PublishAsync, keeping inFlight unconfirmed.
+func carrotAsyncPublisher(conn *carrot.Conn, q string, body []byte) side {
+	return func(b *testing.B, n int) {
+		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		msg := &carrot.Message{ContentType: carrot.Binary, Body: body}
+		window := make([]*carrot.Confirmation, 0, inFlight)
+		for range n {
+			if len(window) == inFlight {
+				if err := window[0].Err(); err != nil {
+					b.Fatal(err)
+				}
+				window = window[1:]
+			}
+			window = append(window, p.PublishAsync(b.Context(), msg))
+		}
+		for _, c := range window {
+			if err := c.Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// rawGoroutinesPublisher publishes the same messages as carrotPublisher does, from
+// inFlight goroutines sharing one confirm-mode channel, each waiting for its own confirm:
+// amqp091-go used the way carrot's Publish is.
+func rawGoroutinesPublisher(conn *amqp.Connection, q string, body []byte) side {
+	return func(b *testing.B, n int) {
+		ch, err := conn.Channel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ch.Close()
+		if err := ch.Confirm(false); err != nil {
+			b.Fatal(err)
+		}
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range inFlight {
+			wg.Go(func() {
+				msg := amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: "application/octet-stream", Body: body}
+				for next.Add(1) <= int64(n) {
+					dc, err := ch.PublishWithDeferredConfirm("", q, true, false, msg)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					if !dc.Wait() {
+						b.Error("nack")
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+}
+
+// carrotPublisher publishes the same messages from inFlight goroutines, each waiting
+// for its own confirm.
+func carrotPublisher(conn *carrot.Conn, q string, body []byte) side {
+	return func(b *testing.B, n int) {
+		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range inFlight {
+			wg.Go(func() {
+				msg := &carrot.Message{ContentType: carrot.Binary, Body: body}
+				for next.Add(1) <= int64(n) {
+					if err := p.Publish(b.Context(), msg); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+}
+
+func BenchmarkConsumeAck(b *testing.B) {
+	raw, conn, q := benchBroker(b)
+	body := make([]byte, 100)
+	fill := func(b *testing.B, n int) {
+		if _, err := conn.Purge(b.Context(), q); err != nil {
+			b.Fatal(err)
+		}
+		rawPublisher(raw, q, body)(b, n)
+	}
+	sideBySide(b, fill, []contestant{{"raw", rawConsumer(raw, q)}, {"carrot", carrotConsumer(conn, q)}}, [2]string{"carrot", "raw"})
+}
+
+// rawConsumer consumes n messages at prefetch inFlight, acking each.
+func rawConsumer(conn *amqp.Connection, q string) side {
+	return func(b *testing.B, n int) {
+		ch, err := conn.Channel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ch.Close()
+		if err := ch.Qos(inFlight, 0, false); err != nil {
+			b.Fatal(err)
+		}
+		deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range n {
+			d := <-deliveries
+			if err := d.Ack(false); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// carrotConsumer consumes n messages with a Consumer at prefetch inFlight, acking each in
+// its handler.
+func carrotConsumer(conn *carrot.Conn, q string) side {
+	return func(b *testing.B, n int) {
+		ctx, stop := context.WithCancel(b.Context())
+		defer stop()
+		var got atomic.Int64
+		c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+			Queues:   []carrot.Queue{{Name: q, Passive: true}},
+			Prefetch: inFlight,
+			Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+				err := m.Ack(ctx)
+				if got.Add(1) == int64(n) {
+					stop()
+				}
+				return err
+			}),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		c.Run(ctx)
+	}
+}
