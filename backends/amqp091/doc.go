@@ -45,14 +45,17 @@
 // count.
 //
 // Publishing uses one channel in confirm mode shared by every publisher of the
-// connection: many publishes are in flight at once, and each Publish returns when its own
-// confirm arrives, as an error wrapping carrot.ErrRefused for a nack. Mandatory messages
-// that RabbitMQ returns as unroutable (312 NO_ROUTE) are an error wrapping
-// carrot.ErrUnroutable on the publish that sent them: the channel's returns and confirms
-// are read by one goroutine in the order RabbitMQ sent them, and RabbitMQ returns a
-// message before it confirms it. A publish to an exchange not known to exist is preceded
-// by a passive declaration, so that a missing exchange is an ErrNotFound error rather than
-// a closed channel under the other publishes in flight.
+// connection. Each publish writes its message from its own goroutine and joins a window
+// of messages awaiting their confirms, which one goroutine answers in order: many
+// publishes are in flight at once, each Publish returns when its own confirm arrives (a
+// nack is an error wrapping carrot.ErrRefused), and PublishAsync returns as soon as the
+// message is written. Mandatory messages that RabbitMQ returns as unroutable (312
+// NO_ROUTE) are an error wrapping carrot.ErrUnroutable on the publish that sent them:
+// RabbitMQ sends a message's return before its confirm, and amqp091-go queues returns as
+// it reads them, so the goroutine that answers a confirm has the return, if any, in hand.
+// A publish to an exchange not known to exist is preceded by a passive declaration, so
+// that a missing exchange is an ErrNotFound error rather than a closed channel under the
+// other publishes in flight.
 //
 // Each consumer has a channel of its own, so its prefetch is its own and closing it
 // requeues what it received and did not settle. Gets share one channel; a get from a
