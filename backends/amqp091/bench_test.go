@@ -130,14 +130,8 @@ func BenchmarkPublishConfirmed(b *testing.B) {
 // inFlight unconfirmed, as a careful amqp091-go program does.
 func rawPublisher(conn *amqp.Connection, q string, body []byte) side {
 	return func(b *testing.B, n int) {
-		ch, err := conn.Channel()
-		if err != nil {
-			b.Fatal(err)
-		}
+		ch := confirmChannel(b, conn)
 		defer ch.Close()
-		if err := ch.Confirm(false); err != nil {
-			b.Fatal(err)
-		}
 		window := make([]*amqp.DeferredConfirmation, 0, inFlight)
 		msg := amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: "application/octet-stream", Body: body}
 		for range n {
@@ -159,6 +153,18 @@ func rawPublisher(conn *amqp.Connection, q string, body []byte) side {
 			}
 		}
 	}
+}
+
+// confirmChannel opens a channel in confirm mode.
+func confirmChannel(b *testing.B, conn *amqp.Connection) *amqp.Channel {
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		b.Fatal(err)
+	}
+	return ch
 }
 
 // carrotAsyncPublisher publishes the same messages as rawPublisher does, the same way:
@@ -194,14 +200,8 @@ func carrotAsyncPublisher(conn *carrot.Conn, q string, body []byte) side {
 // amqp091-go used the way carrot's Publish is.
 func rawGoroutinesPublisher(conn *amqp.Connection, q string, body []byte) side {
 	return func(b *testing.B, n int) {
-		ch, err := conn.Channel()
-		if err != nil {
-			b.Fatal(err)
-		}
+		ch := confirmChannel(b, conn)
 		defer ch.Close()
-		if err := ch.Confirm(false); err != nil {
-			b.Fatal(err)
-		}
 		var next atomic.Int64
 		var wg sync.WaitGroup
 		for range inFlight {
