@@ -168,7 +168,11 @@ func received(c *Conn, d *backend.Delivery, queue string, accept map[string]bool
 	if d.Persistent {
 		mode = Persistent
 	}
-	return &Message{
+	r := &struct { // one allocation for both
+		m Message
+		d delivery
+	}{}
+	r.m = Message{
 		Body:            d.Body,
 		RoutingKey:      d.RoutingKey,
 		ContentType:     d.ContentType,
@@ -181,18 +185,20 @@ func received(c *Conn, d *backend.Delivery, queue string, accept map[string]bool
 		CorrelationID:   d.CorrelationID,
 		ReplyTo:         d.ReplyTo,
 		Timestamp:       d.Timestamp,
-		d: &delivery{
-			queue:       queue,
-			exchange:    d.Exchange,
-			redelivered: d.Redelivered,
-			count:       d.DeliveryCount,
-			settler:     d.Settler,
-			raw:         d.Raw,
-			conn:        c,
-			accept:      accept,
-			onSettle:    onSettle,
-		},
+		d:               &r.d,
 	}
+	r.d = delivery{
+		queue:       queue,
+		exchange:    d.Exchange,
+		redelivered: d.Redelivered,
+		count:       d.DeliveryCount,
+		settler:     d.Settler,
+		raw:         d.Raw,
+		conn:        c,
+		accept:      accept,
+		onSettle:    onSettle,
+	}
+	return &r.m
 }
 
 // backend validates m and converts it for the backend, applying the publisher's defaults.

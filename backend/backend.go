@@ -112,13 +112,13 @@ type Conn interface {
 // broker answers, so that one goroutine keeps many messages in flight. For a Conn that
 // does not implement it, carrot's PublishAsync calls Publish.
 type AsyncPublisher interface {
-	// PublishAsync writes p as Publish does, returns, and later calls done with what
-	// Publish would have returned. Calls from one goroutine write in the order of the
-	// calls. done is called exactly once, from any goroutine, possibly before
-	// PublishAsync returns, and it must not block. The Conn does not use p or p.Body
-	// after PublishAsync returns. ctx bounds the wait for a connection and the write; a
-	// written message waits for the broker's answer, or the loss of the connection.
-	// PublishAsync may be called concurrently.
+	// PublishAsync starts publishing p as Publish does, and calls done with what Publish
+	// would have returned. Messages of calls from one goroutine reach a queue in the
+	// order of the calls. done is called exactly once, from any goroutine, possibly
+	// before PublishAsync returns, and it must not block; the Conn may use p and p.Body
+	// until it calls done, not after. ctx bounds the wait for a connection and the
+	// sending; a sent message waits for the broker's answer, or the loss of the
+	// connection. PublishAsync may be called concurrently.
 	PublishAsync(ctx context.Context, p *Publishing, done func(error))
 }
 

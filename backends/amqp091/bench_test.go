@@ -3,16 +3,15 @@ package amqp091_test
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/internal/benchtest"
 	"github.com/carrot-go/carrot/internal/testbroker"
 )
 
@@ -26,63 +25,6 @@ import (
 //	go test -run '^$' -bench . -benchtime 20000x ./backends/amqp091/
 
 const inFlight = 256 // publishes awaiting confirms; the consumers' prefetch
-
-// side is one contestant: it handles n messages and returns when they are done.
-type side func(b *testing.B, n int)
-
-// contestant names a side for the report.
-type contestant struct {
-	name string
-	run  side
-}
-
-// sideBySide runs each contestant on b.N messages, in alternating rounds, with prepare
-// (untimed) before each run, and reports each one's rate, allocations and CPU time per
-// message, and for each pair {carrot, raw} of contestant names, the rate of the first as
-// a share of the second's ("carrot/raw").
-func sideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []contestant, pairs ...[2]string) {
-	const rounds = 6
-	per := max(b.N/rounds, 1)
-	elapsed := make([]time.Duration, len(sides))
-	cpu := make([]time.Duration, len(sides))
-	allocs := make([]uint64, len(sides))
-	b.ResetTimer()
-	for range rounds {
-		for i, s := range sides {
-			prepare(b, per)
-			runtime.GC()
-			var before, after runtime.MemStats
-			runtime.ReadMemStats(&before)
-			c := cpuTime()
-			start := time.Now()
-			s.run(b, per)
-			elapsed[i] += time.Since(start)
-			cpu[i] += cpuTime() - c
-			runtime.ReadMemStats(&after)
-			allocs[i] += after.Mallocs - before.Mallocs
-		}
-	}
-	b.StopTimer()
-	total := float64(per * rounds)
-	rates := make(map[string]float64)
-	for i, s := range sides {
-		rates[s.name] = total / elapsed[i].Seconds()
-		b.ReportMetric(rates[s.name], s.name+"-msgs/s")
-		b.ReportMetric(float64(allocs[i])/total, s.name+"-allocs/msg")
-		b.ReportMetric(float64(cpu[i].Microseconds())/total, s.name+"-cpu-µs/msg")
-	}
-	for _, p := range pairs {
-		b.ReportMetric(rates[p[0]]/rates[p[1]], p[0]+"/"+p[1])
-	}
-	b.ReportMetric(0, "ns/op") // the rates above say it better
-}
-
-// cpuTime returns the CPU time the process has used, user and system.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // benchBroker returns the broker URL, a raw connection and a carrot connection to it, and
 // a durable queue declared for the benchmark.
@@ -116,11 +58,11 @@ func BenchmarkPublishConfirmed(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			sideBySide(b, purge, []contestant{
-				{"raw", rawPublisher(raw, q, body)},
-				{"carrot-async", carrotAsyncPublisher(conn, q, body)},
-				{"raw-goroutines", rawGoroutinesPublisher(raw, q, body)},
-				{"carrot", carrotPublisher(conn, q, body)},
+			benchtest.SideBySide(b, purge, []benchtest.Contestant{
+				{Name: "raw", Run: rawPublisher(raw, q, body)},
+				{Name: "carrot-async", Run: carrotAsyncPublisher(conn, q, body)},
+				{Name: "raw-goroutines", Run: rawGoroutinesPublisher(raw, q, body)},
+				{Name: "carrot", Run: carrotPublisher(conn, q, body)},
 			}, [2]string{"carrot-async", "raw"}, [2]string{"carrot", "raw-goroutines"}, [2]string{"carrot", "raw"})
 		})
 	}
@@ -128,7 +70,7 @@ func BenchmarkPublishConfirmed(b *testing.B) {
 
 // rawPublisher publishes persistent messages on one confirm-mode channel, keeping
 // inFlight unconfirmed, as a careful amqp091-go program does.
-func rawPublisher(conn *amqp.Connection, q string, body []byte) side {
+func rawPublisher(conn *amqp.Connection, q string, body []byte) benchtest.Side {
 	return func(b *testing.B, n int) {
 		ch := confirmChannel(b, conn)
 		defer ch.Close()
@@ -169,7 +111,7 @@ func confirmChannel(b *testing.B, conn *amqp.Connection) *amqp.Channel {
 
 // carrotAsyncPublisher publishes the same messages as rawPublisher does, the same way:
 // one goroutine, with PublishAsync, keeping inFlight unconfirmed.
-func carrotAsyncPublisher(conn *carrot.Conn, q string, body []byte) side {
+func carrotAsyncPublisher(conn *carrot.Conn, q string, body []byte) benchtest.Side {
 	return func(b *testing.B, n int) {
 		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
 		if err != nil {
@@ -198,7 +140,7 @@ func carrotAsyncPublisher(conn *carrot.Conn, q string, body []byte) side {
 // rawGoroutinesPublisher publishes the same messages as carrotPublisher does, from
 // inFlight goroutines sharing one confirm-mode channel, each waiting for its own confirm:
 // amqp091-go used the way carrot's Publish is.
-func rawGoroutinesPublisher(conn *amqp.Connection, q string, body []byte) side {
+func rawGoroutinesPublisher(conn *amqp.Connection, q string, body []byte) benchtest.Side {
 	return func(b *testing.B, n int) {
 		ch := confirmChannel(b, conn)
 		defer ch.Close()
@@ -226,7 +168,7 @@ func rawGoroutinesPublisher(conn *amqp.Connection, q string, body []byte) side {
 
 // carrotPublisher publishes the same messages from inFlight goroutines, each waiting
 // for its own confirm.
-func carrotPublisher(conn *carrot.Conn, q string, body []byte) side {
+func carrotPublisher(conn *carrot.Conn, q string, body []byte) benchtest.Side {
 	return func(b *testing.B, n int) {
 		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
 		if err != nil {
@@ -259,11 +201,11 @@ func BenchmarkConsumeAck(b *testing.B) {
 		}
 		rawPublisher(raw, q, body)(b, n)
 	}
-	sideBySide(b, fill, []contestant{{"raw", rawConsumer(raw, q)}, {"carrot", carrotConsumer(conn, q)}}, [2]string{"carrot", "raw"})
+	benchtest.SideBySide(b, fill, []benchtest.Contestant{{Name: "raw", Run: rawConsumer(raw, q)}, {Name: "carrot", Run: carrotConsumer(conn, q)}}, [2]string{"carrot", "raw"})
 }
 
 // rawConsumer consumes n messages at prefetch inFlight, acking each.
-func rawConsumer(conn *amqp.Connection, q string) side {
+func rawConsumer(conn *amqp.Connection, q string) benchtest.Side {
 	return func(b *testing.B, n int) {
 		ch, err := conn.Channel()
 		if err != nil {
@@ -288,7 +230,7 @@ func rawConsumer(conn *amqp.Connection, q string) side {
 
 // carrotConsumer consumes n messages with a Consumer at prefetch inFlight, acking each in
 // its handler.
-func carrotConsumer(conn *carrot.Conn, q string) side {
+func carrotConsumer(conn *carrot.Conn, q string) benchtest.Side {
 	return func(b *testing.B, n int) {
 		ctx, stop := context.WithCancel(b.Context())
 		defer stop()

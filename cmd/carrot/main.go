@@ -36,6 +36,7 @@ import (
 
 	_ "github.com/carrot-go/carrot/backends/amqp091"
 	_ "github.com/carrot-go/carrot/backends/memory"
+	_ "github.com/carrot-go/carrot/backends/redis"
 )
 
 // Exit statuses.

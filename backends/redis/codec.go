@@ -1,0 +1,177 @@
+package redis
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/carrot-go/carrot/backend"
+)
+
+// A message is a stream entry with these fields, each present only when it is not empty:
+//
+//	x   exchange          k   routing key       b   body (always present)
+//	ct  content type      ce  content encoding  h   headers, JSON (see encodeHeaders)
+//	p   "1" if persistent pr  priority          e   expiration, ms
+//	mid message id        cid correlation id    rt  reply-to
+//	ts  timestamp, Unix seconds
+//	exp when the message expires in this queue, Unix ms (written by the scripts)
+
+// fields appends to f the stream fields of a message published to exchange.
+func fields(f []any, exchange string, m *backend.Message) ([]any, error) {
+	add := func(name, v string) {
+		if v != "" {
+			f = append(f, name, v)
+		}
+	}
+	add("x", exchange)
+	add("k", m.RoutingKey)
+	f = append(f, "b", m.Body)
+	add("ct", m.ContentType)
+	add("ce", m.ContentEncoding)
+	if len(m.Headers) > 0 {
+		h, err := encodeHeaders(m.Headers)
+		if err != nil {
+			return nil, err
+		}
+		add("h", h)
+	}
+	if m.Persistent {
+		add("p", "1")
+	}
+	if m.Priority != 0 {
+		add("pr", strconv.Itoa(int(m.Priority)))
+	}
+	if m.Expiration > 0 {
+		add("e", strconv.FormatInt(m.Expiration.Milliseconds(), 10))
+	}
+	add("mid", m.MessageID)
+	add("cid", m.CorrelationID)
+	add("rt", m.ReplyTo)
+	if !m.Timestamp.IsZero() {
+		add("ts", strconv.FormatInt(m.Timestamp.Unix(), 10))
+	}
+	return f, nil
+}
+
+// entry is a stream entry.
+type entry struct {
+	id      string
+	fields  map[string]any // strings, as go-redis gives them
+	count   int            // deliveries, this one included
+	expired bool           // its exp has passed
+}
+
+// str returns the string value of a field, or "".
+func str(f map[string]any, name string) string {
+	s, _ := f[name].(string)
+	return s
+}
+
+// message rebuilds the message of an entry, and the exchange it was published to.
+func (e *entry) message() (backend.Message, string, error) {
+	f := e.fields
+	m := backend.Message{
+		Body:            []byte(str(f, "b")),
+		RoutingKey:      str(f, "k"),
+		ContentType:     str(f, "ct"),
+		ContentEncoding: str(f, "ce"),
+		Persistent:      str(f, "p") == "1",
+		MessageID:       str(f, "mid"),
+		CorrelationID:   str(f, "cid"),
+		ReplyTo:         str(f, "rt"),
+	}
+	if h := str(f, "h"); h != "" {
+		headers, err := decodeHeaders(h)
+		if err != nil {
+			return m, "", fmt.Errorf("carrot/redis: message %s: headers: %w", e.id, err)
+		}
+		m.Headers = headers
+	}
+	if v := str(f, "pr"); v != "" {
+		n, _ := strconv.Atoi(v)
+		m.Priority = uint8(n)
+	}
+	if v := str(f, "e"); v != "" {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		m.Expiration = time.Duration(n) * time.Millisecond
+	}
+	if v := str(f, "ts"); v != "" {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		m.Timestamp = time.Unix(n, 0).UTC()
+	}
+	return m, str(f, "x"), nil
+}
+
+// Headers are a JSON object of name to [type, value], the value a string: "s" string,
+// "y" bytes in base64, "t" bool ("1" or "0"), "i" int64, "f" float64 (shortest exact
+// form), "d" time in Unix seconds, "n" nil (no value).
+func encodeHeaders(h map[string]any) (string, error) {
+	out := make(map[string][]string, len(h))
+	for k, v := range h {
+		switch v := v.(type) {
+		case nil:
+			out[k] = []string{"n"}
+		case string:
+			out[k] = []string{"s", v}
+		case []byte:
+			out[k] = []string{"y", base64.StdEncoding.EncodeToString(v)}
+		case bool:
+			b := "0"
+			if v {
+				b = "1"
+			}
+			out[k] = []string{"t", b}
+		case int64:
+			out[k] = []string{"i", strconv.FormatInt(v, 10)}
+		case float64:
+			out[k] = []string{"f", strconv.FormatFloat(v, 'g', -1, 64)}
+		case time.Time:
+			out[k] = []string{"d", strconv.FormatInt(v.Unix(), 10)}
+		default:
+			return "", backend.Errorf(backend.Invalid, "carrot/redis: header %q has type %T", k, v)
+		}
+	}
+	b, err := json.Marshal(out)
+	return string(b), err
+}
+
+func decodeHeaders(s string) (map[string]any, error) {
+	var in map[string][]string
+	if err := json.Unmarshal([]byte(s), &in); err != nil {
+		return nil, err
+	}
+	h := make(map[string]any, len(in))
+	for k, tv := range in {
+		if len(tv) == 0 || (tv[0] != "n" && len(tv) != 2) {
+			return nil, fmt.Errorf("header %q: malformed", k)
+		}
+		var err error
+		switch tv[0] {
+		case "n":
+			h[k] = nil
+		case "s":
+			h[k] = tv[1]
+		case "y":
+			h[k], err = base64.StdEncoding.DecodeString(tv[1])
+		case "t":
+			h[k] = tv[1] == "1"
+		case "i":
+			h[k], err = strconv.ParseInt(tv[1], 10, 64)
+		case "f":
+			h[k], err = strconv.ParseFloat(tv[1], 64)
+		case "d":
+			var n int64
+			n, err = strconv.ParseInt(tv[1], 10, 64)
+			h[k] = time.Unix(n, 0).UTC()
+		default:
+			err = fmt.Errorf("unknown type %q", tv[0])
+		}
+		if err != nil {
+			return nil, fmt.Errorf("header %q: %w", k, err)
+		}
+	}
+	return h, nil
+}

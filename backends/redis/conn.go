@@ -1,0 +1,546 @@
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/topic"
+)
+
+func init() {
+	for _, scheme := range []string{"redis", "rediss", "unix"} {
+		carrot.Register(scheme, Driver{})
+	}
+}
+
+// Driver opens redis://, rediss:// and unix:// URLs. It is registered with carrot under
+// the three schemes.
+type Driver struct{}
+
+// Open parses rawURL with [ParseURL] and connects.
+func (Driver) Open(ctx context.Context, rawURL string) (backend.Conn, error) {
+	o, err := ParseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	return Open(ctx, o)
+}
+
+// Conn is a connection to Redis, through a go-redis client that reconnects on its own. It
+// implements [backend.Conn]; use it with [carrot.NewConn].
+type Conn struct {
+	opts       Options
+	rdb        goredis.UniversalClient
+	log        *slog.Logger
+	prefix     string // "{namespace}:"
+	versionKey string
+	id         string // this connection's part of consumer names
+	caps       backend.Capabilities
+
+	topo     atomic.Pointer[snapshot]
+	reloadMu sync.Mutex
+
+	pubq chan *pubReq
+	ackq chan ackReq
+
+	mu      sync.Mutex
+	gets    map[string]hold // messages got and not settled, by id
+	subs    map[*subscription]struct{}
+	getCur  string // XAUTOCLAIM cursor of gets
+	closed  atomic.Bool
+	done    chan struct{}
+	wg      sync.WaitGroup
+	ackDone chan struct{} // closed when the ack loop has stopped
+}
+
+// hold is a message delivered and not yet settled.
+type hold struct {
+	queue string
+	lost  bool // another consumer took it after the visibility timeout
+}
+
+var _ backend.Conn = (*Conn)(nil)
+var _ backend.AsyncPublisher = (*Conn)(nil)
+
+// Open connects to Redis as opts says, and checks that it answers.
+func Open(ctx context.Context, opts *Options) (*Conn, error) {
+	o := opts.withDefaults()
+	ro := o.Redis
+	if ro.PoolSize == 0 {
+		ro.PoolSize = 64 // each consumer's blocking read holds a connection
+	}
+	ro.ReadTimeout = max(ro.ReadTimeout, 10*time.Second) // a script over a large batch takes time
+	c := &Conn{
+		opts:    o,
+		rdb:     goredis.NewUniversalClient(&ro),
+		log:     o.Logger,
+		prefix:  "{" + o.Namespace + "}:",
+		id:      randomID(),
+		pubq:    make(chan *pubReq, 4096),
+		ackq:    make(chan ackReq, 4096),
+		gets:    make(map[string]hold),
+		subs:    make(map[*subscription]struct{}),
+		getCur:  "0-0",
+		done:    make(chan struct{}),
+		ackDone: make(chan struct{}),
+	}
+	c.versionKey = c.prefix + "version"
+	if err := scriptInit.Run(ctx, c.rdb, []string{c.versionKey}, c.prefix).Err(); err != nil {
+		c.rdb.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+		code := c.ErrorCode(err)
+		if code == backend.Unknown {
+			code = backend.Unavailable
+		}
+		return nil, backend.Errorf(code, "carrot/redis: connect to %s: %w", o, err)
+	}
+	c.caps = c.capabilities(ctx)
+	c.wg.Add(3)
+	go func() { defer c.wg.Done(); c.publishLoop() }()
+	go func() { defer c.wg.Done(); c.heartbeat() }()
+	go func() { defer c.wg.Done(); c.janitor() }()
+	go func() { defer close(c.ackDone); c.ackLoop() }()
+	return c, nil
+}
+
+func randomID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// capabilities reports what Redis does; persistence depends on its configuration.
+func (c *Conn) capabilities(ctx context.Context) backend.Capabilities {
+	caps := backend.Capabilities{
+		Confirms:      true,
+		Mandatory:     true,
+		DeadLetter:    true,
+		MessageTTL:    true,
+		QueueTTL:      true,
+		DeliveryCount: true,
+		SharedAcross:  true,
+		MaxBodySize:   512 << 20, // proto-max-bulk-len's default
+	}
+	if cfg, err := c.rdb.ConfigGet(ctx, "appendonly").Result(); err == nil && cfg["appendonly"] == "yes" {
+		caps.Persistence = true
+	}
+	if cfg, err := c.rdb.ConfigGet(ctx, "proto-max-bulk-len").Result(); err == nil {
+		if n, err := strconv.ParseInt(cfg["proto-max-bulk-len"], 10, 64); err == nil && n > 0 {
+			caps.MaxBodySize = n
+		}
+	}
+	return caps
+}
+
+// Capabilities reports what the backend does: everything but priorities, max length,
+// exclusive and auto-delete queues, which need a broker that knows its connections.
+// Persistence is on when Redis has its append-only file on.
+func (c *Conn) Capabilities() backend.Capabilities { return c.caps }
+
+// stream returns the key of a queue's stream, and of its definition.
+func (c *Conn) stream(queue string) (string, string) {
+	return c.prefix + "s:" + queue, c.prefix + "q:" + queue
+}
+
+// checkName refuses names with a NUL byte, which separates names in binding keys.
+func checkName(what, name string) error {
+	if strings.IndexByte(name, 0) >= 0 {
+		return backend.Errorf(backend.Invalid, "carrot/redis: %s %q contains a NUL byte", what, name)
+	}
+	return nil
+}
+
+// retry runs fn until it succeeds or fails for another reason than a lost connection,
+// waiting longer each time; go-redis reconnects meanwhile.
+func (c *Conn) retry(ctx context.Context, fn func() error) error {
+	delay := 50 * time.Millisecond
+	for {
+		if c.closed.Load() {
+			return errClosed
+		}
+		err := fn()
+		if err == nil || c.ErrorCode(err) != backend.Unavailable {
+			return err
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.done:
+			return errClosed
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+var errClosed = backend.Errorf(backend.Closed, "carrot/redis: connection closed")
+
+// ErrorCode classifies the errors of go-redis, of Redis and of the scripts.
+func (c *Conn) ErrorCode(err error) backend.Code {
+	if code := backend.CodeOf(err); code != backend.Unknown {
+		return code
+	}
+	if errors.Is(err, goredis.ErrClosed) {
+		return backend.Closed
+	}
+	var re goredis.Error
+	if errors.As(err, &re) {
+		msg := re.Error()
+		for _, p := range []struct {
+			prefix string
+			code   backend.Code
+		}{
+			{"NOTFOUND", backend.NotFound},
+			{"NOGROUP", backend.NotFound},
+			{"MISMATCH", backend.Mismatch},
+			{"INVALID", backend.Invalid},
+			{"OOM", backend.Refused},
+			{"LOADING", backend.Unavailable},
+			{"READONLY", backend.Unavailable},
+			{"CLUSTERDOWN", backend.Unavailable},
+			{"TRYAGAIN", backend.Unavailable},
+			{"MASTERDOWN", backend.Unavailable},
+			{"BUSY", backend.Unavailable},
+			{"NOAUTH", backend.Invalid},
+			{"WRONGPASS", backend.Invalid},
+			{"NOPERM", backend.Invalid},
+		} {
+			if strings.HasPrefix(msg, p.prefix) {
+				return p.code
+			}
+		}
+		return backend.Unknown
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		strings.Contains(err.Error(), "connection pool timeout") {
+		return backend.Unavailable
+	}
+	return backend.Unknown
+}
+
+// As sets *target to the go-redis client: a goredis.UniversalClient, or the concrete
+// *goredis.Client or *goredis.ClusterClient.
+func (c *Conn) As(target any) bool {
+	switch t := target.(type) {
+	case *goredis.UniversalClient:
+		*t = c.rdb
+		return true
+	case **goredis.Client:
+		cl, ok := c.rdb.(*goredis.Client)
+		if ok {
+			*t = cl
+		}
+		return ok
+	case **goredis.ClusterClient:
+		cl, ok := c.rdb.(*goredis.ClusterClient)
+		if ok {
+			*t = cl
+		}
+		return ok
+	}
+	return false
+}
+
+// Close flushes pending acknowledgements, hands the messages got and not settled back to
+// their queues, and closes the client.
+func (c *Conn) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.flushAcks(ctx)
+	c.mu.Lock()
+	byQueue := make(map[string][]string)
+	for id, g := range c.gets {
+		if !g.lost {
+			byQueue[g.queue] = append(byQueue[g.queue], id)
+		}
+	}
+	c.gets = nil
+	c.mu.Unlock()
+	for q, ids := range byQueue {
+		c.release(ctx, q, c.getConsumer(), ids)
+	}
+	close(c.done)
+	c.wg.Wait()
+	<-c.ackDone
+	return c.rdb.Close()
+}
+
+func (c *Conn) getConsumer() string { return c.id + ":get" }
+
+// snapshot is the topology as this connection knows it, at one version.
+type snapshot struct {
+	version   string
+	exchanges map[string]*exchange
+	queues    map[string]*queueDef
+	streams   map[string]string   // stream keys, by queue
+	direct    map[string][]string // {queue}, by queue: routes of the default exchange
+	routes    sync.Map            // exchange \0 key → []string, routes computed so far
+	cached    atomic.Int32        // entries in routes
+}
+
+// maxCachedRoutes bounds the routes a snapshot keeps, for publishers with many keys.
+const maxCachedRoutes = 4096
+
+type exchange struct {
+	kind     backend.ExchangeKind
+	bindings []binding
+}
+
+type binding struct {
+	queue, key string
+	pattern    topic.Pattern
+}
+
+type queueDef struct {
+	ttl      time.Duration
+	dlx, dlk string
+}
+
+// route returns the queues a message published to exchange with key goes to, each once,
+// and whether the exchange exists.
+func (s *snapshot) route(exchangeName, key string) ([]string, bool) {
+	if exchangeName == "" {
+		return s.direct[key], true
+	}
+	x := s.exchanges[exchangeName]
+	if x == nil {
+		return nil, false
+	}
+	rk := exchangeName + "\x00" + key
+	if qs, ok := s.routes.Load(rk); ok {
+		return qs.([]string), true
+	}
+	qs := x.route(key)
+	if s.cached.Add(1) <= maxCachedRoutes {
+		s.routes.Store(rk, qs)
+	}
+	return qs, true
+}
+
+// route returns the queues a message with key goes to, each once.
+func (x *exchange) route(key string) []string {
+	var qs []string
+	for _, b := range x.bindings {
+		var match bool
+		switch x.kind {
+		case backend.Fanout:
+			match = true
+		case backend.Topic:
+			match = b.pattern.Match(key)
+		default:
+			match = b.key == key
+		}
+		if match && !contains(qs, b.queue) {
+			qs = append(qs, b.queue)
+		}
+	}
+	return qs
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// ttl returns how long a message with expiration exp lives in queue: the shorter of the
+// two, 0 for ever.
+func (s *snapshot) ttl(queue string, exp time.Duration) time.Duration {
+	if q := s.queues[queue]; q != nil && q.ttl > 0 && (exp == 0 || q.ttl < exp) {
+		return q.ttl
+	}
+	return exp
+}
+
+// current returns the topology, loading it if it never was.
+func (c *Conn) current(ctx context.Context) (*snapshot, error) {
+	if s := c.topo.Load(); s != nil {
+		return s, nil
+	}
+	return c.reload(ctx, nil)
+}
+
+// reload loads the topology again, unless another call did since stale was current.
+func (c *Conn) reload(ctx context.Context, stale *snapshot) (*snapshot, error) {
+	c.reloadMu.Lock()
+	defer c.reloadMu.Unlock()
+	if s := c.topo.Load(); s != nil && s != stale {
+		return s, nil
+	}
+	var res any
+	err := c.retry(ctx, func() error {
+		var err error
+		res, err = scriptLoad.Run(ctx, c.rdb, []string{c.versionKey}, c.prefix).Result()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s, err := parseSnapshot(c.prefix, res)
+	if err != nil {
+		return nil, err
+	}
+	c.topo.Store(s)
+	return s, nil
+}
+
+func parseSnapshot(prefix string, res any) (*snapshot, error) {
+	bad := errors.New("carrot/redis: unexpected reply loading the topology")
+	top, ok := res.([]any)
+	if !ok || len(top) != 3 {
+		return nil, bad
+	}
+	s := &snapshot{exchanges: make(map[string]*exchange), queues: make(map[string]*queueDef), streams: make(map[string]string), direct: make(map[string][]string)}
+	s.version, _ = top[0].(string)
+	xs, _ := top[1].([]any)
+	for _, xv := range xs {
+		x, _ := xv.([]any)
+		if len(x) != 4 {
+			return nil, bad
+		}
+		name, _ := x[0].(string)
+		kind, _ := x[1].(string)
+		e := &exchange{kind: backend.ExchangeKind(kind)}
+		fs, _ := x[3].([]any)
+		for _, fv := range fs {
+			f, _ := fv.(string)
+			q, key, ok := strings.Cut(f, "\x00")
+			if !ok {
+				return nil, bad
+			}
+			e.bindings = append(e.bindings, binding{queue: q, key: key, pattern: topic.Compile(key)})
+		}
+		s.exchanges[name] = e
+	}
+	qs, _ := top[2].([]any)
+	for _, qv := range qs {
+		q, _ := qv.([]any)
+		if len(q) != 5 {
+			return nil, bad
+		}
+		name, _ := q[0].(string)
+		ttl, _ := q[2].(string)
+		ms, _ := strconv.ParseInt(ttl, 10, 64)
+		dlx, _ := q[3].(string)
+		dlk, _ := q[4].(string)
+		s.queues[name] = &queueDef{ttl: time.Duration(ms) * time.Millisecond, dlx: dlx, dlk: dlk}
+		s.streams[name] = prefix + "s:" + name
+		s.direct[name] = []string{name}
+	}
+	return s, nil
+}
+
+// topology runs a script that changes the topology, then forgets the known topology.
+func (c *Conn) topology(ctx context.Context, script *goredis.Script, args ...any) error {
+	if c.closed.Load() {
+		return errClosed
+	}
+	err := c.retry(ctx, func() error {
+		return script.Run(ctx, c.rdb, []string{c.versionKey}, append([]any{c.prefix}, args...)...).Err()
+	})
+	if err == nil {
+		c.topo.Store(nil)
+	}
+	return err
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
+	if err := checkName("exchange", x.Name); err != nil {
+		return err
+	}
+	if len(x.Args) > 0 {
+		return backend.Errorf(backend.Unsupported, "carrot/redis: exchanges take no arguments")
+	}
+	if !x.Passive && strings.HasPrefix(x.Name, "amq.") {
+		// The built-in exchanges exist, and may be declared again; other amq. names are
+		// reserved, as in RabbitMQ.
+		err := c.topology(ctx, scriptDeclareExchange, x.Name, string(x.Kind), flag(x.Durable), "1")
+		if c.ErrorCode(err) == backend.NotFound {
+			return backend.Errorf(backend.Invalid, "carrot/redis: exchange name %q is reserved (it starts with \"amq.\")", x.Name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return c.topology(ctx, scriptDeclareExchange, x.Name, string(x.Kind), flag(x.Durable), flag(x.Passive))
+}
+
+func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
+	return c.topology(ctx, scriptDeleteExchange, name)
+}
+
+func (c *Conn) DeclareQueue(ctx context.Context, q backend.Queue) error {
+	if err := checkName("queue", q.Name); err != nil {
+		return err
+	}
+	if len(q.Args) > 0 {
+		return backend.Errorf(backend.Unsupported, "carrot/redis: queues take no arguments; use the fields of the queue")
+	}
+	ttl := strconv.FormatInt(q.MessageTTL.Milliseconds(), 10)
+	return c.topology(ctx, scriptDeclareQueue, q.Name, flag(q.Durable), ttl, q.DeadLetterExchange, q.DeadLetterRoutingKey, flag(q.Passive))
+}
+
+func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
+	return c.topology(ctx, scriptDeleteQueue, name)
+}
+
+func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
+	if err := checkName("routing key", b.Key); err != nil {
+		return err
+	}
+	return c.topology(ctx, scriptBind, b.Exchange, b.Queue, b.Key, "1")
+}
+
+func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
+	return c.topology(ctx, scriptBind, b.Exchange, b.Queue, b.Key, "0")
+}
+
+func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
+	if c.closed.Load() {
+		return 0, errClosed
+	}
+	s, q := c.stream(queue)
+	var n int64
+	err := c.retry(ctx, func() error {
+		var err error
+		n, err = scriptPurge.Run(ctx, c.rdb, []string{s, q}).Int64()
+		return err
+	})
+	return int(n), err
+}
+
+// String describes the connection, without the password.
+func (c *Conn) String() string { return fmt.Sprint(c.opts) }

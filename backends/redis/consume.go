@@ -1,0 +1,752 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/carrot-go/carrot/backend"
+)
+
+// take runs scriptTake for consumer and parses what it returns.
+func (c *Conn) take(ctx context.Context, queue, consumer string, count int, noAck bool, cursor string) (string, []entry, error) {
+	s, q := c.stream(queue)
+	var res any
+	err := c.retry(ctx, func() error {
+		var err error
+		res, err = scriptTake.Run(ctx, c.rdb, []string{s, q}, consumer, count, c.opts.VisibilityTimeout.Milliseconds(), flag(noAck), cursor).Result()
+		return err
+	})
+	if err != nil {
+		return cursor, nil, err
+	}
+	top, ok := res.([]any)
+	if !ok || len(top) != 2 {
+		return cursor, nil, errors.New("carrot/redis: unexpected reply taking messages")
+	}
+	next, _ := top[0].(string)
+	list, _ := top[1].([]any)
+	entries := make([]entry, 0, len(list))
+	for _, v := range list {
+		e, _ := v.([]any)
+		if len(e) != 4 {
+			return next, nil, errors.New("carrot/redis: unexpected reply taking messages")
+		}
+		id, _ := e[0].(string)
+		count, _ := e[2].(int64)
+		expired, _ := e[3].(int64)
+		entries = append(entries, entry{id: id, fields: fieldMap(e[1]), count: int(count), expired: expired == 1})
+	}
+	return next, entries, nil
+}
+
+// fieldMap turns a flat list of names and values into a map.
+func fieldMap(v any) map[string]any {
+	list, _ := v.([]any)
+	m := make(map[string]any, len(list)/2)
+	for i := 0; i+1 < len(list); i += 2 {
+		k, _ := list[i].(string)
+		m[k] = list[i+1]
+	}
+	return m
+}
+
+// Get takes one message without waiting: a requeued one first, then one a dead consumer
+// held past the visibility timeout, then a new one. An expired message met on the way is
+// dead-lettered or dropped.
+func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.Delivery, error) {
+	for {
+		if c.closed.Load() {
+			return nil, errClosed
+		}
+		c.mu.Lock()
+		cursor := c.getCur
+		c.mu.Unlock()
+		next, entries, err := c.take(ctx, queue, c.getConsumer(), 1, autoAck, cursor)
+		c.mu.Lock()
+		c.getCur = next
+		c.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		if len(entries) == 0 {
+			return nil, nil
+		}
+		e := entries[0]
+		if e.expired {
+			c.expire(ctx, queue, c.getConsumer(), &e)
+			continue
+		}
+		var s *settler
+		if !autoAck {
+			c.mu.Lock()
+			if c.gets == nil { // closed meanwhile
+				c.mu.Unlock()
+				c.release(ctx, queue, c.getConsumer(), []string{e.id})
+				return nil, errClosed
+			}
+			c.gets[e.id] = hold{queue: queue}
+			c.mu.Unlock()
+			s = &settler{c: c, queue: queue, id: e.id, fields: e.fields, consumer: c.getConsumer()}
+		}
+		return c.delivery(&e, s)
+	}
+}
+
+// delivered is a delivery with its settler and raw entry, in one allocation.
+type delivered struct {
+	d   backend.Delivery
+	st  settler
+	raw goredis.XMessage
+}
+
+// delivery converts an entry; st, when not nil, is copied in as its settler.
+func (c *Conn) delivery(e *entry, st *settler) (*backend.Delivery, error) {
+	m, exchange, err := e.message()
+	if err != nil {
+		return nil, err
+	}
+	x := &delivered{raw: goredis.XMessage{ID: e.id, Values: e.fields}}
+	x.d = backend.Delivery{
+		Message:       m,
+		Exchange:      exchange,
+		Redelivered:   e.count > 1,
+		DeliveryCount: e.count,
+		Raw:           &x.raw,
+	}
+	if st != nil {
+		x.st = *st
+		x.d.Settler = &x.st
+	}
+	return &x.d, nil
+}
+
+// expire dead-letters (or drops) an expired message the consumer holds.
+func (c *Conn) expire(ctx context.Context, queue, consumer string, e *entry) {
+	if err := c.deadLetter(ctx, queue, consumer, e.id, e.fields); err != nil && !errors.Is(err, errLost) {
+		c.log.Warn("carrot/redis: could not dead-letter an expired message; it will be retried after the visibility timeout",
+			"queue", queue, "id", e.id, "error", err)
+	}
+}
+
+var errLost = backend.Errorf(backend.Unavailable, "carrot/redis: another consumer took the message after the visibility timeout")
+
+// deadLetter moves a message the consumer holds to the queues its queue's dead-letter
+// exchange routes it to, or drops it if the queue has none.
+func (c *Conn) deadLetter(ctx context.Context, queue, consumer, id string, f map[string]any) error {
+	stream, _ := c.stream(queue)
+	var stale *snapshot
+	for attempt := 0; attempt < 100; attempt++ {
+		snap := c.topo.Load()
+		if snap == nil || snap == stale {
+			var err error
+			if snap, err = c.reload(ctx, stale); err != nil {
+				return err
+			}
+		}
+		var targets []string
+		var dl map[string]any
+		if q := snap.queues[queue]; q != nil && q.dlx != "" {
+			key := q.dlk
+			if key == "" {
+				key = str(f, "k")
+			}
+			targets, _ = snap.route(q.dlx, key) // a missing exchange drops the message, as RabbitMQ does
+			dl = make(map[string]any, len(f))
+			for k, v := range f {
+				dl[k] = v
+			}
+			delete(dl, "exp")
+			delete(dl, "e") // RabbitMQ drops the expiration of dead-lettered messages
+			dl["x"], dl["k"] = q.dlx, key
+		}
+		args := []any{snap.version, c.prefix, consumer, id, len(targets)}
+		for _, t := range targets {
+			args = append(args, t, snap.ttl(t, 0).Milliseconds())
+		}
+		for k, v := range dl {
+			args = append(args, k, v)
+		}
+		var res string
+		err := c.retry(ctx, func() error {
+			var err error
+			res, err = scriptDeadLetter.Run(ctx, c.rdb, []string{c.versionKey, stream}, args...).Text()
+			return err
+		})
+		switch {
+		case err != nil:
+			return err
+		case res == "STALE":
+			stale = snap
+			continue
+		case res == "LOST":
+			return errLost
+		}
+		return nil
+	}
+	return backend.Errorf(backend.Unavailable, "carrot/redis: the topology keeps changing under the dead-lettering")
+}
+
+// release hands messages back to their queue, to be delivered again first.
+func (c *Conn) release(ctx context.Context, queue, consumer string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	stream, _ := c.stream(queue)
+	args := make([]any, 0, len(ids)+1)
+	args = append(args, consumer)
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	var lost []string
+	err := c.retry(ctx, func() error {
+		var err error
+		lost, err = scriptRelease.Run(ctx, c.rdb, []string{stream}, args...).StringSlice()
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if len(lost) > 0 {
+		return errLost
+	}
+	return nil
+}
+
+// Consume subscribes a consumer of its own to the queue.
+func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backend.Subscription, error) {
+	if c.closed.Load() {
+		return nil, errClosed
+	}
+	if opts.Prefetch == 0 {
+		opts.Prefetch = c.opts.Prefetch
+	}
+	_, q := c.stream(opts.Queue)
+	var n int64
+	err := c.retry(ctx, func() error {
+		var err error
+		n, err = c.rdb.Exists(ctx, q).Result()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, backend.Errorf(backend.NotFound, "carrot/redis: queue %q not found", opts.Queue)
+	}
+	s := &subscription{
+		c:        c,
+		opts:     opts,
+		consumer: fmt.Sprintf("%s:%d", c.id, subSeq.Add(1)),
+		cursor:   "0-0",
+		inflight: make(map[string]hold),
+		settled:  make(chan struct{}, 1),
+	}
+	s.stream, _ = c.stream(opts.Queue)
+	s.needTake.Store(true)
+	c.mu.Lock()
+	c.subs[s] = struct{}{}
+	c.mu.Unlock()
+	return s, nil
+}
+
+var subSeq atomic.Uint64
+
+// subscription is a consumer of one queue: a consumer of the queue's group, named after
+// the connection.
+type subscription struct {
+	c        *Conn
+	opts     backend.ConsumeOptions
+	stream   string
+	consumer string
+	cursor   string
+	buf      []entry
+	needTake atomic.Bool // a requeued message may be waiting: look before reading new ones
+	lastTake time.Time   // when Receive last looked for requeued and abandoned messages
+
+	mu       sync.Mutex
+	inflight map[string]hold // delivered, not settled
+	acks     []string        // acked, to be sent with the next read
+	settled  chan struct{}   // a settle made room under the prefetch limit
+	closed   atomic.Bool
+}
+
+// room returns how many more messages the subscription may take.
+func (s *subscription) room() int {
+	if s.opts.AutoAck {
+		return s.opts.Prefetch - len(s.buf)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts.Prefetch - len(s.inflight) - len(s.buf)
+}
+
+// Receive returns the next message: from those already taken, else requeued and
+// abandoned ones (when a nudge announced them, or the block time passed since the last
+// look), else new ones, waiting up to the block time for them. New ones are read with a
+// plain XREADGROUP, as a go-redis program would.
+func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
+	c := s.c
+	for {
+		if len(s.buf) > 0 {
+			e := s.buf[0]
+			s.buf = s.buf[1:]
+			if e.expired {
+				c.expire(ctx, s.opts.Queue, s.consumer, &e)
+				continue
+			}
+			var st *settler
+			if !s.opts.AutoAck {
+				s.mu.Lock()
+				s.inflight[e.id] = hold{queue: s.opts.Queue}
+				s.mu.Unlock()
+				st = &settler{c: c, sub: s, queue: s.opts.Queue, id: e.id, fields: e.fields, consumer: s.consumer}
+			}
+			return c.delivery(&e, st)
+		}
+		room := s.room()
+		if room <= 0 {
+			select {
+			case <-s.settled:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if s.needTake.Swap(false) || time.Since(s.lastTake) >= c.opts.Block {
+			s.lastTake = time.Now()
+			if err := s.sendAcks(ctx, nil); err != nil {
+				return nil, err
+			}
+			next, entries, err := c.take(ctx, s.opts.Queue, s.consumer, room, s.opts.AutoAck, s.cursor)
+			s.cursor = next
+			if err != nil {
+				return nil, err
+			}
+			if len(entries) > 0 {
+				s.buf = entries
+				continue
+			}
+		}
+		if err := s.wait(ctx, room); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// sendAcks acknowledges the messages acked since the last read, in the pipeline p if
+// there is one (the caller runs it), else at once; scriptTake trims them off the stream
+// later. Acks that fail go back to be sent with the next read.
+func (s *subscription) sendAcks(ctx context.Context, p goredis.Pipeliner) error {
+	s.mu.Lock()
+	ids := s.acks
+	s.acks = nil
+	s.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	run := p
+	if run == nil {
+		run = s.c.rdb.Pipeline()
+	}
+	run.XAck(ctx, s.stream, "carrot", ids...)
+	if p != nil {
+		return nil
+	}
+	if _, err := run.Exec(ctx); err != nil {
+		s.mu.Lock()
+		s.acks = append(ids, s.acks...)
+		s.mu.Unlock()
+		if s.c.ErrorCode(err) == backend.Unavailable {
+			return nil // go-redis reconnects; the next read sends them
+		}
+		return err
+	}
+	return nil
+}
+
+// wait sends the pending acks, then blocks on the stream until new messages come or the
+// block time passes, in one round trip, as a go-redis program reading and acking batches
+// does.
+func (s *subscription) wait(ctx context.Context, room int) error {
+	c := s.c
+	s.mu.Lock()
+	acks := s.acks
+	s.acks = nil
+	s.mu.Unlock()
+	p := c.rdb.Pipeline()
+	if len(acks) > 0 {
+		p.XAck(ctx, s.stream, "carrot", acks...)
+	}
+	read := p.XReadGroup(ctx, &goredis.XReadGroupArgs{
+		Group:    "carrot",
+		Consumer: s.consumer,
+		Streams:  []string{s.stream, ">"},
+		Count:    int64(room),
+		Block:    c.opts.Block,
+		NoAck:    s.opts.AutoAck,
+	})
+	_, err := p.Exec(ctx)
+	if len(acks) > 0 && err != nil && !errors.Is(err, goredis.Nil) {
+		s.mu.Lock()
+		s.acks = append(acks, s.acks...) // try again with the next read
+		s.mu.Unlock()
+	}
+	res, err := read.Result()
+	switch {
+	case errors.Is(err, goredis.Nil):
+		return nil
+	case err != nil:
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		switch c.ErrorCode(err) {
+		case backend.Unavailable:
+			select { // go-redis reconnects; try again in a while
+			case <-time.After(c.opts.Block / 4):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			return nil
+		case backend.NotFound:
+			return backend.Errorf(backend.NotFound, "carrot/redis: queue %q was deleted: %w", s.opts.Queue, err)
+		}
+		return err
+	}
+	var expiring bool
+	for _, st := range res {
+		for _, m := range st.Messages {
+			f := m.Values
+			if str(f, "carrot") == "nudge" {
+				c.ack(s.opts.Queue, m.ID)
+				s.needTake.Store(true) // the requeued message it announces comes first
+				continue
+			}
+			if s.opts.AutoAck {
+				c.ack(s.opts.Queue, m.ID) // off the stream: the group already let it go
+			}
+			if str(f, "exp") != "" {
+				expiring = true
+			}
+			s.buf = append(s.buf, entry{id: m.ID, fields: f, count: 1})
+		}
+	}
+	if expiring {
+		now, err := c.rdb.Time(ctx).Result()
+		if err != nil {
+			return err
+		}
+		for i := range s.buf {
+			if exp := str(s.buf[i].fields, "exp"); exp != "" {
+				ms, _ := strconv.ParseInt(exp, 10, 64)
+				s.buf[i].expired = ms <= now.UnixMilli()
+			}
+		}
+	}
+	return nil
+}
+
+// Close acknowledges what was acked, hands the messages it holds back to the queue, and
+// forgets the consumer.
+func (s *subscription) Close() error {
+	s.closed.Store(true)
+	c := s.c
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.flushAcks(ctx)
+	if err := s.sendAcks(ctx, nil); err != nil {
+		c.log.Warn("carrot/redis: acknowledgements failed; the messages will be delivered again after the visibility timeout", "queue", s.opts.Queue, "error", err)
+	}
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.inflight)+len(s.buf))
+	for id, h := range s.inflight {
+		if !h.lost {
+			ids = append(ids, id)
+		}
+	}
+	s.inflight = nil
+	s.mu.Unlock()
+	if !s.opts.AutoAck {
+		for _, e := range s.buf { // taken, never delivered
+			ids = append(ids, e.id)
+		}
+	}
+	s.buf = nil
+	err := c.release(ctx, s.opts.Queue, s.consumer, ids)
+	if errors.Is(err, errLost) {
+		err = nil
+	}
+	c.mu.Lock()
+	delete(c.subs, s)
+	c.mu.Unlock()
+	c.rdb.XGroupDelConsumer(ctx, s.stream, "carrot", s.consumer) // it holds nothing now
+	return err
+}
+
+// settler settles one delivery.
+type settler struct {
+	c        *Conn
+	sub      *subscription // nil for gets
+	queue    string
+	id       string
+	fields   map[string]any
+	consumer string
+}
+
+// hold removes the delivery from those its holder keeps, and reports whether it was
+// still held: not lost to another consumer, not given back on close.
+func (st *settler) hold() (bool, error) {
+	c := st.c
+	if st.sub != nil {
+		s := st.sub
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.inflight == nil {
+			return false, backend.Errorf(backend.Closed, "carrot/redis: the consumer closed; the message went back to queue %q", st.queue)
+		}
+		h, ok := s.inflight[st.id]
+		delete(s.inflight, st.id)
+		select {
+		case s.settled <- struct{}{}:
+		default:
+		}
+		return ok && !h.lost, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gets == nil {
+		return false, errClosed
+	}
+	h, ok := c.gets[st.id]
+	delete(c.gets, st.id)
+	return ok && !h.lost, nil
+}
+
+// Settle acks asynchronously, in batches (a message whose ack is lost with the connection
+// is delivered again after the visibility timeout), and requeues or rejects at once.
+func (st *settler) Settle(ctx context.Context, o backend.Outcome) error {
+	held, err := st.hold()
+	if err != nil {
+		return err
+	}
+	if !held {
+		return errLost
+	}
+	switch o {
+	case backend.Ack:
+		if s := st.sub; s != nil {
+			s.mu.Lock()
+			s.acks = append(s.acks, st.id)
+			s.mu.Unlock()
+			return nil
+		}
+		st.c.ack(st.queue, st.id)
+		return nil
+	case backend.Requeue:
+		if st.sub != nil {
+			st.sub.needTake.Store(true)
+		}
+		return st.c.release(ctx, st.queue, st.consumer, []string{st.id})
+	case backend.Reject:
+		return st.c.deadLetter(ctx, st.queue, st.consumer, st.id, st.fields)
+	}
+	return backend.Errorf(backend.Invalid, "carrot/redis: unknown outcome %v", o)
+}
+
+// ackReq is an acknowledgement on its way, or, with flushed set, a request to be told
+// when those queued before it are done.
+type ackReq struct {
+	queue, id string
+	flushed   chan struct{}
+}
+
+func (c *Conn) ack(queue, id string) {
+	select {
+	case c.ackq <- ackReq{queue: queue, id: id}:
+	case <-c.ackDone:
+	}
+}
+
+// flushAcks waits until the acknowledgements queued so far are done.
+func (c *Conn) flushAcks(ctx context.Context) {
+	done := make(chan struct{})
+	select {
+	case c.ackq <- ackReq{flushed: done}:
+	case <-c.ackDone:
+		return
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// ackLoop removes acknowledged messages from their queues, a batch at a time, until the
+// connection closes and the queue is empty.
+func (c *Conn) ackLoop() {
+	for {
+		var first ackReq
+		select {
+		case first = <-c.ackq:
+		case <-c.done:
+			for { // what is left
+				select {
+				case r := <-c.ackq:
+					c.ackBatch([]ackReq{r})
+				default:
+					return
+				}
+			}
+		}
+		batch := []ackReq{first}
+	gather:
+		for len(batch) < 1024 {
+			select {
+			case r := <-c.ackq:
+				batch = append(batch, r)
+			default:
+				break gather
+			}
+		}
+		c.ackBatch(batch)
+	}
+}
+
+func (c *Conn) ackBatch(batch []ackReq) {
+	byQueue := make(map[string][]any)
+	var order []string
+	for _, r := range batch {
+		if r.flushed != nil {
+			continue
+		}
+		if _, ok := byQueue[r.queue]; !ok {
+			order = append(order, r.queue)
+		}
+		byQueue[r.queue] = append(byQueue[r.queue], r.id)
+	}
+	if len(order) > 0 {
+		args := []any{c.prefix}
+		for _, q := range order {
+			args = append(args, q, len(byQueue[q]))
+			args = append(args, byQueue[q]...)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := c.retry(ctx, func() error { return scriptAck.Run(ctx, c.rdb, []string{c.versionKey}, args...).Err() })
+		cancel()
+		if err != nil && !errors.Is(err, errClosed) {
+			c.log.Warn("carrot/redis: acknowledgements failed; the messages will be delivered again after the visibility timeout", "error", err)
+		}
+	}
+	for _, r := range batch {
+		if r.flushed != nil {
+			close(r.flushed)
+		}
+	}
+}
+
+// heartbeat restarts the visibility timeout of the messages this connection holds, a few
+// times per timeout, so that a slow handler keeps its message; it marks those another
+// consumer took meanwhile.
+func (c *Conn) heartbeat() {
+	tick := time.NewTicker(c.opts.VisibilityTimeout / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-c.done:
+			return
+		}
+		type held struct {
+			holds    map[string]hold
+			mu       *sync.Mutex
+			consumer string
+		}
+		var all []held
+		c.mu.Lock()
+		all = append(all, held{c.gets, &c.mu, c.getConsumer()})
+		for s := range c.subs {
+			all = append(all, held{s.inflight, &s.mu, s.consumer})
+		}
+		c.mu.Unlock()
+		for _, h := range all {
+			byQueue := make(map[string][]any)
+			h.mu.Lock()
+			for id, g := range h.holds {
+				if !g.lost {
+					byQueue[g.queue] = append(byQueue[g.queue], id)
+				}
+			}
+			h.mu.Unlock()
+			for q, ids := range byQueue {
+				stream, _ := c.stream(q)
+				ctx, cancel := context.WithTimeout(context.Background(), c.opts.VisibilityTimeout/3)
+				lost, err := scriptExtend.Run(ctx, c.rdb, []string{stream}, append([]any{h.consumer}, ids...)...).StringSlice()
+				cancel()
+				if err != nil {
+					continue // the next beat tries again
+				}
+				h.mu.Lock()
+				for _, id := range lost {
+					if g, ok := h.holds[id]; ok {
+						g.lost = true
+						h.holds[id] = g
+					}
+				}
+				h.mu.Unlock()
+			}
+		}
+	}
+}
+
+// janitorInterval is how often the janitor looks for expired messages in the queues
+// that have a message TTL.
+const janitorInterval = 250 * time.Millisecond
+
+// janitor dead-letters (or drops) the expired messages at the head of queues with a
+// message TTL, which nobody may be reading. Messages that expire in other queues are
+// dealt with when a consumer reaches them.
+func (c *Conn) janitor() {
+	tick := time.NewTicker(janitorInterval)
+	defer tick.Stop()
+	const consumer = "~janitor"
+	for {
+		select {
+		case <-tick.C:
+		case <-c.done:
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		snap, err := c.current(ctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for name, q := range snap.queues {
+			if q.ttl == 0 {
+				continue
+			}
+			stream, _ := c.stream(name)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			res, err := scriptExpired.Run(ctx, c.rdb, []string{stream}, consumer, 100).Slice()
+			if err == nil {
+				for _, v := range res {
+					e, _ := v.([]any)
+					if len(e) != 2 {
+						continue
+					}
+					id, _ := e[0].(string)
+					c.expire(ctx, name, consumer, &entry{id: id, fields: fieldMap(e[1])})
+				}
+			}
+			cancel()
+		}
+	}
+}

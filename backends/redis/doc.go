@@ -1,0 +1,96 @@
+// Package redis is carrot's Redis backend, on github.com/redis/go-redis/v9, registered for
+// redis://, rediss:// and unix:// URLs. It gives Redis the semantics of an AMQP broker:
+// exchanges, queues and bindings that every process sees, routing by direct, fanout and
+// topic exchanges, at-least-once delivery with acks, requeues and dead-lettering.
+//
+//	import _ "github.com/carrot-go/carrot/backends/redis"
+//
+//	conn, err := carrot.Open(ctx, "redis://localhost:6379/0")
+//
+// # URLs
+//
+//	redis://[USER:PASSWORD@]HOST:PORT[/DB][?OPTIONS]
+//	rediss://[USER:PASSWORD@]HOST:PORT[/DB][?OPTIONS]          (TLS)
+//	unix://[USER:PASSWORD@]/PATH/TO/SOCKET[?db=DB&OPTIONS]
+//
+// HOST defaults to localhost, PORT to 6379, DB to 0. Options, each given at most once but
+// addr and sentinel; an unknown option or a bad value is an error naming it:
+//
+//   - namespace: the prefix of every key carrot makes (default carrot). Connections with
+//     the same namespace share exchanges, queues and bindings; different namespaces never
+//     meet.
+//   - visibility_timeout: how long a message delivered to a consumer that stopped
+//     answering (its process died) stays with it before other consumers get it (default
+//     30s). Live connections extend it for the messages they hold, a few times per
+//     timeout, however long their handlers take.
+//   - block: how long a consumer's read waits for new messages before it looks for
+//     abandoned ones again (default 1s).
+//   - prefetch: the prefetch limit of consumers that do not set one (default 100).
+//   - cluster=true and addr=HOST:PORT (repeatable): a Redis Cluster, with more seed nodes.
+//   - sentinel=HOST:PORT (repeatable) and master=NAME, with sentinel_username and
+//     sentinel_password: a master found through Redis Sentinel.
+//   - dial_timeout, read_timeout, write_timeout (durations), pool_size, client_name: the
+//     go-redis client's settings.
+//   - certfile, keyfile, cacertfile, server_name (rediss only): the client certificate and
+//     key, the CAs to trust instead of the system's, and the server name to verify.
+//
+// [ParseURL] turns a URL into [Options]; [Open] connects from Options without the
+// registry, for [carrot.NewConn]. Errors never show the password.
+//
+// # Keys, and Redis Cluster
+//
+// Every key starts with "{NAMESPACE}:", so that all the keys of a namespace hash to one
+// Redis Cluster slot and every script and transaction touches a single slot: the backend
+// runs unchanged on a Cluster. The trade-off is that one namespace lives on one shard, its
+// load on one node; spread load over a Cluster by giving independent applications (or
+// independent parts of one) namespaces of their own. The keys are listed in scripts.go.
+//
+// # Delivery semantics
+//
+// Exchanges, queues and bindings are hashes and sets in Redis, so every process sees the
+// same topology. Each queue is a Redis Stream read through a consumer group.
+//
+// Publishing routes each message with the connection's copy of the topology (topic
+// patterns with carrot's shared matcher: "*" exactly one word, "#" zero or more) and adds
+// it to every matching queue in one MULTI/EXEC transaction, under WATCH of the topology's
+// version: if the topology changed since the connection loaded it, nothing is added, and
+// the connection loads it again and routes again. So all the matching queues get a
+// message or none does, a message matching two bindings of one queue lands there once,
+// and a mandatory message that matches nothing is an error wrapping carrot.ErrUnroutable.
+// The publishes of all goroutines are gathered into transactions of up to 1024 messages;
+// Publish returns once Redis has run the transaction (with Redis's append-only file and
+// appendfsync always, once the messages are on disk), PublishAsync at once.
+//
+// A consumer reads new messages with XREADGROUP; each is pending, owned by the consumer,
+// until settled. Acks are sent with the consumer's next read (XACK); acked messages are
+// trimmed off the stream once no older message is pending (XTRIM MINID), so streams stay
+// bounded. Requeue hands a message to the group's consumer "~released", from which readers
+// take first, oldest first, with the redelivered flag and a delivery count of one more (a
+// nudge entry wakes blocked readers). Reject moves the message, in one script, to the
+// queues its queue's dead-letter exchange routes it to (with the dead-letter routing key
+// if set), or drops it. Messages of a consumer that stopped answering are taken over by
+// other consumers after the visibility timeout (XAUTOCLAIM), counted as another delivery.
+// Nothing is lost in any crash window: a message leaves a queue only in the same script
+// or transaction that puts it elsewhere, or when acked.
+//
+// A message expires after the shorter of its own Expiration and its queue's MessageTTL,
+// reckoned by Redis's clock. An expired message is dead-lettered (or dropped) when a
+// consumer reaches it; the queues that have a MessageTTL are also swept in the background
+// by every connection, a few times a second, so that their expired messages are
+// dead-lettered even when nobody reads them. Fetch never waits: requeued, abandoned and new
+// messages, in that order, or carrot.ErrEmpty.
+//
+// # Capabilities
+//
+// Confirms, Mandatory, DeadLetter, MessageTTL, QueueTTL, DeliveryCount and SharedAcross;
+// Persistence when the server has appendonly on; MaxBodySize is the server's
+// proto-max-bulk-len. Not MaxLength, Priority, Exclusive or AutoDelete: a queue of one
+// connection, or one deleted with its last consumer, needs a broker that knows when a
+// client goes away, which Redis does not. Queues and exchanges take no Args.
+//
+// # As
+//
+// [carrot.Conn.As] takes a *goredis.UniversalClient, and a **goredis.Client or a
+// **goredis.ClusterClient when the client is of that kind. [carrot.Message.As] takes a
+// **goredis.XMessage, the stream entry with its fields as stored.
+package redis

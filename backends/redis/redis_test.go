@@ -1,0 +1,478 @@
+package redis_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/backends/redis"
+	"github.com/carrot-go/carrot/conformance"
+	"github.com/carrot-go/carrot/internal/testbroker"
+)
+
+func TestMain(m *testing.M) {
+	if url := os.Getenv("CARROT_CRASH_HELPER_URL"); url != "" {
+		crashHelper(url, os.Getenv("CARROT_CRASH_HELPER_QUEUE"))
+		return
+	}
+	testbroker.Main(m)
+}
+
+// namespaced returns the broker URL with a namespace of the test's own, whose keys are
+// deleted when the test ends.
+func namespaced(t *testing.T, base string) string {
+	t.Helper()
+	ns := fmt.Sprintf("carrot-test-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), time.Now().UnixNano())
+	sep := "?"
+	if strings.Contains(base, "?") {
+		sep = "&"
+	}
+	url := base + sep + "namespace=" + ns
+	t.Cleanup(func() { deleteNamespace(t, base, ns) })
+	return url
+}
+
+func deleteNamespace(t *testing.T, base, ns string) {
+	opts, err := goredis.ParseURL(strings.SplitN(base, "?", 2)[0])
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	rdb := goredis.NewClient(opts)
+	defer rdb.Close()
+	ctx := context.Background()
+	iter := rdb.Scan(ctx, 0, "{"+ns+"}:*", 1000).Iterator()
+	for iter.Next(ctx) {
+		rdb.Del(ctx, iter.Val())
+	}
+}
+
+func TestConformance(t *testing.T) {
+	url := namespaced(t, testbroker.URL(t, testbroker.Redis))
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+	})
+}
+
+func TestConformanceCluster(t *testing.T) {
+	cluster := testbroker.StartRedisCluster(t, 3)
+	url := fmt.Sprintf("redis://%s/?cluster=true&addr=%s&addr=%s&namespace=carrot-test-cluster", cluster.Addrs[0], cluster.Addrs[1], cluster.Addrs[2])
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+	})
+}
+
+func TestParseURL(t *testing.T) {
+	for _, tc := range []struct {
+		url                string
+		addrs              []string
+		db                 int
+		user, password, ns string
+		cluster, tls       bool
+		master             string
+		visibility, block  time.Duration
+		prefetch, poolSize int
+	}{
+		{url: "redis://", addrs: []string{"localhost:6379"}},
+		{url: "redis://u:p@cache:6380/3", addrs: []string{"cache:6380"}, db: 3, user: "u", password: "p"},
+		{url: "rediss://cache/0?server_name=other", addrs: []string{"cache:6379"}, tls: true},
+		{url: "unix:///run/redis.sock?db=2", addrs: []string{"/run/redis.sock"}, db: 2},
+		{url: "redis://a:1/?cluster=true&addr=b:2&addr=c:3&namespace=orders&visibility_timeout=5s&block=200ms&prefetch=7&pool_size=9",
+			addrs: []string{"a:1", "b:2", "c:3"}, cluster: true, ns: "orders", visibility: 5 * time.Second, block: 200 * time.Millisecond, prefetch: 7, poolSize: 9},
+		{url: "redis://:p@ignored/?sentinel=s1:26379&sentinel=s2:26379&master=mymaster", addrs: []string{"s1:26379", "s2:26379"}, password: "p", master: "mymaster"},
+	} {
+		o, err := redis.ParseURL(tc.url)
+		if err != nil {
+			t.Errorf("ParseURL(%q): %v", tc.url, err)
+			continue
+		}
+		r := o.Redis
+		if !slices.Equal(r.Addrs, tc.addrs) || r.DB != tc.db || r.Username != tc.user || r.Password != tc.password ||
+			o.Namespace != tc.ns || r.IsClusterMode != tc.cluster || (r.TLSConfig != nil) != tc.tls || r.MasterName != tc.master ||
+			o.VisibilityTimeout != tc.visibility || o.Block != tc.block || o.Prefetch != tc.prefetch || r.PoolSize != tc.poolSize {
+			t.Errorf("ParseURL(%q) = %+v", tc.url, o)
+		}
+	}
+}
+
+func TestParseURLErrors(t *testing.T) {
+	for _, tc := range []struct{ url, mentions string }{
+		{"redis://u:s3cret@h/?bogus=1", `unknown URL option "bogus"`},
+		{"redis://u:s3cret@h/?visibility_timeout=30", "visibility_timeout"},
+		{"redis://u:s3cret@h/?prefetch=0", "prefetch"},
+		{"redis://u:s3cret@h/?prefetch=1&prefetch=2", "given 2 times"},
+		{"redis://u:s3cret@h/?namespace={x}", "namespace"},
+		{"redis://u:s3cret@h/x", "database number"},
+		{"redis://u:s3cret@h/?addr=b:2", "cluster=true"},
+		{"redis://u:s3cret@h/1?cluster=true", "database 0"},
+		{"redis://u:s3cret@h/?sentinel=s:1", "sentinel and master"},
+		{"redis://u:s3cret@h/?certfile=/x", "rediss"},
+		{"redis://u:s3cret@h/?db=1", "unix"},
+		{"amqp://u:s3cret@h/", "want redis, rediss or unix"},
+	} {
+		_, err := redis.ParseURL(tc.url)
+		if err == nil || !strings.Contains(err.Error(), tc.mentions) {
+			t.Errorf("ParseURL(%q) = %v, want an error mentioning %q", tc.url, err, tc.mentions)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("ParseURL(%q) error %q shows the password", tc.url, err)
+		}
+	}
+	if _, err := carrot.Open(context.Background(), "redis://u:s3cret@127.0.0.1:1/?bogus=1"); !errors.Is(err, carrot.ErrInvalid) {
+		t.Errorf("Open with an unknown option = %v, want ErrInvalid", err)
+	}
+	if _, err := carrot.Open(context.Background(), "redis://u:s3cret@127.0.0.1:1/?dial_timeout=1s"); !errors.Is(err, carrot.ErrUnavailable) || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("Open of a closed port = %v, want ErrUnavailable without the password", err)
+	}
+}
+
+func TestAs(t *testing.T) {
+	ctx := t.Context()
+	conn, err := carrot.Open(ctx, namespaced(t, testbroker.URL(t, testbroker.Redis)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var client goredis.UniversalClient
+	if !conn.As(&client) || client.Ping(ctx).Err() != nil {
+		t.Fatalf("As(UniversalClient) = %v", client)
+	}
+	var concrete *goredis.Client
+	if !conn.As(&concrete) {
+		t.Error("As(*goredis.Client) = false for a single server")
+	}
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err := p.Send(ctx, "raw"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	m, err := c.Fetch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw *goredis.XMessage
+	if !m.As(&raw) || raw.ID == "" || raw.Values["b"] != `"raw"` {
+		t.Errorf("As(*goredis.XMessage) gave %+v", raw)
+	}
+	m.Ack(ctx)
+}
+
+// TestSlowHandlerKeepsItsMessage holds a message for three visibility timeouts: the
+// connection extends it meanwhile, so another consumer does not get it.
+func TestSlowHandlerKeepsItsMessage(t *testing.T) {
+	ctx := t.Context()
+	url := namespaced(t, testbroker.URL(t, testbroker.Redis)) + "&visibility_timeout=300ms"
+	holder, err := carrot.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	other, err := carrot.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	q, err := holder.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := holder.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err := p.Send(ctx, "slow"); err != nil {
+		t.Fatal(err)
+	}
+	c1, _ := holder.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	m, err := c1.Fetch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(900 * time.Millisecond) // three visibility timeouts, handling it
+	c2, _ := other.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	if got, err := c2.Fetch(ctx); !errors.Is(err, carrot.ErrEmpty) {
+		t.Fatalf("another consumer fetched %v (%v) while the first still handles it", got, err)
+	}
+	if err := m.Ack(ctx); err != nil {
+		t.Errorf("ack after the slow handling: %v", err)
+	}
+}
+
+// TestLostMessage lets a consumer's message go to another consumer after the visibility
+// timeout (its connection stops extending it, as a paused process would): settling it
+// then is an error, and the other consumer has it.
+func TestLostMessage(t *testing.T) {
+	ctx := t.Context()
+	url := namespaced(t, testbroker.URL(t, testbroker.Redis)) + "&visibility_timeout=200ms"
+	conn, err := carrot.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err := p.Send(ctx, "taken"); err != nil {
+		t.Fatal(err)
+	}
+	// A consumer that fetches raw, without a connection that extends its hold: it stops
+	// answering at once.
+	var rdb goredis.UniversalClient
+	conn.As(&rdb)
+	stream := "{" + strings.SplitN(strings.SplitN(url, "namespace=", 2)[1], "&", 2)[0] + "}:s:" + q
+	if err := rdb.XReadGroup(ctx, &goredis.XReadGroupArgs{Group: "carrot", Consumer: "paused", Streams: []string{stream, ">"}, Count: 1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	var m *carrot.Message
+	deadline := time.Now().Add(10 * time.Second)
+	for m == nil && time.Now().Before(deadline) { // until the visibility timeout passes
+		m, err = c.Fetch(ctx)
+		if errors.Is(err, carrot.ErrEmpty) {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m == nil || string(m.Body) != `"taken"` || !m.Redelivered() || m.DeliveryCount() != 2 {
+		t.Fatalf("after the visibility timeout got %v, want the abandoned message, redelivered, delivery count 2", m)
+	}
+	m.Ack(ctx)
+}
+
+// TestConsumerCrash kills a consumer process that holds unacked messages: another
+// consumer gets them all after the visibility timeout.
+func TestConsumerCrash(t *testing.T) {
+	ctx := t.Context()
+	url := namespaced(t, testbroker.URL(t, testbroker.Redis)) + "&visibility_timeout=1s"
+	conn, err := carrot.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	for i := range n {
+		if err := p.Send(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	child := exec.Command(os.Args[0])
+	child.Env = append(os.Environ(), "CARROT_CRASH_HELPER_URL="+url, "CARROT_CRASH_HELPER_QUEUE="+q)
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	holding := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if sc.Text() == fmt.Sprintf("holding %d", n) {
+				holding <- true
+				return
+			}
+		}
+		holding <- false
+	}()
+	select {
+	case ok := <-holding:
+		if !ok {
+			t.Fatal("the consumer process ended before it held the messages")
+		}
+	case <-time.After(30 * time.Second):
+		child.Process.Kill()
+		t.Fatal("the consumer process did not take the messages")
+	}
+	if err := child.Process.Kill(); err != nil { // SIGKILL: no chance to give anything back
+		t.Fatal(err)
+	}
+	child.Wait()
+
+	got := make(map[int]int)
+	all := make(chan struct{})
+	var mu sync.Mutex
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: q, Passive: true}},
+		Handler: carrot.Decoded(func(ctx context.Context, v int, m *carrot.Message) error {
+			if !m.Redelivered() || m.DeliveryCount() != 2 {
+				t.Errorf("message %d: redelivered %v, delivery count %d; want true, 2", v, m.Redelivered(), m.DeliveryCount())
+			}
+			mu.Lock()
+			got[v]++
+			if len(got) == n {
+				close(all)
+			}
+			mu.Unlock()
+			return m.Ack(ctx)
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithTimeout(ctx, time.Minute)
+	defer stop()
+	go c.Run(runCtx)
+	select {
+	case <-all:
+	case <-runCtx.Done():
+	}
+	stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != n {
+		t.Errorf("after the crash another consumer got %d of the %d messages", len(got), n)
+	}
+}
+
+// crashHelper is the consumer process TestConsumerCrash kills: run as the test binary
+// with CARROT_CRASH_HELPER_URL set, it takes the queue's messages, acks none, says how many
+// it holds, and waits to be killed.
+func crashHelper(url, queue string) {
+	ctx := context.Background()
+	conn, err := carrot.Open(ctx, url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	held := 0
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues:   []carrot.Queue{{Name: queue, Passive: true}},
+		Prefetch: 100,
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			held++
+			fmt.Printf("holding %d\n", held)
+			return nil // never settled
+		}),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	c.Run(ctx)
+}
+
+// TestRedisRestart publishes 10,000 messages to a consumer through a Redis with an
+// append-only file, which is killed and started again midway: every message arrives.
+func TestRedisRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a Redis; not in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	srv := testbroker.StartRedis(t, testbroker.RedisOptions{AppendOnly: true})
+	conn, err := carrot.Open(ctx, srv.URL()+"?visibility_timeout=2s&block=200ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 10000
+	var (
+		mu       sync.Mutex
+		seen     = make(map[int]int)
+		received atomic.Int64
+		all      = make(chan struct{})
+	)
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: q, Passive: true}},
+		Handler: carrot.Decoded(func(ctx context.Context, n int, m *carrot.Message) error {
+			mu.Lock()
+			seen[n]++
+			if len(seen) == total && seen[n] == 1 {
+				close(all)
+			}
+			mu.Unlock()
+			received.Add(1)
+			m.Ack(ctx)
+			return nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- c.Run(ctx) }()
+	var published atomic.Int64
+	var pubs sync.WaitGroup
+	const publishers = 8
+	for w := range publishers {
+		pubs.Go(func() {
+			p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for n := w; n < total; n += publishers {
+				if err := p.Send(ctx, n); err != nil {
+					t.Errorf("send %d: %v", n, err)
+					return
+				}
+				published.Add(1)
+			}
+		})
+	}
+	for received.Load() < 3000 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out before the restart (published %d, received %d)", published.Load(), received.Load())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	t.Logf("killing Redis after %d published, %d received", published.Load(), received.Load())
+	srv.Kill()
+	time.Sleep(500 * time.Millisecond) // publishers and the consumer meet a Redis that is gone
+	srv.Start()
+	t.Logf("Redis started again from its append-only file")
+	pubs.Wait()
+	select {
+	case <-all:
+	case <-ctx.Done():
+	}
+	cancel()
+	<-runDone
+	mu.Lock()
+	defer mu.Unlock()
+	var missing []int
+	duplicates := 0
+	for n := range total {
+		switch k := seen[n]; {
+		case k == 0:
+			missing = append(missing, n)
+		case k > 1:
+			duplicates += k - 1
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("%d of %d messages never arrived, such as %v", len(missing), total, missing[:min(10, len(missing))])
+	}
+	t.Logf("all %d messages arrived; %d duplicates (at-least-once), %d deliveries in all", total-len(missing), duplicates, received.Load())
+}

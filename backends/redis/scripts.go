@@ -1,0 +1,368 @@
+package redis
+
+import goredis "github.com/redis/go-redis/v9"
+
+// The Lua scripts that change more than one key, so that each change is atomic (publishing
+// uses a MULTI/EXEC transaction instead: see publish.go). Every key a script touches
+// starts with the namespace's prefix "{NAMESPACE}:", passed as ARGV[1] or in KEYS, so
+// that all of them hash to one Redis Cluster slot; KEYS[1] routes the call.
+//
+// Keys, after the prefix:
+//
+//	version          a counter, increased by every change of topology
+//	exchanges        a set of exchange names
+//	x:NAME           an exchange: a hash of kind and durable
+//	b:EXCHANGE       its bindings: a hash whose fields are QUEUE \0 KEY
+//	queues           a set of queue names
+//	q:NAME           a queue: a hash of durable, ttl (ms), dlx and dlk
+//	qb:QUEUE         the bindings to the queue: a set of EXCHANGE \0 KEY
+//	s:QUEUE          the queue's messages: a stream, read through the consumer group "carrot"
+//
+// A message is a stream entry whose fields codec.go lists. A message in flight is pending in the group, owned by the consumer that received it;
+// acknowledged, it leaves the group's pending list, and scriptTake trims it off the stream
+// once no older message is pending (with XTRIM MINID ~, which is far cheaper than XDEL
+// per message).
+// A requeued message is handed to the consumer "~released", which readers take from
+// first, oldest first, and a nudge entry (field carrot=nudge) wakes blocked readers.
+// Errors a script raises start with NOTFOUND, MISMATCH, INVALID or STALE, which ErrorCode
+// reads.
+
+// Lua helpers shared by the scripts.
+const luaHelpers = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function field(f, name)
+  for i = 1, #f, 2 do if f[i] == name then return f[i + 1] end end
+  return nil
+end
+local function owner(s, id)
+  local p = redis.call('XPENDING', s, 'carrot', id, id, 1)
+  if p[1] then return p[1][2], p[1][4] end
+  return nil, 0
+end
+`
+
+// scriptInit creates the namespace's version and the exchanges RabbitMQ has from the
+// start. KEYS[1] version; ARGV[1] prefix.
+var scriptInit = goredis.NewScript(`
+local p = ARGV[1]
+redis.call('SETNX', KEYS[1], '1')
+local made = false
+for _, x in ipairs({{'amq.direct', 'direct'}, {'amq.fanout', 'fanout'}, {'amq.topic', 'topic'}}) do
+  if redis.call('EXISTS', p .. 'x:' .. x[1]) == 0 then
+    redis.call('HSET', p .. 'x:' .. x[1], 'kind', x[2], 'durable', '1')
+    redis.call('SADD', p .. 'exchanges', x[1])
+    made = true
+  end
+end
+if made then redis.call('INCR', KEYS[1]) end
+return 'OK'
+`)
+
+// scriptDeclareExchange: KEYS[1] version; ARGV prefix, name, kind, durable, passive.
+var scriptDeclareExchange = goredis.NewScript(`
+local p, name, kind, durable, passive = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+local k = p .. 'x:' .. name
+if redis.call('EXISTS', k) == 1 then
+  if passive then return 'OK' end
+  local cur = redis.call('HMGET', k, 'kind', 'durable')
+  if cur[1] ~= kind or cur[2] ~= durable then
+    return redis.error_reply('MISMATCH exchange "' .. name .. '" exists as a ' .. cur[1] .. ' exchange, durable ' .. cur[2])
+  end
+  return 'OK'
+end
+if passive then return redis.error_reply('NOTFOUND exchange "' .. name .. '" not found') end
+redis.call('HSET', k, 'kind', kind, 'durable', durable)
+redis.call('SADD', p .. 'exchanges', name)
+redis.call('INCR', KEYS[1])
+return 'OK'
+`)
+
+// scriptDeleteExchange: KEYS[1] version; ARGV prefix, name.
+var scriptDeleteExchange = goredis.NewScript(`
+local p, name = ARGV[1], ARGV[2]
+if string.sub(name, 1, 4) == 'amq.' then return redis.error_reply('INVALID exchange "' .. name .. '" is built in') end
+if redis.call('EXISTS', p .. 'x:' .. name) == 0 then return 'OK' end
+for _, f in ipairs(redis.call('HKEYS', p .. 'b:' .. name)) do
+  local z = string.find(f, '\0', 1, true)
+  redis.call('SREM', p .. 'qb:' .. string.sub(f, 1, z - 1), name .. '\0' .. string.sub(f, z + 1))
+end
+redis.call('DEL', p .. 'x:' .. name, p .. 'b:' .. name)
+redis.call('SREM', p .. 'exchanges', name)
+redis.call('INCR', KEYS[1])
+return 'OK'
+`)
+
+// scriptDeclareQueue: KEYS[1] version; ARGV prefix, name, durable, ttl, dlx, dlk, passive.
+var scriptDeclareQueue = goredis.NewScript(`
+local p, name, durable, ttl, dlx, dlk, passive = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7] == '1'
+local k = p .. 'q:' .. name
+if redis.call('EXISTS', k) == 1 then
+  if passive then return 'OK' end
+  local cur = redis.call('HMGET', k, 'durable', 'ttl', 'dlx', 'dlk')
+  if cur[1] ~= durable or cur[2] ~= ttl or cur[3] ~= dlx or cur[4] ~= dlk then
+    return redis.error_reply('MISMATCH queue "' .. name .. '" exists with other properties')
+  end
+  return 'OK'
+end
+if passive then return redis.error_reply('NOTFOUND queue "' .. name .. '" not found') end
+redis.call('HSET', k, 'durable', durable, 'ttl', ttl, 'dlx', dlx, 'dlk', dlk)
+redis.call('SADD', p .. 'queues', name)
+local s = p .. 's:' .. name
+redis.call('DEL', s)
+redis.call('XGROUP', 'CREATE', s, 'carrot', '0', 'MKSTREAM')
+redis.call('INCR', KEYS[1])
+return 'OK'
+`)
+
+// scriptDeleteQueue: KEYS[1] version; ARGV prefix, name.
+var scriptDeleteQueue = goredis.NewScript(`
+local p, name = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p .. 'q:' .. name) == 0 then return 'OK' end
+for _, m in ipairs(redis.call('SMEMBERS', p .. 'qb:' .. name)) do
+  local z = string.find(m, '\0', 1, true)
+  redis.call('HDEL', p .. 'b:' .. string.sub(m, 1, z - 1), name .. '\0' .. string.sub(m, z + 1))
+end
+redis.call('DEL', p .. 'q:' .. name, p .. 'qb:' .. name, p .. 's:' .. name)
+redis.call('SREM', p .. 'queues', name)
+redis.call('INCR', KEYS[1])
+return 'OK'
+`)
+
+// scriptBind: KEYS[1] version; ARGV prefix, exchange, queue, key, bind ('1') or unbind.
+var scriptBind = goredis.NewScript(`
+local p, x, q, key, bind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+if bind then
+  if redis.call('EXISTS', p .. 'x:' .. x) == 0 then return redis.error_reply('NOTFOUND exchange "' .. x .. '" not found') end
+  if redis.call('EXISTS', p .. 'q:' .. q) == 0 then return redis.error_reply('NOTFOUND queue "' .. q .. '" not found') end
+  if redis.call('HSET', p .. 'b:' .. x, q .. '\0' .. key, '1') == 1 then
+    redis.call('SADD', p .. 'qb:' .. q, x .. '\0' .. key)
+    redis.call('INCR', KEYS[1])
+  end
+elseif redis.call('HDEL', p .. 'b:' .. x, q .. '\0' .. key) == 1 then
+  redis.call('SREM', p .. 'qb:' .. q, x .. '\0' .. key)
+  redis.call('INCR', KEYS[1])
+end
+return 'OK'
+`)
+
+// scriptLoad returns the whole topology and its version. KEYS[1] version; ARGV prefix.
+var scriptLoad = goredis.NewScript(`
+local p = ARGV[1]
+local out = {redis.call('GET', KEYS[1]) or '0', {}, {}}
+for _, x in ipairs(redis.call('SMEMBERS', p .. 'exchanges')) do
+  local d = redis.call('HMGET', p .. 'x:' .. x, 'kind', 'durable')
+  table.insert(out[2], {x, d[1] or 'direct', d[2] or '1', redis.call('HKEYS', p .. 'b:' .. x)})
+end
+for _, q in ipairs(redis.call('SMEMBERS', p .. 'queues')) do
+  local d = redis.call('HMGET', p .. 'q:' .. q, 'durable', 'ttl', 'dlx', 'dlk')
+  table.insert(out[3], {q, d[1] or '1', d[2] or '0', d[3] or '', d[4] or ''})
+end
+return out
+`)
+
+// scriptTake hands a consumer up to ARGV count messages: requeued ones first, oldest
+// first, then those of consumers that stopped answering, then new ones. It returns the
+// cursor for the next search of abandoned messages and the messages, each as {id, fields,
+// delivery count, expired}. Nudges are removed on the way. With noack the messages leave
+// the queue at once, and expired ones are dropped.
+// KEYS[1] stream, KEYS[2] queue; ARGV consumer, count, visibility (ms), noack, cursor.
+var scriptTake = goredis.NewScript(luaHelpers + `
+local s = KEYS[1]
+local consumer, want, vis, noack = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
+if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('NOTFOUND queue not found') end
+-- Trim the acknowledged messages: those older than every pending one and not newer than
+-- the last delivered. Approximately (~), so that Redis drops whole nodes, cheaply.
+local last = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', s)) do
+  if field(g, 'name') == 'carrot' then last = field(g, 'last-delivered-id') end
+end
+if last and last ~= '0-0' then
+  local pending = redis.call('XPENDING', s, 'carrot')
+  local floor = last
+  if pending[1] > 0 then floor = pending[2] end
+  redis.call('XTRIM', s, 'MINID', '~', floor)
+end
+local now = now_ms()
+local out = {}
+local function add(id, f, count)
+  if field(f, 'carrot') == 'nudge' then
+    redis.call('XACK', s, 'carrot', id)
+    redis.call('XDEL', s, id)
+    return
+  end
+  local exp = field(f, 'exp')
+  local expired = exp ~= nil and tonumber(exp) <= now
+  if noack then
+    redis.call('XACK', s, 'carrot', id)
+    redis.call('XDEL', s, id)
+    if expired then return end
+  end
+  table.insert(out, {id, f, count, expired and 1 or 0})
+end
+if want > 0 then
+  for _, pe in ipairs(redis.call('XPENDING', s, 'carrot', '-', '+', want, '~released')) do
+    local c = redis.call('XCLAIM', s, 'carrot', consumer, 0, pe[1])
+    if c[1] then add(c[1][1], c[1][2], pe[4] + 1) end
+  end
+end
+local cursor = ARGV[5]
+if #out < want then
+  local r = redis.call('XAUTOCLAIM', s, 'carrot', consumer, vis, cursor, 'COUNT', want - #out)
+  cursor = r[1]
+  for _, e in ipairs(r[2]) do
+    local _, count = owner(s, e[1])
+    add(e[1], e[2], count)
+  end
+end
+if #out < want then
+  local r
+  if noack then
+    r = redis.call('XREADGROUP', 'GROUP', 'carrot', consumer, 'COUNT', want - #out, 'NOACK', 'STREAMS', s, '>')
+  else
+    r = redis.call('XREADGROUP', 'GROUP', 'carrot', consumer, 'COUNT', want - #out, 'STREAMS', s, '>')
+  end
+  if r then
+    for _, e in ipairs(r[1][2]) do add(e[1], e[2], 1) end
+  end
+end
+return {cursor, out}
+`)
+
+// scriptRelease hands messages a consumer holds back to the queue, to be delivered again
+// first, and wakes blocked readers. A message another consumer took meanwhile (after the
+// visibility timeout) is left alone and reported. KEYS[1] stream; ARGV consumer, ids.
+var scriptRelease = goredis.NewScript(luaHelpers + `
+local s = KEYS[1]
+local lost = {}
+local released = 0
+for i = 2, #ARGV do
+  if owner(s, ARGV[i]) == ARGV[1] then
+    redis.call('XCLAIM', s, 'carrot', '~released', 0, ARGV[i], 'JUSTID')
+    released = released + 1
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+if released > 0 then redis.call('XADD', s, '*', 'carrot', 'nudge') end
+return lost
+`)
+
+// scriptExtend restarts the visibility timeout of the messages a consumer holds, and
+// reports those another consumer took meanwhile. KEYS[1] stream; ARGV consumer, ids.
+var scriptExtend = goredis.NewScript(luaHelpers + `
+local s = KEYS[1]
+local lost = {}
+for i = 2, #ARGV do
+  if owner(s, ARGV[i]) == ARGV[1] then
+    redis.call('XCLAIM', s, 'carrot', ARGV[1], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+`)
+
+// scriptAck acknowledges messages of several queues; scriptTake trims them off the
+// streams later. KEYS[1] routes the call; ARGV: prefix, then per queue: its name, the
+// number of ids and the ids.
+var scriptAck = goredis.NewScript(`
+local p = ARGV[1]
+local i = 2
+while i <= #ARGV do
+  local s, n = p .. 's:' .. ARGV[i], tonumber(ARGV[i + 1])
+  redis.call('XACK', s, 'carrot', unpack(ARGV, i + 2, i + 1 + n))
+  i = i + 2 + n
+end
+return 'OK'
+`)
+
+// scriptDeadLetter moves a message a consumer holds from its queue to the queues its
+// dead-letter exchange routes it to (none: it is dropped), if the client's topology is
+// current and the consumer still holds it. KEYS[1] version, KEYS[2] stream; ARGV version,
+// prefix, consumer, id, the number of targets, each target's name and TTL in ms, and the
+// fields.
+var scriptDeadLetter = goredis.NewScript(luaHelpers + `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'STALE' end
+local p, consumer, id = ARGV[2], ARGV[3], ARGV[4]
+local s = KEYS[2]
+if owner(s, id) ~= consumer then return 'LOST' end
+redis.call('XACK', s, 'carrot', id)
+redis.call('XDEL', s, id)
+local nt = tonumber(ARGV[5])
+local f = 6 + 2 * nt
+local now = now_ms()
+for j = 0, nt - 1 do
+  local t, ttl = p .. 's:' .. ARGV[6 + 2 * j], tonumber(ARGV[7 + 2 * j])
+  if ttl > 0 then
+    redis.call('XADD', t, '*', 'exp', string.format('%.0f', now + ttl), unpack(ARGV, f))
+  else
+    redis.call('XADD', t, '*', unpack(ARGV, f))
+  end
+end
+return 'OK'
+`)
+
+// scriptPurge removes the messages waiting in a queue, requeued ones included, and
+// returns how many. KEYS[1] stream, KEYS[2] queue.
+var scriptPurge = goredis.NewScript(luaHelpers + `
+local s = KEYS[1]
+if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('NOTFOUND queue not found') end
+local n = 0
+while true do
+  local rel = redis.call('XPENDING', s, 'carrot', '-', '+', 100, '~released')
+  if #rel == 0 then break end
+  for _, pe in ipairs(rel) do
+    redis.call('XACK', s, 'carrot', pe[1])
+    n = n + redis.call('XDEL', s, pe[1])
+  end
+end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', s)) do
+  if field(g, 'name') == 'carrot' then last = field(g, 'last-delivered-id') end
+end
+while true do
+  local es = redis.call('XRANGE', s, '(' .. last, '+', 'COUNT', 100)
+  if #es == 0 then break end
+  for _, e in ipairs(es) do
+    if field(e[2], 'carrot') ~= 'nudge' then n = n + 1 end
+    redis.call('XDEL', s, e[1])
+    last = e[1]
+  end
+end
+return n
+`)
+
+// scriptExpired hands the janitor the expired messages at the head of a queue, so that it
+// dead-letters them; it stops at the first that is not expired. KEYS[1] stream;
+// ARGV janitor's consumer name, count.
+var scriptExpired = goredis.NewScript(luaHelpers + `
+local s = KEYS[1]
+local now = now_ms()
+local last = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', s)) do
+  if field(g, 'name') == 'carrot' then last = field(g, 'last-delivered-id') end
+end
+if not last then return {} end
+local es = redis.call('XRANGE', s, '(' .. last, '+', 'COUNT', tonumber(ARGV[2]))
+local n = 0
+for _, e in ipairs(es) do
+  local exp = field(e[2], 'exp')
+  if field(e[2], 'carrot') ~= 'nudge' and (exp == nil or tonumber(exp) > now) then break end
+  n = n + 1
+end
+if n == 0 then return {} end
+local out = {}
+local r = redis.call('XREADGROUP', 'GROUP', 'carrot', ARGV[1], 'COUNT', n, 'STREAMS', s, '>')
+for _, e in ipairs(r[1][2]) do
+  if field(e[2], 'carrot') == 'nudge' then
+    redis.call('XACK', s, 'carrot', e[1])
+    redis.call('XDEL', s, e[1])
+  else
+    table.insert(out, {e[1], e[2]})
+  end
+end
+return out
+`)
