@@ -19,6 +19,7 @@ import (
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backends/amqp091"
 	"github.com/carrot-go/carrot/conformance"
+	"github.com/carrot-go/carrot/internal/flowtest"
 	"github.com/carrot-go/carrot/internal/testbroker"
 )
 
@@ -347,108 +348,22 @@ func TestBrokerRestart(t *testing.T) {
 	}
 	defer conn.Close()
 	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t)}) // durable
-
-	const total = 10000
-	var (
-		mu       sync.Mutex
-		seen     = make(map[int]int)
-		received atomic.Int64
-		all      = make(chan struct{})
-	)
-	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
-		Queues:   []carrot.Queue{{Name: q, Passive: true}},
-		Prefetch: 200,
-		Handler: carrot.Decoded(func(ctx context.Context, n int, m *carrot.Message) error {
-			mu.Lock()
-			seen[n]++
-			distinct := len(seen)
-			mu.Unlock()
-			received.Add(1)
-			if distinct == total {
-				select {
-				case <-all:
-				default:
-					close(all)
-				}
-			}
-			m.Ack(ctx) // a failed ack means a redelivery, counted as a duplicate
-			return nil
-		}),
+	flow := &flowtest.Flow{Conn: conn, Queue: q, Prefetch: 200}
+	flow.Run(ctx, t, func(f *flowtest.Flow) {
+		f.WaitReceived(2000)
+		f.Logf("closing all connections")
+		if err := rabbitmqctl(ctx, "close_all_connections", "carrot restart test"); err != nil {
+			t.Fatal(err)
+		}
+		f.WaitReceived(5000)
+		f.Logf("stopping the broker")
+		if err := rabbitmqctl(ctx, "stop_app"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // let the clients notice, and fail to reconnect for a while
+		if err := rabbitmqctl(ctx, "start_app"); err != nil {
+			t.Fatal(err)
+		}
+		f.Logf("broker started again")
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runDone := make(chan error, 1)
-	go func() { runDone <- consumer.Run(ctx) }()
-
-	// Eight publishers share the messages; Send retries across reconnections.
-	var published atomic.Int64
-	var pubs sync.WaitGroup
-	const publishers = 8
-	for w := range publishers {
-		pubs.Go(func() {
-			p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			for n := w; n < total; n += publishers {
-				if err := p.Send(ctx, n); err != nil {
-					t.Errorf("send %d: %v", n, err)
-					return
-				}
-				published.Add(1)
-			}
-		})
-	}
-
-	waitFor := func(what string, cond func() bool) {
-		for !cond() {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("timed out waiting for %s (published %d, received %d)", what, published.Load(), received.Load())
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}
-	waitFor("2,000 messages", func() bool { return received.Load() >= 2000 })
-	t.Logf("closing all connections after %d received", received.Load())
-	if err := rabbitmqctl(ctx, "close_all_connections", "carrot restart test"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor("5,000 messages", func() bool { return received.Load() >= 5000 })
-	t.Logf("stopping the broker after %d received", received.Load())
-	if err := rabbitmqctl(ctx, "stop_app"); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Second) // let the clients notice, and fail to reconnect for a while
-	if err := rabbitmqctl(ctx, "start_app"); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("broker started again; %d published, %d received", published.Load(), received.Load())
-
-	pubs.Wait()
-	select {
-	case <-all:
-	case <-ctx.Done():
-	}
-	cancel()
-	<-runDone
-
-	mu.Lock()
-	defer mu.Unlock()
-	var missing []int
-	duplicates := 0
-	for n := range total {
-		switch c := seen[n]; {
-		case c == 0:
-			missing = append(missing, n)
-		case c > 1:
-			duplicates += c - 1
-		}
-	}
-	if len(missing) > 0 {
-		t.Errorf("%d of %d messages never arrived, such as %v", len(missing), total, missing[:min(10, len(missing))])
-	}
-	t.Logf("all %d messages arrived; %d duplicates (at-least-once), %d deliveries in all", total-len(missing), duplicates, received.Load())
 }

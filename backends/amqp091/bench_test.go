@@ -60,9 +60,9 @@ func BenchmarkPublishConfirmed(b *testing.B) {
 			}
 			benchtest.SideBySide(b, purge, []benchtest.Contestant{
 				{Name: "raw", Run: rawPublisher(raw, q, body)},
-				{Name: "carrot-async", Run: carrotAsyncPublisher(conn, q, body)},
+				{Name: "carrot-async", Run: benchtest.CarrotAsyncPublisher(conn, q, body, inFlight)},
 				{Name: "raw-goroutines", Run: rawGoroutinesPublisher(raw, q, body)},
-				{Name: "carrot", Run: carrotPublisher(conn, q, body)},
+				{Name: "carrot", Run: benchtest.CarrotPublisher(conn, q, body, inFlight)},
 			}, [2]string{"carrot-async", "raw"}, [2]string{"carrot", "raw-goroutines"}, [2]string{"carrot", "raw"})
 		})
 	}
@@ -109,35 +109,7 @@ func confirmChannel(b *testing.B, conn *amqp.Connection) *amqp.Channel {
 	return ch
 }
 
-// carrotAsyncPublisher publishes the same messages as rawPublisher does, the same way:
-// one goroutine, with PublishAsync, keeping inFlight unconfirmed.
-func carrotAsyncPublisher(conn *carrot.Conn, q string, body []byte) benchtest.Side {
-	return func(b *testing.B, n int) {
-		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer p.Close()
-		msg := &carrot.Message{ContentType: carrot.Binary, Body: body}
-		window := make([]*carrot.Confirmation, 0, inFlight)
-		for range n {
-			if len(window) == inFlight {
-				if err := window[0].Err(); err != nil {
-					b.Fatal(err)
-				}
-				window = window[1:]
-			}
-			window = append(window, p.PublishAsync(b.Context(), msg))
-		}
-		for _, c := range window {
-			if err := c.Err(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-}
-
-// rawGoroutinesPublisher publishes the same messages as carrotPublisher does, from
+// rawGoroutinesPublisher publishes the same messages as benchtest.CarrotPublisher, from
 // inFlight goroutines sharing one confirm-mode channel, each waiting for its own confirm:
 // amqp091-go used the way carrot's Publish is.
 func rawGoroutinesPublisher(conn *amqp.Connection, q string, body []byte) benchtest.Side {
@@ -166,32 +138,6 @@ func rawGoroutinesPublisher(conn *amqp.Connection, q string, body []byte) bencht
 	}
 }
 
-// carrotPublisher publishes the same messages from inFlight goroutines, each waiting
-// for its own confirm.
-func carrotPublisher(conn *carrot.Conn, q string, body []byte) benchtest.Side {
-	return func(b *testing.B, n int) {
-		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer p.Close()
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for range inFlight {
-			wg.Go(func() {
-				msg := &carrot.Message{ContentType: carrot.Binary, Body: body}
-				for next.Add(1) <= int64(n) {
-					if err := p.Publish(b.Context(), msg); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		}
-		wg.Wait()
-	}
-}
-
 func BenchmarkConsumeAck(b *testing.B) {
 	raw, conn, q := benchBroker(b)
 	body := make([]byte, 100)
@@ -201,7 +147,7 @@ func BenchmarkConsumeAck(b *testing.B) {
 		}
 		rawPublisher(raw, q, body)(b, n)
 	}
-	benchtest.SideBySide(b, fill, []benchtest.Contestant{{Name: "raw", Run: rawConsumer(raw, q)}, {Name: "carrot", Run: carrotConsumer(conn, q)}}, [2]string{"carrot", "raw"})
+	benchtest.SideBySide(b, fill, []benchtest.Contestant{{Name: "raw", Run: rawConsumer(raw, q)}, {Name: "carrot", Run: benchtest.CarrotConsumer(conn, q, inFlight)}}, [2]string{"carrot", "raw"})
 }
 
 // rawConsumer consumes n messages at prefetch inFlight, acking each.
@@ -225,31 +171,5 @@ func rawConsumer(conn *amqp.Connection, q string) benchtest.Side {
 				b.Fatal(err)
 			}
 		}
-	}
-}
-
-// carrotConsumer consumes n messages with a Consumer at prefetch inFlight, acking each in
-// its handler.
-func carrotConsumer(conn *carrot.Conn, q string) benchtest.Side {
-	return func(b *testing.B, n int) {
-		ctx, stop := context.WithCancel(b.Context())
-		defer stop()
-		var got atomic.Int64
-		c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
-			Queues:   []carrot.Queue{{Name: q, Passive: true}},
-			Prefetch: inFlight,
-			Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
-				err := m.Ack(ctx)
-				if got.Add(1) == int64(n) {
-					stop()
-				}
-				return err
-			}),
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		c.Run(ctx)
 	}
 }

@@ -2,13 +2,11 @@ package amqp091
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/tlsfiles"
 )
 
 // Defaults of the URL options.
@@ -202,26 +201,8 @@ func ParseURL(rawURL string) (*Options, error) {
 	if serverName != "" {
 		o.TLS.ServerName = serverName
 	}
-	if (certFile == "") != (keyFile == "") {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL options certfile and keyfile go together")
-	}
-	if certFile != "" {
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL options certfile and keyfile: %w", err)
-		}
-		o.TLS.Certificates = []tls.Certificate{cert}
-	}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL option cacertfile: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL option cacertfile=%q holds no PEM certificate", caFile)
-		}
-		o.TLS.RootCAs = pool
+	if err := tlsfiles.Load(o.TLS, certFile, keyFile, caFile); err != nil {
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: %w", err)
 	}
 	return o, nil
 }

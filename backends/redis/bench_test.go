@@ -67,9 +67,9 @@ func BenchmarkPublish(b *testing.B) {
 			}
 			benchtest.SideBySide(b, purge, []benchtest.Contestant{
 				{Name: "raw", Run: rawPublisher(raw, stream, q, body)},
-				{Name: "carrot-async", Run: carrotAsyncPublisher(conn, q, body)},
+				{Name: "carrot-async", Run: benchtest.CarrotAsyncPublisher(conn, q, body, 2048)},
 				{Name: "raw-goroutines", Run: rawGoroutinesPublisher(raw, stream, q, body)},
-				{Name: "carrot", Run: carrotPublisher(conn, q, body)},
+				{Name: "carrot", Run: benchtest.CarrotPublisher(conn, q, body, 256)},
 			}, [2]string{"carrot-async", "raw"}, [2]string{"carrot", "raw-goroutines"}, [2]string{"carrot", "raw"})
 		})
 	}
@@ -86,34 +86,6 @@ func rawPublisher(raw *goredis.Client, stream, q string, body []byte) benchtest.
 				sent++
 			}
 			if _, err := p.Exec(ctx); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-}
-
-// carrotAsyncPublisher publishes from one goroutine with PublishAsync, keeping 1024
-// unconfirmed, so that it prepares the next batch while Redis takes one.
-func carrotAsyncPublisher(conn *carrot.Conn, q string, body []byte) benchtest.Side {
-	return func(b *testing.B, n int) {
-		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer p.Close()
-		msg := &carrot.Message{ContentType: carrot.Binary, Body: body}
-		window := make([]*carrot.Confirmation, 0, 2048)
-		for range n {
-			if len(window) == cap(window) {
-				if err := window[0].Err(); err != nil {
-					b.Fatal(err)
-				}
-				window = window[1:]
-			}
-			window = append(window, p.PublishAsync(b.Context(), msg))
-		}
-		for _, c := range window {
-			if err := c.Err(); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -140,31 +112,6 @@ func rawGoroutinesPublisher(raw *goredis.Client, stream, q string, body []byte) 
 	}
 }
 
-// carrotPublisher publishes from 256 goroutines, each waiting for its message to be in.
-func carrotPublisher(conn *carrot.Conn, q string, body []byte) benchtest.Side {
-	return func(b *testing.B, n int) {
-		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer p.Close()
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for range 256 {
-			wg.Go(func() {
-				msg := &carrot.Message{ContentType: carrot.Binary, Body: body}
-				for next.Add(1) <= int64(n) {
-					if err := p.Publish(b.Context(), msg); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		}
-		wg.Wait()
-	}
-}
-
 func BenchmarkConsumeAck(b *testing.B) {
 	raw, conn, q, stream := benchBroker(b)
 	body := make([]byte, 100)
@@ -179,7 +126,7 @@ func BenchmarkConsumeAck(b *testing.B) {
 	}
 	benchtest.SideBySide(b, fill, []benchtest.Contestant{
 		{Name: "raw", Run: rawConsumer(raw, stream)},
-		{Name: "carrot", Run: carrotConsumer(conn, q)},
+		{Name: "carrot", Run: benchtest.CarrotConsumer(conn, q, pipelined)},
 	}, [2]string{"carrot", "raw"})
 }
 
@@ -203,31 +150,5 @@ func rawConsumer(raw *goredis.Client, stream string) benchtest.Side {
 			}
 			got += len(ids)
 		}
-	}
-}
-
-// carrotConsumer consumes with a Consumer at prefetch 100, acking each message in its
-// handler.
-func carrotConsumer(conn *carrot.Conn, q string) benchtest.Side {
-	return func(b *testing.B, n int) {
-		ctx, stop := context.WithCancel(b.Context())
-		defer stop()
-		var got atomic.Int64
-		c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
-			Queues:   []carrot.Queue{{Name: q, Passive: true}},
-			Prefetch: pipelined,
-			Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
-				err := m.Ack(ctx)
-				if got.Add(1) == int64(n) {
-					stop()
-				}
-				return err
-			}),
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		c.Run(ctx)
 	}
 }

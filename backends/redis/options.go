@@ -3,12 +3,10 @@ package redis
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"log/slog"
 	"maps"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +15,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/tlsfiles"
 )
 
 // Defaults of the URL options.
@@ -235,26 +234,8 @@ func ParseURL(rawURL string) (*Options, error) {
 		if r.TLSConfig == nil {
 			return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL options certfile, keyfile and cacertfile need the rediss scheme")
 		}
-		if (certFile == "") != (keyFile == "") {
-			return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL options certfile and keyfile go together")
-		}
-		if certFile != "" {
-			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL options certfile and keyfile: %w", err)
-			}
-			r.TLSConfig.Certificates = []tls.Certificate{cert}
-		}
-		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
-			if err != nil {
-				return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL option cacertfile: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL option cacertfile=%q holds no PEM certificate", caFile)
-			}
-			r.TLSConfig.RootCAs = pool
+		if err := tlsfiles.Load(r.TLSConfig, certFile, keyFile, caFile); err != nil {
+			return nil, backend.Errorf(backend.Invalid, "carrot/redis: %w", err)
 		}
 	}
 	return o, nil

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backends/redis"
 	"github.com/carrot-go/carrot/conformance"
+	"github.com/carrot-go/carrot/internal/flowtest"
 	"github.com/carrot-go/carrot/internal/testbroker"
 )
 
@@ -395,84 +395,13 @@ func TestRedisRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const total = 10000
-	var (
-		mu       sync.Mutex
-		seen     = make(map[int]int)
-		received atomic.Int64
-		all      = make(chan struct{})
-	)
-	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
-		Queues: []carrot.Queue{{Name: q, Passive: true}},
-		Handler: carrot.Decoded(func(ctx context.Context, n int, m *carrot.Message) error {
-			mu.Lock()
-			seen[n]++
-			if len(seen) == total && seen[n] == 1 {
-				close(all)
-			}
-			mu.Unlock()
-			received.Add(1)
-			m.Ack(ctx)
-			return nil
-		}),
+	flow := &flowtest.Flow{Conn: conn, Queue: q}
+	flow.Run(ctx, t, func(f *flowtest.Flow) {
+		f.WaitReceived(3000)
+		f.Logf("killing Redis")
+		srv.Kill()
+		time.Sleep(500 * time.Millisecond) // publishers and the consumer meet a Redis that is gone
+		srv.Start()
+		f.Logf("Redis started again from its append-only file")
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runDone := make(chan error, 1)
-	go func() { runDone <- c.Run(ctx) }()
-	var published atomic.Int64
-	var pubs sync.WaitGroup
-	const publishers = 8
-	for w := range publishers {
-		pubs.Go(func() {
-			p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			for n := w; n < total; n += publishers {
-				if err := p.Send(ctx, n); err != nil {
-					t.Errorf("send %d: %v", n, err)
-					return
-				}
-				published.Add(1)
-			}
-		})
-	}
-	for received.Load() < 3000 {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out before the restart (published %d, received %d)", published.Load(), received.Load())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	t.Logf("killing Redis after %d published, %d received", published.Load(), received.Load())
-	srv.Kill()
-	time.Sleep(500 * time.Millisecond) // publishers and the consumer meet a Redis that is gone
-	srv.Start()
-	t.Logf("Redis started again from its append-only file")
-	pubs.Wait()
-	select {
-	case <-all:
-	case <-ctx.Done():
-	}
-	cancel()
-	<-runDone
-	mu.Lock()
-	defer mu.Unlock()
-	var missing []int
-	duplicates := 0
-	for n := range total {
-		switch k := seen[n]; {
-		case k == 0:
-			missing = append(missing, n)
-		case k > 1:
-			duplicates += k - 1
-		}
-	}
-	if len(missing) > 0 {
-		t.Errorf("%d of %d messages never arrived, such as %v", len(missing), total, missing[:min(10, len(missing))])
-	}
-	t.Logf("all %d messages arrived; %d duplicates (at-least-once), %d deliveries in all", total-len(missing), duplicates, received.Load())
 }

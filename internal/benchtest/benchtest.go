@@ -3,10 +3,15 @@
 package benchtest
 
 import (
+	"context"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/carrot-go/carrot"
 )
 
 // A Side handles n messages and returns when they are done.
@@ -67,4 +72,85 @@ func CPUTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// CarrotPublisher publishes body to queue through the default exchange from goroutines
+// goroutines, each waiting for its own confirm: carrot's Publish as a program with many
+// senders uses it.
+func CarrotPublisher(conn *carrot.Conn, queue string, body []byte, goroutines int) Side {
+	return func(b *testing.B, n int) {
+		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: queue})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range goroutines {
+			wg.Go(func() {
+				msg := &carrot.Message{ContentType: carrot.Binary, Body: body}
+				for next.Add(1) <= int64(n) {
+					if err := p.Publish(b.Context(), msg); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+}
+
+// CarrotAsyncPublisher publishes body to queue from one goroutine with PublishAsync,
+// keeping window messages unconfirmed.
+func CarrotAsyncPublisher(conn *carrot.Conn, queue string, body []byte, window int) Side {
+	return func(b *testing.B, n int) {
+		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: queue})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		msg := &carrot.Message{ContentType: carrot.Binary, Body: body}
+		pending := make([]*carrot.Confirmation, 0, window)
+		for range n {
+			if len(pending) == window {
+				if err := pending[0].Err(); err != nil {
+					b.Fatal(err)
+				}
+				pending = pending[1:]
+			}
+			pending = append(pending, p.PublishAsync(b.Context(), msg))
+		}
+		for _, c := range pending {
+			if err := c.Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// CarrotConsumer consumes n messages of queue with a Consumer at prefetch, acking each in
+// its handler.
+func CarrotConsumer(conn *carrot.Conn, queue string, prefetch int) Side {
+	return func(b *testing.B, n int) {
+		ctx, stop := context.WithCancel(b.Context())
+		defer stop()
+		var got atomic.Int64
+		c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+			Queues:   []carrot.Queue{{Name: queue, Passive: true}},
+			Prefetch: prefetch,
+			Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+				err := m.Ack(ctx)
+				if got.Add(1) == int64(n) {
+					stop()
+				}
+				return err
+			}),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		c.Run(ctx)
+	}
 }
