@@ -148,37 +148,56 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 // that cannot publish asynchronously (see [backend.AsyncPublisher]), PublishAsync returns
 // once the message is confirmed.
 func (p *Publisher) PublishAsync(ctx context.Context, m *Message) *Confirmation {
-	c := &Confirmation{done: make(chan struct{})}
+	a := &asyncPublish{p: p, ctx: ctx}
+	a.c.done = make(chan struct{})
 	pub, err := p.prepare(ctx, m)
 	if err != nil {
-		c.finish(err)
-		return c
+		a.c.finish(err)
+		return &a.c
 	}
-	p.start(ctx, pub, c, 0)
-	return c
+	a.pub = pub
+	a.answer = a.attemptDone
+	a.start()
+	return &a.c
 }
 
-// start makes one attempt of an asynchronous publish.
-func (p *Publisher) start(ctx context.Context, pub *backend.Publishing, c *Confirmation, attempt int) {
-	done := func(err error) {
-		err = p.conn.wrap(p.op, err)
-		if !p.retry(ctx, err) {
-			c.finish(err)
-			return
-		}
-		time.AfterFunc(retryDelay(attempt), func() {
-			if err := ctx.Err(); err != nil {
-				c.finish(err)
-				return
-			}
-			p.start(ctx, pub, c, attempt+1)
-		})
-	}
-	if ap, ok := p.conn.b.(backend.AsyncPublisher); ok {
-		ap.PublishAsync(ctx, pub, done)
+// asyncPublish is a publish started with PublishAsync, with its confirmation, in one
+// allocation.
+type asyncPublish struct {
+	c       Confirmation
+	p       *Publisher
+	ctx     context.Context
+	pub     *backend.Publishing
+	attempt int
+	answer  func(error) // attemptDone, bound once
+}
+
+// start makes one attempt.
+func (a *asyncPublish) start() {
+	if ap, ok := a.p.conn.b.(backend.AsyncPublisher); ok {
+		ap.PublishAsync(a.ctx, a.pub, a.answer)
 		return
 	}
-	done(p.conn.b.Publish(ctx, pub)) // in order, if not in parallel
+	a.answer(a.p.conn.b.Publish(a.ctx, a.pub)) // in order, if not in parallel
+}
+
+// attemptDone finishes the confirmation, or makes another attempt after a while if the
+// connection failed under this one.
+func (a *asyncPublish) attemptDone(err error) {
+	p := a.p
+	err = p.conn.wrap(p.op, err)
+	if !p.retry(a.ctx, err) {
+		a.c.finish(err)
+		return
+	}
+	time.AfterFunc(retryDelay(a.attempt), func() {
+		if err := a.ctx.Err(); err != nil {
+			a.c.finish(err)
+			return
+		}
+		a.attempt++
+		a.start()
+	})
 }
 
 // prepare validates m and makes the backend's publishing of it.

@@ -26,8 +26,9 @@ func (h feedHandler) Receive(ctx context.Context, m *carrot.Message) error {
 	if err := m.Decode(&data); err != nil {
 		return err
 	}
+	err := m.Ack(ctx) // before telling: the test stops the consumer once told
 	h.got <- data["import_feed"]
-	return m.Ack(ctx)
+	return err
 }
 
 func testConsumeHandler(e *env) {
@@ -66,8 +67,9 @@ func testConsumeCallbacks(e *env) {
 		return nil
 	})
 	c.Register(func(ctx context.Context, m *carrot.Message) error {
+		err := m.Ack(ctx)
 		calls <- "second:" + string(m.Body)
-		return m.Ack(ctx)
+		return err
 	})
 	r := e.start(c)
 	e.publish("", q, "a")
@@ -117,8 +119,9 @@ func testSeveralQueues(e *env) {
 	c, err := e.conn.NewConsumer(e.ctx, carrot.ConsumerOptions{
 		Queues: []carrot.Queue{news, sport},
 		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			err := m.Ack(ctx)
 			got <- m.Queue() + ":" + string(m.Body)
-			return m.Ack(ctx)
+			return err
 		}),
 	})
 	if err != nil {
@@ -260,11 +263,12 @@ func testFIFO(e *env) {
 	var got []int
 	done := make(chan struct{})
 	c := e.consumerOn(e.conn, carrot.ConsumerOptions{Handler: carrot.Decoded(func(ctx context.Context, v int, m *carrot.Message) error {
+		err := m.Ack(ctx)
 		got = append(got, v)
 		if len(got) == n {
 			close(done)
 		}
-		return m.Ack(ctx)
+		return err
 	})}, q)
 	r := e.start(c)
 	wait(e, done)
@@ -366,8 +370,9 @@ func testFailingHandler(e *env, fail func() error, logged string) {
 			if calls.Add(1) == 1 {
 				return fail()
 			}
+			err := m.Ack(ctx) // before telling: the test stops the consumer once told
 			redelivered <- m.Redelivered()
-			return m.Ack(ctx)
+			return err
 		}),
 	}, q)
 	r := e.start(c)
@@ -405,8 +410,9 @@ func testDecodedRejects(e *env) {
 	c := e.consumerOn(e.conn, carrot.ConsumerOptions{
 		Logger: slog.New(slog.NewTextHandler(&log, nil)),
 		Handler: carrot.Decoded(func(ctx context.Context, v struct{ N int }, m *carrot.Message) error {
+			err := m.Ack(ctx)
 			got <- v.N
-			return m.Ack(ctx)
+			return err
 		}),
 	}, qn)
 	r := e.start(c)
@@ -525,8 +531,9 @@ func testCloseConn(e *env) {
 	c, err := conn.NewConsumer(e.ctx, carrot.ConsumerOptions{
 		Queues: []carrot.Queue{{Name: q, Passive: true}},
 		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			err := m.Ack(ctx)
 			got <- struct{}{}
-			return m.Ack(ctx)
+			return err
 		}),
 	})
 	if err != nil {

@@ -334,8 +334,9 @@ func testQueueTTL(e *env) {
 	q := e.queue(carrot.Queue{Name: "q", MessageTTL: time.Millisecond, DeadLetterExchange: dlx})
 	received := make(chan string, 1)
 	c := e.consumerOn(e.conn, carrot.ConsumerOptions{Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+		err := m.Ack(ctx)
 		received <- string(m.Body)
-		return m.Ack(ctx)
+		return err
 	})}, dlq)
 	r := e.start(c)
 	e.publish("", q, "expires")

@@ -277,8 +277,9 @@ func testAutoDelete(e *env) {
 	q := e.queue(carrot.Queue{Name: "q", AutoDelete: true})
 	received := make(chan struct{}, 1)
 	c := e.consumerOn(e.conn, carrot.ConsumerOptions{Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+		err := m.Ack(ctx)
 		received <- struct{}{}
-		return m.Ack(ctx)
+		return err
 	})}, q)
 	r := e.start(c)
 	e.publish("", q, "one")
