@@ -3,6 +3,7 @@ module github.com/carrot-go/carrot
 go 1.26.0
 
 require (
+	github.com/Azure/go-amqp v1.7.0
 	github.com/containerd/errdefs v1.0.0
 	github.com/google/go-cmp v0.7.0
 	github.com/moby/moby/api v1.56.1

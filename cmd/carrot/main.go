@@ -35,6 +35,7 @@ import (
 	"syscall"
 
 	_ "github.com/carrot-go/carrot/backends/amqp091"
+	_ "github.com/carrot-go/carrot/backends/amqp10"
 	_ "github.com/carrot-go/carrot/backends/memory"
 	_ "github.com/carrot-go/carrot/backends/redis"
 )

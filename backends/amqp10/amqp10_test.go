@@ -1,0 +1,265 @@
+package amqp10_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/Azure/go-amqp"
+
+	"github.com/carrot-go/carrot"
+	_ "github.com/carrot-go/carrot/backends/amqp091" // for the interop test
+	"github.com/carrot-go/carrot/backends/amqp10"
+	"github.com/carrot-go/carrot/conformance"
+	"github.com/carrot-go/carrot/internal/flowtest"
+	"github.com/carrot-go/carrot/internal/testbroker"
+)
+
+func TestMain(m *testing.M) { testbroker.Main(m) }
+
+func TestConformance(t *testing.T) {
+	url := testbroker.URL(t, testbroker.RabbitMQ4)
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+	})
+}
+
+func TestParseURL(t *testing.T) {
+	for _, tc := range []struct {
+		url  string
+		want amqp10.Options
+	}{
+		{"amqp10://", amqp10.Options{Addr: "localhost:5672", Username: "guest", Password: "guest", Vhost: "/"}},
+		{"amqp10://u:p@rabbit:5673/prod", amqp10.Options{Addr: "rabbit:5673", Username: "u", Password: "p", Vhost: "prod"}},
+		{"amqp10s://rabbit/?server_name=other", amqp10.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "/"}},
+		{"amqp10://h/?idle_timeout=30s&max_frame_size=4096&prefetch=7&max_body_size=1024&reconnect_max=1s&sasl=anonymous&container_id=app",
+			amqp10.Options{Addr: "h:5672", Username: "guest", Password: "guest", Vhost: "/", IdleTimeout: 30 * time.Second, MaxFrameSize: 4096,
+				Prefetch: 7, MaxBodySize: 1024, ReconnectMax: time.Second, SASL: "anonymous", ContainerID: "app"}},
+	} {
+		got, err := amqp10.ParseURL(tc.url)
+		if err != nil {
+			t.Errorf("ParseURL(%q): %v", tc.url, err)
+			continue
+		}
+		tls := got.TLS
+		got.TLS = nil
+		if *got != tc.want {
+			t.Errorf("ParseURL(%q) = %+v, want %+v", tc.url, *got, tc.want)
+		}
+		if strings.HasPrefix(tc.url, "amqp10s") && (tls == nil || tls.ServerName != "other") {
+			t.Errorf("ParseURL(%q): TLS %+v, want server name %q", tc.url, tls, "other")
+		}
+	}
+}
+
+func TestParseURLErrors(t *testing.T) {
+	for _, tc := range []struct{ url, mentions string }{
+		{"amqp10://u:s3cret@h/?bogus=1", `unknown URL option "bogus"`},
+		{"amqp10://u:s3cret@h/?idle_timeout=10", "idle_timeout"},
+		{"amqp10://u:s3cret@h/?prefetch=0", "prefetch"},
+		{"amqp10://u:s3cret@h/?prefetch=1&prefetch=2", "given 2 times"},
+		{"amqp10://u:s3cret@h/?max_frame_size=100", "max_frame_size"},
+		{"amqp10://u:s3cret@h/?sasl=kerberos", "sasl"},
+		{"amqp10://u:s3cret@h/?certfile=/x", "amqp10s"},
+		{"amqp10s://u:s3cret@h/?certfile=/x", "go together"},
+		{"amqp://u:s3cret@h/", "want amqp10 or amqp10s"},
+	} {
+		_, err := amqp10.ParseURL(tc.url)
+		if err == nil || !strings.Contains(err.Error(), tc.mentions) {
+			t.Errorf("ParseURL(%q) = %v, want an error mentioning %q", tc.url, err, tc.mentions)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("ParseURL(%q) error %q shows the password", tc.url, err)
+		}
+	}
+}
+
+// open connects to the test broker over AMQP 1.0, and over AMQP 0-9-1 when the test asks.
+func open(t *testing.T, url string) *carrot.Conn {
+	t.Helper()
+	conn, err := carrot.Open(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// declare declares a queue bound to a direct exchange, both deleted when the test ends.
+func declare(t *testing.T, conn *carrot.Conn, q carrot.Queue) string {
+	t.Helper()
+	name, err := conn.DeclareQueue(t.Context(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.DeleteQueue(context.Background(), name)
+		if q.Exchange.Name != "" {
+			conn.DeleteExchange(context.Background(), q.Exchange.Name)
+		}
+	})
+	return name
+}
+
+func uniqueName(t *testing.T) string {
+	return fmt.Sprintf("carrot-test.%s.%d", t.Name(), time.Now().UnixNano())
+}
+
+// TestInterop publishes with the amqp091 backend and consumes with the amqp10 backend on
+// the same RabbitMQ, and the other way round: body, content type and headers arrive
+// intact.
+func TestInterop(t *testing.T) {
+	ctx := t.Context()
+	url10 := testbroker.URL(t, testbroker.RabbitMQ4)
+	url091 := "amqp" + strings.TrimPrefix(url10, "amqp10") // the same broker and port, AMQP 0-9-1
+	c10, c091 := open(t, url10), open(t, url091)
+	ts := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	sent := &carrot.Message{
+		Body:          []byte{0, 1, 2, 0xff, 'x'},
+		ContentType:   "application/x-interop",
+		Headers:       carrot.Table{"s": "välue", "i": int64(-7), "b": true, "f": 1.5, "y": []byte("raw"), "t": ts},
+		MessageID:     "m-1",
+		CorrelationID: "c-1",
+		ReplyTo:       "replies",
+		Timestamp:     ts,
+		Priority:      3,
+	}
+	for _, dir := range []struct {
+		name     string
+		pub, sub *carrot.Conn
+	}{
+		{"amqp091-to-amqp10", c091, c10},
+		{"amqp10-to-amqp091", c10, c091},
+	} {
+		t.Run(dir.name, func(t *testing.T) {
+			x := uniqueName(t)
+			q := declare(t, dir.sub, carrot.Queue{Name: x, Exchange: carrot.Exchange{Name: x}, RoutingKey: "interop"})
+			p, err := dir.pub.NewPublisher(carrot.PublisherOptions{Exchange: x, RoutingKey: "interop"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Publish(ctx, sent); err != nil {
+				t.Fatal(err)
+			}
+			c, err := dir.sub.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m *carrot.Message
+			for m == nil { // a fetch may race the message to the queue
+				if m, err = c.Fetch(ctx); errors.Is(err, carrot.ErrEmpty) {
+					time.Sleep(10 * time.Millisecond)
+				} else if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !bytes.Equal(m.Body, sent.Body) || m.ContentType != sent.ContentType || m.MessageID != sent.MessageID ||
+				m.CorrelationID != sent.CorrelationID || m.ReplyTo != sent.ReplyTo || !m.Timestamp.Equal(ts) ||
+				m.Priority != sent.Priority || m.DeliveryMode != carrot.Persistent || m.RoutingKey != "interop" || m.Exchange() != x {
+				t.Errorf("received %+v (exchange %q)", m, m.Exchange())
+			}
+			for k, want := range sent.Headers {
+				got := m.Headers[k]
+				if b, ok := got.([]byte); ok {
+					got = string(b)
+				}
+				if w, ok := want.([]byte); ok {
+					want = string(w)
+				}
+				if tv, ok := want.(time.Time); ok {
+					if gt, ok := got.(time.Time); !ok || !gt.Equal(tv) {
+						t.Errorf("header %q = %#v, want %v", k, got, tv)
+					}
+					continue
+				}
+				if got != want {
+					t.Errorf("header %q = %#v, want %#v", k, m.Headers[k], want)
+				}
+			}
+			m.Ack(ctx)
+		})
+	}
+}
+
+func TestQuorumQueueDeliveryCount(t *testing.T) {
+	ctx := t.Context()
+	conn := open(t, testbroker.URL(t, testbroker.RabbitMQ4))
+	q := declare(t, conn, carrot.Queue{Name: uniqueName(t), Args: carrot.Table{"x-queue-type": "quorum"}})
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err := p.Send(ctx, "again"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	for want := 1; want <= 3; want++ {
+		m, err := c.Fetch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.DeliveryCount() != want || m.Redelivered() != (want > 1) {
+			t.Errorf("delivery %d: DeliveryCount() = %d, Redelivered() = %v", want, m.DeliveryCount(), m.Redelivered())
+		}
+		settle := m.Requeue
+		if want == 3 {
+			settle = m.Ack
+		}
+		if err := settle(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestAs(t *testing.T) {
+	ctx := t.Context()
+	conn := open(t, testbroker.URL(t, testbroker.RabbitMQ4))
+	var ac *amqp.Conn
+	if !conn.As(&ac) {
+		t.Fatal("As(*amqp.Conn) = false")
+	}
+	var s *amqp.Session
+	if !conn.As(&s) {
+		t.Fatal("As(*amqp.Session) = false")
+	}
+	s.Close(ctx)
+	q := declare(t, conn, carrot.Queue{Name: uniqueName(t)})
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err := p.Send(ctx, "raw"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	m, err := c.Fetch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw *amqp.Message
+	if !m.As(&raw) || string(raw.GetData()) != `"raw"` || raw.Annotations["x-routing-key"] != q {
+		t.Errorf("As(*amqp.Message) gave %+v", raw)
+	}
+	m.Ack(ctx)
+}
+
+// TestReconnect closes the broker's connections twice while 5,000 messages flow: every
+// message arrives.
+func TestReconnect(t *testing.T) {
+	if testing.Short() {
+		t.Skip("closes a broker's connections; not in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	broker := testbroker.Start(t, testbroker.RabbitMQ4) // its own: the test disturbs it
+	conn := open(t, broker.URL+"?reconnect_max=500ms")
+	q := declare(t, conn, carrot.Queue{Name: uniqueName(t)})
+	flow := &flowtest.Flow{Conn: conn, Queue: q, Total: 5000}
+	flow.Run(ctx, t, func(f *flowtest.Flow) {
+		for _, at := range []int64{1000, 3000} {
+			f.WaitReceived(at)
+			f.Logf("closing all connections")
+			if _, err := broker.Exec(ctx, "rabbitmqctl", "close_all_connections", "carrot reconnect test"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}

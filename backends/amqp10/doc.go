@@ -1,0 +1,96 @@
+// Package amqp10 is carrot's AMQP 1.0 backend, on github.com/Azure/go-amqp, registered for
+// amqp10:// and amqp10s:// URLs (amqp:// is the AMQP 0-9-1 backend's). Its broker is
+// RabbitMQ 4, where AMQP 1.0 is native and topology is declared over AMQP 1.0 itself.
+//
+//	import _ "github.com/carrot-go/carrot/backends/amqp10"
+//
+//	conn, err := carrot.Open(ctx, "amqp10://guest:guest@localhost:5672/")
+//
+// # URLs
+//
+//	amqp10://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//	amqp10s://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//
+// USER and PASSWORD default to guest, HOST to localhost, PORT to 5672 (5671 for
+// amqp10s), VHOST to "/"; the virtual host is sent as the connection's hostname
+// "vhost:VHOST", as RabbitMQ expects. Options, each given at most once; an unknown option
+// or a bad value is an error naming it:
+//
+//   - sasl: plain (the default, with USER and PASSWORD), anonymous, or external (a TLS
+//     client certificate).
+//   - idle_timeout: the longest silence accepted from the broker (default 1m).
+//   - max_frame_size: the largest frame accepted, in bytes (default go-amqp's, 65536).
+//   - prefetch: the link credit of consumers that do not set one (default 100).
+//   - max_body_size: the largest body the broker accepts (default 134217728, RabbitMQ's
+//     max_message_size); larger messages are refused before sending.
+//   - reconnect_max: the longest wait between reconnection attempts (default 5s).
+//   - container_id: the connection's container id (default a random one).
+//   - certfile, keyfile, cacertfile, server_name (amqp10s only): the client certificate
+//     and key, the CAs to trust instead of the system's, the server name to verify.
+//
+// [ParseURL] turns a URL into [Options]; [Open] connects from Options without the
+// registry, for [carrot.NewConn]. Errors and logs never show the password.
+//
+// # Delivery semantics
+//
+// Topology goes through RabbitMQ's "HTTP over AMQP" management link pair at
+// "/management": PUT /queues/NAME (durable, exclusive, auto_delete and the arguments
+// x-message-ttl, x-max-length, x-max-priority, x-dead-letter-exchange,
+// x-dead-letter-routing-key, plus Args such as x-queue-type), PUT /exchanges/NAME,
+// POST /bindings, DELETE of each, GET /queues/NAME for passive declarations, and DELETE
+// /queues/NAME/messages to purge, which returns the count. Names are percent-encoded
+// (every byte but A-Z a-z 0-9 - . _ ~).
+//
+// Publishing uses one sending link with a null target: each message carries its address
+// in its to property, /exchanges/EXCHANGE/ROUTING-KEY, or /queues/NAME for the default
+// exchange. The header carries durable, priority and ttl; the properties message-id,
+// correlation-id, reply-to, content-type, content-encoding and creation-time (milliseconds;
+// carrot sends whole seconds); headers go as application-properties; the body is one data
+// section. Each publish waits for the broker's outcome: accepted is taken, released
+// (RabbitMQ's answer for a message no queue took) is an error wrapping
+// carrot.ErrUnroutable unless the publisher allows unroutable messages, rejected is
+// carrot.ErrNotFound for a missing exchange and carrot.ErrRefused otherwise. PublishAsync
+// returns once the message is sent.
+//
+// Each consumer attaches a receiver to /queues/NAME with link credit as its prefetch.
+// Ack is the accepted outcome; requeue is modified with delivery-failed (the message goes
+// back to the head of its queue, and quorum queues count the failed delivery); reject is
+// rejected (dead-lettered if the queue has a dead-letter exchange, dropped otherwise).
+// A redelivered message is one whose header says it is not its first acquirer. The
+// exchange and routing key of a delivery come from RabbitMQ's x-exchange and
+// x-routing-key annotations. Fetch asks for the queue's message count, gives a receiver
+// of its own one credit and waits for the message (200ms when the count says there is
+// one, 20ms when it says none, since a quorum queue's count lags), then drains the credit:
+// a message the broker sent meanwhile arrives before its answer to the drain.
+//
+// RabbitMQ ends the whole session of a link it refuses, so the management link pair, the
+// publishing link, each consumer and each queue fetched from have a session of their own.
+// The Conn owns its connection, sessions and links: when the connection is lost it
+// reconnects with a delay that starts at 100ms and doubles up to reconnect_max, declares
+// again what it declared, and its links attach again when next used. A publish whose
+// outcome was lost with the connection is an error wrapping carrot.ErrUnavailable, which
+// carrot's Publisher retries; messages delivered and not settled come again.
+//
+// Interoperability with AMQP 0-9-1 on the same broker: a message published by the amqp091
+// backend arrives with its body, content type, properties and headers (those without an
+// "x-" prefix; RabbitMQ turns "x-" headers into message annotations, reachable through
+// As), and the other way round.
+//
+// RabbitMQ 3.x's AMQP 1.0 plugin cannot declare topology over AMQP 1.0 and ends the
+// session on the modified outcome: this backend does not support it; use RabbitMQ 4.
+// Other AMQP 1.0 brokers (ActiveMQ Artemis, Azure Service Bus) address and declare things
+// their own way and are not supported yet.
+//
+// # Capabilities
+//
+// Confirms, Mandatory, DeadLetter, MessageTTL, QueueTTL, MaxLength, Priority, Exclusive
+// (exclusive to this connection), AutoDelete, Persistence, SharedAcross, and MaxBodySize
+// from the URL. DeliveryCount is off, because classic queues do not count deliveries;
+// quorum queues do, and their messages' DeliveryCount is set.
+//
+// # As
+//
+// [carrot.Conn.As] takes a **amqp.Conn (the current connection, which changes when the
+// Conn reconnects) and a **amqp.Session (a new session, which the caller closes).
+// [carrot.Message.As] takes a **amqp.Message.
+package amqp10

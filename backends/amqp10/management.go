@@ -1,0 +1,527 @@
+package amqp10
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/Azure/go-amqp"
+
+	"github.com/carrot-go/carrot/backend"
+)
+
+// RabbitMQ 4 declares topology over AMQP 1.0 itself: "HTTP over AMQP" requests on a pair
+// of links at "/management", which must share one name and set the property paired. A
+// request's properties carry the path (to), the method (subject), a message id and
+// reply-to "$me"; its body is an AMQP value, a map or null. The response's subject is the
+// HTTP status, its correlation id the request's message id, its body a map (success) or
+// a string (the error).
+
+// management is the link pair of one connection, on a session of its own.
+type management struct {
+	gen      uint64
+	session  *amqp.Session
+	sender   *amqp.Sender
+	receiver *amqp.Receiver
+}
+
+// management returns the link pair of the live connection, attaching it if needed. The
+// caller holds mgmtMu.
+func (c *Conn) management(ctx context.Context) (*management, error) {
+	_, gen, err := c.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if m := c.mgmt; m != nil && m.gen == gen {
+		return m, nil
+	}
+	if c.mgmt != nil {
+		closeQuietly(c.mgmt.session)
+		c.mgmt = nil
+	}
+	s, gen, err := c.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	const name = "management-link-pair"
+	props := map[string]any{"paired": true}
+	// The receiver first, with credit, so that the broker can answer the first request.
+	r, err := s.NewReceiver(ctx, "/management", &amqp.ReceiverOptions{
+		Name:                      name,
+		Properties:                props,
+		TargetAddress:             "/management",
+		RequestedSenderSettleMode: amqp.SenderSettleModeSettled.Ptr(),
+		SettlementMode:            amqp.ReceiverSettleModeFirst.Ptr(),
+		Credit:                    100,
+	})
+	if err != nil {
+		closeQuietly(s)
+		return nil, err
+	}
+	snd, err := s.NewSender(ctx, "/management", &amqp.SenderOptions{
+		Name:                        name,
+		Properties:                  props,
+		SourceAddress:               "/management",
+		SettlementMode:              amqp.SenderSettleModeSettled.Ptr(),
+		RequestedReceiverSettleMode: amqp.ReceiverSettleModeFirst.Ptr(),
+	})
+	if err != nil {
+		closeQuietly(s)
+		return nil, err
+	}
+	c.mgmt = &management{gen: gen, session: s, sender: snd, receiver: r}
+	return c.mgmt, nil
+}
+
+// response is the answer to a management request.
+type response struct {
+	status int
+	body   any
+}
+
+// request sends one management request and waits for its answer. A failure of the link
+// pair ends its session, and the next request attaches a new pair; a lost connection is
+// waited out.
+func (c *Conn) request(ctx context.Context, method, path string, body any) (response, error) {
+	if c.closed.Load() {
+		return response{}, errClosed
+	}
+	c.mgmtMu.Lock()
+	defer c.mgmtMu.Unlock()
+	for attempt := 0; ; attempt++ {
+		resp, err := c.requestOnce(ctx, method, path, body)
+		if err == nil || ctx.Err() != nil || c.closed.Load() {
+			return resp, err
+		}
+		// go-amqp gives a new receiver its credit from a goroutine of its own, which
+		// may not have run when the first request reaches the broker; the broker then
+		// ends the session. A new pair is ready by the next try.
+		if !(attempt < 5 && noCredit(err)) && c.ErrorCode(err) != backend.Unavailable {
+			return resp, err
+		}
+		select { // the connection is going: wait a little for the next
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return response{}, ctx.Err()
+		}
+	}
+}
+
+// noCredit reports whether the broker ended the management session because its
+// receiver had no credit yet.
+func noCredit(err error) bool {
+	var se *amqp.SessionError
+	return errors.As(err, &se) && se.RemoteErr != nil && strings.Contains(se.RemoteErr.Description, "insufficient credit")
+}
+
+func (c *Conn) requestOnce(ctx context.Context, method, path string, body any) (response, error) {
+	m, err := c.management(ctx)
+	if err != nil {
+		return response{}, err
+	}
+	fail := func(err error) (response, error) {
+		closeQuietly(m.session)
+		c.mgmt = nil
+		return response{}, err
+	}
+	id := c.msgID.Add(1)
+	me := "$me"
+	if body == nil {
+		body = amqp.Null{}
+	}
+	msg := &amqp.Message{
+		Properties: &amqp.MessageProperties{MessageID: id, To: &path, Subject: &method, ReplyTo: &me},
+		Value:      body,
+	}
+	if err := m.sender.Send(ctx, msg, nil); err != nil {
+		return fail(err)
+	}
+	for {
+		r, err := m.receiver.Receive(ctx, nil)
+		if err != nil {
+			return fail(err)
+		}
+		if r.Properties == nil || r.Properties.CorrelationID != id {
+			continue // the answer to an abandoned request
+		}
+		status := 0
+		if r.Properties.Subject != nil {
+			status, _ = strconv.Atoi(*r.Properties.Subject)
+		}
+		return response{status: status, body: r.Value}, nil
+	}
+}
+
+// check turns a response that is not a success into an error.
+func check(method, path string, r response, ok ...int) error {
+	for _, s := range ok {
+		if r.status == s {
+			return nil
+		}
+	}
+	text, _ := r.body.(string)
+	code := backend.Unknown
+	switch {
+	case r.status == 404 || r.status == 400 && (strings.HasPrefix(text, "no queue") || strings.HasPrefix(text, "no exchange")):
+		code = backend.NotFound
+	case r.status == 409:
+		code = backend.Mismatch
+	case r.status == 400 && strings.Contains(text, "exclusive access to locked queue"):
+		code = backend.InUse
+	case r.status == 400 || r.status == 403:
+		code = backend.Invalid
+	}
+	return backend.Errorf(code, "carrot/amqp10: %s %s: %d %s", method, path, r.status, text)
+}
+
+// escape percent-encodes a name for a management path: every byte but the unreserved
+// A-Z a-z 0-9 - . _ ~, which RabbitMQ takes as they are.
+func escape(name string) string {
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		ch := name[i]
+		if 'A' <= ch && ch <= 'Z' || 'a' <= ch && ch <= 'z' || '0' <= ch && ch <= '9' || ch == '-' || ch == '.' || ch == '_' || ch == '~' {
+			b.WriteByte(ch)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", ch)
+		}
+	}
+	return b.String()
+}
+
+// queueArgs returns the RabbitMQ arguments for q's fields and its own Args.
+func queueArgs(q backend.Queue) (map[string]any, error) {
+	args := maps.Clone(q.Args)
+	if args == nil {
+		args = map[string]any{}
+	}
+	for _, a := range []struct {
+		set bool
+		key string
+		v   any
+	}{
+		{q.MessageTTL > 0, "x-message-ttl", q.MessageTTL.Milliseconds()},
+		{q.MaxLength > 0, "x-max-length", int64(q.MaxLength)},
+		{q.MaxPriority > 0, "x-max-priority", int64(q.MaxPriority)},
+		{q.DeadLetterExchange != "", "x-dead-letter-exchange", q.DeadLetterExchange},
+		{q.DeadLetterRoutingKey != "", "x-dead-letter-routing-key", q.DeadLetterRoutingKey},
+	} {
+		if !a.set {
+			continue
+		}
+		if _, dup := args[a.key]; dup {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: queue %q sets %s both in a field and in Args", q.Name, a.key)
+		}
+		args[a.key] = a.v
+	}
+	return args, nil
+}
+
+func (c *Conn) declareQueue(ctx context.Context, q backend.Queue) error {
+	path := "/queues/" + escape(q.Name)
+	if q.Passive {
+		r, err := c.request(ctx, "GET", path, nil)
+		if err != nil {
+			return err
+		}
+		if err := check("GET", path, r, 200); err != nil {
+			return err
+		}
+		return c.checkOwner(ctx, path, r.body)
+	}
+	args, err := queueArgs(q)
+	if err != nil {
+		return err
+	}
+	body := map[string]any{"durable": q.Durable, "exclusive": q.Exclusive, "auto_delete": q.AutoDelete, "arguments": args}
+	r, err := c.request(ctx, "PUT", path, body)
+	if err != nil {
+		return err
+	}
+	return check("PUT", path, r, 200, 201)
+}
+
+// checkOwner makes sure an exclusive queue found by a passive declaration belongs to this
+// connection, as AMQP 0-9-1's passive declaration does: a GET succeeds for anyone, but
+// declaring the queue again with its own properties succeeds only for its owner.
+func (c *Conn) checkOwner(ctx context.Context, path string, info any) error {
+	m, ok := info.(map[string]any)
+	if !ok || m["exclusive"] != true {
+		return nil
+	}
+	args := m["arguments"]
+	if _, ok := args.(map[string]any); !ok {
+		args = map[string]any{} // an empty map arrives as map[any]any
+	}
+	body := map[string]any{"durable": m["durable"], "exclusive": true, "auto_delete": m["auto_delete"], "arguments": args}
+	r, err := c.request(ctx, "PUT", path, body)
+	if err != nil {
+		return err
+	}
+	return check("PUT", path, r, 200, 201)
+}
+
+func (c *Conn) declareExchange(ctx context.Context, x backend.Exchange) error {
+	path := "/exchanges/" + escape(x.Name)
+	if x.Passive {
+		return c.exchangeExists(ctx, x.Name)
+	}
+	args := x.Args
+	if args == nil {
+		args = map[string]any{}
+	}
+	body := map[string]any{"type": string(x.Kind), "durable": x.Durable, "auto_delete": x.AutoDelete, "internal": false, "arguments": args}
+	r, err := c.request(ctx, "PUT", path, body)
+	if err != nil {
+		return err
+	}
+	return check("PUT", path, r, 201, 204)
+}
+
+// exchangeExists checks that an exchange exists by attaching a link to it, on a session
+// of its own: RabbitMQ 4.0 has no GET of exchanges over management, and refusing the
+// attach ends the session.
+func (c *Conn) exchangeExists(ctx context.Context, name string) error {
+	s, _, err := c.session(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(s)
+	snd, err := s.NewSender(ctx, "/exchanges/"+escape(name), nil)
+	if err != nil {
+		if c.ErrorCode(err) == backend.NotFound {
+			return backend.Errorf(backend.NotFound, "carrot/amqp10: exchange %q not found", name)
+		}
+		return err
+	}
+	snd.Close(ctx)
+	return nil
+}
+
+func (c *Conn) bind(ctx context.Context, b backend.Binding) error {
+	body := map[string]any{"source": b.Exchange, "destination_queue": b.Queue, "binding_key": b.Key, "arguments": map[string]any{}}
+	r, err := c.request(ctx, "POST", "/bindings", body)
+	if err != nil {
+		return err
+	}
+	return check("POST", "/bindings", r, 204)
+}
+
+// The methods of backend.Conn that change topology: each records what it changed, for
+// declaring it again after a reconnection.
+
+func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
+	if err := c.declareExchange(ctx, x); err != nil {
+		return err
+	}
+	if !x.Passive {
+		c.topo.addExchange(x)
+	}
+	return nil
+}
+
+func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
+	path := "/exchanges/" + escape(name)
+	r, err := c.request(ctx, "DELETE", path, nil)
+	if err != nil {
+		return err
+	}
+	if err := check("DELETE", path, r, 200, 204); err != nil {
+		return err
+	}
+	c.topo.deleteExchange(name)
+	return nil
+}
+
+func (c *Conn) DeclareQueue(ctx context.Context, q backend.Queue) error {
+	if err := c.declareQueue(ctx, q); err != nil {
+		return err
+	}
+	if !q.Passive {
+		c.topo.addQueue(q)
+	}
+	return nil
+}
+
+func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
+	path := "/queues/" + escape(name)
+	r, err := c.request(ctx, "DELETE", path, nil)
+	if err != nil {
+		return err
+	}
+	if err := check("DELETE", path, r, 200); err != nil {
+		return err
+	}
+	c.topo.deleteQueue(name)
+	c.dropGetter(name)
+	return nil
+}
+
+func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
+	if err := c.bind(ctx, b); err != nil {
+		return err
+	}
+	c.topo.addBinding(b)
+	return nil
+}
+
+func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
+	path := fmt.Sprintf("/bindings/src=%s;dstq=%s;key=%s;args=", escape(b.Exchange), escape(b.Queue), escape(b.Key))
+	r, err := c.request(ctx, "DELETE", path, nil)
+	if err != nil {
+		return err
+	}
+	if err := check("DELETE", path, r, 204); err != nil && backend.CodeOf(err) != backend.NotFound {
+		return err
+	}
+	c.topo.deleteBinding(b)
+	return nil
+}
+
+func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
+	path := "/queues/" + escape(queue) + "/messages"
+	r, err := c.request(ctx, "DELETE", path, nil)
+	if err != nil {
+		return 0, err
+	}
+	if err := check("DELETE", path, r, 200); err != nil {
+		return 0, err
+	}
+	return count(r.body), nil
+}
+
+// count reads message_count from a management response.
+func count(body any) int {
+	var v any
+	switch m := body.(type) {
+	case map[string]any:
+		v = m["message_count"]
+	case map[any]any:
+		v = m["message_count"]
+	}
+	switch n := v.(type) {
+	case uint64:
+		return int(n)
+	case int64:
+		return int(n)
+	case uint32:
+		return int(n)
+	case int32:
+		return int(n)
+	}
+	return 0
+}
+
+// topology records what the Conn declared, to declare it again on a new connection.
+type topology struct {
+	mu        sync.Mutex
+	exchanges map[string]backend.Exchange
+	queues    map[string]backend.Queue
+	bindings  map[backend.Binding]struct{}
+}
+
+func (t *topology) init() {
+	t.exchanges = make(map[string]backend.Exchange)
+	t.queues = make(map[string]backend.Queue)
+	t.bindings = make(map[backend.Binding]struct{})
+}
+
+func (t *topology) addExchange(x backend.Exchange) {
+	t.mu.Lock()
+	t.exchanges[x.Name] = x
+	t.mu.Unlock()
+}
+
+func (t *topology) addQueue(q backend.Queue) {
+	t.mu.Lock()
+	t.queues[q.Name] = q
+	t.mu.Unlock()
+}
+
+func (t *topology) addBinding(b backend.Binding) {
+	t.mu.Lock()
+	t.bindings[b] = struct{}{}
+	t.mu.Unlock()
+}
+
+func (t *topology) deleteBinding(b backend.Binding) {
+	t.mu.Lock()
+	delete(t.bindings, b)
+	t.mu.Unlock()
+}
+
+func (t *topology) deleteExchange(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.exchanges, name)
+	for b := range t.bindings {
+		if b.Exchange == name {
+			delete(t.bindings, b)
+		}
+	}
+}
+
+func (t *topology) deleteQueue(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.queues, name)
+	for b := range t.bindings {
+		if b.Queue == name {
+			delete(t.bindings, b)
+		}
+	}
+}
+
+// redeclare declares the recorded topology on the current connection: exchanges, queues,
+// then bindings. An entity the broker refuses (another client declared it differently
+// meanwhile) is logged and skipped; a lost connection is returned.
+func (c *Conn) redeclare() error {
+	t := &c.topo
+	t.mu.Lock()
+	exchanges := make([]backend.Exchange, 0, len(t.exchanges))
+	for _, x := range t.exchanges {
+		exchanges = append(exchanges, x)
+	}
+	queues := make([]backend.Queue, 0, len(t.queues))
+	for _, q := range t.queues {
+		queues = append(queues, q)
+	}
+	bindings := make([]backend.Binding, 0, len(t.bindings))
+	for b := range t.bindings {
+		bindings = append(bindings, b)
+	}
+	t.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	do := func(what string, err error) error {
+		if err == nil {
+			return nil
+		}
+		if c.ErrorCode(err) == backend.Unavailable || ctx.Err() != nil {
+			return err
+		}
+		c.log.Error("carrot/amqp10: could not declare again after reconnecting", "what", what, "error", err)
+		return nil
+	}
+	for _, x := range exchanges {
+		if err := do(fmt.Sprintf("exchange %q", x.Name), c.declareExchange(ctx, x)); err != nil {
+			return err
+		}
+	}
+	for _, q := range queues {
+		if err := do(fmt.Sprintf("queue %q", q.Name), c.declareQueue(ctx, q)); err != nil {
+			return err
+		}
+	}
+	for _, b := range bindings {
+		if err := do(fmt.Sprintf("binding of queue %q to exchange %q with key %q", b.Queue, b.Exchange, b.Key), c.bind(ctx, b)); err != nil {
+			return err
+		}
+	}
+	return nil
+}

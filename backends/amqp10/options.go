@@ -1,0 +1,237 @@
+package amqp10
+
+import (
+	"crypto/tls"
+	"log/slog"
+	"maps"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	amqp "github.com/Azure/go-amqp"
+
+	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/tlsfiles"
+)
+
+// Defaults of the URL options.
+const (
+	DefaultIdleTimeout  = time.Minute
+	DefaultPrefetch     = 100
+	DefaultMaxBodySize  = 128 << 20 // RabbitMQ's default max_message_size
+	DefaultReconnectMax = 5 * time.Second
+)
+
+// Options configures a connection to an AMQP 1.0 broker. [ParseURL] makes one from a URL;
+// the zero value of each field means its default.
+type Options struct {
+	// Addr is the broker's host:port.
+	Addr string
+	// Username and Password authenticate with SASL PLAIN; guest/guest when the URL has
+	// none.
+	Username, Password string
+	// Vhost is the RabbitMQ virtual host, sent as the hostname "vhost:NAME"; "/" when empty.
+	Vhost string
+	// TLS, when not nil, makes the connection use TLS (the amqp10s scheme).
+	TLS *tls.Config
+	// SASL is "plain" (the default), "anonymous" or "external" (a TLS client certificate).
+	SASL string
+
+	IdleTimeout  time.Duration // DefaultIdleTimeout when zero
+	MaxFrameSize uint32        // go-amqp's default when zero
+	ContainerID  string        // a random one when empty
+
+	// Prefetch is the link credit of consumers that do not set one (DefaultPrefetch).
+	Prefetch int
+	// MaxBodySize is the largest body the broker accepts (DefaultMaxBodySize, RabbitMQ's
+	// default max_message_size); set it to match the broker's configuration.
+	MaxBodySize int64
+	// ReconnectMax caps the delay between reconnection attempts, which starts at 100ms and
+	// doubles (DefaultReconnectMax).
+	ReconnectMax time.Duration
+	// Logger receives reconnection events; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// ParseURL parses an AMQP 1.0 URL,
+//
+//	amqp10://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//	amqp10s://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//
+// with the query options listed in the package documentation. Unknown options, options
+// given twice and bad values are errors naming the option.
+func ParseURL(rawURL string) (*Options, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL does not parse")
+	}
+	o := &Options{Username: "guest", Password: "guest", Vhost: "/"}
+	port := "5672"
+	switch u.Scheme {
+	case "amqp10":
+	case "amqp10s":
+		port = "5671"
+		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+	default:
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL scheme is %q, want amqp10 or amqp10s", u.Scheme)
+	}
+	if u.Opaque != "" || u.Fragment != "" {
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL must be %s://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS", u.Scheme)
+	}
+	host := u.Hostname()
+	if host == "" {
+		host = "localhost"
+	}
+	if p := u.Port(); p != "" {
+		port = p
+	}
+	o.Addr = net.JoinHostPort(host, port)
+	if u.User != nil {
+		o.Username = u.User.Username()
+		o.Password, _ = u.User.Password()
+	}
+	if len(u.Path) > 1 {
+		o.Vhost = u.Path[1:]
+	}
+	q := u.Query()
+	bad := func(key, v, want string) error {
+		return backend.Errorf(backend.Invalid, "carrot/amqp10: URL option %s=%q: want %s", key, v, want)
+	}
+	var certFile, keyFile, caFile, serverName string
+	for _, key := range slices.Sorted(maps.Keys(q)) {
+		if len(q[key]) != 1 {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL option %q is given %d times", key, len(q[key]))
+		}
+		v := q[key][0]
+		switch key {
+		case "idle_timeout", "reconnect_max":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return nil, bad(key, v, "a positive duration such as 30s")
+			}
+			if key == "idle_timeout" {
+				o.IdleTimeout = d
+			} else {
+				o.ReconnectMax = d
+			}
+		case "max_frame_size":
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil || n < 512 {
+				return nil, bad(key, v, "a number of bytes, at least 512")
+			}
+			o.MaxFrameSize = uint32(n)
+		case "prefetch":
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return nil, bad(key, v, "a positive number")
+			}
+			o.Prefetch = n
+		case "max_body_size":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return nil, bad(key, v, "a positive number of bytes")
+			}
+			o.MaxBodySize = n
+		case "sasl":
+			switch m := strings.ToLower(v); m {
+			case "plain", "anonymous", "external":
+				o.SASL = m
+			default:
+				return nil, bad(key, v, "plain, anonymous or external")
+			}
+		case "container_id":
+			o.ContainerID = v
+		case "certfile":
+			certFile = v
+		case "keyfile":
+			keyFile = v
+		case "cacertfile":
+			caFile = v
+		case "server_name":
+			serverName = v
+		default:
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: unknown URL option %q (known: cacertfile, certfile, container_id, idle_timeout, keyfile, max_body_size, max_frame_size, prefetch, reconnect_max, sasl, server_name)", key)
+		}
+	}
+	if o.TLS == nil {
+		if certFile != "" || keyFile != "" || caFile != "" || serverName != "" {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL options certfile, keyfile, cacertfile and server_name need the amqp10s scheme")
+		}
+		if o.SASL == "external" {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: sasl=external needs the amqp10s scheme and a client certificate")
+		}
+		return o, nil
+	}
+	o.TLS.ServerName = host
+	if serverName != "" {
+		o.TLS.ServerName = serverName
+	}
+	if err := tlsfiles.Load(o.TLS, certFile, keyFile, caFile); err != nil {
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: %w", err)
+	}
+	return o, nil
+}
+
+// withDefaults returns a copy of o with every zero field set to its default.
+func (o Options) withDefaults() Options {
+	if o.Vhost == "" {
+		o.Vhost = "/"
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.Prefetch == 0 {
+		o.Prefetch = DefaultPrefetch
+	}
+	if o.MaxBodySize == 0 {
+		o.MaxBodySize = DefaultMaxBodySize
+	}
+	if o.ReconnectMax == 0 {
+		o.ReconnectMax = DefaultReconnectMax
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// String describes where o connects, without the password.
+func (o Options) String() string {
+	scheme := "amqp10"
+	if o.TLS != nil {
+		scheme = "amqp10s"
+	}
+	path := "/" + o.Vhost
+	if o.Vhost == "/" {
+		path = "/"
+	}
+	u := url.URL{Scheme: scheme, User: url.User(o.Username), Host: o.Addr, Path: path}
+	return u.String()
+}
+
+// connOptions returns go-amqp's options for o, and the address to dial.
+func (o Options) connOptions() (string, *amqp.ConnOptions) {
+	co := &amqp.ConnOptions{
+		ContainerID:  o.ContainerID,
+		HostName:     "vhost:" + o.Vhost,
+		IdleTimeout:  o.IdleTimeout,
+		MaxFrameSize: o.MaxFrameSize,
+		TLSConfig:    o.TLS,
+	}
+	switch o.SASL {
+	case "anonymous":
+		co.SASLType = amqp.SASLTypeAnonymous()
+	case "external":
+		co.SASLType = amqp.SASLTypeExternal("")
+	default:
+		co.SASLType = amqp.SASLTypePlain(o.Username, o.Password)
+	}
+	scheme := "amqp"
+	if o.TLS != nil {
+		scheme = "amqps"
+	}
+	return scheme + "://" + o.Addr, co
+}
