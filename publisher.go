@@ -121,8 +121,8 @@ func (p *Publisher) Send(ctx context.Context, v any) error {
 // set), so the message may arrive twice but is not lost. If ctx ends first, Publish
 // returns ctx.Err() and the message may or may not have been taken.
 func (p *Publisher) Publish(ctx context.Context, m *Message) error {
-	pub, err := p.prepare(ctx, m)
-	if err != nil {
+	pub := new(backend.Publishing)
+	if err := p.prepare(ctx, m, pub); err != nil {
 		return err
 	}
 	for attempt := 0; ; attempt++ {
@@ -150,12 +150,10 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 func (p *Publisher) PublishAsync(ctx context.Context, m *Message) *Confirmation {
 	a := &asyncPublish{p: p, ctx: ctx}
 	a.c.done = make(chan struct{})
-	pub, err := p.prepare(ctx, m)
-	if err != nil {
+	if err := p.prepare(ctx, m, &a.pub); err != nil {
 		a.c.finish(err)
 		return &a.c
 	}
-	a.pub = pub
 	a.answer = a.attemptDone
 	a.start()
 	return &a.c
@@ -167,7 +165,7 @@ type asyncPublish struct {
 	c       Confirmation
 	p       *Publisher
 	ctx     context.Context
-	pub     *backend.Publishing
+	pub     backend.Publishing
 	attempt int
 	answer  func(error) // attemptDone, bound once
 }
@@ -175,10 +173,10 @@ type asyncPublish struct {
 // start makes one attempt.
 func (a *asyncPublish) start() {
 	if ap, ok := a.p.conn.b.(backend.AsyncPublisher); ok {
-		ap.PublishAsync(a.ctx, a.pub, a.answer)
+		ap.PublishAsync(a.ctx, &a.pub, a.answer)
 		return
 	}
-	a.answer(a.p.conn.b.Publish(a.ctx, a.pub)) // in order, if not in parallel
+	a.answer(a.p.conn.b.Publish(a.ctx, &a.pub)) // in order, if not in parallel
 }
 
 // attemptDone finishes the confirmation, or makes another attempt after a while if the
@@ -200,27 +198,28 @@ func (a *asyncPublish) attemptDone(err error) {
 	})
 }
 
-// prepare validates m and makes the backend's publishing of it.
-func (p *Publisher) prepare(ctx context.Context, m *Message) (*backend.Publishing, error) {
+// prepare validates m and fills pub, the backend's publishing of it.
+func (p *Publisher) prepare(ctx context.Context, m *Message, pub *backend.Publishing) error {
 	if p.closed.Load() {
-		return nil, ErrClosed
+		return ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
 	bm, err := m.backend(p.op, p)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if p.conn.isClosed() {
-		return nil, ErrClosed
+		return ErrClosed
 	}
-	return &backend.Publishing{
+	*pub = backend.Publishing{
 		Message:   bm,
 		Exchange:  p.opts.Exchange,
 		Mandatory: !p.opts.AllowUnroutable,
 		Confirm:   !p.opts.NoConfirm,
-	}, nil
+	}
+	return nil
 }
 
 // retry reports whether a publish that failed with err is to be made again: the

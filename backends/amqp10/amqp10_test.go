@@ -263,3 +263,67 @@ func TestReconnect(t *testing.T) {
 		}
 	})
 }
+
+// TestFixedTargetLink publishes to an exchange until the publisher sends through a link
+// whose target is that address, and checks that the messages keep their order across the
+// switch and that a publish still tells an unroutable message from a deleted exchange.
+func TestFixedTargetLink(t *testing.T) {
+	ctx := t.Context()
+	o, err := amqp10.ParseURL(testbroker.URL(t, testbroker.RabbitMQ4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := amqp10.Open(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := carrot.NewConn(bc)
+	defer conn.Close()
+	x := uniqueName(t)
+	q := declare(t, conn, carrot.Queue{Name: x, Exchange: carrot.Exchange{Name: x}, RoutingKey: "k"})
+	p, err := conn.NewPublisher(carrot.PublisherOptions{Exchange: x, RoutingKey: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pending []*carrot.Confirmation
+	for n := 0; len(bc.FixedLinks()) == 0 || n < 1000; n++ { // asynchronously, across the switch
+		if n == 100_000 {
+			t.Fatal("no link with a fixed target after 100000 messages")
+		}
+		pending = append(pending, p.PublishAsync(ctx, &carrot.Message{Body: fmt.Append(nil, n)}))
+	}
+	for _, c := range pending {
+		if err := c.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := bc.FixedLinks(), []string{"/exchanges/" + x + "/k"}; len(got) != 1 || got[0] != want[0] {
+		t.Fatalf("fixed links %q, want %q", got, want)
+	}
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}, NoAck: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for want := range len(pending) {
+		m, err := c.Fetch(ctx)
+		if err != nil {
+			t.Fatalf("message %d: %v", want, err)
+		}
+		if string(m.Body) != fmt.Sprint(want) {
+			t.Fatalf("message %d is %q: out of order", want, m.Body)
+		}
+	}
+
+	if err := conn.Unbind(ctx, carrot.Binding{Exchange: x, Queue: q, Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, "nowhere"); !errors.Is(err, carrot.ErrUnroutable) {
+		t.Errorf("publish with no binding: %v, want ErrUnroutable", err)
+	}
+	if err := conn.DeleteExchange(ctx, x); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, "no exchange"); !errors.Is(err, carrot.ErrNotFound) {
+		t.Errorf("publish to a deleted exchange: %v, want ErrNotFound", err)
+	}
+}

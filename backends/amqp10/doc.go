@@ -41,9 +41,15 @@
 // /queues/NAME/messages to purge, which returns the count. Names are percent-encoded
 // (every byte but A-Z a-z 0-9 - . _ ~).
 //
-// Publishing uses one sending link with a null target: each message carries its address
-// in its to property, /exchanges/EXCHANGE/ROUTING-KEY, or /queues/NAME for the default
-// exchange. The header carries durable, priority and ttl; the properties message-id,
+// Publishing starts on a sending link with a null target: each message carries its
+// address in its to property, /exchanges/EXCHANGE/ROUTING-KEY, or /queues/NAME for the
+// default exchange, so that a message to a missing exchange is refused alone. Once the
+// broker has accepted a message for an address, a link with that address as its target
+// (up to 64 of them) is attached on the same session and carries the later messages
+// there, which spares the broker resolving each one's address; the messages of one
+// goroutine keep their order across the switch. A message such a link gets back as
+// released is sent again through the null target, which tells an exchange deleted since
+// from one that routes nowhere. The header carries durable, priority and ttl; the properties message-id,
 // correlation-id, reply-to, content-type, content-encoding and creation-time (milliseconds;
 // carrot sends whole seconds); headers go as application-properties; the body is one data
 // section. Each publish waits for the broker's outcome: accepted is taken, released

@@ -5,28 +5,48 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	amqp "github.com/Azure/go-amqp"
 
 	"github.com/carrot-go/carrot/backend"
 )
 
-// publisher is the connection's one sending link, on a session of its own. Its target is
-// null: each message carries its address in the to property, so that one link serves
-// every exchange, and a message to a missing exchange is rejected alone instead of
-// failing the attach (and the session). One goroutine waits for the outcomes, in the
-// order the messages went out.
+// publisher is the connection's sending side, on a session of its own. Its first link
+// has a null target: each message carries its address in the to property, so that one
+// link serves every exchange, and a message to a missing exchange is rejected alone
+// instead of failing the attach (which ends the session). Once the broker has accepted a
+// message for an address, a link with that address as its target is attached on the
+// same session and carries the later messages to it, which saves the broker resolving
+// the address of each one. Both links share the session, so the messages of one
+// goroutine keep their order. One goroutine waits for the outcomes, in the order the
+// messages went out.
 type publisher struct {
 	gen     uint64
 	session *amqp.Session
-	sender  *amqp.Sender
+	sender  *amqp.Sender // null target
 	waits   chan wait
-	dead    chan struct{} // closed when the link failed
+	dead    chan struct{} // closed when the link failed, under mu
+	mu      sync.RWMutex  // read-held while queueing to waits, so that nothing is queued once dead
+
+	linkMu sync.Mutex
+	links  atomic.Pointer[map[string]*amqp.Sender] // address → link; copied on write
+	tried  map[string]bool                         // addresses attached or being attached, under linkMu
 }
+
+// attachTimeout bounds the wait for the broker to attach or detach a link in the
+// background.
+const attachTimeout = 10 * time.Second
+
+// maxLinks bounds the links with a fixed target of a connection; messages to other
+// addresses go through the null-target link.
+const maxLinks = 64
 
 // wait is a sent message waiting for its outcome.
 type wait struct {
 	receipt   amqp.SendReceipt
+	msg       *amqp.Message
+	fixed     bool // sent through a link with a fixed target
 	exchange  string
 	mandatory bool
 	done      func(error)
@@ -34,12 +54,16 @@ type wait struct {
 
 // publisher returns the live sending link, attaching one if needed.
 func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
+	if c.closed.Load() {
+		return nil, errClosed
+	}
+	// A link of a lost connection fails the next send, which replaces it.
+	if p := c.pub.Load(); p != nil && !p.isDead() {
+		return p, nil
+	}
 	_, gen, err := c.current(ctx)
 	if err != nil {
 		return nil, err
-	}
-	if p := c.pub.Load(); p != nil && p.gen == gen && !p.isDead() {
-		return p, nil
 	}
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
@@ -58,11 +82,11 @@ func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 		closeQuietly(s)
 		return nil, err
 	}
-	p := &publisher{gen: gen, session: s, sender: snd, waits: make(chan wait, 4096), dead: make(chan struct{})}
+	p := &publisher{gen: gen, session: s, sender: snd, waits: make(chan wait, 4096), dead: make(chan struct{}), tried: make(map[string]bool)}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		p.answer(c.done)
+		p.answer(c)
 	}()
 	if old := c.pub.Swap(p); old != nil {
 		old.kill()
@@ -81,6 +105,8 @@ func (p *publisher) isDead() bool {
 
 // kill marks the link failed and closes its session.
 func (p *publisher) kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	select {
 	case <-p.dead:
 	default:
@@ -89,25 +115,162 @@ func (p *publisher) kill() {
 	}
 }
 
-// answer turns outcomes into the publishes' results, in order, until the Conn closes.
-func (p *publisher) answer(done <-chan struct{}) {
+// answer turns outcomes into the publishes' results, in order, until the publisher
+// link fails or the Conn closes.
+func (p *publisher) answer(c *Conn) {
 	for {
 		var w wait
 		select {
-		case w = <-p.waits:
-		case <-done:
-			for { // what is left fails: the connection is closing
-				select {
-				case w := <-p.waits:
-					w.done(errClosed)
-				default:
-					return
+		case w = <-p.waits: // the common case, without the cost of a select on three channels
+		default:
+			select {
+			case w = <-p.waits:
+			case <-p.dead:
+				// Nothing is queued after the link failed: answer what is left (the
+				// receipts end with the link) and stop.
+				for {
+					select {
+					case w := <-p.waits:
+						state, err := w.receipt.Wait(context.Background())
+						w.done(p.outcome(c, &w, state, err))
+					default:
+						return
+					}
+				}
+			case <-c.done:
+				for { // what is left fails: the connection is closing
+					select {
+					case w := <-p.waits:
+						w.done(errClosed)
+					default:
+						return
+					}
 				}
 			}
 		}
 		state, err := w.receipt.Wait(context.Background())
-		w.done(outcome(state, err, w.exchange, w.mandatory))
+		w.done(p.outcome(c, &w, state, err))
 	}
+}
+
+// enqueue hands a sent message to the answering goroutine. If the link failed since, it
+// answers in a goroutine of its own: the receipt ends with the link.
+func (p *publisher) enqueue(c *Conn, w wait) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if !p.isDead() {
+		select {
+		case p.waits <- w: // the common case, without the cost of a select on two channels
+			return
+		default:
+		}
+		select {
+		case p.waits <- w:
+			return
+		case <-c.done:
+			w.done(errClosed)
+			return
+		}
+	}
+	go func() {
+		state, err := w.receipt.Wait(context.Background())
+		w.done(p.outcome(c, &w, state, err))
+	}()
+}
+
+// outcome turns the delivery state of a sent message into the result of its publish,
+// and learns from it.
+func (p *publisher) outcome(c *Conn, w *wait, state amqp.DeliveryState, err error) error {
+	if _, ok := state.(*amqp.StateReleased); ok && w.fixed {
+		// A link with a fixed target cannot tell a deleted exchange from one that
+		// routes nowhere: ask again through the null target, which can. The message
+		// went to no queue, so sending it again duplicates nothing.
+		state, err = p.resend(w.msg)
+	}
+	if _, ok := state.(*amqp.StateAccepted); ok && !w.fixed && err == nil {
+		p.learn(c, *w.msg.Properties.To)
+	}
+	return outcome(state, err, w.exchange, w.mandatory)
+}
+
+// resend sends msg again through the null-target link and waits for its outcome. If the
+// broker rejects it, the link with its address as target is dropped.
+func (p *publisher) resend(msg *amqp.Message) (amqp.DeliveryState, error) {
+	r, err := p.sender.SendWithReceipt(context.Background(), msg, nil)
+	if err != nil {
+		return nil, err
+	}
+	state, err := r.Wait(context.Background())
+	if _, ok := state.(*amqp.StateRejected); ok {
+		p.linkMu.Lock()
+		var links map[string]*amqp.Sender
+		if m := p.links.Load(); m != nil {
+			links = *m
+		}
+		l := links[*msg.Properties.To]
+		fewer := make(map[string]*amqp.Sender, len(links))
+		for a, s := range links {
+			if s != l {
+				fewer[a] = s
+			}
+		}
+		p.links.Store(&fewer)
+		p.linkMu.Unlock()
+		if l != nil {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), attachTimeout)
+				defer cancel()
+				l.Close(ctx)
+			}()
+		}
+	}
+	return state, err
+}
+
+// learn attaches, in the background, a link with address as its target, unless there
+// is one or maxLinks were tried. The broker accepted a message for address a moment ago,
+// so the attach is expected to succeed; if it fails, the session ended with it and the
+// publishes in flight fail as unavailable, for carrot's Publisher to retry.
+func (p *publisher) learn(c *Conn, address string) {
+	p.linkMu.Lock()
+	defer p.linkMu.Unlock()
+	if p.tried[address] || len(p.tried) >= maxLinks {
+		return
+	}
+	p.tried[address] = true
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), attachTimeout)
+		defer cancel()
+		snd, err := p.session.NewSender(ctx, address, &amqp.SenderOptions{
+			SettlementMode:              amqp.SenderSettleModeUnsettled.Ptr(),
+			RequestedReceiverSettleMode: amqp.ReceiverSettleModeFirst.Ptr(),
+		})
+		if err != nil {
+			p.kill()
+			return
+		}
+		p.linkMu.Lock()
+		defer p.linkMu.Unlock()
+		links := map[string]*amqp.Sender{address: snd}
+		if old := p.links.Load(); old != nil {
+			for a, s := range *old {
+				links[a] = s
+			}
+		}
+		p.links.Store(&links)
+	}()
+}
+
+// link returns the link to send a message for address through.
+func (p *publisher) link(address string) (*amqp.Sender, bool) {
+	if links := p.links.Load(); links != nil {
+		if s, ok := (*links)[address]; ok {
+			return s, true
+		}
+	}
+	return p.sender, false
 }
 
 // outcome turns a delivery state into the result of a publish.
@@ -138,54 +301,59 @@ func outcome(state amqp.DeliveryState, err error, exchange string, mandatory boo
 	return backend.Errorf(backend.Unknown, "carrot/amqp10: unexpected outcome %T", state)
 }
 
-// Publish publishes and waits for the broker's outcome.
+// Publish publishes and waits for the broker's outcome, in the caller's goroutine.
 func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
-	result := make(chan error, 1)
-	c.PublishAsync(ctx, p, func(err error) { result <- err })
-	select {
-	case err := <-result:
+	w := wait{msg: message(p), exchange: p.Exchange, mandatory: p.Mandatory}
+	pub, err := c.send(ctx, &w)
+	if err != nil || !p.Confirm {
 		return err
-	case <-ctx.Done():
-		return ctx.Err()
 	}
+	state, err := w.receipt.Wait(ctx)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err() // the message may or may not have been taken
+	}
+	return pub.outcome(c, &w, state, err)
 }
 
 // PublishAsync sends the message in the caller's goroutine, waiting for a connection if
 // there is none, and answers through done when the broker settles it. A message the
 // broker releases is unroutable; one it rejects for a missing exchange is not found.
 func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done func(error)) {
-	msg := message(p)
+	w := wait{msg: message(p), exchange: p.Exchange, mandatory: p.Mandatory, done: done}
+	pub, err := c.send(ctx, &w)
+	if err != nil || !p.Confirm {
+		done(err)
+		return
+	}
+	pub.enqueue(c, w)
+}
+
+// send sends w's message through the link for its address, attaching the publisher
+// link first if needed, and sets w's receipt. A link that ended before the message went
+// out is replaced and the message sent on the new one.
+func (c *Conn) send(ctx context.Context, w *wait) (*publisher, error) {
 	for {
 		pub, err := c.publisher(ctx)
 		if err != nil {
-			done(err)
-			return
+			return nil, err
 		}
-		receipt, err := pub.sender.SendWithReceipt(ctx, msg, nil)
-		if err != nil {
-			if ctx.Err() != nil {
-				done(ctx.Err())
-				return
+		var sender *amqp.Sender
+		sender, w.fixed = pub.link(*w.msg.Properties.To)
+		w.receipt, err = sender.SendWithReceipt(ctx, w.msg, nil)
+		if err == nil {
+			return pub, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if linkGone(err) {
+			pub.kill()
+			if c.closed.Load() {
+				return nil, errClosed
 			}
-			if linkGone(err) {
-				pub.kill()
-				if !c.closed.Load() {
-					continue // nothing was sent: send on the next link
-				}
-			}
-			done(err)
-			return
+			continue // nothing was sent: send on the next link
 		}
-		if !p.Confirm {
-			done(nil)
-			return
-		}
-		select {
-		case pub.waits <- wait{receipt: receipt, exchange: p.Exchange, mandatory: p.Mandatory, done: done}:
-		case <-c.done:
-			done(errClosed)
-		}
-		return
+		return nil, err
 	}
 }
 
@@ -210,22 +378,30 @@ func address(exchange, key string) string {
 
 // addresses remembers the addresses computed so far, up to maxAddresses, so that
 // publishing to the same place again costs no escaping.
-var (
-	addresses    sync.Map // exchange \x00 key → address
-	addressCount atomic.Int32
-)
+var addresses struct {
+	sync.RWMutex
+	m map[[2]string]string // exchange and key → address
+}
 
 const maxAddresses = 4096
 
 func cachedAddress(exchange, key string) string {
-	k := exchange + "\x00" + key
-	if a, ok := addresses.Load(k); ok {
-		return a.(string)
+	k := [2]string{exchange, key}
+	addresses.RLock()
+	a, ok := addresses.m[k]
+	addresses.RUnlock()
+	if ok {
+		return a
 	}
-	a := address(exchange, key)
-	if addressCount.Add(1) <= maxAddresses {
-		addresses.Store(k, a)
+	a = address(exchange, key)
+	addresses.Lock()
+	if addresses.m == nil {
+		addresses.m = make(map[[2]string]string)
 	}
+	if len(addresses.m) < maxAddresses {
+		addresses.m[k] = a
+	}
+	addresses.Unlock()
 	return a
 }
 

@@ -23,21 +23,27 @@ type Contestant struct {
 	Run  Side
 }
 
-// Rounds is how many times each contestant runs, alternately, so that a change of pace
-// of the broker meanwhile falls on all of them.
-const Rounds = 6
+// Each contestant runs in rounds of RoundSize messages (fewer for a short run, at least
+// MinRounds rounds), alternately, so that a change of pace of the broker (a disk flush,
+// a garbage collection) falls on all of them alike. Brokers on a small machine change
+// pace often: short rounds make the ratios steadier.
+const (
+	RoundSize = 2000
+	MinRounds = 6
+)
 
-// SideBySide runs each contestant on b.N messages in all, over Rounds alternating rounds,
+// SideBySide runs each contestant on b.N messages in all, over alternating rounds,
 // with prepare (untimed) before each run, and reports each one's rate, allocations and
 // CPU time per message, and for each pair {carrot, raw} of contestant names, the rate of
 // the first as a share of the second's ("carrot/raw").
 func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contestant, pairs ...[2]string) {
-	per := max(b.N/Rounds, 1)
+	rounds := max(b.N/RoundSize, MinRounds)
+	per := max(b.N/rounds, 1)
 	elapsed := make([]time.Duration, len(sides))
 	cpu := make([]time.Duration, len(sides))
 	allocs := make([]uint64, len(sides))
 	b.ResetTimer()
-	for range Rounds {
+	for range rounds {
 		for i, s := range sides {
 			prepare(b, per)
 			runtime.GC()
@@ -53,7 +59,7 @@ func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contest
 		}
 	}
 	b.StopTimer()
-	total := float64(per * Rounds)
+	total := float64(per * rounds)
 	rates := make(map[string]float64)
 	for i, s := range sides {
 		rates[s.Name] = total / elapsed[i].Seconds()
