@@ -23,7 +23,7 @@ import (
 // per send in flight (raw-goroutines, carrot); a receiver with credit 256 accepting each
 // message. Run them with a fixed count of messages:
 //
-//	CARROT_TEST_AMQP10_URL=amqp10://guest:guest@127.0.0.1:5673/ go test -run '^$' -bench . -benchtime 30000x ./backends/amqp10/
+//	CARROT_TEST_AMQP10_URL=amqp10://guest:guest@127.0.0.1:5673/ go test -run '^$' -bench . -benchtime 60000x ./backends/amqp10/
 
 const inFlight = 256
 

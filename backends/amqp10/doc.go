@@ -80,7 +80,9 @@
 // Interoperability with AMQP 0-9-1 on the same broker: a message published by the amqp091
 // backend arrives with its body, content type, properties and headers (those without an
 // "x-" prefix; RabbitMQ turns "x-" headers into message annotations, reachable through
-// As), and the other way round.
+// As), and the other way round. RabbitMQ 4.0 closes the AMQP 1.0 connection that is to
+// receive a message whose AMQP 0-9-1 headers hold a decimal value (seen with 4.0.5);
+// carrot never publishes one, but other AMQP 0-9-1 clients can.
 //
 // RabbitMQ 3.x's AMQP 1.0 plugin cannot declare topology over AMQP 1.0 and ends the
 // session on the modified outcome: this backend does not support it; use RabbitMQ 4.

@@ -44,12 +44,11 @@ const maxLinks = 64
 
 // wait is a sent message waiting for its outcome.
 type wait struct {
-	receipt   amqp.SendReceipt
-	msg       *amqp.Message
-	fixed     bool // sent through a link with a fixed target
-	exchange  string
-	mandatory bool
-	done      func(error)
+	receipt amqp.SendReceipt
+	p       *backend.Publishing // valid until done is called
+	to      string              // the message's address
+	fixed   bool                // sent through a link with a fixed target
+	done    func(error)
 }
 
 // publisher returns the live sending link, attaching one if needed.
@@ -131,8 +130,7 @@ func (p *publisher) answer(c *Conn) {
 				for {
 					select {
 					case w := <-p.waits:
-						state, err := w.receipt.Wait(context.Background())
-						w.done(p.outcome(c, &w, state, err))
+						p.answerOne(c, w)
 					default:
 						return
 					}
@@ -148,8 +146,7 @@ func (p *publisher) answer(c *Conn) {
 				}
 			}
 		}
-		state, err := w.receipt.Wait(context.Background())
-		w.done(p.outcome(c, &w, state, err))
+		p.answerOne(c, w)
 	}
 }
 
@@ -172,10 +169,13 @@ func (p *publisher) enqueue(c *Conn, w wait) {
 			return
 		}
 	}
-	go func() {
-		state, err := w.receipt.Wait(context.Background())
-		w.done(p.outcome(c, &w, state, err))
-	}()
+	go p.answerOne(c, w)
+}
+
+// answerOne waits for the outcome of one sent message and answers it.
+func (p *publisher) answerOne(c *Conn, w wait) {
+	state, err := w.receipt.Wait(context.Background())
+	w.done(p.outcome(c, &w, state, err))
 }
 
 // outcome turns the delivery state of a sent message into the result of its publish,
@@ -185,18 +185,20 @@ func (p *publisher) outcome(c *Conn, w *wait, state amqp.DeliveryState, err erro
 		// A link with a fixed target cannot tell a deleted exchange from one that
 		// routes nowhere: ask again through the null target, which can. The message
 		// went to no queue, so sending it again duplicates nothing.
-		state, err = p.resend(w.msg)
+		state, err = p.resend(w)
 	}
 	if _, ok := state.(*amqp.StateAccepted); ok && !w.fixed && err == nil {
-		p.learn(c, *w.msg.Properties.To)
+		p.learn(c, w.to)
 	}
-	return outcome(state, err, w.exchange, w.mandatory)
+	return outcome(state, err, w.p.Exchange, w.p.Mandatory)
 }
 
-// resend sends msg again through the null-target link and waits for its outcome. If the
-// broker rejects it, the link with its address as target is dropped.
-func (p *publisher) resend(msg *amqp.Message) (amqp.DeliveryState, error) {
-	r, err := p.sender.SendWithReceipt(context.Background(), msg, nil)
+// resend sends w's message again through the null-target link and waits for its
+// outcome. If the broker rejects it, the link with its address as target is dropped.
+func (p *publisher) resend(w *wait) (amqp.DeliveryState, error) {
+	x := newOutgoing(w.p, w.to)
+	r, err := p.sender.SendWithReceipt(context.Background(), &x.m, nil)
+	x.release()
 	if err != nil {
 		return nil, err
 	}
@@ -207,7 +209,7 @@ func (p *publisher) resend(msg *amqp.Message) (amqp.DeliveryState, error) {
 		if m := p.links.Load(); m != nil {
 			links = *m
 		}
-		l := links[*msg.Properties.To]
+		l := links[w.to]
 		fewer := make(map[string]*amqp.Sender, len(links))
 		for a, s := range links {
 			if s != l {
@@ -303,7 +305,7 @@ func outcome(state amqp.DeliveryState, err error, exchange string, mandatory boo
 
 // Publish publishes and waits for the broker's outcome, in the caller's goroutine.
 func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
-	w := wait{msg: message(p), exchange: p.Exchange, mandatory: p.Mandatory}
+	w := wait{p: p, to: cachedAddress(p.Exchange, p.RoutingKey)}
 	pub, err := c.send(ctx, &w)
 	if err != nil || !p.Confirm {
 		return err
@@ -319,7 +321,7 @@ func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 // there is none, and answers through done when the broker settles it. A message the
 // broker releases is unroutable; one it rejects for a missing exchange is not found.
 func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done func(error)) {
-	w := wait{msg: message(p), exchange: p.Exchange, mandatory: p.Mandatory, done: done}
+	w := wait{p: p, to: cachedAddress(p.Exchange, p.RoutingKey), done: done}
 	pub, err := c.send(ctx, &w)
 	if err != nil || !p.Confirm {
 		done(err)
@@ -338,8 +340,15 @@ func (c *Conn) send(ctx context.Context, w *wait) (*publisher, error) {
 			return nil, err
 		}
 		var sender *amqp.Sender
-		sender, w.fixed = pub.link(*w.msg.Properties.To)
-		w.receipt, err = sender.SendWithReceipt(ctx, w.msg, nil)
+		sender, fixed := pub.link(w.to)
+		to := w.to
+		if fixed {
+			to = "" // the link's target says it
+		}
+		x := newOutgoing(w.p, to)
+		w.receipt, err = sender.SendWithReceipt(ctx, &x.m, nil)
+		x.release() // go-amqp has encoded it
+		w.fixed = fixed
 		if err == nil {
 			return pub, nil
 		}
@@ -405,27 +414,34 @@ func cachedAddress(exchange, key string) string {
 	return a
 }
 
-// message converts a publishing for go-amqp: header durable, priority and ttl; properties
-// message-id, correlation-id, reply-to, content-type, content-encoding, creation-time and
-// to; headers as application-properties; the body as one data section.
-func message(p *backend.Publishing) *amqp.Message {
-	x := &struct { // one allocation for the message and its parts
-		m    amqp.Message
-		h    amqp.MessageHeader
-		pr   amqp.MessageProperties
-		to   string
-		data [1][]byte
-	}{}
-	x.to = cachedAddress(p.Exchange, p.RoutingKey)
+// outgoing is a message for go-amqp with its parts, in one allocation, reused once sent.
+type outgoing struct {
+	m    amqp.Message
+	h    amqp.MessageHeader
+	pr   amqp.MessageProperties
+	to   string
+	data [1][]byte
+}
+
+var outgoings = sync.Pool{New: func() any { return new(outgoing) }}
+
+// newOutgoing converts a publishing for go-amqp: header durable, priority and ttl;
+// properties message-id, correlation-id, reply-to, content-type, content-encoding,
+// creation-time and to (the address, unless empty: a link whose target is the address
+// needs none); headers as application-properties; the body as one data section.
+func newOutgoing(p *backend.Publishing, to string) *outgoing {
+	x := outgoings.Get().(*outgoing)
 	x.h = amqp.MessageHeader{Durable: p.Persistent, Priority: p.Priority, TTL: p.Expiration}
-	x.pr.To = &x.to
 	x.data[0] = p.Body
 	if x.data[0] == nil {
 		x.data[0] = []byte{}
 	}
 	x.m = amqp.Message{Header: &x.h, Properties: &x.pr, Data: x.data[:]}
-	m := &x.m
-	pr := m.Properties
+	pr := &x.pr
+	if to != "" {
+		x.to = to
+		pr.To = &x.to
+	}
 	if p.MessageID != "" {
 		pr.MessageID = p.MessageID
 	}
@@ -445,7 +461,13 @@ func message(p *backend.Publishing) *amqp.Message {
 		pr.CreationTime = &p.Timestamp
 	}
 	if len(p.Headers) > 0 {
-		m.ApplicationProperties = p.Headers
+		x.m.ApplicationProperties = p.Headers
 	}
-	return m
+	return x
+}
+
+// release returns x to the pool, holding nothing of its message.
+func (x *outgoing) release() {
+	*x = outgoing{}
+	outgoings.Put(x)
 }
