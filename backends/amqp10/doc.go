@@ -84,8 +84,9 @@
 // receive a message whose AMQP 0-9-1 headers hold a decimal value (seen with 4.0.5);
 // carrot never publishes one, but other AMQP 0-9-1 clients can.
 //
-// RabbitMQ 3.x's AMQP 1.0 plugin cannot declare topology over AMQP 1.0 and ends the
-// session on the modified outcome: this backend does not support it; use RabbitMQ 4.
+// RabbitMQ 3.x's AMQP 1.0 plugin has its own addresses (/exchange/X/KEY to send,
+// /amq/queue/Q to receive), cannot declare topology over AMQP 1.0 and ends the session on
+// the modified outcome: this backend does not support it; use RabbitMQ 4.
 // Other AMQP 1.0 brokers (ActiveMQ Artemis, Azure Service Bus) address and declare things
 // their own way and are not supported yet.
 //
