@@ -202,7 +202,7 @@ func (c *Conn) Close() error {
 	for _, ch := range children {
 		ch.Close()
 	}
-	return c.wrap("close", c.b.Close())
+	return c.wrap(context.Background(), "close", c.b.Close())
 }
 
 // isClosed reports whether Close was called.
@@ -226,11 +226,15 @@ func (c *Conn) release(ch closer) {
 	c.mu.Unlock()
 }
 
-// wrap turns a backend error into a carrot error: context errors unwrapped, errors after
-// Close as ErrClosed, the rest as an *Error with its category.
-func (c *Conn) wrap(op string, err error) error {
+// wrap turns a backend error from an operation under ctx into a carrot error: ctx's own
+// error once ctx has ended (whatever the backend's client made of it), context errors
+// unwrapped, errors after Close as ErrClosed, the rest as an *Error with its category.
+func (c *Conn) wrap(ctx context.Context, op string, err error) error {
 	if err == nil {
 		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
 	}
 	if cerr := contextError(err); cerr != nil {
 		return cerr
@@ -256,7 +260,7 @@ func (c *Conn) DeclareExchange(ctx context.Context, x Exchange) error {
 	if c.isClosed() {
 		return ErrClosed
 	}
-	return c.wrap(op, c.b.DeclareExchange(ctx, bx))
+	return c.wrap(ctx, op, c.b.DeclareExchange(ctx, bx))
 }
 
 // DeleteExchange removes an exchange and its bindings. Deleting one that does not exist is
@@ -269,7 +273,7 @@ func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
 	if c.isClosed() {
 		return ErrClosed
 	}
-	return c.wrap(op, c.b.DeleteExchange(ctx, name))
+	return c.wrap(ctx, op, c.b.DeleteExchange(ctx, name))
 }
 
 // DeclareQueue declares a queue as a Consumer does: its exchange first, if q.Exchange has a
@@ -292,7 +296,7 @@ func (c *Conn) DeclareQueue(ctx context.Context, q Queue) (string, error) {
 			return "", err
 		}
 	}
-	if err := c.wrap(op, c.b.DeclareQueue(ctx, bq)); err != nil {
+	if err := c.wrap(ctx, op, c.b.DeclareQueue(ctx, bq)); err != nil {
 		return "", err
 	}
 	for _, b := range bindings {
@@ -313,7 +317,7 @@ func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 	if c.isClosed() {
 		return ErrClosed
 	}
-	return c.wrap(op, c.b.DeleteQueue(ctx, name))
+	return c.wrap(ctx, op, c.b.DeleteQueue(ctx, name))
 }
 
 // Bind routes the messages published to b.Exchange whose routing key matches b.Key to
@@ -326,7 +330,7 @@ func (c *Conn) Bind(ctx context.Context, b Binding) error {
 	if c.isClosed() {
 		return ErrClosed
 	}
-	return c.wrap(op, c.b.Bind(ctx, backend.Binding(b)))
+	return c.wrap(ctx, op, c.b.Bind(ctx, backend.Binding(b)))
 }
 
 // Unbind removes a binding. Removing one that does not exist is not an error.
@@ -338,7 +342,7 @@ func (c *Conn) Unbind(ctx context.Context, b Binding) error {
 	if c.isClosed() {
 		return ErrClosed
 	}
-	return c.wrap(op, c.b.Unbind(ctx, backend.Binding(b)))
+	return c.wrap(ctx, op, c.b.Unbind(ctx, backend.Binding(b)))
 }
 
 // Purge removes the messages waiting in a queue (not those delivered and not yet settled)
@@ -352,5 +356,5 @@ func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
 		return 0, ErrClosed
 	}
 	n, err := c.b.Purge(ctx, queue)
-	return n, c.wrap(op, err)
+	return n, c.wrap(ctx, op, err)
 }

@@ -322,3 +322,68 @@ func TestPublishRetriesUnavailable(t *testing.T) {
 		t.Errorf("Send while the broker stays away = %v, want context.DeadlineExceeded", err)
 	}
 }
+
+// stalledConn waits for the context of each call, then fails with an error of its own
+// that does not wrap the context's, as some clients do (go-amqp says "credit limit
+// exceeded" for a send cut short).
+type stalledConn struct{ backend.Conn }
+
+func (stalledConn) stall(ctx context.Context) error {
+	<-ctx.Done()
+	return backend.Errorf(backend.Unavailable, "client: gave up")
+}
+
+func (s stalledConn) Consume(ctx context.Context, o backend.ConsumeOptions) (backend.Subscription, error) {
+	return nil, s.stall(ctx)
+}
+
+func (s stalledConn) Get(ctx context.Context, queue string, autoAck bool) (*backend.Delivery, error) {
+	return nil, s.stall(ctx)
+}
+
+func (s stalledConn) Publish(ctx context.Context, p *backend.Publishing) error { return s.stall(ctx) }
+
+func (s stalledConn) Purge(ctx context.Context, queue string) (int, error) { return 0, s.stall(ctx) }
+
+// TestContextEndsCall checks that a call whose context ends returns the context's error,
+// whatever error the backend gives then.
+func TestContextEndsCall(t *testing.T) {
+	ctx := t.Context()
+	conn := carrot.NewConn(stalledConn{memory.New(&memory.Options{})})
+	defer conn.Close()
+	q := carrot.Queue{Name: "q"}
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{q}, Handler: carrot.HandlerFunc(func(context.Context, *carrot.Message) error { return nil })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	canceled := func() context.Context {
+		ctx, cancel := context.WithCancel(ctx)
+		time.AfterFunc(20*time.Millisecond, cancel)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	if err := c.Run(canceled()); err != context.Canceled {
+		t.Errorf("Run = %v, want context.Canceled", err)
+	}
+	if _, err := c.Fetch(short()); err != context.DeadlineExceeded {
+		t.Errorf("Fetch = %v, want context.DeadlineExceeded", err)
+	}
+	if err := p.Send(short(), "x"); err != context.DeadlineExceeded {
+		t.Errorf("Send = %v, want context.DeadlineExceeded", err)
+	}
+	if err := p.PublishAsync(canceled(), &carrot.Message{}).Err(); err != context.Canceled {
+		t.Errorf("PublishAsync = %v, want context.Canceled", err)
+	}
+	if _, err := conn.Purge(short(), "q"); err != context.DeadlineExceeded {
+		t.Errorf("Purge = %v, want context.DeadlineExceeded", err)
+	}
+}

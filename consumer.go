@@ -209,7 +209,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			if r.stopped.Load() {
 				return ErrClosed
 			}
-			return c.conn.wrap(fmt.Sprintf("consume queue %q", q), err)
+			return c.conn.wrap(ctx, fmt.Sprintf("consume queue %q", q), err)
 		}
 		subs = append(subs, sub)
 	}
@@ -231,7 +231,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				d, err := sub.Receive(recvCtx)
 				if err != nil {
 					if recvCtx.Err() == nil {
-						failOnce.Do(func() { failure = c.conn.wrap(fmt.Sprintf("consume queue %q", queue), err) })
+						failOnce.Do(func() { failure = c.conn.wrap(recvCtx, fmt.Sprintf("consume queue %q", queue), err) })
 						stopReceiving()
 					}
 					return
@@ -326,7 +326,7 @@ func (c *Consumer) Fetch(ctx context.Context) (*Message, error) {
 	for _, q := range c.queues {
 		d, err := c.conn.b.Get(ctx, q, c.opts.NoAck)
 		if err != nil {
-			return nil, c.conn.wrap(fmt.Sprintf("fetch from queue %q", q), err)
+			return nil, c.conn.wrap(ctx, fmt.Sprintf("fetch from queue %q", q), err)
 		}
 		if d == nil {
 			continue

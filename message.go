@@ -125,7 +125,7 @@ func (m *Message) settle(ctx context.Context, o backend.Outcome) error {
 	if m.d.onSettle != nil {
 		m.d.onSettle(m)
 	}
-	return m.d.conn.wrap(op, m.d.settler.Settle(ctx, o))
+	return m.d.conn.wrap(ctx, op, m.d.settler.Settle(ctx, o))
 }
 
 // isSettled reports whether the message was settled by its handler or the broker.

@@ -126,7 +126,7 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 		return err
 	}
 	for attempt := 0; ; attempt++ {
-		err := p.conn.wrap(p.op, p.conn.b.Publish(ctx, pub))
+		err := p.conn.wrap(ctx, p.op, p.conn.b.Publish(ctx, pub))
 		if !p.retry(ctx, err) {
 			return err
 		}
@@ -183,7 +183,7 @@ func (a *asyncPublish) start() {
 // connection failed under this one.
 func (a *asyncPublish) attemptDone(err error) {
 	p := a.p
-	err = p.conn.wrap(p.op, err)
+	err = p.conn.wrap(a.ctx, p.op, err)
 	if !p.retry(a.ctx, err) {
 		a.c.finish(err)
 		return

@@ -59,10 +59,7 @@ func (s *subscription) attach(ctx context.Context) error {
 		})
 		if err != nil {
 			closeQuietly(sess)
-			if ctx.Err() != nil {
-				return ctx.Err() // go-amqp may say otherwise
-			}
-			if s.c.ErrorCode(err) == backend.Unavailable && !s.c.closed.Load() {
+			if s.c.ErrorCode(err) == backend.Unavailable && ctx.Err() == nil && !s.c.closed.Load() {
 				continue
 			}
 			return err
@@ -326,10 +323,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 		if err != nil {
 			closeQuietly(g.session)
 			delete(c.getters, queue)
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			if c.ErrorCode(err) != backend.Unavailable || c.closed.Load() {
+			if ctx.Err() != nil || c.ErrorCode(err) != backend.Unavailable || c.closed.Load() {
 				return nil, err
 			}
 			continue

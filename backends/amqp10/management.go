@@ -95,10 +95,7 @@ func (c *Conn) request(ctx context.Context, method, path string, body any) (resp
 	defer c.mgmtMu.Unlock()
 	for attempt := 0; ; attempt++ {
 		resp, err := c.requestOnce(ctx, method, path, body)
-		if err != nil && ctx.Err() != nil {
-			return response{}, ctx.Err() // go-amqp may say otherwise
-		}
-		if err == nil || c.closed.Load() {
+		if err == nil || ctx.Err() != nil || c.closed.Load() {
 			return resp, err
 		}
 		// go-amqp gives a new receiver its credit from a goroutine of its own, which
@@ -128,13 +125,12 @@ func (c *Conn) requestOnce(ctx context.Context, method, path string, body any) (
 		return response{}, err
 	}
 	fail := func(err error) (response, error) {
-		if ctx.Err() != nil {
-			// The pair is sound: the answer to this request, if it comes, is skipped
-			// by the next.
-			return response{}, ctx.Err()
+		// A request cut short by ctx leaves the pair sound: the answer, if it comes, is
+		// skipped by the next request.
+		if ctx.Err() == nil {
+			closeQuietly(m.session)
+			c.mgmt = nil
 		}
-		closeQuietly(m.session)
-		c.mgmt = nil
 		return response{}, err
 	}
 	id := c.msgID.Add(1)
