@@ -67,7 +67,6 @@ func Open(ctx context.Context, opts *Options) (*Conn, error) {
 	o := opts.withDefaults()
 	url, cfg := o.config()
 	c := &Conn{opts: o, url: url, cfg: cfg, log: o.Logger, up: make(chan struct{}), done: make(chan struct{})}
-	c.topo.init()
 	conn, notes, err := c.dial(ctx)
 	if err != nil {
 		return nil, err

@@ -167,11 +167,8 @@ func (s *subscription) Close() error {
 		err = nil
 	}
 	if s.opts.Queue != "" {
-		s.c.topo.mu.Lock()
-		q, ok := s.c.topo.queues[s.opts.Queue]
-		s.c.topo.mu.Unlock()
-		if ok && q.AutoDelete {
-			s.c.topo.forgetQueue(s.opts.Queue) // RabbitMQ deletes it with its last consumer
+		if q, ok := s.c.topo.Queue(s.opts.Queue); ok && q.AutoDelete {
+			s.c.topo.DeleteQueue(s.opts.Queue) // RabbitMQ deletes it with its last consumer
 		}
 	}
 	return err

@@ -13,27 +13,21 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/declared"
 )
 
 // topology records what the Conn declared, to declare it again on a new connection, and
 // the exchanges known to exist, so that a publish to a missing exchange is caught before
 // RabbitMQ closes the publishing channel over it.
 type topology struct {
-	mu        sync.Mutex
-	exchanges map[string]backend.Exchange
-	queues    map[string]backend.Queue
-	bindings  map[backend.Binding]struct{}
-	known     sync.Map // exchanges that exist, by name; read on every publish
-}
-
-func (t *topology) init() {
-	t.exchanges = make(map[string]backend.Exchange)
-	t.queues = make(map[string]backend.Queue)
-	t.bindings = make(map[backend.Binding]struct{})
-	t.known.Store("", true)
+	declared.Topology
+	known sync.Map // exchanges that exist, by name, beside the default one; read on every publish
 }
 
 func (t *topology) exchangeKnown(name string) bool {
+	if name == "" {
+		return true
+	}
 	_, ok := t.known.Load(name)
 	return ok
 }
@@ -41,7 +35,7 @@ func (t *topology) exchangeKnown(name string) bool {
 func (t *topology) setKnown(name string, exists bool) {
 	if exists {
 		t.known.Store(name, true)
-	} else if name != "" {
+	} else {
 		t.known.Delete(name)
 	}
 }
@@ -50,14 +44,7 @@ func (t *topology) setKnown(name string, exists bool) {
 // then bindings. An entity the broker refuses (another client declared it differently
 // meanwhile) is logged and skipped; a connection failure is returned.
 func (t *topology) redeclare(conn *amqp.Connection, log *slog.Logger) error {
-	t.mu.Lock()
-	exchanges := slicesOf(t.exchanges)
-	queues := slicesOf(t.queues)
-	bindings := make([]backend.Binding, 0, len(t.bindings))
-	for b := range t.bindings {
-		bindings = append(bindings, b)
-	}
-	t.mu.Unlock()
+	exchanges, queues, bindings := t.Snapshot()
 
 	var ch *amqp.Channel
 	defer func() {
@@ -97,14 +84,6 @@ func (t *topology) redeclare(conn *amqp.Connection, log *slog.Logger) error {
 		}
 	}
 	return nil
-}
-
-func slicesOf[V any](m map[string]V) []V {
-	s := make([]V, 0, len(m))
-	for _, v := range m {
-		s = append(s, v)
-	}
-	return s
 }
 
 func declareExchange(ch *amqp.Channel, x backend.Exchange) error {
@@ -168,11 +147,7 @@ func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
 		return err
 	}
 	c.topo.setKnown(x.Name, true)
-	c.topo.mu.Lock()
-	defer c.topo.mu.Unlock()
-	if !x.Passive {
-		c.topo.exchanges[x.Name] = x
-	}
+	c.topo.AddExchange(x)
 	return nil
 }
 
@@ -186,14 +161,7 @@ func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
 		return err
 	}
 	c.topo.setKnown(name, false)
-	c.topo.mu.Lock()
-	defer c.topo.mu.Unlock()
-	delete(c.topo.exchanges, name)
-	for b := range c.topo.bindings {
-		if b.Exchange == name {
-			delete(c.topo.bindings, b)
-		}
-	}
+	c.topo.DeleteExchange(name)
 	return nil
 }
 
@@ -201,11 +169,7 @@ func (c *Conn) DeclareQueue(ctx context.Context, q backend.Queue) error {
 	if err := c.control(ctx, func(ch *amqp.Channel) error { return declareQueue(ch, q) }); err != nil {
 		return err
 	}
-	if !q.Passive {
-		c.topo.mu.Lock()
-		c.topo.queues[q.Name] = q
-		c.topo.mu.Unlock()
-	}
+	c.topo.AddQueue(q)
 	return nil
 }
 
@@ -221,20 +185,8 @@ func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	c.topo.forgetQueue(name)
+	c.topo.DeleteQueue(name)
 	return nil
-}
-
-// forgetQueue stops recording a queue that is gone, with its bindings.
-func (t *topology) forgetQueue(name string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.queues, name)
-	for b := range t.bindings {
-		if b.Queue == name {
-			delete(t.bindings, b)
-		}
-	}
 }
 
 func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
@@ -242,9 +194,7 @@ func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
 	if err := c.control(ctx, func(ch *amqp.Channel) error { return ch.QueueBind(b.Queue, b.Key, b.Exchange, noWait, nil) }); err != nil {
 		return err
 	}
-	c.topo.mu.Lock()
-	c.topo.bindings[b] = struct{}{}
-	c.topo.mu.Unlock()
+	c.topo.AddBinding(b)
 	return nil
 }
 
@@ -256,9 +206,7 @@ func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
 	if err != nil {
 		return err
 	}
-	c.topo.mu.Lock()
-	delete(c.topo.bindings, b)
-	c.topo.mu.Unlock()
+	c.topo.DeleteBinding(b)
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/declared"
 )
 
 func init() {
@@ -48,7 +49,7 @@ type Conn struct {
 	addr string
 	co   *amqp.ConnOptions
 	log  *slog.Logger
-	topo topology
+	topo declared.Topology // what to declare again after reconnecting
 
 	mu     sync.Mutex
 	conn   *amqp.Conn // nil while reconnecting
@@ -78,7 +79,6 @@ func Open(ctx context.Context, opts *Options) (*Conn, error) {
 	o := opts.withDefaults()
 	addr, co := o.connOptions()
 	c := &Conn{opts: o, addr: addr, co: co, log: o.Logger, up: make(chan struct{}), done: make(chan struct{}), getters: make(map[string]*getter)}
-	c.topo.init()
 	conn, err := c.dial(ctx)
 	if err != nil {
 		return nil, err

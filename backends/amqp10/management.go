@@ -7,7 +7,6 @@ import (
 	"maps"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	amqp "github.com/Azure/go-amqp"
@@ -323,9 +322,7 @@ func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
 	if err := c.declareExchange(ctx, x); err != nil {
 		return err
 	}
-	if !x.Passive {
-		c.topo.addExchange(x)
-	}
+	c.topo.AddExchange(x)
 	return nil
 }
 
@@ -338,7 +335,7 @@ func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
 	if err := check("DELETE", path, r, 200, 204); err != nil {
 		return err
 	}
-	c.topo.deleteExchange(name)
+	c.topo.DeleteExchange(name)
 	return nil
 }
 
@@ -346,9 +343,7 @@ func (c *Conn) DeclareQueue(ctx context.Context, q backend.Queue) error {
 	if err := c.declareQueue(ctx, q); err != nil {
 		return err
 	}
-	if !q.Passive {
-		c.topo.addQueue(q)
-	}
+	c.topo.AddQueue(q)
 	return nil
 }
 
@@ -361,7 +356,7 @@ func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 	if err := check("DELETE", path, r, 200); err != nil {
 		return err
 	}
-	c.topo.deleteQueue(name)
+	c.topo.DeleteQueue(name)
 	c.dropGetter(name)
 	return nil
 }
@@ -370,7 +365,7 @@ func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
 	if err := c.bind(ctx, b); err != nil {
 		return err
 	}
-	c.topo.addBinding(b)
+	c.topo.AddBinding(b)
 	return nil
 }
 
@@ -383,7 +378,7 @@ func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
 	if err := check("DELETE", path, r, 204); err != nil && backend.CodeOf(err) != backend.NotFound {
 		return err
 	}
-	c.topo.deleteBinding(b)
+	c.topo.DeleteBinding(b)
 	return nil
 }
 
@@ -421,85 +416,11 @@ func count(body any) int {
 	return 0
 }
 
-// topology records what the Conn declared, to declare it again on a new connection.
-type topology struct {
-	mu        sync.Mutex
-	exchanges map[string]backend.Exchange
-	queues    map[string]backend.Queue
-	bindings  map[backend.Binding]struct{}
-}
-
-func (t *topology) init() {
-	t.exchanges = make(map[string]backend.Exchange)
-	t.queues = make(map[string]backend.Queue)
-	t.bindings = make(map[backend.Binding]struct{})
-}
-
-func (t *topology) addExchange(x backend.Exchange) {
-	t.mu.Lock()
-	t.exchanges[x.Name] = x
-	t.mu.Unlock()
-}
-
-func (t *topology) addQueue(q backend.Queue) {
-	t.mu.Lock()
-	t.queues[q.Name] = q
-	t.mu.Unlock()
-}
-
-func (t *topology) addBinding(b backend.Binding) {
-	t.mu.Lock()
-	t.bindings[b] = struct{}{}
-	t.mu.Unlock()
-}
-
-func (t *topology) deleteBinding(b backend.Binding) {
-	t.mu.Lock()
-	delete(t.bindings, b)
-	t.mu.Unlock()
-}
-
-func (t *topology) deleteExchange(name string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.exchanges, name)
-	for b := range t.bindings {
-		if b.Exchange == name {
-			delete(t.bindings, b)
-		}
-	}
-}
-
-func (t *topology) deleteQueue(name string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.queues, name)
-	for b := range t.bindings {
-		if b.Queue == name {
-			delete(t.bindings, b)
-		}
-	}
-}
-
 // redeclare declares the recorded topology on the current connection: exchanges, queues,
 // then bindings. An entity the broker refuses (another client declared it differently
 // meanwhile) is logged and skipped; a lost connection is returned.
 func (c *Conn) redeclare() error {
-	t := &c.topo
-	t.mu.Lock()
-	exchanges := make([]backend.Exchange, 0, len(t.exchanges))
-	for _, x := range t.exchanges {
-		exchanges = append(exchanges, x)
-	}
-	queues := make([]backend.Queue, 0, len(t.queues))
-	for _, q := range t.queues {
-		queues = append(queues, q)
-	}
-	bindings := make([]backend.Binding, 0, len(t.bindings))
-	for b := range t.bindings {
-		bindings = append(bindings, b)
-	}
-	t.mu.Unlock()
+	exchanges, queues, bindings := c.topo.Snapshot()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	do := func(what string, err error) error {
