@@ -4,10 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"maps"
-	"net"
-	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,7 +11,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/carrot-go/carrot/backend"
-	"github.com/carrot-go/carrot/internal/tlsfiles"
+	"github.com/carrot-go/carrot/internal/amqpurl"
 )
 
 // Defaults of the URL options.
@@ -73,61 +69,17 @@ type Options struct {
 // with the query options listed in the package documentation. Unknown options, options
 // given twice and bad values are errors naming the option.
 func ParseURL(rawURL string) (*Options, error) {
-	u, err := url.Parse(rawURL)
+	u, err := amqpurl.Parse(rawURL, "carrot/amqp091", "amqp", "amqps")
 	if err != nil {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL does not parse")
+		return nil, err
 	}
-	o := &Options{Username: "guest", Password: "guest", Vhost: "/"}
-	port := "5672"
-	switch u.Scheme {
-	case "amqp":
-	case "amqps":
-		port = "5671"
-		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
-	default:
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL scheme is %q, want amqp or amqps", u.Scheme)
-	}
-	if u.Opaque != "" || u.Fragment != "" {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL must be %s://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS", u.Scheme)
-	}
-	host := u.Hostname()
-	if host == "" {
-		host = "localhost"
-	}
-	if p := u.Port(); p != "" {
-		port = p
-	}
-	o.Addr = net.JoinHostPort(host, port)
-	if u.User != nil {
-		o.Username = u.User.Username()
-		o.Password, _ = u.User.Password()
-	}
-	if len(u.Path) > 1 {
-		o.Vhost = u.Path[1:]
-	}
-
-	q := u.Query()
-	seen := func(key string) (string, error) {
-		vals := q[key]
-		if len(vals) != 1 {
-			return "", backend.Errorf(backend.Invalid, "carrot/amqp091: URL option %q is given %d times", key, len(vals))
-		}
-		return vals[0], nil
-	}
-	bad := func(key, v, want string) error {
-		return backend.Errorf(backend.Invalid, "carrot/amqp091: URL option %s=%q: want %s", key, v, want)
-	}
-	var certFile, keyFile, caFile, serverName string
-	for _, key := range slices.Sorted(maps.Keys(q)) {
-		v, err := seen(key)
-		if err != nil {
-			return nil, err
-		}
+	o := &Options{Addr: u.Addr, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
+	err = u.Options("server_name_indication", func(key, v string) error {
 		switch key {
 		case "heartbeat", "connection_timeout", "reconnect_max":
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
-				return nil, bad(key, v, "a positive duration such as 10s")
+				return u.Bad(key, v, "a positive duration such as 10s")
 			}
 			switch key {
 			case "heartbeat":
@@ -140,31 +92,31 @@ func ParseURL(rawURL string) (*Options, error) {
 		case "channel_max":
 			n, err := strconv.ParseUint(v, 10, 16)
 			if err != nil || n == 0 {
-				return nil, bad(key, v, "a number from 1 to 65535")
+				return u.Bad(key, v, "a number from 1 to 65535")
 			}
 			o.ChannelMax = uint16(n)
 		case "frame_size":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 4096 {
-				return nil, bad(key, v, "a number of bytes, at least 4096")
+				return u.Bad(key, v, "a number of bytes, at least 4096")
 			}
 			o.FrameSize = n
 		case "prefetch":
 			n, err := strconv.Atoi(v)
 			if err != nil || n <= 0 || n > 65535 {
-				return nil, bad(key, v, "a number from 1 to 65535")
+				return u.Bad(key, v, "a number from 1 to 65535")
 			}
 			o.Prefetch = n
 		case "confirms":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
-				return nil, bad(key, v, "true or false")
+				return u.Bad(key, v, "true or false")
 			}
 			o.NoConfirms = !b
 		case "max_body_size":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n <= 0 {
-				return nil, bad(key, v, "a positive number of bytes")
+				return u.Bad(key, v, "a positive number of bytes")
 			}
 			o.MaxBodySize = n
 		case "connection_name":
@@ -174,35 +126,18 @@ func ParseURL(rawURL string) (*Options, error) {
 			case "PLAIN", "AMQPLAIN", "EXTERNAL":
 				o.AuthMechanism = m
 			default:
-				return nil, bad(key, v, "plain, amqplain or external")
+				return u.Bad(key, v, "plain, amqplain or external")
 			}
-		case "certfile":
-			certFile = v
-		case "keyfile":
-			keyFile = v
-		case "cacertfile":
-			caFile = v
-		case "server_name_indication":
-			serverName = v
 		default:
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: unknown URL option %q (known: auth_mechanism, cacertfile, certfile, channel_max, confirms, connection_name, connection_timeout, frame_size, heartbeat, keyfile, max_body_size, prefetch, reconnect_max, server_name_indication)", key)
+			return backend.Errorf(backend.Invalid, "carrot/amqp091: unknown URL option %q (known: auth_mechanism, cacertfile, certfile, channel_max, confirms, connection_name, connection_timeout, frame_size, heartbeat, keyfile, max_body_size, prefetch, reconnect_max, server_name_indication)", key)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if o.TLS == nil {
-		if certFile != "" || keyFile != "" || caFile != "" || serverName != "" {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: URL options certfile, keyfile, cacertfile and server_name_indication need the amqps scheme")
-		}
-		if o.AuthMechanism == "EXTERNAL" {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: auth_mechanism=external needs the amqps scheme and a client certificate")
-		}
-		return o, nil
-	}
-	o.TLS.ServerName = host
-	if serverName != "" {
-		o.TLS.ServerName = serverName
-	}
-	if err := tlsfiles.Load(o.TLS, certFile, keyFile, caFile); err != nil {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: %w", err)
+	if o.TLS == nil && o.AuthMechanism == "EXTERNAL" {
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: auth_mechanism=external needs the amqps scheme and a client certificate")
 	}
 	return o, nil
 }
@@ -239,12 +174,7 @@ func (o Options) String() string {
 	if o.TLS != nil {
 		scheme = "amqps"
 	}
-	path := "/" + o.Vhost
-	if o.Vhost == "/" {
-		path = "/"
-	}
-	u := url.URL{Scheme: scheme, User: url.User(o.Username), Host: o.Addr, Path: path}
-	return u.String()
+	return amqpurl.String(scheme, o.Username, o.Addr, o.Vhost)
 }
 
 // config returns the amqp091-go configuration for o, and the URL to dial.

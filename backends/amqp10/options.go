@@ -3,10 +3,6 @@ package amqp10
 import (
 	"crypto/tls"
 	"log/slog"
-	"maps"
-	"net"
-	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,7 +10,7 @@ import (
 	amqp "github.com/Azure/go-amqp"
 
 	"github.com/carrot-go/carrot/backend"
-	"github.com/carrot-go/carrot/internal/tlsfiles"
+	"github.com/carrot-go/carrot/internal/amqpurl"
 )
 
 // Defaults of the URL options.
@@ -64,53 +60,17 @@ type Options struct {
 // with the query options listed in the package documentation. Unknown options, options
 // given twice and bad values are errors naming the option.
 func ParseURL(rawURL string) (*Options, error) {
-	u, err := url.Parse(rawURL)
+	u, err := amqpurl.Parse(rawURL, "carrot/amqp10", "amqp10", "amqp10s")
 	if err != nil {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL does not parse")
+		return nil, err
 	}
-	o := &Options{Username: "guest", Password: "guest", Vhost: "/"}
-	port := "5672"
-	switch u.Scheme {
-	case "amqp10":
-	case "amqp10s":
-		port = "5671"
-		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
-	default:
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL scheme is %q, want amqp10 or amqp10s", u.Scheme)
-	}
-	if u.Opaque != "" || u.Fragment != "" {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL must be %s://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS", u.Scheme)
-	}
-	host := u.Hostname()
-	if host == "" {
-		host = "localhost"
-	}
-	if p := u.Port(); p != "" {
-		port = p
-	}
-	o.Addr = net.JoinHostPort(host, port)
-	if u.User != nil {
-		o.Username = u.User.Username()
-		o.Password, _ = u.User.Password()
-	}
-	if len(u.Path) > 1 {
-		o.Vhost = u.Path[1:]
-	}
-	q := u.Query()
-	bad := func(key, v, want string) error {
-		return backend.Errorf(backend.Invalid, "carrot/amqp10: URL option %s=%q: want %s", key, v, want)
-	}
-	var certFile, keyFile, caFile, serverName string
-	for _, key := range slices.Sorted(maps.Keys(q)) {
-		if len(q[key]) != 1 {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL option %q is given %d times", key, len(q[key]))
-		}
-		v := q[key][0]
+	o := &Options{Addr: u.Addr, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
+	err = u.Options("server_name", func(key, v string) error {
 		switch key {
 		case "idle_timeout", "reconnect_max":
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
-				return nil, bad(key, v, "a positive duration such as 30s")
+				return u.Bad(key, v, "a positive duration such as 30s")
 			}
 			if key == "idle_timeout" {
 				o.IdleTimeout = d
@@ -120,19 +80,19 @@ func ParseURL(rawURL string) (*Options, error) {
 		case "max_frame_size":
 			n, err := strconv.ParseUint(v, 10, 32)
 			if err != nil || n < 512 {
-				return nil, bad(key, v, "a number of bytes, at least 512")
+				return u.Bad(key, v, "a number of bytes, at least 512")
 			}
 			o.MaxFrameSize = uint32(n)
 		case "prefetch":
 			n, err := strconv.Atoi(v)
 			if err != nil || n <= 0 {
-				return nil, bad(key, v, "a positive number")
+				return u.Bad(key, v, "a positive number")
 			}
 			o.Prefetch = n
 		case "max_body_size":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n <= 0 {
-				return nil, bad(key, v, "a positive number of bytes")
+				return u.Bad(key, v, "a positive number of bytes")
 			}
 			o.MaxBodySize = n
 		case "sasl":
@@ -140,37 +100,20 @@ func ParseURL(rawURL string) (*Options, error) {
 			case "plain", "anonymous", "external":
 				o.SASL = m
 			default:
-				return nil, bad(key, v, "plain, anonymous or external")
+				return u.Bad(key, v, "plain, anonymous or external")
 			}
 		case "container_id":
 			o.ContainerID = v
-		case "certfile":
-			certFile = v
-		case "keyfile":
-			keyFile = v
-		case "cacertfile":
-			caFile = v
-		case "server_name":
-			serverName = v
 		default:
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: unknown URL option %q (known: cacertfile, certfile, container_id, idle_timeout, keyfile, max_body_size, max_frame_size, prefetch, reconnect_max, sasl, server_name)", key)
+			return backend.Errorf(backend.Invalid, "carrot/amqp10: unknown URL option %q (known: cacertfile, certfile, container_id, idle_timeout, keyfile, max_body_size, max_frame_size, prefetch, reconnect_max, sasl, server_name)", key)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if o.TLS == nil {
-		if certFile != "" || keyFile != "" || caFile != "" || serverName != "" {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: URL options certfile, keyfile, cacertfile and server_name need the amqp10s scheme")
-		}
-		if o.SASL == "external" {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: sasl=external needs the amqp10s scheme and a client certificate")
-		}
-		return o, nil
-	}
-	o.TLS.ServerName = host
-	if serverName != "" {
-		o.TLS.ServerName = serverName
-	}
-	if err := tlsfiles.Load(o.TLS, certFile, keyFile, caFile); err != nil {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: %w", err)
+	if o.TLS == nil && o.SASL == "external" {
+		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: sasl=external needs the amqp10s scheme and a client certificate")
 	}
 	return o, nil
 }
@@ -204,12 +147,7 @@ func (o Options) String() string {
 	if o.TLS != nil {
 		scheme = "amqp10s"
 	}
-	path := "/" + o.Vhost
-	if o.Vhost == "/" {
-		path = "/"
-	}
-	u := url.URL{Scheme: scheme, User: url.User(o.Username), Host: o.Addr, Path: path}
-	return u.String()
+	return amqpurl.String(scheme, o.Username, o.Addr, o.Vhost)
 }
 
 // connOptions returns go-amqp's options for o, and the address to dial.
