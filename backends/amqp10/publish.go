@@ -3,6 +3,7 @@ package amqp10
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -204,21 +205,7 @@ func (p *publisher) resend(w *wait) (amqp.DeliveryState, error) {
 	}
 	state, err := r.Wait(context.Background())
 	if _, ok := state.(*amqp.StateRejected); ok {
-		p.linkMu.Lock()
-		var links map[string]*amqp.Sender
-		if m := p.links.Load(); m != nil {
-			links = *m
-		}
-		l := links[w.to]
-		fewer := make(map[string]*amqp.Sender, len(links))
-		for a, s := range links {
-			if s != l {
-				fewer[a] = s
-			}
-		}
-		p.links.Store(&fewer)
-		p.linkMu.Unlock()
-		if l != nil {
+		if l := p.setLink(w.to, nil); l != nil {
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), attachTimeout)
 				defer cancel()
@@ -253,16 +240,27 @@ func (p *publisher) learn(c *Conn, address string) {
 			p.kill()
 			return
 		}
-		p.linkMu.Lock()
-		defer p.linkMu.Unlock()
-		links := map[string]*amqp.Sender{address: snd}
-		if old := p.links.Load(); old != nil {
-			for a, s := range *old {
-				links[a] = s
-			}
-		}
-		p.links.Store(&links)
+		p.setLink(address, snd)
 	}()
+}
+
+// setLink makes s the link for address, or forgets the link for address when s is nil,
+// and returns the link it replaced.
+func (p *publisher) setLink(address string, s *amqp.Sender) *amqp.Sender {
+	p.linkMu.Lock()
+	defer p.linkMu.Unlock()
+	links := make(map[string]*amqp.Sender)
+	if m := p.links.Load(); m != nil {
+		maps.Copy(links, *m)
+	}
+	old := links[address]
+	if s != nil {
+		links[address] = s
+	} else {
+		delete(links, address)
+	}
+	p.links.Store(&links)
+	return old
 }
 
 // link returns the link to send a message for address through.
