@@ -3,6 +3,7 @@ package carrot
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"slices"
@@ -59,8 +60,18 @@ func Backends() []string {
 //
 //	conn, err := carrot.Open(ctx, "memory://")
 //
-// Each backend documents its URL form and options. Errors never contain the URL's password.
+// Each backend documents its URL form and options. Open makes one attempt to connect,
+// bounded by ctx and [DefaultDialTimeout]: a broker that cannot be reached is an error
+// wrapping [ErrUnavailable], a URL or settings the backend or broker refuses one wrapping
+// [ErrInvalid]. Once open, the Conn recovers lost connections on its own; see [Conn]. Open
+// is [Dialer.Open] with the zero Dialer. Errors never contain the URL's password.
 func Open(ctx context.Context, rawURL string) (*Conn, error) {
+	var d Dialer
+	return d.Open(ctx, rawURL)
+}
+
+// Open connects to the broker named by a URL, as [Open] does, with the Dialer's options.
+func (d *Dialer) Open(ctx context.Context, rawURL string) (*Conn, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		// url.Error repeats the URL, password and all: report only what is wrong with it.
@@ -71,26 +82,43 @@ func Open(ctx context.Context, rawURL string) (*Conn, error) {
 	}
 	scheme := strings.ToLower(u.Scheme)
 	driversMu.RLock()
-	d := drivers[scheme]
+	drv := drivers[scheme]
 	driversMu.RUnlock()
-	if d == nil {
+	if drv == nil {
 		return nil, &Error{
 			Op:   "open " + Redact(rawURL),
 			Kind: ErrUnknownScheme,
 			Err:  fmt.Errorf("%q is not registered (registered: %s); is the backend's package imported?", scheme, strings.Join(Backends(), ", ")),
 		}
 	}
-	b, err := d.Open(ctx, rawURL)
+	secret, _ := u.User.Password()
+	connector, err := drv.OpenConnector(rawURL)
 	if err != nil {
-		if cerr := contextError(err); cerr != nil {
-			return nil, cerr
+		kind := ErrInvalid
+		if code := backend.CodeOf(err); code != backend.Unknown {
+			kind = kinds[code]
 		}
-		secret, _ := u.User.Password()
-		return nil, &Error{Op: "open " + Redact(rawURL), Kind: kindOfOpenError(err), Err: err, secret: secret}
+		return nil, &Error{Op: "open " + Redact(rawURL), Kind: kind, Err: err, secret: secret}
 	}
-	c := NewConn(b)
-	c.name = Redact(rawURL)
-	return c, nil
+	return d.connect(ctx, connector, Redact(rawURL), secret)
+}
+
+// Connect opens a connection with a backend's Connector, made without the registry (for
+// example with the backend's own constructor from options), as database/sql's OpenDB
+// does. It is [Dialer.Connect] with the zero Dialer.
+func Connect(ctx context.Context, connector backend.Connector) (*Conn, error) {
+	var d Dialer
+	return d.Connect(ctx, connector)
+}
+
+// Connect opens a connection with a backend's Connector, as [Connect] does, with the
+// Dialer's options. The Conn's String is the Connector's, if it has a String method.
+func (d *Dialer) Connect(ctx context.Context, connector backend.Connector) (*Conn, error) {
+	name := fmt.Sprintf("%T", connector)
+	if s, ok := connector.(fmt.Stringer); ok {
+		name = s.String()
+	}
+	return d.connect(ctx, connector, name, "")
 }
 
 // OpenEnv opens the URL in the CARROT_URL environment variable, the way an application
@@ -101,14 +129,6 @@ func OpenEnv(ctx context.Context) (*Conn, error) {
 		return nil, invalidf("open", "%s is not set", EnvURL)
 	}
 	return Open(ctx, raw)
-}
-
-// kindOfOpenError classifies an error from Driver.Open, which has no Conn to ask.
-func kindOfOpenError(err error) error {
-	if code := backend.CodeOf(err); code != backend.Unknown {
-		return kinds[code]
-	}
-	return ErrUnavailable
 }
 
 // Redact returns rawURL with its password replaced by "xxxxx", for logs and errors. It
@@ -149,16 +169,35 @@ func password(rawURL string) string {
 	return p
 }
 
-// Conn is a connection to a broker, opened with [Open] or [NewConn]. It is safe for
+// Conn is a connection to a broker, opened with [Open] or [Connect]. It is safe for
 // concurrent use. Publishers and Consumers made from it share its connection and close
 // with it.
+//
+// A Conn recovers on its own when its connection is lost: it connects again with capped
+// exponential backoff and jitter, declares again, in order, the exchanges, queues
+// (exclusive and auto-delete ones too) and bindings it declared, resumes its consumers,
+// and lets publishes retry within their context. Meanwhile calls wait for the connection
+// within their context; one whose context ends first returns an error wrapping both
+// [ErrUnavailable] and the context's error. Settling a message delivered on a lost
+// connection is an [ErrUnavailable] error, and the broker delivers that message again.
+// [Conn.State], [Conn.Ping] and [Dialer.OnEvent] tell how the connection fares.
 type Conn struct {
-	b    backend.Conn
-	caps Capabilities
-	name string
+	dialer    Dialer
+	connector backend.Connector
+	name      string
+	log       *slog.Logger
+
+	live    atomic.Pointer[generation] // nil while recovering, and after Close
+	caps    atomic.Pointer[Capabilities]
+	topo    record
+	stopCtx context.Context // canceled by Close: ends recovery
+	stop    context.CancelFunc
+	wg      sync.WaitGroup // the supervisor
 
 	mu       sync.Mutex
-	closed   atomic.Bool // set under mu
+	closed   atomic.Bool   // set under mu
+	changed  chan struct{} // closed, and replaced, when live changes
+	state    State
 	children map[closer]struct{}
 }
 
@@ -168,25 +207,25 @@ type closer interface{ Close() error }
 // Capabilities says what a connection's backend supports; see [backend.Capabilities].
 type Capabilities = backend.Capabilities
 
-// NewConn wraps a backend connection, opened without the registry, for example with a
-// backend's own constructor. The Conn owns b and closes it.
-func NewConn(b backend.Conn) *Conn {
-	return &Conn{b: b, caps: b.Capabilities(), name: fmt.Sprintf("%T", b), children: make(map[closer]struct{})}
-}
-
 // String returns the connection's URL without its password.
 func (c *Conn) String() string { return c.name }
 
-// Capabilities reports what the connection's backend supports.
-func (c *Conn) Capabilities() Capabilities { return c.caps }
+// Capabilities reports what the connection's backend supports: what its latest
+// connection reported.
+func (c *Conn) Capabilities() Capabilities { return *c.caps.Load() }
 
 // As gives access to the backend's native client: it sets *target to the backend's value
 // of that type and reports whether it could. Each backend's documentation lists the types.
-func (c *Conn) As(target any) bool { return c.b.As(target) }
+// The value belongs to the current connection, which changes when the Conn recovers; As
+// returns false while it recovers.
+func (c *Conn) As(target any) bool {
+	g := c.live.Load()
+	return g != nil && g.b.As(target)
+}
 
-// Close closes the connection and every Publisher and Consumer made from it. Messages
-// received and not settled go back to their queues. Close is idempotent; every call after
-// it returns [ErrClosed].
+// Close closes the connection and every Publisher and Consumer made from it, and stops a
+// recovery in progress. Messages received and not settled go back to their queues. Close
+// is idempotent; every call after it returns [ErrClosed].
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	if c.closed.Load() {
@@ -194,15 +233,27 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	c.closed.Store(true)
+	close(c.changed)
+	c.changed = make(chan struct{})
 	children := make([]closer, 0, len(c.children))
 	for ch := range c.children {
 		children = append(children, ch)
 	}
 	c.mu.Unlock()
+	c.stop()
 	for _, ch := range children {
 		ch.Close()
 	}
-	return c.wrap(context.Background(), "close", c.b.Close())
+	c.wg.Wait() // the supervisor has made its last generation live, or closed it
+	g := c.live.Swap(nil)
+	if g == nil {
+		return nil
+	}
+	err := g.b.Close()
+	if err != nil && g.b.ErrorCode(err) == backend.Closed {
+		err = nil
+	}
+	return c.wrap(context.Background(), "close", g, err)
 }
 
 // isClosed reports whether Close was called.
@@ -226,14 +277,19 @@ func (c *Conn) release(ch closer) {
 	c.mu.Unlock()
 }
 
-// wrap turns a backend error from an operation under ctx into a carrot error: ctx's own
-// error once ctx has ended (whatever the backend's client made of it), context errors
-// unwrapped, errors after Close as ErrClosed, the rest as an *Error with its category.
-func (c *Conn) wrap(ctx context.Context, op string, err error) error {
+// wrap turns a backend error from an operation under ctx on g into a carrot error: for a
+// call whose context ended, ctx's own error (whatever the backend's client made of it), or
+// an error wrapping ErrUnavailable and ctx's error if the connection was lost; context
+// errors unwrapped; errors after Close as ErrClosed; the rest as an *Error with its
+// category.
+func (c *Conn) wrap(ctx context.Context, op string, g *generation, err error) error {
 	if err == nil {
 		return nil
 	}
-	if cerr := ctx.Err(); cerr != nil {
+	if cerr := ended(ctx); cerr != nil {
+		if g.lostWith(err) {
+			return outageError(op, cerr, err)
+		}
 		return cerr
 	}
 	if cerr := contextError(err); cerr != nil {
@@ -242,9 +298,12 @@ func (c *Conn) wrap(ctx context.Context, op string, err error) error {
 	if _, ok := err.(*Error); ok {
 		return err
 	}
-	kind := kinds[c.b.ErrorCode(err)]
-	if c.isClosed() {
+	kind := kinds[g.b.ErrorCode(err)]
+	switch {
+	case c.isClosed():
 		kind = ErrClosed
+	case kind == ErrClosed && g.done():
+		kind = ErrUnavailable // the connection was lost, and carrot closed it
 	}
 	return &Error{Op: op, Kind: kind, Err: err}
 }
@@ -253,14 +312,16 @@ func (c *Conn) wrap(ctx context.Context, op string, err error) error {
 // same kind and flags ([ErrMismatch] if not).
 func (c *Conn) DeclareExchange(ctx context.Context, x Exchange) error {
 	op := fmt.Sprintf("declare exchange %q", x.Name)
-	bx, err := x.backend(op, c.caps)
+	bx, err := x.backend(op, c.Capabilities())
 	if err != nil {
 		return err
 	}
-	if c.isClosed() {
-		return ErrClosed
+	undo := c.topo.addExchange(bx)
+	err = c.do(ctx, op, true, func(g *generation) error { return g.b.DeclareExchange(ctx, bx) })
+	if err != nil {
+		undo()
 	}
-	return c.wrap(ctx, op, c.b.DeclareExchange(ctx, bx))
+	return err
 }
 
 // DeleteExchange removes an exchange and its bindings. Deleting one that does not exist is
@@ -270,10 +331,11 @@ func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
 	if err := checkName(op, "exchange", name, false); err != nil {
 		return err
 	}
-	if c.isClosed() {
-		return ErrClosed
+	err := c.do(ctx, op, true, func(g *generation) error { return g.b.DeleteExchange(ctx, name) })
+	if err == nil {
+		c.topo.deleteExchange(name)
 	}
-	return c.wrap(ctx, op, c.b.DeleteExchange(ctx, name))
+	return err
 }
 
 // DeclareQueue declares a queue as a Consumer does: its exchange first, if q.Exchange has a
@@ -284,7 +346,7 @@ func (c *Conn) DeclareQueue(ctx context.Context, q Queue) (string, error) {
 		q.Name = generatedName()
 	}
 	op := fmt.Sprintf("declare queue %q", q.Name)
-	bq, bindings, err := q.backend(op, c.caps)
+	bq, bindings, err := q.backend(op, c.Capabilities())
 	if err != nil {
 		return "", err
 	}
@@ -296,7 +358,9 @@ func (c *Conn) DeclareQueue(ctx context.Context, q Queue) (string, error) {
 			return "", err
 		}
 	}
-	if err := c.wrap(ctx, op, c.b.DeclareQueue(ctx, bq)); err != nil {
+	undo := c.topo.addQueue(bq)
+	if err := c.do(ctx, op, true, func(g *generation) error { return g.b.DeclareQueue(ctx, bq) }); err != nil {
+		undo()
 		return "", err
 	}
 	for _, b := range bindings {
@@ -314,10 +378,11 @@ func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 	if err := checkName(op, "queue", name, false); err != nil {
 		return err
 	}
-	if c.isClosed() {
-		return ErrClosed
+	err := c.do(ctx, op, true, func(g *generation) error { return g.b.DeleteQueue(ctx, name) })
+	if err == nil {
+		c.topo.deleteQueue(name)
 	}
-	return c.wrap(ctx, op, c.b.DeleteQueue(ctx, name))
+	return err
 }
 
 // Bind routes the messages published to b.Exchange whose routing key matches b.Key to
@@ -327,10 +392,13 @@ func (c *Conn) Bind(ctx context.Context, b Binding) error {
 	if err := b.check(op); err != nil {
 		return err
 	}
-	if c.isClosed() {
-		return ErrClosed
+	bb := backend.Binding(b)
+	undo := c.topo.addBinding(bb)
+	err := c.do(ctx, op, true, func(g *generation) error { return g.b.Bind(ctx, bb) })
+	if err != nil {
+		undo()
 	}
-	return c.wrap(ctx, op, c.b.Bind(ctx, backend.Binding(b)))
+	return err
 }
 
 // Unbind removes a binding. Removing one that does not exist is not an error.
@@ -339,22 +407,26 @@ func (c *Conn) Unbind(ctx context.Context, b Binding) error {
 	if err := b.check(op); err != nil {
 		return err
 	}
-	if c.isClosed() {
-		return ErrClosed
+	err := c.do(ctx, op, true, func(g *generation) error { return g.b.Unbind(ctx, backend.Binding(b)) })
+	if err == nil {
+		c.topo.deleteBinding(backend.Binding(b))
 	}
-	return c.wrap(ctx, op, c.b.Unbind(ctx, backend.Binding(b)))
+	return err
 }
 
 // Purge removes the messages waiting in a queue (not those delivered and not yet settled)
-// and returns how many it removed. It is the seed's discard_all.
+// and returns how many it removed. It is the seed's discard_all. A Purge the connection is
+// lost under is not made again: it returns an error wrapping [ErrUnavailable].
 func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
 	op := fmt.Sprintf("purge queue %q", queue)
 	if err := checkName(op, "queue", queue, false); err != nil {
 		return 0, err
 	}
-	if c.isClosed() {
-		return 0, ErrClosed
-	}
-	n, err := c.b.Purge(ctx, queue)
-	return n, c.wrap(ctx, op, err)
+	var n int
+	err := c.do(ctx, op, false, func(g *generation) error {
+		var err error
+		n, err = g.b.Purge(ctx, queue)
+		return err
+	})
+	return n, err
 }

@@ -54,8 +54,10 @@ func TestRegister(t *testing.T) {
 // leakyDriver fails to open with an error that repeats the URL, password and all.
 type leakyDriver struct{}
 
-func (leakyDriver) Open(ctx context.Context, rawURL string) (backend.Conn, error) {
-	return nil, errors.New("dial " + rawURL + ": connection refused")
+func (leakyDriver) OpenConnector(rawURL string) (backend.Connector, error) {
+	return backend.ConnectorFunc(func(ctx context.Context) (backend.Conn, error) {
+		return nil, errors.New("dial " + rawURL + ": connection refused")
+	}), nil
 }
 
 func init() { carrot.Register("leaky", leakyDriver{}) }
@@ -184,6 +186,25 @@ func TestInvalidArguments(t *testing.T) {
 	}
 }
 
+// wrapped opens a connection to a memory broker of the test's own whose backend
+// connections are wrapped by wrap.
+func wrapped(t *testing.T, wrap func(backend.Conn) backend.Conn) *carrot.Conn {
+	t.Helper()
+	mem := memory.NewConnector(&memory.Options{})
+	conn, err := carrot.Connect(t.Context(), backend.ConnectorFunc(func(ctx context.Context) (backend.Conn, error) {
+		b, err := mem.Connect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return wrap(b), nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 // capsConn is a backend connection that reports other capabilities than it has.
 type capsConn struct {
 	backend.Conn
@@ -194,10 +215,10 @@ func (c capsConn) Capabilities() backend.Capabilities { return c.caps }
 
 func TestMissingCapabilities(t *testing.T) {
 	ctx := t.Context()
-	conn := carrot.NewConn(capsConn{Conn: memory.New(&memory.Options{})})
-	defer conn.Close()
-	confirming := carrot.NewConn(capsConn{Conn: memory.New(&memory.Options{}), caps: backend.Capabilities{Confirms: true}})
-	defer confirming.Close()
+	conn := wrapped(t, func(b backend.Conn) backend.Conn { return capsConn{Conn: b} })
+	confirming := wrapped(t, func(b backend.Conn) backend.Conn {
+		return capsConn{Conn: b, caps: backend.Capabilities{Confirms: true}}
+	})
 	for _, tc := range []struct {
 		name string
 		err  error
@@ -276,9 +297,11 @@ func (f *flakyConn) Publish(ctx context.Context, p *backend.Publishing) error {
 
 func TestPublishRetriesUnavailable(t *testing.T) {
 	ctx := t.Context()
-	flaky := &flakyConn{Conn: memory.New(&memory.Options{})}
-	conn := carrot.NewConn(flaky)
-	defer conn.Close()
+	var flaky *flakyConn
+	conn := wrapped(t, func(b backend.Conn) backend.Conn {
+		flaky = &flakyConn{Conn: b}
+		return flaky
+	})
 	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
 	if err != nil {
 		t.Fatal(err)
@@ -318,8 +341,8 @@ func TestPublishRetriesUnavailable(t *testing.T) {
 	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
-	if err := p.Send(short, "never"); err != context.DeadlineExceeded {
-		t.Errorf("Send while the broker stays away = %v, want context.DeadlineExceeded", err)
+	if err := p.Send(short, "never"); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, carrot.ErrUnavailable) {
+		t.Errorf("Send while the broker stays away = %v, want an error wrapping context.DeadlineExceeded and ErrUnavailable", err)
 	}
 }
 
@@ -349,8 +372,7 @@ func (s stalledConn) Purge(ctx context.Context, queue string) (int, error) { ret
 // whatever error the backend gives then.
 func TestContextEndsCall(t *testing.T) {
 	ctx := t.Context()
-	conn := carrot.NewConn(stalledConn{memory.New(&memory.Options{})})
-	defer conn.Close()
+	conn := wrapped(t, func(b backend.Conn) backend.Conn { return stalledConn{b} })
 	q := carrot.Queue{Name: "q"}
 	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{q}, Handler: carrot.HandlerFunc(func(context.Context, *carrot.Message) error { return nil })})
 	if err != nil {

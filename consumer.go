@@ -163,11 +163,15 @@ func (c *Consumer) Register(fn HandlerFunc) {
 }
 
 // Run receives messages and passes them to the handlers until ctx ends, the consumer is
-// shut down or closed, or a queue fails (it was deleted, or the connection was lost for
-// good). It returns ctx.Err() when ctx ends, [ErrClosed] after Shutdown or Close, and the
-// failure otherwise. Before it returns, Run waits for the handlers in progress, whose
-// context is canceled when ctx ends or Close is called. Messages received and not yet
-// settled go back to their queues. Run may be called again after it returns.
+// shut down or closed, or a queue fails (it was deleted, say). It returns ctx.Err() when
+// ctx ends, [ErrClosed] after Shutdown or Close, and the failure otherwise. When the
+// connection is lost, Run waits for the Conn to recover it and subscribes again; messages
+// it had received and not settled come again, flagged redelivered. A message the backend
+// cannot read makes Run subscribe again after a while, and after [MaxMalformed] failures in
+// a row Run returns an error wrapping [ErrMalformed] that names the queue. Before it
+// returns, Run waits for the handlers in progress, whose context is canceled when ctx ends
+// or Close is called. Messages received and not yet settled go back to their queues. Run
+// may be called again after it returns.
 func (c *Consumer) Run(ctx context.Context) error {
 	c.mu.Lock()
 	switch {
@@ -197,21 +201,24 @@ func (c *Consumer) Run(ctx context.Context) error {
 		close(r.done)
 	}()
 
-	subs := make([]backend.Subscription, 0, len(c.queues))
+	subs := make([]*subscription, 0, len(c.queues))
 	defer func() {
 		for _, s := range subs {
-			s.Close()
+			s.close()
 		}
 	}()
 	for _, q := range c.queues {
-		sub, err := c.conn.b.Consume(recvCtx, backend.ConsumeOptions{Queue: q, Prefetch: c.opts.Prefetch, AutoAck: c.opts.NoAck})
-		if err != nil {
+		s := &subscription{c: c, queue: q}
+		if err := s.subscribe(recvCtx, nil, nil); err != nil {
 			if r.stopped.Load() {
 				return ErrClosed
 			}
-			return c.conn.wrap(ctx, fmt.Sprintf("consume queue %q", q), err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
 		}
-		subs = append(subs, sub)
+		subs = append(subs, s)
 	}
 
 	var (
@@ -221,22 +228,23 @@ func (c *Consumer) Run(ctx context.Context) error {
 		receivers sync.WaitGroup
 		workers   sync.WaitGroup
 	)
+	fail := func(err error) {
+		failOnce.Do(func() { failure = err })
+		stopReceiving()
+	}
 	// One queue and one handler at a time: the receiving goroutine handles each message
 	// itself, saving a hand-over per message. Otherwise receivers feed the workers.
 	direct := len(subs) == 1 && c.opts.Concurrency == 1
-	for i, sub := range subs {
-		queue := c.queues[i]
+	for _, s := range subs {
 		receivers.Go(func() {
 			for {
-				d, err := sub.Receive(recvCtx)
+				m, err := s.receive(recvCtx)
 				if err != nil {
 					if recvCtx.Err() == nil {
-						failOnce.Do(func() { failure = c.conn.wrap(recvCtx, fmt.Sprintf("consume queue %q", queue), err) })
-						stopReceiving()
+						fail(err)
 					}
 					return
 				}
-				m := received(c.conn, d, queue, c.accept, nil)
 				switch {
 				case direct:
 					c.handle(handlerCtx, handlers, m)
@@ -272,6 +280,136 @@ func (c *Consumer) Run(ctx context.Context) error {
 	case r.stopped.Load():
 		return ErrClosed
 	default:
+		return ctx.Err()
+	}
+}
+
+// MaxMalformed is how many times in a row a subscription may fail on a message its
+// backend cannot read before [Consumer.Run] gives up with [ErrMalformed].
+const MaxMalformed = 5
+
+// subscription is one queue of a running consumer, on the Conn's live connection, which
+// it follows across recoveries.
+type subscription struct {
+	c         *Consumer
+	queue     string
+	sub       backend.Subscription // nil between connections
+	g         *generation          // sub's connection
+	malformed int                  // failures in a row on a message the backend could not read
+	failed    int                  // failures in a row of a connection that stays up
+}
+
+// subscribe subscribes on the live connection other than stale, waiting for the Conn to
+// recover one within ctx. cause is why the subscription on stale ended.
+func (s *subscription) subscribe(ctx context.Context, stale *generation, cause error) error {
+	c, conn := s.c, s.c.conn
+	op := fmt.Sprintf("consume queue %q", s.queue)
+	for {
+		g, err := conn.acquire(ctx, op, stale, cause)
+		if err != nil {
+			return err
+		}
+		sub, err := g.b.Consume(ctx, backend.ConsumeOptions{Queue: s.queue, Prefetch: c.opts.Prefetch, AutoAck: c.opts.NoAck})
+		if err == nil {
+			s.sub, s.g = sub, g
+			conn.topo.subscribed(s.queue, +1, false)
+			return nil
+		}
+		if ctx.Err() != nil || !s.retry(ctx, g, err) {
+			return conn.wrap(ctx, op, g, err)
+		}
+		stale, cause = nil, err
+		if g.done() {
+			stale = g
+		}
+	}
+}
+
+// retry reports whether a subscription that failed with err on g is to be made again:
+// the connection was lost (the next one takes it), or a channel or link went with the
+// connection up (after a while, on the same connection).
+func (s *subscription) retry(ctx context.Context, g *generation, err error) bool {
+	if g.ending(ctx, err) {
+		s.failed = 0
+		return true
+	}
+	if code := g.b.ErrorCode(err); code != backend.Unavailable && code != backend.Closed {
+		return false
+	}
+	s.failed++
+	return sleep(ctx, retryDelay(s.failed-1)) == nil
+}
+
+// receive returns the next message, subscribing again when the connection was lost.
+func (s *subscription) receive(ctx context.Context) (*Message, error) {
+	c, conn := s.c, s.c.conn
+	op := fmt.Sprintf("consume queue %q", s.queue)
+	for {
+		if s.sub == nil {
+			if err := s.subscribe(ctx, s.g, nil); err != nil {
+				return nil, err
+			}
+		}
+		d, err := s.sub.Receive(ctx)
+		if err == nil {
+			s.malformed, s.failed = 0, 0
+			return received(conn, s.g, d, s.queue, c.accept, nil), nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		g := s.g
+		s.drop()
+		switch code := g.b.ErrorCode(err); {
+		case code == backend.Malformed:
+			s.malformed++
+			if s.malformed >= MaxMalformed {
+				return nil, &Error{Op: op, Kind: ErrMalformed, Err: fmt.Errorf("gave up after %d failures in a row to read the message at the head of queue %q: %w", s.malformed, s.queue, err)}
+			}
+			// Wait, so that the message cannot make the connection fail in a hot loop.
+			if err := sleep(ctx, malformedDelay(s.malformed)); err != nil {
+				return nil, err
+			}
+			if !g.done() {
+				s.g = nil // the connection lives on: subscribe on it again
+			}
+		case s.retry(ctx, g, err):
+			if !g.done() {
+				s.g = nil
+			}
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		default:
+			return nil, conn.wrap(ctx, op, g, err)
+		}
+	}
+}
+
+// drop closes the subscription on its connection, for good or until the next one.
+func (s *subscription) drop() {
+	if s.sub == nil {
+		return
+	}
+	s.sub.Close()
+	s.sub = nil
+	s.c.conn.topo.subscribed(s.queue, -1, !s.g.done())
+}
+
+// close ends the subscription when Run returns.
+func (s *subscription) close() { s.drop() }
+
+// malformedDelay is the wait before subscribing again after the nth unreadable message in
+// a row: 200ms, doubling.
+func malformedDelay(n int) time.Duration { return 200 * time.Millisecond << min(n-1, 8) }
+
+// sleep waits for d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
@@ -324,14 +462,21 @@ func (c *Consumer) Fetch(ctx context.Context) (*Message, error) {
 		return nil, err
 	}
 	for _, q := range c.queues {
-		d, err := c.conn.b.Get(ctx, q, c.opts.NoAck)
+		var d *backend.Delivery
+		var from *generation
+		err := c.conn.do(ctx, fmt.Sprintf("fetch from queue %q", q), true, func(g *generation) error {
+			var err error
+			d, err = g.b.Get(ctx, q, c.opts.NoAck)
+			from = g
+			return err
+		})
 		if err != nil {
-			return nil, c.conn.wrap(ctx, fmt.Sprintf("fetch from queue %q", q), err)
+			return nil, err
 		}
 		if d == nil {
 			continue
 		}
-		m := received(c.conn, d, q, c.accept, c.forget)
+		m := received(c.conn, from, d, q, c.accept, c.forget)
 		if c.opts.NoAck {
 			return m, nil
 		}

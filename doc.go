@@ -16,8 +16,25 @@
 //
 //	conn, err := carrot.Open(ctx, "memory://")
 //
-// [OpenEnv] reads the URL from CARROT_URL. [NewConn] wraps a backend connection made
-// without the registry. Errors never contain a URL's password.
+// [OpenEnv] reads the URL from CARROT_URL. [Connect] opens a connection with a backend's
+// Connector made without the registry, and a [Dialer] sets the options of either (dial
+// timeout, reconnection backoff, an event callback, a logger). Errors never contain a
+// URL's password.
+//
+// # Recovery
+//
+// A [Conn] recovers on its own, once for every backend: when its connection is lost, it
+// connects again with capped exponential backoff and jitter, declares again the exchanges,
+// queues and bindings it declared, resumes its consumers, and lets publishes retry within
+// their context. Calls made meanwhile wait for the connection within their context; one
+// whose context ends first returns an error wrapping both [ErrUnavailable] and the
+// context's error. Messages delivered and not settled when the connection was lost come
+// again, flagged redelivered; settling them is an [ErrUnavailable] error. A message the
+// broker refuses because of what it is (too large, a header it cannot take) is an error
+// at once ([ErrTooLarge], [ErrInvalid], [ErrRefused]) and is never sent again. A message
+// the backend's client cannot read makes [Consumer.Run] return [ErrMalformed] after a few
+// tries, without disturbing the Conn's other consumers for long. [Conn.State],
+// [Conn.Ping] and [Dialer.OnEvent] tell how the connection fares.
 //
 // # Publishing
 //
@@ -43,7 +60,8 @@
 //
 // Errors wrap a sentinel error, such as [ErrNotFound], [ErrUnroutable] or [ErrClosed],
 // for [errors.Is], and the backend's own error for [errors.As]. Context errors come back
-// unwrapped. What a backend does not support is an error wrapping [ErrUnsupported]; its
+// unwrapped, but for a call whose context ended while the broker was unavailable, whose
+// error wraps both. What a backend does not support is an error wrapping [ErrUnsupported]; its
 // [Capabilities] say beforehand.
 //
 // # Backends

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/carrot-go/carrot/backend"
 )
@@ -43,6 +44,12 @@ var (
 	// ErrUnacceptable means a message's content type is not one the consumer accepts,
 	// or no codec is registered for it.
 	ErrUnacceptable = errors.New("carrot: content type not accepted")
+	// ErrMalformed means the backend's client could not read a message the broker
+	// delivered, such as one with a header of a type the client cannot parse, sent by
+	// another client. [Consumer.Run] returns it, naming the queue, after the message failed
+	// several deliveries in a row; the message stays at the head of its queue, and has to
+	// be removed with a client that can read it (or a broker tool, such as a purge).
+	ErrMalformed = errors.New("carrot: message cannot be read")
 	// ErrUnsupported means the backend does not support the operation or option. It
 	// wraps [errors.ErrUnsupported].
 	ErrUnsupported = fmt.Errorf("carrot: %w", errors.ErrUnsupported)
@@ -102,6 +109,7 @@ var kinds = map[backend.Code]error{
 	backend.Closed:      ErrClosed,
 	backend.Unsupported: ErrUnsupported,
 	backend.Invalid:     ErrInvalid,
+	backend.Malformed:   ErrMalformed,
 }
 
 // contextError returns the context error err wraps, unwrapped, or nil.
@@ -110,6 +118,19 @@ func contextError(err error) error {
 	case errors.Is(err, context.Canceled):
 		return context.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// ended returns ctx's error, or context.DeadlineExceeded once its deadline has passed even
+// if ctx does not say so yet: a client whose socket deadline was ctx's may fail a call a
+// moment before ctx's own timer fires.
+func ended(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
 		return context.DeadlineExceeded
 	}
 	return nil

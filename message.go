@@ -16,7 +16,8 @@ import (
 // Values are of the types every backend carries unchanged: string, []byte, bool, int64,
 // float64, time.Time and nil. carrot converts the other integer and float types (int,
 // uint8, float32, ...) to int64 and float64 when a message is published, and time.Time to
-// UTC whole seconds, the precision of AMQP 0-9-1; other types are an error.
+// UTC whole seconds, the precision of AMQP 0-9-1; other types, and floats that are NaN or
+// infinite (which RabbitMQ cannot read), are an error.
 type Table map[string]any
 
 // DeliveryMode says whether a message is written to disk by the broker.
@@ -61,6 +62,7 @@ type delivery struct {
 	settler     backend.Settler // nil when delivered with auto-ack
 	raw         any
 	conn        *Conn
+	gen         *generation     // the connection that delivered it
 	accept      map[string]bool // nil accepts every registered codec
 	settled     atomic.Bool
 	onSettle    func(*Message) // bookkeeping of the consumer that received it, may be nil
@@ -125,7 +127,12 @@ func (m *Message) settle(ctx context.Context, o backend.Outcome) error {
 	if m.d.onSettle != nil {
 		m.d.onSettle(m)
 	}
-	return m.d.conn.wrap(ctx, op, m.d.settler.Settle(ctx, o))
+	g := m.d.gen
+	if g.done() {
+		// The broker took the message back with the connection: it delivers it again.
+		return &Error{Op: op, Kind: ErrUnavailable, Err: fmt.Errorf("the connection that delivered the message was lost; the broker delivers it again: %w", g.b.Err())}
+	}
+	return m.d.conn.wrap(ctx, op, g, m.d.settler.Settle(ctx, o))
 }
 
 // isSettled reports whether the message was settled by its handler or the broker.
@@ -162,8 +169,8 @@ func (m *Message) As(target any) bool {
 	return true
 }
 
-// received turns a backend delivery into a Message.
-func received(c *Conn, d *backend.Delivery, queue string, accept map[string]bool, onSettle func(*Message)) *Message {
+// received turns a backend delivery from the connection g into a Message.
+func received(c *Conn, g *generation, d *backend.Delivery, queue string, accept map[string]bool, onSettle func(*Message)) *Message {
 	mode := Transient
 	if d.Persistent {
 		mode = Persistent
@@ -195,6 +202,7 @@ func received(c *Conn, d *backend.Delivery, queue string, accept map[string]bool
 		settler:     d.Settler,
 		raw:         d.Raw,
 		conn:        c,
+		gen:         g,
 		accept:      accept,
 		onSettle:    onSettle,
 	}
@@ -211,7 +219,8 @@ func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
 	if err := checkKey(op, key); err != nil {
 		return bm, err
 	}
-	if max := p.conn.caps.MaxBodySize; max > 0 && int64(len(m.Body)) > max {
+	caps := p.conn.Capabilities()
+	if max := caps.MaxBodySize; max > 0 && int64(len(m.Body)) > max {
 		return bm, &Error{Op: op, Kind: ErrTooLarge, Err: fmt.Errorf("body is %d bytes, the broker accepts at most %d", len(m.Body), max)}
 	}
 	for _, s := range []struct{ name, v string }{
@@ -239,7 +248,7 @@ func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
 	if m.Expiration < 0 {
 		return bm, invalidf(op, "expiration %v is negative", m.Expiration)
 	}
-	if m.Expiration > 0 && !p.conn.caps.MessageTTL {
+	if m.Expiration > 0 && !caps.MessageTTL {
 		return bm, unsupportedf(op, "the backend does not support message expiration")
 	}
 	headers, err := normalizeTable(m.Headers)
@@ -289,9 +298,18 @@ func normalizeTable(t Table) (map[string]any, error) {
 	return out, nil
 }
 
+// finite returns f, or an error if it is NaN or infinite: RabbitMQ cannot read such a
+// header (it closes the connection with an internal error), so no backend takes one.
+func finite(f float64) (any, error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil, fmt.Errorf("value %v is not a finite number", f)
+	}
+	return f, nil
+}
+
 func normalizeValue(v any) (any, error) {
 	switch v := v.(type) {
-	case nil, string, bool, int64, float64:
+	case nil, string, bool, int64:
 		return v, nil
 	case []byte:
 		return append([]byte{}, v...), nil
@@ -322,7 +340,9 @@ func normalizeValue(v any) (any, error) {
 		}
 		return int64(v), nil
 	case float32:
-		return float64(v), nil
+		return finite(float64(v))
+	case float64:
+		return finite(v)
 	}
 	return nil, fmt.Errorf("unsupported type %T (want string, []byte, bool, an integer, a float, time.Time or nil)", v)
 }

@@ -38,9 +38,9 @@ type PublisherOptions struct {
 	NoConfirm bool
 
 	// NoRetry makes Publish return an error wrapping [ErrUnavailable] when the connection
-	// fails under a message, instead of publishing it again once the backend has
-	// reconnected. Retrying is what makes delivery at-least-once: a message whose confirm
-	// was lost with the connection may arrive twice.
+	// fails under a message, instead of publishing it again once the Conn has reconnected.
+	// Retrying is what makes delivery at-least-once: a message whose confirm was lost with
+	// the connection may arrive twice.
 	NoRetry bool
 }
 
@@ -80,10 +80,11 @@ func (c *Conn) NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	if opts.NoConfirm && !opts.AllowUnroutable {
 		return nil, invalidf(op, "NoConfirm requires AllowUnroutable: without a confirm an unroutable message cannot be reported")
 	}
-	if !opts.NoConfirm && !c.caps.Confirms {
+	caps := c.Capabilities()
+	if !opts.NoConfirm && !caps.Confirms {
 		return nil, unsupportedf(op, "the backend does not support publisher confirms; set NoConfirm")
 	}
-	if !opts.AllowUnroutable && !c.caps.Mandatory {
+	if !opts.AllowUnroutable && !caps.Mandatory {
 		return nil, unsupportedf(op, "the backend cannot report unroutable messages; set AllowUnroutable")
 	}
 	p := &Publisher{conn: c, opts: opts, codec: codec, op: fmt.Sprintf("publish to exchange %q", opts.Exchange)}
@@ -116,26 +117,45 @@ func (p *Publisher) Send(ctx context.Context, v any) error {
 // Publish sends a message as it is: its body is not encoded again. Unless the publisher
 // has NoConfirm set, Publish returns once the broker has taken the message, or with an
 // error: [ErrUnroutable] when it matched no queue, [ErrNotFound] when the exchange does
-// not exist, [ErrRefused] when the broker refused it. When the connection fails under the
-// message, Publish publishes it again once the backend has reconnected (unless NoRetry is
-// set), so the message may arrive twice but is not lost. If ctx ends first, Publish
-// returns ctx.Err() and the message may or may not have been taken.
+// not exist, [ErrRefused] when the broker refused it, [ErrTooLarge] when it is larger than
+// the broker takes. A message the broker refuses is never sent again. When the connection
+// is lost under the message, Publish publishes it again once the Conn has reconnected
+// (unless NoRetry is set), so the message may arrive twice but is not lost; if ctx ends
+// first, the error wraps both [ErrUnavailable] and ctx's error, and the message may or may
+// not have been taken.
 func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 	pub := new(backend.Publishing)
 	if err := p.prepare(ctx, m, pub); err != nil {
 		return err
 	}
+	var stale *generation
+	var cause error
 	for attempt := 0; ; attempt++ {
-		err := p.conn.wrap(ctx, p.op, p.conn.b.Publish(ctx, pub))
-		if !p.retry(ctx, err) {
+		g, err := p.conn.acquire(ctx, p.op, stale, cause)
+		if err != nil {
 			return err
 		}
+		err = g.b.Publish(ctx, pub)
+		if err == nil {
+			return nil
+		}
+		werr := p.conn.wrap(ctx, p.op, g, err)
+		if !p.retry(ctx, werr) {
+			return werr
+		}
+		cause = err
+		if g.done() {
+			stale = g // acquire waits for the next connection
+			continue
+		}
+		// The connection is up, but the message went with a channel or link: try again
+		// in a while.
 		t := time.NewTimer(retryDelay(attempt))
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return ctx.Err()
+			return outageError(p.op, ctx.Err(), cause)
 		}
 	}
 }
@@ -143,10 +163,11 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 // PublishAsync starts publishing a message and returns once it is written, without
 // waiting for the broker's confirm, so that one goroutine can keep many messages in
 // flight; the [Confirmation] reports what [Publisher.Publish] would have returned.
-// Messages published by one goroutine are written in the order of the calls. The message,
-// its body and headers must not be changed until the Confirmation is done. With a backend
-// that cannot publish asynchronously (see [backend.AsyncPublisher]), PublishAsync returns
-// once the message is confirmed.
+// Messages published by one goroutine are written in the order of the calls. While the
+// connection is being recovered, PublishAsync waits for it, within ctx. The message, its
+// body and headers must not be changed until the Confirmation is done. With a backend that
+// cannot publish asynchronously (see [backend.AsyncPublisher]), PublishAsync returns once
+// the message is confirmed.
 func (p *Publisher) PublishAsync(ctx context.Context, m *Message) *Confirmation {
 	a := &asyncPublish{p: p, ctx: ctx}
 	a.c.done = make(chan struct{})
@@ -167,33 +188,47 @@ type asyncPublish struct {
 	ctx     context.Context
 	pub     backend.Publishing
 	attempt int
+	g       *generation // of the current attempt
+	cause   error       // why the last attempt failed
 	answer  func(error) // attemptDone, bound once
 }
 
-// start makes one attempt.
+// start makes one attempt on the live connection, waiting for one if there is none.
 func (a *asyncPublish) start() {
-	if ap, ok := a.p.conn.b.(backend.AsyncPublisher); ok {
-		ap.PublishAsync(a.ctx, &a.pub, a.answer)
-		return
-	}
-	a.answer(a.p.conn.b.Publish(a.ctx, &a.pub)) // in order, if not in parallel
-}
-
-// attemptDone finishes the confirmation, or makes another attempt after a while if the
-// connection failed under this one.
-func (a *asyncPublish) attemptDone(err error) {
-	p := a.p
-	err = p.conn.wrap(a.ctx, p.op, err)
-	if !p.retry(a.ctx, err) {
+	g, err := a.p.conn.acquire(a.ctx, a.p.op, a.g, a.cause)
+	if err != nil {
 		a.c.finish(err)
 		return
 	}
-	time.AfterFunc(retryDelay(a.attempt), func() {
+	a.g = g
+	if ap, ok := g.b.(backend.AsyncPublisher); ok {
+		ap.PublishAsync(a.ctx, &a.pub, a.answer)
+		return
+	}
+	a.answer(g.b.Publish(a.ctx, &a.pub)) // in order, if not in parallel
+}
+
+// attemptDone finishes the confirmation, or makes another attempt if the connection was
+// lost under this one: on the next connection, or after a while on this one.
+func (a *asyncPublish) attemptDone(err error) {
+	p, g := a.p, a.g
+	werr := p.conn.wrap(a.ctx, p.op, g, err)
+	if !p.retry(a.ctx, werr) {
+		a.c.finish(werr)
+		return
+	}
+	a.cause = err
+	a.attempt++
+	if g.done() {
+		go a.start() // waits for the next connection, off the backend's goroutine
+		return
+	}
+	a.g = nil // the same connection may be used again
+	time.AfterFunc(retryDelay(a.attempt-1), func() {
 		if err := a.ctx.Err(); err != nil {
-			a.c.finish(err)
+			a.c.finish(outageError(p.op, err, a.cause))
 			return
 		}
-		a.attempt++
 		a.start()
 	})
 }
@@ -205,6 +240,9 @@ func (p *Publisher) prepare(ctx context.Context, m *Message, pub *backend.Publis
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if m == nil {
+		return invalidf(p.op, "message is nil")
 	}
 	bm, err := m.backend(p.op, p)
 	if err != nil {
@@ -223,7 +261,7 @@ func (p *Publisher) prepare(ctx context.Context, m *Message, pub *backend.Publis
 }
 
 // retry reports whether a publish that failed with err is to be made again: the
-// connection failed under it, and the backend will reconnect.
+// connection, or the channel or link it went through, failed under it.
 func (p *Publisher) retry(ctx context.Context, err error) bool {
 	return err != nil && !p.opts.NoRetry && errors.Is(err, ErrUnavailable) && ctx.Err() == nil && !p.conn.isClosed()
 }

@@ -1,16 +1,17 @@
 // Package backend defines the contract between carrot and the message brokers it talks to.
 //
 // Users of carrot do not import this package; they import the root package and open a
-// connection from a URL. Backend authors implement [Driver], [Conn] and [Subscription] here
-// and register the driver with carrot.Register in their package's init function, the way
-// database/sql drivers register with sql.Register.
+// connection from a URL. Backend authors implement [Driver], [Connector], [Conn] and
+// [Subscription] here and register the driver with carrot.Register in their package's init
+// function, the way database/sql drivers register with sql.Register.
 //
 // # Division of labour
 //
 // The portable layer (package carrot) owns every invariant: it validates names and
 // properties, encodes and decodes bodies, normalises header values, makes sure a delivery is
-// settled at most once, runs the consume loop, handles shutdown and turns backend errors
-// into carrot's sentinel errors. A backend does the broker I/O and nothing else:
+// settled at most once, runs the consume loop, handles shutdown, turns backend errors into
+// carrot's sentinel errors, and recovers from a lost connection. A backend does the broker
+// I/O and nothing else:
 //
 //   - it receives only validated input (names no longer than 255 bytes, header values of the
 //     types listed on [Message], an Expiration in whole milliseconds, a Timestamp in whole
@@ -18,8 +19,23 @@
 //   - it returns its client's errors as they are and classifies them in [Conn.ErrorCode];
 //   - it reports what it supports in [Capabilities]; carrot refuses operations that need a
 //     capability the backend lacks, so a backend never fakes one;
-//   - it owns its network connection, and when that connection breaks it is the backend's job
-//     to reconnect, declare again the topology it declared and resume its subscriptions.
+//   - it refuses, before sending, what it knows its broker would refuse in a way that hurts
+//     other calls (a message larger than the broker takes, a header the protocol cannot
+//     carry), and classifies what the broker refuses because of one message as that
+//     message's failure ([TooLarge], [Invalid], [Refused]), never as [Unavailable], which
+//     carrot retries.
+//
+// # Connections and recovery
+//
+// A [Conn] is one connection to a broker, as a database/sql/driver.Conn is. When it breaks
+// (the network fails, the broker closes it or restarts, or the broker lost the state the
+// connection relies on), it closes its [Conn.Done] channel, says why in [Conn.Err], and
+// fails every call promptly with an error classified as [Unavailable]. It never reconnects
+// by itself. carrot then opens a new Conn with the [Connector], declares again the
+// exchanges, queues and bindings it recorded, resumes the subscriptions that were running
+// and lets publishes retry, once, for every backend. A backend keeps only what is specific
+// to its protocol: how a subscription starts, and what happens to the deliveries of a lost
+// connection (the broker delivers them again; settling them is an [Unavailable] error).
 //
 // This package imports only the standard library.
 package backend
@@ -31,17 +47,35 @@ import (
 	"time"
 )
 
-// A Driver opens connections to one kind of broker.
+// A Driver makes connectors from URLs.
 type Driver interface {
-	// Open connects to the broker named by rawURL. The URL's scheme is one the driver was
-	// registered under; its query options are the driver's to define, and unknown options
-	// must be an error. Errors must not contain the URL's password.
-	Open(ctx context.Context, rawURL string) (Conn, error)
+	// OpenConnector parses rawURL and returns a Connector for the broker it names, without
+	// connecting. The URL's scheme is one the driver was registered under; its query
+	// options are the driver's to define, and unknown options must be an error classified
+	// as Invalid. Errors must not contain the URL's password.
+	OpenConnector(rawURL string) (Connector, error)
 }
 
-// A Conn is a connection to a broker. All its methods may be called concurrently. Close is
-// called once; calls still in progress when it is called must then return promptly with
-// an error that ErrorCode classifies as Closed, and calls after it likewise.
+// A Connector opens connections to one broker with fixed settings, as a
+// database/sql/driver.Connector does. carrot calls Connect for its first connection and
+// again for each reconnection; the connections of one Connector share what they must
+// (such as an in-process broker, or the names of the consumers whose deliveries a lost
+// connection left behind).
+type Connector interface {
+	// Connect opens one connection. It makes one attempt, bounded by ctx, and never
+	// retries on its own. An error is classified with [CodeOf]: Invalid when the broker
+	// refused the settings or does not speak the protocol (wrong credentials, an unknown
+	// virtual host, a port that answers in another protocol), so that retrying is pointless;
+	// Unavailable, or no code, when the broker could not be reached. Connect may be called
+	// concurrently with the use of connections it returned before.
+	Connect(ctx context.Context) (Conn, error)
+}
+
+// A Conn is one connection to a broker. All its methods may be called concurrently.
+//
+// When the connection ends, lost or closed, its Done channel is closed; from then on every
+// call fails promptly with an error ErrorCode classifies as Unavailable, or Closed once
+// Close was called, and blocked calls return likewise. A Conn never reconnects.
 type Conn interface {
 	// Capabilities reports what the connection supports. It must not change over the life
 	// of the Conn.
@@ -74,15 +108,16 @@ type Conn interface {
 	// after the broker has taken responsibility for the message (a publisher confirm, an
 	// accepted outcome, a completed write), or with an error if it refused it. When
 	// p.Mandatory is set and the message matched no queue, Publish returns an error that
-	// ErrorCode classifies as [Unroutable]. Publish must not keep p or p.Body after it
-	// returns.
+	// ErrorCode classifies as [Unroutable]. A message the connection was lost under, whose
+	// fate is unknown, is an Unavailable error; a message the broker refused because of
+	// what it is must not be. Publish must not keep p or p.Body after it returns.
 	Publish(ctx context.Context, p *Publishing) error
 
 	// Get removes one message from the head of a queue and returns it, or returns nil, nil
 	// at once when the queue is empty; it never waits for a message to arrive. With autoAck
 	// set the message is settled on delivery and the returned Delivery has no Settler.
 	// Otherwise the message stays unacknowledged until it is settled, or until the Conn
-	// closes, when it goes back to its queue.
+	// ends, when it goes back to its queue.
 	Get(ctx context.Context, queue string, autoAck bool) (*Delivery, error)
 
 	// Consume starts delivering messages from a queue. The broker must not hand the
@@ -94,6 +129,15 @@ type Conn interface {
 	// Messages delivered but not yet settled are not counted and not removed.
 	Purge(ctx context.Context, queue string) (int, error)
 
+	// Done returns a channel that is closed when the connection has ended: lost, or closed
+	// by Close.
+	Done() <-chan struct{}
+
+	// Err returns why the connection ended once Done is closed, and nil before. The error
+	// is classified by ErrorCode: Unavailable for a lost connection, Malformed when it was
+	// lost because the client could not read a message the broker sent, Closed after Close.
+	Err() error
+
 	// ErrorCode classifies an error returned by any method of this Conn, its
 	// Subscriptions or its Settlers.
 	ErrorCode(err error) Code
@@ -104,8 +148,16 @@ type Conn interface {
 
 	// Close closes the connection. Unsettled deliveries go back to their queues, exclusive
 	// queues declared on this connection are deleted. Close is called once, after every
-	// Subscription of the Conn has been closed.
+	// Subscription of the Conn has been closed, also when the connection was lost; it must
+	// return promptly when the broker cannot be reached.
 	Close() error
+}
+
+// A Pinger is a Conn that can check that its broker answers. carrot's Conn.Ping uses it
+// when the backend implements it.
+type Pinger interface {
+	// Ping makes one round trip to the broker, bounded by ctx.
+	Ping(ctx context.Context) error
 }
 
 // An AsyncPublisher is a Conn that can publish without blocking its caller until the
@@ -116,17 +168,20 @@ type AsyncPublisher interface {
 	// would have returned. Messages of calls from one goroutine reach a queue in the
 	// order of the calls. done is called exactly once, from any goroutine, possibly
 	// before PublishAsync returns, and it must not block; the Conn may use p and p.Body
-	// until it calls done, not after. ctx bounds the wait for a connection and the
-	// sending; a sent message waits for the broker's answer, or the loss of the
-	// connection. PublishAsync may be called concurrently.
+	// until it calls done, not after. ctx bounds the sending; a sent message waits for the
+	// broker's answer, or the end of the connection. PublishAsync may be called
+	// concurrently.
 	PublishAsync(ctx context.Context, p *Publishing, done func(error))
 }
 
 // A Subscription delivers messages from one queue, in the order the broker hands them out.
 type Subscription interface {
 	// Receive blocks until a message arrives, ctx is done, or the subscription fails. It
-	// returns ctx.Err() unwrapped when ctx is done. Receive is never called concurrently
-	// with itself or with Close.
+	// returns ctx.Err() unwrapped when ctx is done. When the connection ends, Receive
+	// returns an error classified as Unavailable, or as Malformed when the client could not
+	// read a message of this subscription (the connection may have ended because of it):
+	// carrot then subscribes again on a new connection, and stops after a few Malformed
+	// errors in a row. Receive is never called concurrently with itself or with Close.
 	Receive(ctx context.Context) (*Delivery, error)
 
 	// Close stops the subscription. Messages it delivered that are not yet settled go back
@@ -139,7 +194,8 @@ type Subscription interface {
 type Settler interface {
 	// Settle acknowledges, requeues or rejects the delivery. It is called at most once per
 	// delivery, and may be called concurrently with the settling of other deliveries, with
-	// Receive and with Get.
+	// Receive and with Get. When the connection that delivered it has ended, Settle returns
+	// promptly with an Unavailable error: the broker delivers the message again.
 	Settle(ctx context.Context, o Outcome) error
 }
 
@@ -312,12 +368,16 @@ const (
 	Unsupported
 	// Invalid: the broker rejected the request as malformed.
 	Invalid
+	// Malformed: the client could not read a message the broker delivered (a header of a
+	// type it cannot parse, say). Retrying reads the same message again.
+	Malformed
 )
 
 // Errorf returns an error classified by code, with a message formatted as by fmt.Errorf
 // (so %w wraps). Backends that make their own errors can use it, and classify them with
-// [CodeOf] in ErrorCode. Errors from Driver.Open are classified this way too: a bad URL
-// should be Invalid; an error without a code counts as Unavailable.
+// [CodeOf] in ErrorCode. Errors from Driver.OpenConnector and Connector.Connect are
+// classified this way too: a bad URL should be Invalid; an error of Connect without a code
+// counts as Unavailable.
 func Errorf(code Code, format string, args ...any) error {
 	return &codeError{code: code, err: fmt.Errorf(format, args...)}
 }
@@ -338,3 +398,10 @@ type codeError struct {
 
 func (e *codeError) Error() string { return e.err.Error() }
 func (e *codeError) Unwrap() error { return e.err }
+
+// ConnectorFunc adapts a function to a [Connector], for tests and for backends that wrap
+// another backend's connections.
+type ConnectorFunc func(ctx context.Context) (Conn, error)
+
+// Connect calls f(ctx).
+func (f ConnectorFunc) Connect(ctx context.Context) (Conn, error) { return f(ctx) }

@@ -17,6 +17,32 @@
 // which; nothing else is ever skipped. Every subtest declares its own exchanges and queues,
 // under names no other run uses, and deletes them afterwards, so runs can share a broker.
 //
+// # Recovery
+//
+// The subtests whose names start with Recover break the network between a connection and
+// its broker, and check that carrot recovers: consumers resume with nothing lost,
+// topology is declared again, publishes wait or fail at their deadline, settling a message
+// of a lost connection is an error, contexts are honoured while the network stalls, and
+// Close returns promptly during an outage. They need [Harness.OpenFaulty], which opens a
+// connection through a [Breaker]: for a broker reached over TCP, a [Proxy] in front of it,
+//
+//	OpenFaulty: func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
+//		proxy := conformance.NewProxy()
+//		addr, err := proxy.Forward("127.0.0.1:5672")
+//		if err != nil {
+//			return nil, nil, err
+//		}
+//		conn, err := carrot.Open(ctx, "amqp://guest:guest@"+addr+"/")
+//		if err != nil {
+//			proxy.Close()
+//			return nil, nil, err
+//		}
+//		return conn, proxy, nil
+//	},
+//
+// or anything else that can cut, block and stall the backend's connections, such as the
+// memory backend's Link.
+//
 // The suite publishes with carrot's defaults, which need the Confirms and Mandatory
 // capabilities: a backend without them cannot pass it.
 //
@@ -30,6 +56,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -45,9 +72,29 @@ type Harness struct {
 	// suite closes every connection it opens.
 	Open func(ctx context.Context) (*carrot.Conn, error)
 
+	// OpenFaulty returns a new connection to the same broker as Open, and a Breaker of its
+	// own that breaks the network between them, for the Recover subtests. Breaking must not
+	// disturb other connections. When the subtest ends, the suite closes the connection,
+	// then the Breaker if it has a Close method. Run fails if OpenFaulty is nil.
+	OpenFaulty func(ctx context.Context) (*carrot.Conn, Breaker, error)
+
 	// Timeout bounds each subtest's waits for messages to arrive; 30 seconds when zero. A
 	// subtest that passes never waits this long.
 	Timeout time.Duration
+}
+
+// A Breaker breaks the network between connections and their broker, as [Proxy] does for
+// TCP. Its methods may be called concurrently.
+type Breaker interface {
+	// Cut ends every connection at once, as a reset does; new connections go through.
+	Cut()
+	// Block ends every connection and refuses new ones until Unblock.
+	Block()
+	// Stall stops carrying traffic, on every connection, existing and new, until Unblock;
+	// nothing is lost or closed.
+	Stall()
+	// Unblock ends a Block or a Stall.
+	Unblock()
 }
 
 // A testCase is one behaviour the suite checks.
@@ -65,6 +112,9 @@ func Run(t *testing.T, h Harness) {
 	if h.Open == nil {
 		t.Fatal("conformance: Harness.Open is nil")
 	}
+	if h.OpenFaulty == nil {
+		t.Fatal("conformance: Harness.OpenFaulty is nil: the Recover subtests need a way to break the connection (see Proxy)")
+	}
 	if h.Timeout == 0 {
 		h.Timeout = 30 * time.Second
 	}
@@ -77,7 +127,7 @@ func Run(t *testing.T, h Harness) {
 	defer admin.Close()
 
 	run := &runner{h: h, admin: admin, caps: admin.Capabilities(), id: randomID()}
-	for _, c := range cases() {
+	for _, c := range append(cases(), recoverCases()...) {
 		run.run(t, c)
 	}
 	t.Logf("conformance: %d subtests run: %d passed, %d failed, %d skipped by capability%s",
@@ -166,6 +216,24 @@ func randomID() string {
 
 // name returns a name unique to this subtest.
 func (e *env) name(s string) string { return e.prefix + "." + s }
+
+// faulty opens a connection through the harness's Breaker, closed when the subtest ends,
+// after the Breaker is unblocked.
+func (e *env) faulty() (*carrot.Conn, Breaker) {
+	e.t.Helper()
+	conn, b, err := e.r.h.OpenFaulty(e.ctx)
+	if err != nil {
+		e.t.Fatalf("open faulty: %v", err)
+	}
+	e.t.Cleanup(func() {
+		b.Unblock()
+		conn.Close()
+		if c, ok := b.(io.Closer); ok {
+			c.Close()
+		}
+	})
+	return conn, b
+}
 
 // open opens another connection to the broker, closed when the subtest ends.
 func (e *env) open() *carrot.Conn {

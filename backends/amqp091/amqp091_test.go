@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backends/amqp091"
 	"github.com/carrot-go/carrot/conformance"
+	"github.com/carrot-go/carrot/internal/amqpraw"
 	"github.com/carrot-go/carrot/internal/flowtest"
 	"github.com/carrot-go/carrot/internal/testbroker"
 )
@@ -28,8 +30,30 @@ func TestMain(m *testing.M) { testbroker.Main(m) }
 func TestConformance(t *testing.T) {
 	url := testbroker.URL(t, testbroker.RabbitMQ)
 	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		OpenFaulty: openFaulty(url),
 	})
+}
+
+// openFaulty opens connections to url through a proxy of their own.
+func openFaulty(url string) func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
+	return func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
+		o, err := amqp091.ParseURL(url)
+		if err != nil {
+			return nil, nil, err
+		}
+		proxy := conformance.NewProxy()
+		if o.Addr, err = proxy.Forward(o.Addr); err != nil {
+			proxy.Close()
+			return nil, nil, err
+		}
+		conn, err := carrot.Connect(ctx, amqp091.NewConnector(o))
+		if err != nil {
+			proxy.Close()
+			return nil, nil, err
+		}
+		return conn, proxy, nil
+	}
 }
 
 func TestParseURL(t *testing.T) {
@@ -42,9 +66,9 @@ func TestParseURL(t *testing.T) {
 		{"amqp://u:p@rabbit/prod", amqp091.Options{Addr: "rabbit:5672", Username: "u", Password: "p", Vhost: "prod"}},
 		{"amqp://rabbit/%2F", amqp091.Options{Addr: "rabbit:5672", Username: "guest", Password: "guest", Vhost: "/"}},
 		{"amqps://rabbit/v?server_name_indication=other", amqp091.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "v"}},
-		{"amqp://[::1]:5672/?heartbeat=30s&connection_timeout=2s&prefetch=10&confirms=false&max_body_size=1024&channel_max=16&frame_size=8192&connection_name=app&reconnect_max=1s&auth_mechanism=amqplain",
+		{"amqp://[::1]:5672/?heartbeat=30s&connection_timeout=2s&prefetch=10&confirms=false&max_body_size=1024&channel_max=16&frame_size=8192&connection_name=app&auth_mechanism=amqplain",
 			amqp091.Options{Addr: "[::1]:5672", Username: "guest", Password: "guest", Vhost: "/", Heartbeat: 30 * time.Second, ConnectionTimeout: 2 * time.Second,
-				Prefetch: 10, NoConfirms: true, MaxBodySize: 1024, ChannelMax: 16, FrameSize: 8192, ConnectionName: "app", ReconnectMax: time.Second, AuthMechanism: "AMQPLAIN"}},
+				Prefetch: 10, NoConfirms: true, MaxBodySize: 1024, ChannelMax: 16, FrameSize: 8192, ConnectionName: "app", AuthMechanism: "AMQPLAIN"}},
 	} {
 		got, err := amqp091.ParseURL(tc.url)
 		if err != nil {
@@ -55,8 +79,7 @@ func TestParseURL(t *testing.T) {
 		if got.Addr != w.Addr || got.Username != w.Username || got.Password != w.Password || got.Vhost != w.Vhost ||
 			got.Heartbeat != w.Heartbeat || got.ConnectionTimeout != w.ConnectionTimeout || got.Prefetch != w.Prefetch ||
 			got.NoConfirms != w.NoConfirms || got.MaxBodySize != w.MaxBodySize || got.ChannelMax != w.ChannelMax ||
-			got.FrameSize != w.FrameSize || got.ConnectionName != w.ConnectionName || got.ReconnectMax != w.ReconnectMax ||
-			got.AuthMechanism != w.AuthMechanism {
+			got.FrameSize != w.FrameSize || got.ConnectionName != w.ConnectionName || got.AuthMechanism != w.AuthMechanism {
 			t.Errorf("ParseURL(%q) = %+v, want %+v", tc.url, got, w)
 		}
 		if strings.HasPrefix(tc.url, "amqps") && (got.TLS == nil || got.TLS.ServerName != "other") {
@@ -342,7 +365,8 @@ func TestBrokerRestart(t *testing.T) {
 	broker, rabbitmqctl := disruptable(t)
 	t.Cleanup(func() { rabbitmqctl(context.Background(), "start_app") }) // whatever happens
 
-	conn, err := carrot.Open(ctx, broker+"?reconnect_max=1s&heartbeat=2s")
+	d := carrot.Dialer{MaxBackoff: time.Second}
+	conn, err := d.Open(ctx, broker+"?heartbeat=2s")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,4 +390,261 @@ func TestBrokerRestart(t *testing.T) {
 		}
 		f.Logf("broker started again")
 	})
+}
+
+// TestUnparseableHeader publishes, as Kombu does, a message with a header of AMQP field
+// type 'L', which amqp091-go cannot parse (it closes the whole connection): the consumer
+// of that queue gives up with ErrMalformed naming the queue within 30 seconds, while a
+// consumer of another queue on the same connection, and publishes on it, go on and lose
+// nothing.
+func TestUnparseableHeader(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	url := testbroker.URL(t, testbroker.RabbitMQ)
+	conn := open(t, "")
+	poisoned := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t) + ".poisoned"})
+	fine := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t) + ".fine"})
+	if err := amqpraw.Publish(ctx, url, "", poisoned, map[string]amqpraw.Field{"big": {Type: 'L', Value: uint64(1) << 40}}, []byte("from kombu")); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 200
+	var mu sync.Mutex
+	got := make(map[string]int)
+	all := make(chan struct{})
+	good, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: fine, Passive: true}},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			mu.Lock()
+			got[string(m.Body)]++
+			if len(got) == n {
+				close(all)
+			}
+			mu.Unlock()
+			m.Ack(ctx) // an ack lost with the connection means a redelivery
+			return nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	goodRun := make(chan error, 1)
+	goodCtx, stopGood := context.WithCancel(ctx)
+	defer stopGood()
+	go func() { goodRun <- good.Run(goodCtx) }()
+
+	bad, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues:  []carrot.Queue{{Name: poisoned, Passive: true}},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error { return m.Ack(ctx) }),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	badRun := make(chan error, 1)
+	start := time.Now()
+	go func() { badRun <- bad.Run(ctx) }()
+
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: fine})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n { // while the poisoned consumer fails, the connection's publishes go on
+		if err := p.Publish(ctx, &carrot.Message{Body: fmt.Append(nil, i)}); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-badRun:
+		took := time.Since(start)
+		if !errors.Is(err, carrot.ErrMalformed) || !strings.Contains(err.Error(), strconv.Quote(poisoned)) {
+			t.Errorf("Run on the queue with the unparseable message = %v, want ErrMalformed naming the queue", err)
+		}
+		if took > 30*time.Second {
+			t.Errorf("Run gave up after %v, want within 30s", took)
+		}
+		t.Logf("Run gave up after %v: %v", took.Round(time.Millisecond), err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run on the queue with the unparseable message has not returned after 30s")
+	}
+	select {
+	case <-all:
+	case <-ctx.Done():
+		mu.Lock()
+		t.Fatalf("the other consumer got %d of %d messages", len(got), n)
+	}
+	mu.Lock()
+	duplicates := 0
+	for _, c := range got {
+		duplicates += c - 1
+	}
+	mu.Unlock()
+	t.Logf("the other consumer got all %d messages, %d of them twice (redelivered across the reconnections); %d reconnections", n, duplicates, conn.State().Recoveries)
+	stopGood()
+	if err := <-goodRun; err != context.Canceled {
+		t.Errorf("the other consumer's Run = %v, want context.Canceled", err)
+	}
+	if !conn.State().Connected {
+		t.Errorf("State() = %+v, want connected once the poisoned consumer stopped", conn.State())
+	}
+}
+
+// TestRefusals publishes, to RabbitMQ 4.0, messages it refuses because of what they are: a
+// body over its max_message_size (16 MiB by default), a header table over the frame size,
+// and, once the broker's limit is lowered behind carrot's back, a body over the new limit.
+// Each fails within a second with a classified error and is not sent again: the bytes the
+// broker received on the connection show at most one attempt. The connection's other
+// publishers go on undisturbed, and the connection is never lost.
+func TestRefusals(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	broker := testbroker.Start(t, testbroker.RabbitMQ4) // its own: the test changes its settings
+	url := "amqp" + strings.TrimPrefix(broker.URL, "amqp10")
+
+	// received returns how many bytes the broker has received on the connection named.
+	received := func(name string) int64 {
+		t.Helper()
+		out, err := broker.Exec(ctx, "rabbitmqctl", "-q", "list_connections", "client_properties", "recv_oct")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, strconv.Quote(name)) {
+				f := strings.Fields(line)
+				n, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+				if err != nil {
+					t.Fatalf("recv_oct in %q: %v", line, err)
+				}
+				return n
+			}
+		}
+		t.Fatalf("no connection named %s in %q", name, out)
+		return 0
+	}
+
+	// connect opens a connection named name, with a queue, a publisher and another
+	// publisher that goes on publishing, slowly, and must not fail, until finish.
+	connect := func(name string) (conn *carrot.Conn, p *carrot.Publisher, finish func()) {
+		conn, err := carrot.Open(ctx, url+"?connection_name="+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: uniqueName(t) + name, Transient: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err = conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		done := make(chan error, 1)
+		var sent int
+		go func() {
+			for {
+				select {
+				case <-stop:
+					done <- nil
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				if err := other.Publish(ctx, &carrot.Message{Body: []byte("undisturbed")}); err != nil {
+					done <- err
+					return
+				}
+				sent++
+			}
+		}()
+		return conn, p, func() {
+			close(stop)
+			if err := <-done; err != nil {
+				t.Errorf("%s: the other publisher: %v", name, err)
+			}
+			if s := conn.State(); s.Recoveries != 0 || !s.Connected {
+				t.Errorf("%s: State() = %+v: the refusals disturbed the connection", name, s)
+			}
+			t.Logf("%s: the other publisher published %d messages meanwhile", name, sent)
+			conn.Close()
+		}
+	}
+
+	refuse := func(conn string, p *carrot.Publisher, what string, m *carrot.Message, attempts int64) {
+		t.Helper()
+		before := received(conn)
+		start := time.Now()
+		err := p.Publish(ctx, m)
+		took := time.Since(start)
+		if !errors.Is(err, carrot.ErrTooLarge) {
+			t.Errorf("%s: publish = %v, want ErrTooLarge", what, err)
+		}
+		if took > time.Second {
+			t.Errorf("%s: publish took %v, want under a second", what, took)
+		}
+		time.Sleep(6 * time.Second) // RabbitMQ updates recv_oct every 5 seconds
+		size := int64(len(m.Body))
+		for k, v := range m.Headers {
+			size += int64(len(k)) + 8
+			if s, ok := v.(string); ok {
+				size += int64(len(s))
+			}
+		}
+		got := received(conn) - before
+		if got >= (attempts+1)*size {
+			t.Errorf("%s: the broker received %d bytes for a message of %d: more than %d attempt(s)", what, got, size, attempts)
+		}
+		t.Logf("%s: %v, after %v; the broker received %d bytes meanwhile, for a message of %d", what, err, took.Round(time.Millisecond), got, size)
+	}
+
+	conn, p, finish := connect("refusals")
+	if max := conn.Capabilities().MaxBodySize; max != 16<<20 {
+		t.Errorf("MaxBodySize on RabbitMQ 4.0 = %d, want its default 16 MiB", max)
+	}
+	refuse("refusals", p, "20 MB body", &carrot.Message{Body: make([]byte, 20<<20)}, 0)
+	refuse("refusals", p, "1 MiB header", &carrot.Message{Body: []byte("x"), Headers: carrot.Table{"big": strings.Repeat("h", 1<<20)}}, 0)
+	many := carrot.Table{}
+	for i := range 10000 {
+		many[fmt.Sprint("h", i)] = int64(i)
+	}
+	refuse("refusals", p, "10,000 headers", &carrot.Message{Body: []byte("x"), Headers: many}, 0)
+	finish()
+
+	// A limit carrot cannot know: the broker refuses the first message over it, closing
+	// the publishing channel, and carrot refuses the next before sending it.
+	for _, cmd := range [][]string{
+		{"rabbitmqctl", "stop_app"},
+		{"rabbitmqctl", "eval", "application:set_env(rabbit, max_message_size, 1048576)."},
+		{"rabbitmqctl", "start_app"},
+	} {
+		if _, err := broker.Exec(ctx, cmd...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, p, finish = connect("refusals-lowered")
+	refuse("refusals-lowered", p, "2 MB body over a lowered limit", &carrot.Message{Body: make([]byte, 2<<20)}, 1)
+	refuse("refusals-lowered", p, "2 MB body again", &carrot.Message{Body: make([]byte, 2<<20)}, 0)
+	finish()
+}
+
+// TestStreamWithCuts sends 20,000 persistent messages from a publisher to a consumer of
+// one connection while its network connection is cut five times: every message arrives,
+// and the duplicates are counted.
+func TestStreamWithCuts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long stream; not in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	conn, breaker, err := openFaulty(testbroker.URL(t, testbroker.RabbitMQ))(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer breaker.(*conformance.Proxy).Close()
+	defer conn.Close()
+	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t)}) // durable
+	flow := &flowtest.Flow{Conn: conn, Queue: q, Total: 20000, Prefetch: 200}
+	flow.Run(ctx, t, flowtest.Cuts(breaker, 5))
 }

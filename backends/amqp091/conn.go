@@ -2,10 +2,11 @@ package amqp091
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
-	"log/slog"
-	"math/rand/v2"
+	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,30 +26,43 @@ func init() {
 // Driver opens amqp:// and amqps:// URLs. It is registered with carrot under both schemes.
 type Driver struct{}
 
-// Open parses rawURL with [ParseURL] and connects.
-func (Driver) Open(ctx context.Context, rawURL string) (backend.Conn, error) {
+// OpenConnector parses rawURL with [ParseURL] and returns a Connector for it.
+func (Driver) OpenConnector(rawURL string) (backend.Connector, error) {
 	o, err := ParseURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	return Open(ctx, o)
+	return NewConnector(o), nil
 }
 
-// Conn is a connection to RabbitMQ that survives the loss of its TCP connection: it
-// reconnects with backoff, declares again what it declared, and resumes its consumers. It
-// implements [backend.Conn]; use it with [carrot.NewConn].
-type Conn struct {
+// Connector connects to RabbitMQ as its Options say. It implements [backend.Connector];
+// use it with [carrot.Connect].
+type Connector struct {
 	opts Options
-	url  string
-	cfg  amqp.Config
-	log  *slog.Logger
-	topo topology
+}
 
+// NewConnector returns a Connector for opts.
+func NewConnector(opts *Options) *Connector {
+	return &Connector{opts: opts.withDefaults()}
+}
+
+// String describes where the Connector connects, without the password.
+func (k *Connector) String() string { return k.opts.String() }
+
+// Conn is one connection to RabbitMQ. It implements [backend.Conn]; it does not reconnect:
+// carrot does, with a new Conn.
+type Conn struct {
+	opts    Options
+	conn    *amqp.Connection
+	watched *watchedConn
+	known   sync.Map     // exchanges known to exist, by name, beside the default one
+	maxBody atomic.Int64 // the largest body RabbitMQ takes, as far as known
+	maxHead int          // the largest content header frame payload it takes
+
+	done   chan struct{} // closed when the connection ends
 	mu     sync.Mutex
-	conn   *amqp.Connection // nil while reconnecting
-	up     chan struct{}    // closed while conn is usable
-	closed bool
-	done   chan struct{} // closed by Close
+	err    error // why it ended
+	closed atomic.Bool
 	wg     sync.WaitGroup
 
 	ctlMu sync.Mutex    // serializes topology calls on ctl
@@ -57,69 +71,114 @@ type Conn struct {
 	get   *amqp.Channel // for basic.get
 	pubMu sync.Mutex    // serializes opening publishers
 	pub   atomic.Pointer[publisher]
+
+	subsMu sync.Mutex
+	subs   map[string]*subscription // running subscriptions, by consumer tag
 }
 
 var _ backend.Conn = (*Conn)(nil)
+var _ backend.Pinger = (*Conn)(nil)
 
-// Open connects to RabbitMQ as opts says. A first connection that fails is an error;
-// after that, the Conn reconnects on its own until it is closed.
-func Open(ctx context.Context, opts *Options) (*Conn, error) {
-	o := opts.withDefaults()
-	url, cfg := o.config()
-	c := &Conn{opts: o, url: url, cfg: cfg, log: o.Logger, up: make(chan struct{}), done: make(chan struct{})}
-	conn, notes, err := c.dial(ctx)
-	if err != nil {
-		return nil, err
+// Connect opens one connection to RabbitMQ, bounded by ctx and the connection_timeout.
+func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
+	o := k.opts
+	url, cfg := o.config() // a config of its own: amqp091-go forgets the password once connected
+	deadline := time.Now().Add(o.ConnectionTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
 	}
-	c.conn = conn
-	close(c.up)
-	c.wg.Add(1)
-	go c.supervise(conn, notes)
+	var (
+		mu      sync.Mutex
+		watched *watchedConn
+	)
+	cfg.Dial = func(network, addr string) (net.Conn, error) {
+		d := net.Dialer{Deadline: deadline}
+		nc, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		// No heartbeats yet: the deadline bounds the TLS and AMQP handshakes, and
+		// amqp091-go clears it once connected.
+		nc.SetDeadline(deadline)
+		if o.TLS != nil {
+			tc := tls.Client(nc, o.TLS)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				nc.Close()
+				return nil, backend.Errorf(backend.Invalid, "TLS handshake: %w", err)
+			}
+			nc = tc
+		}
+		w := watch(nc) // above TLS, to read the frames
+		mu.Lock()
+		watched = w
+		mu.Unlock()
+		return w, nil
+	}
+	// A canceled context ends a handshake that waits for the broker.
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if watched != nil {
+			watched.Close()
+		}
+	})
+	conn, err := amqp.DialConfig(url, cfg)
+	if !stop() && err == nil { // ctx ended as the connection opened
+		conn.Close()
+		err = ctx.Err()
+	}
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, backend.Errorf(backend.Unavailable, "carrot/amqp091: connect to %s: %w", o, cerr)
+		}
+		if watched != nil && watched.foreign() {
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: connect to %s: the server does not speak AMQP 0-9-1 (it answered as %s): %w", o, watched.foreignProtocol(), err)
+		}
+		return nil, backend.Errorf(classifyDial(err), "carrot/amqp091: connect to %s: %w", o, err)
+	}
+	c := &Conn{
+		opts:    o,
+		conn:    conn,
+		watched: watched,
+		maxHead: conn.Config.FrameSize - frameOverhead,
+		done:    make(chan struct{}),
+		subs:    make(map[string]*subscription),
+	}
+	if conn.Config.FrameSize <= 0 {
+		c.maxHead = 1 << 31
+	}
+	c.maxBody.Store(o.MaxBodySize)
+	if o.MaxBodySize == 0 {
+		c.maxBody.Store(defaultMaxBody(conn.Properties))
+	}
+	// Register for the notifications at once, before the connection can close unseen;
+	// the watcher drains them.
+	closes := conn.NotifyClose(make(chan *amqp.Error, 1))
+	blocks := conn.NotifyBlocked(make(chan amqp.Blocking, 1))
+	c.wg.Go(func() { c.watch(closes, blocks) })
 	return c, nil
 }
 
-// connNotes are the notifications a connection sends, which the supervisor drains.
-type connNotes struct {
-	closes chan *amqp.Error
-	blocks chan amqp.Blocking
-}
+// frameOverhead is what a frame adds to its payload: type, channel, size and frame end.
+const frameOverhead = 8
 
-// dial opens a TCP connection and registers for its notifications at once, before it can
-// close unseen.
-func (c *Conn) dial(ctx context.Context) (*amqp.Connection, connNotes, error) {
-	type result struct {
-		conn *amqp.Connection
-		err  error
+// defaultMaxBody returns RabbitMQ's default max_message_size for the version it reports:
+// 16 MiB from RabbitMQ 4.0, 128 MiB before.
+func defaultMaxBody(server amqp.Table) int64 {
+	v, _ := server["version"].(string)
+	major, _, _ := strings.Cut(v, ".")
+	if n, err := strconv.Atoi(major); err == nil && n >= 4 {
+		return 16 << 20
 	}
-	ch := make(chan result, 1)
-	go func() {
-		conn, err := amqp.DialConfig(c.url, c.cfg)
-		ch <- result{conn, err}
-	}()
-	var r result
-	select {
-	case r = <-ch:
-	case <-ctx.Done():
-		go func() { // the dial is bounded by ConnectionTimeout; close what it makes
-			if r := <-ch; r.conn != nil {
-				r.conn.Close()
-			}
-		}()
-		return nil, connNotes{}, ctx.Err()
-	}
-	if r.err != nil {
-		return nil, connNotes{}, backend.Errorf(classifyDial(r.err), "carrot/amqp091: connect to %s: %w", c.opts, r.err)
-	}
-	notes := connNotes{
-		closes: r.conn.NotifyClose(make(chan *amqp.Error, 1)),
-		blocks: r.conn.NotifyBlocked(make(chan amqp.Blocking, 1)),
-	}
-	return r.conn, notes, nil
+	return DefaultMaxBodySize
 }
 
 // classifyDial sorts a failure to connect: refused credentials or vhost are not worth
 // retrying, a broker that does not answer is.
 func classifyDial(err error) backend.Code {
+	if code := backend.CodeOf(err); code != backend.Unknown {
+		return code
+	}
 	var ae *amqp.Error
 	if errors.As(err, &ae) && (ae.Code == amqp.AccessRefused || ae.Code == amqp.NotAllowed) {
 		return backend.Invalid
@@ -130,132 +189,138 @@ func classifyDial(err error) backend.Code {
 	return backend.Unavailable
 }
 
-// supervise watches the connection and reconnects when it is lost, until Close.
-func (c *Conn) supervise(conn *amqp.Connection, notes connNotes) {
-	defer c.wg.Done()
+// watch drains the connection's notifications until it ends, then says why.
+func (c *Conn) watch(closes chan *amqp.Error, blocks chan amqp.Blocking) {
 	for {
-		var reason *amqp.Error
-	watch:
-		for {
-			select {
-			case b, ok := <-notes.blocks:
-				if ok {
-					c.log.Warn("carrot/amqp091: broker flow control", "blocked", b.Active, "reason", b.Reason, "broker", c.opts.String())
-				}
-			case err, ok := <-notes.closes:
-				if ok {
-					reason = err
-				}
-				break watch
-			case <-c.done:
-				return
-			}
-		}
-		c.lost(conn)
-		if c.isClosed() {
-			return
-		}
-		c.log.Warn("carrot/amqp091: connection lost; reconnecting", "broker", c.opts.String(), "error", reason)
-		conn, notes = c.reconnect()
-		if conn == nil {
-			return
-		}
-	}
-}
-
-// lost marks conn as gone, if it is still the current connection, so that calls wait for
-// the next one.
-func (c *Conn) lost(conn *amqp.Connection) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.conn == conn && c.conn != nil {
-		c.conn = nil
-		c.up = make(chan struct{})
-	}
-}
-
-// reconnect dials until it succeeds and the recorded topology is declared again, with a
-// doubling delay between attempts. It returns nil if the Conn is closed first.
-func (c *Conn) reconnect() (*amqp.Connection, connNotes) {
-	delay := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		wait := delay/2 + rand.N(delay/2+1) // jitter, so that many clients do not return at once
 		select {
-		case <-time.After(wait):
-		case <-c.done:
-			return nil, connNotes{}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.ConnectionTimeout)
-		conn, notes, err := c.dial(ctx)
-		cancel()
-		if err == nil {
-			if err = c.topo.redeclare(conn, c.log); err == nil {
-				c.mu.Lock()
-				if c.closed {
-					c.mu.Unlock()
-					conn.Close()
-					return nil, connNotes{}
-				}
-				c.conn = conn
-				close(c.up)
-				c.mu.Unlock()
-				c.log.Info("carrot/amqp091: reconnected", "broker", c.opts.String(), "attempts", attempt)
-				return conn, notes
+		case b, ok := <-blocks:
+			if ok {
+				c.opts.Logger.Warn("carrot/amqp091: broker flow control", "blocked", b.Active, "reason", b.Reason, "broker", c.opts.String())
+				continue
 			}
-			conn.Close()
+			blocks = nil
+		case reason, ok := <-closes:
+			for range blocks { // amqp091-go closes it too; drain what is left
+			}
+			c.end(c.why(reason, ok))
+			return
 		}
-		c.log.Warn("carrot/amqp091: reconnect failed", "broker", c.opts.String(), "attempt", attempt, "error", err)
-		delay = min(2*delay, c.opts.ReconnectMax)
 	}
 }
 
-func (c *Conn) isClosed() bool {
+// why turns the reason amqp091-go gives for a closed connection into the Conn's error.
+func (c *Conn) why(reason *amqp.Error, ok bool) error {
+	if c.closed.Load() {
+		return errClosed
+	}
+	if !ok || reason == nil {
+		return backend.Errorf(backend.Unavailable, "carrot/amqp091: connection lost")
+	}
+	if reason.Code == amqp.FrameError && c.watched != nil {
+		if p, found := c.watched.poison(); found {
+			return &malformed{get: p.get, what: c.poisoned(p), reason: p.reason, err: reason}
+		}
+	}
+	return backend.Errorf(backend.Unavailable, "carrot/amqp091: connection lost: %w", reason)
+}
+
+// malformed is the error of a connection that amqp091-go closed because it could not
+// parse a message, and of the subscription or get the message was for.
+type malformed struct {
+	get    bool   // the message was for a get
+	what   string // the queue or call the message was for
+	reason string // what amqp091-go could not parse
+	err    error  // amqp091-go's error
+}
+
+func (e *malformed) Error() string {
+	return fmt.Sprintf("carrot/amqp091: %s: amqp091-go cannot parse the message at the head of the queue (%s), and closed the connection: %v", e.what, e.reason, e.err)
+}
+
+func (e *malformed) Unwrap() error { return e.err }
+
+// poisoned names what an unparseable message was delivered to.
+func (c *Conn) poisoned(p poisonFrame) string {
+	switch {
+	case p.get:
+		return "a fetch"
+	case p.consumerTag != "":
+		c.subsMu.Lock()
+		s := c.subs[p.consumerTag]
+		c.subsMu.Unlock()
+		if s != nil {
+			s.poisoned.Store(true)
+			return fmt.Sprintf("queue %q", s.opts.Queue)
+		}
+	}
+	return fmt.Sprintf("channel %d", p.channel)
+}
+
+// end marks the connection ended, once.
+func (c *Conn) end(why error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.closed
+	if c.err == nil {
+		c.err = why
+		close(c.done)
+	}
+}
+
+// Done returns a channel closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended, or nil.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 var errClosed = backend.Errorf(backend.Closed, "carrot/amqp091: connection closed")
 
-// current returns the live connection, waiting for a reconnection if there is none.
-func (c *Conn) current(ctx context.Context) (*amqp.Connection, error) {
-	for {
-		c.mu.Lock()
-		conn, up, closed := c.conn, c.up, c.closed
-		c.mu.Unlock()
-		switch {
-		case closed:
-			return nil, errClosed
-		case conn != nil && !conn.IsClosed():
-			return conn, nil
-		case conn != nil:
-			c.lost(conn) // the supervisor will notice too
-			continue
-		}
-		select {
-		case <-up:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-c.done:
-		}
+// gone returns the error for a call on an ended connection: Closed after Close,
+// Unavailable otherwise.
+func (c *Conn) gone() error {
+	if c.closed.Load() {
+		return errClosed
 	}
+	if err := c.Err(); err != nil {
+		if _, ok := err.(*malformed); ok {
+			return backend.Errorf(backend.Unavailable, "carrot/amqp091: connection lost: %w", err)
+		}
+		return err
+	}
+	return backend.Errorf(backend.Unavailable, "carrot/amqp091: connection lost")
 }
 
-// openChannel opens a channel on the live connection, waiting for one if needed.
+// openChannel opens a channel on the connection, returning early if ctx ends first (the
+// channel, if it opens later, is closed).
 func (c *Conn) openChannel(ctx context.Context) (*amqp.Channel, error) {
-	for {
-		conn, err := c.current(ctx)
-		if err != nil {
-			return nil, err
+	if c.conn.IsClosed() {
+		return nil, c.gone()
+	}
+	type result struct {
+		ch  *amqp.Channel
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ch, err := c.conn.Channel()
+		done <- result{ch, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil && c.conn.IsClosed() {
+			return nil, c.gone()
 		}
-		ch, err := conn.Channel()
-		if err == nil {
-			return ch, nil
-		}
-		if !conn.IsClosed() {
-			return nil, err // the broker refused, such as channel_max reached
-		}
-		c.lost(conn)
+		return r.ch, r.err // an error is a refusal, such as channel_max reached
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.ch != nil {
+				r.ch.Close()
+			}
+		}()
+		return nil, ctx.Err()
 	}
 }
 
@@ -297,7 +362,18 @@ func (c *Conn) control(ctx context.Context, fn func(ch *amqp.Channel) error) err
 		go ch.Close()
 		c.ctl = nil
 	}
+	if err != nil && !abandoned && c.conn.IsClosed() && channelGone(err) {
+		return c.gone()
+	}
 	return err
+}
+
+// Ping opens and closes a channel: a round trip to the broker.
+func (c *Conn) Ping(ctx context.Context) error {
+	return c.control(ctx, func(ch *amqp.Channel) error {
+		_, err := ch.QueueDeclarePassive("amq.rabbitmq.reply-to", false, false, false, false, nil)
+		return err
+	})
 }
 
 // Capabilities reports what RabbitMQ does. Delivery counts exist only for quorum queues,
@@ -316,7 +392,7 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		AutoDelete:   true,
 		Persistence:  true,
 		SharedAcross: true,
-		MaxBodySize:  c.opts.MaxBodySize,
+		MaxBodySize:  c.maxBody.Load(),
 	}
 }
 
@@ -325,6 +401,9 @@ func (c *Conn) Capabilities() backend.Capabilities {
 func (c *Conn) ErrorCode(err error) backend.Code {
 	if code := backend.CodeOf(err); code != backend.Unknown {
 		return code
+	}
+	if _, ok := errors.AsType[*malformed](err); ok {
+		return backend.Malformed
 	}
 	var ae *amqp.Error
 	if errors.As(err, &ae) {
@@ -341,7 +420,7 @@ func (c *Conn) ErrorCode(err error) backend.Code {
 			return backend.Unroutable
 		case amqp.AccessRefused, amqp.NotAllowed, amqp.NotImplemented, amqp.CommandInvalid, amqp.SyntaxError:
 			return backend.Invalid
-		case amqp.ConnectionForced, amqp.ChannelError, amqp.InternalError, amqp.ResourceError, amqp.UnexpectedFrame:
+		case amqp.ConnectionForced, amqp.ChannelError, amqp.InternalError, amqp.ResourceError, amqp.UnexpectedFrame, amqp.FrameError:
 			return backend.Unavailable
 		}
 	}
@@ -349,20 +428,18 @@ func (c *Conn) ErrorCode(err error) backend.Code {
 	if errors.As(err, &ne) {
 		return backend.Unavailable
 	}
+	if errors.Is(err, amqp.ErrClosed) {
+		return backend.Unavailable
+	}
 	return backend.Unknown
 }
 
-// As sets *target to the current *amqp091.Connection or a channel of the connection's
-// own, the one it declares topology on. Whatever is done with the channel, the Conn
-// replaces it when it closes; the Connection changes when the Conn reconnects.
+// As sets *target to the *amqp091.Connection or a channel of the connection's own, the
+// one it declares topology on. Whatever is done with the channel, the Conn replaces it
+// when it closes.
 func (c *Conn) As(target any) bool {
 	switch t := target.(type) {
 	case **amqp.Connection:
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.conn == nil {
-			return false
-		}
 		*t = c.conn
 		return true
 	case **amqp.Channel:
@@ -382,27 +459,33 @@ func (c *Conn) As(target any) bool {
 }
 
 // Close closes the connection; publishes in flight fail with a Closed error and
-// deliveries not settled go back to their queues.
+// deliveries not settled go back to their queues. It does not wait for a broker that
+// does not answer: the connection's socket is closed after a short wait.
 func (c *Conn) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	c.closed = true
-	close(c.done)
-	conn := c.conn
-	c.mu.Unlock()
 	var err error
-	if conn != nil && !conn.IsClosed() {
-		err = conn.Close()
-		if errors.Is(err, amqp.ErrClosed) {
+	if !c.conn.IsClosed() {
+		done := make(chan error, 1)
+		go func() { done <- c.conn.CloseDeadline(time.Now().Add(closeTimeout)) }()
+		select {
+		case err = <-done:
+		case <-time.After(closeTimeout + time.Second):
+			c.watched.Close() // the broker does not answer: drop the socket
+			err = <-done
+		}
+		if errors.Is(err, amqp.ErrClosed) || c.Err() != nil {
 			err = nil
 		}
 	}
+	c.end(errClosed)
 	c.wg.Wait()
 	return err
 }
+
+// closeTimeout bounds the wait for the broker to answer the closing of the connection.
+const closeTimeout = 2 * time.Second
 
 // channelGone reports whether err says that a channel or connection is closed, which
 // retrying on a new one may cure.

@@ -22,56 +22,64 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 	}
 	c.getMu.Lock()
 	defer c.getMu.Unlock()
-	for {
-		if c.get == nil || c.get.IsClosed() {
-			ch, err := c.openChannel(ctx)
-			if err != nil {
-				return nil, err
-			}
-			c.get = ch
-		}
-		ch := c.get
-		var d amqp.Delivery
-		var ok bool
-		err, abandoned := call(ctx, func() error {
-			var err error
-			d, ok, err = ch.Get(queue, autoAck)
-			return err
-		})
-		if abandoned {
-			go ch.Close() // a message it got meanwhile goes back to the queue
-			c.get = nil
-			return nil, err
-		}
+	if c.get == nil || c.get.IsClosed() {
+		ch, err := c.openChannel(ctx)
 		if err != nil {
-			if channelGone(err) && !ch.IsClosed() {
-				return nil, err
-			}
-			c.get = nil
-			if channelGone(err) && ctx.Err() == nil && !c.isClosed() {
-				continue // the connection went: get again on the next one
-			}
 			return nil, err
 		}
-		if !ok {
-			return nil, nil
-		}
-		var s *settler
-		if !autoAck {
-			s = &settler{ch: ch, tag: d.DeliveryTag}
-		}
-		return delivery(&d, s), nil
+		c.get = ch
 	}
+	ch := c.get
+	var d amqp.Delivery
+	var ok bool
+	err, abandoned := call(ctx, func() error {
+		var err error
+		d, ok, err = ch.Get(queue, autoAck)
+		return err
+	})
+	if abandoned {
+		go ch.Close() // a message it got meanwhile goes back to the queue
+		c.get = nil
+		return nil, err
+	}
+	if err != nil {
+		if ch.IsClosed() {
+			c.get = nil
+		}
+		if c.conn.IsClosed() {
+			<-c.done // the reason is known once done is closed
+			if m, isM := c.Err().(*malformed); isM && m.get {
+				return nil, m
+			}
+			return nil, c.gone()
+		}
+		return nil, err
+	}
+	if !ok {
+		return nil, nil
+	}
+	var st *settler
+	if !autoAck {
+		st = &settler{c: c, ch: ch, tag: d.DeliveryTag}
+	}
+	return delivery(&d, st), nil
 }
 
 // Consume subscribes to a queue on a channel of its own, with basic.qos set to the
-// prefetch. The subscription resubscribes after a reconnection.
+// prefetch.
 func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backend.Subscription, error) {
 	if opts.Prefetch == 0 {
 		opts.Prefetch = c.opts.Prefetch
 	}
-	s := &subscription{c: c, opts: opts}
+	s := &subscription{c: c, opts: opts, tag: opts.Tag}
+	if s.tag == "" {
+		s.tag = fmt.Sprintf("carrot-%d", tagSeq.Add(1))
+	}
+	c.subsMu.Lock()
+	c.subs[s.tag] = s
+	c.subsMu.Unlock()
 	if err := s.subscribe(ctx); err != nil {
+		s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -81,53 +89,60 @@ func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backen
 type subscription struct {
 	c    *Conn
 	opts backend.ConsumeOptions
+	tag  string
 
 	ch         *amqp.Channel
 	deliveries <-chan amqp.Delivery
 
-	closed atomic.Bool
+	closed   atomic.Bool
+	poisoned atomic.Bool // the connection ended on a message of this subscription
 }
 
 var tagSeq atomic.Uint64
 
-// subscribe opens a channel and starts consuming on it.
+// subscribe opens a channel and starts consuming on it, returning early if ctx ends
+// first (the channel is then closed).
 func (s *subscription) subscribe(ctx context.Context) error {
-	for {
-		ch, err := s.c.openChannel(ctx)
-		if err != nil {
-			return err
-		}
+	ch, err := s.c.openChannel(ctx)
+	if err != nil {
+		return err
+	}
+	var deliveries <-chan amqp.Delivery
+	err, abandoned := call(ctx, func() error {
 		prefetchSize, global := 0, false
 		if !s.opts.AutoAck {
 			if err := ch.Qos(s.opts.Prefetch, prefetchSize, global); err != nil {
-				ch.Close()
-				if channelGone(err) && ctx.Err() == nil {
-					continue
-				}
 				return err
 			}
 		}
-		tag := s.opts.Tag
-		if tag == "" {
-			tag = fmt.Sprintf("carrot-%d", tagSeq.Add(1))
-		}
 		exclusive, noLocal, noWait := false, false, false
-		deliveries, err := ch.Consume(s.opts.Queue, tag, s.opts.AutoAck, exclusive, noLocal, noWait, nil)
-		if err != nil {
-			ch.Close()
-			if channelGone(err) && ctx.Err() == nil {
-				continue
-			}
+		var err error
+		deliveries, err = ch.Consume(s.opts.Queue, s.tag, s.opts.AutoAck, exclusive, noLocal, noWait, nil)
+		return err
+	})
+	if err != nil {
+		go ch.Close() // an abandoned consume ends with it
+		if abandoned {
 			return err
 		}
-		s.ch, s.deliveries = ch, deliveries
-		return nil
+		return s.c.channelError(err)
 	}
+	s.ch, s.deliveries = ch, deliveries
+	return nil
 }
 
-// Receive returns the next delivery. When the channel or connection closes, or the broker
-// cancels the consumer, it subscribes again; if the queue is gone, that is a NotFound
-// error.
+// channelError returns err, or the connection's error if the connection ended under it.
+func (c *Conn) channelError(err error) error {
+	if c.conn.IsClosed() && channelGone(err) {
+		return c.gone()
+	}
+	return err
+}
+
+// Receive returns the next delivery. When the broker cancels the consumer or closes its
+// channel, it subscribes again on a new channel; if the queue is gone, that is a NotFound
+// error. When the connection ends, it returns an Unavailable error, or a Malformed one if
+// amqp091-go could not parse a message of this subscription.
 func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 	for {
 		if s.deliveries == nil {
@@ -137,18 +152,24 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 		}
 		select {
 		case d, ok := <-s.deliveries:
-			if !ok {
-				// Closed by the broker (a reconnection, or a queue deleted), or with
-				// the connection: the old channel's unsettled messages are requeued.
-				go s.ch.Close()
-				s.ch, s.deliveries = nil, nil
-				continue
+			if ok {
+				var st *settler
+				if !s.opts.AutoAck {
+					st = &settler{c: s.c, ch: s.ch, tag: d.DeliveryTag, sub: s}
+				}
+				return delivery(&d, st), nil
 			}
-			var st *settler
-			if !s.opts.AutoAck {
-				st = &settler{ch: s.ch, tag: d.DeliveryTag, sub: s}
+			// Closed by the broker (a queue deleted), or with the connection: the old
+			// channel's unsettled messages are requeued.
+			go s.ch.Close()
+			s.ch, s.deliveries = nil, nil
+			if s.c.conn.IsClosed() {
+				<-s.c.done // the reason is known once done is closed
+				if m, isM := s.c.Err().(*malformed); isM && s.poisoned.Load() {
+					return nil, m
+				}
+				return nil, s.c.gone()
 			}
-			return delivery(&d, st), nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -159,29 +180,31 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 // and was not settled.
 func (s *subscription) Close() error {
 	s.closed.Store(true)
-	if s.ch == nil {
+	s.c.subsMu.Lock()
+	delete(s.c.subs, s.tag)
+	s.c.subsMu.Unlock()
+	if s.ch == nil || s.c.conn.IsClosed() {
 		return nil
 	}
 	err := s.ch.Close()
 	if errors.Is(err, amqp.ErrClosed) {
 		err = nil
 	}
-	if s.opts.Queue != "" {
-		if q, ok := s.c.topo.Queue(s.opts.Queue); ok && q.AutoDelete {
-			s.c.topo.DeleteQueue(s.opts.Queue) // RabbitMQ deletes it with its last consumer
-		}
-	}
 	return err
 }
 
 // settler acks, requeues or rejects one delivery on the channel that delivered it.
 type settler struct {
+	c   *Conn
 	ch  *amqp.Channel
 	tag uint64
 	sub *subscription // nil for gets
 }
 
 func (s *settler) Settle(ctx context.Context, o backend.Outcome) error {
+	if s.c.conn.IsClosed() {
+		return backend.Errorf(backend.Unavailable, "carrot/amqp091: the connection that delivered the message ended; RabbitMQ requeued it: %w", s.c.gone())
+	}
 	if s.sub != nil && s.sub.closed.Load() {
 		return backend.Errorf(backend.Closed, "carrot/amqp091: the consumer closed; RabbitMQ requeued the message")
 	}

@@ -22,9 +22,9 @@
 //   - prefetch: the prefetch (basic.qos) of consumers that do not set one (default 100).
 //   - confirms: false turns publisher confirms off (default true). Without confirms,
 //     publishers must set NoConfirm and AllowUnroutable.
-//   - max_body_size: the largest body the broker accepts, in bytes (default 134217728,
-//     RabbitMQ's default max_message_size); larger messages are refused before sending.
-//   - reconnect_max: the longest wait between reconnection attempts (default 5s).
+//   - max_body_size: the largest body the broker accepts, in bytes (default: RabbitMQ's
+//     default max_message_size for the version the broker reports, 16777216 from
+//     RabbitMQ 4.0 and 134217728 before); larger messages are refused before sending.
 //   - connection_name: the name RabbitMQ's management tools show for the connection.
 //   - auth_mechanism: plain (the default), amqplain or external (a TLS client
 //     certificate, amqps only).
@@ -32,8 +32,8 @@
 //     certificate and key, the CAs to trust instead of the system's, and the server name
 //     to verify instead of HOST.
 //
-// [ParseURL] turns a URL into [Options]; [Open] connects from Options without the
-// registry, for [carrot.NewConn]. Errors and logs never show the password.
+// [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
+// for [carrot.Connect] without the registry. Errors and logs never show the password.
 //
 // # Delivery semantics
 //
@@ -62,20 +62,45 @@
 // queue that does not exist closes it, and RabbitMQ requeues what was got on it and not
 // yet settled.
 //
-// The Conn owns its connection and channels, and drains every notification channel it
-// registers. When the connection is lost, it reconnects with a delay that starts at 100ms
-// and doubles up to reconnect_max, declares again the exchanges, queues and bindings it
-// declared (logging, and skipping, any the broker now refuses), and its consumers
-// subscribe again. Calls made meanwhile wait for the new connection, within their
-// context. A publish whose confirm was lost with the connection is an error wrapping
-// carrot.ErrUnavailable, which carrot's Publisher retries: delivery is at-least-once, and
-// a message may arrive twice. Messages delivered and not acked when the connection was
-// lost come again, flagged redelivered; acking them on the old channel is an
-// ErrUnavailable error.
-//
 // Received header values are converted to carrot's types: every integer to int64, floats
 // to float64, timestamps to UTC; nested tables (such as RabbitMQ's x-death) arrive as
 // map[string]any and arrays as []any.
+//
+// The Conn owns its connection and channels, and drains every notification channel it
+// registers. It is one AMQP connection and never reconnects: when the connection is lost,
+// carrot opens a new Conn, declares its topology again and resumes its consumers (see
+// package carrot). A publish whose confirm was lost with the connection is an error
+// wrapping carrot.ErrUnavailable, which carrot's Publisher retries: delivery is
+// at-least-once, and a message may arrive twice. Messages delivered and not acked when
+// the connection was lost come again, flagged redelivered; settling them is an
+// ErrUnavailable error. Close waits at most two seconds for a broker that does not answer.
+//
+// # Refusals
+//
+// RabbitMQ refuses some messages by closing the publishing channel (a body over its
+// max_message_size) or the whole connection (a content header frame over the negotiated
+// frame size; a NaN header, which carrot refuses for every backend). The Conn refuses such
+// messages before sending them, with errors wrapping carrot.ErrTooLarge: a body over
+// max_body_size (RabbitMQ's default for its version, unless the URL says otherwise), and
+// properties and headers that do not fit in one frame (frame_size, 128 KiB by default); a
+// message with more headers than amqp091-go can read back (8192) is an ErrInvalid error.
+// A body over a limit the broker was configured with is refused by the broker at the first
+// attempt, closing the publishing channel: that publish is an ErrTooLarge error and is not
+// retried (the others in flight on the channel are, on a new one), and the Conn lowers its
+// limit to the one RabbitMQ names, so that the next such message is refused before it is
+// sent.
+//
+// # Messages amqp091-go cannot read
+//
+// amqp091-go cannot parse some header field types that other clients send, such as 'L',
+// which py-amqp (Kombu, Celery) uses for integers beyond 32 bits: it then closes the whole
+// connection. The Conn watches the frames it reads and finds the consumer (or fetch) whose
+// message it was: that subscription's Receive fails with a Malformed error, carrot's
+// consumer subscribes again after a growing delay, and after a few failures in a row its
+// Run returns an error wrapping carrot.ErrMalformed that names the queue; the Conn's other
+// consumers and publishers resume after each loss. The message stays at the head of its
+// queue: remove it with a client that can read it, or with RabbitMQ's tools (a purge, or
+// the management UI's "get messages" with "reject requeue false").
 //
 // # Capabilities
 //
@@ -87,7 +112,7 @@
 // # As
 //
 // [carrot.Conn.As] takes a **amqp091.Connection (the current connection, which changes
-// when the Conn reconnects) and a **amqp091.Channel (the channel the Conn declares
-// topology on; if it closes, the Conn opens another). [carrot.Message.As] takes a
+// when carrot reconnects) and a **amqp091.Channel (the channel the Conn declares topology
+// on; if it closes, the Conn opens another). [carrot.Message.As] takes a
 // *amqp091.Delivery.
 package amqp091

@@ -19,8 +19,7 @@ const (
 	DefaultHeartbeat         = 10 * time.Second
 	DefaultConnectionTimeout = 30 * time.Second
 	DefaultPrefetch          = 100
-	DefaultMaxBodySize       = 128 << 20 // RabbitMQ's default max_message_size
-	DefaultReconnectMax      = 5 * time.Second
+	DefaultMaxBodySize       = 128 << 20 // RabbitMQ 3's default max_message_size
 )
 
 // Options configures a connection to RabbitMQ. [ParseURL] makes one from a URL; the zero
@@ -50,14 +49,13 @@ type Options struct {
 	// NoConfirms turns publisher confirms off: Publish returns once the message is written,
 	// and unroutable messages cannot be reported.
 	NoConfirms bool
-	// MaxBodySize is the largest body the broker accepts (DefaultMaxBodySize, RabbitMQ's
-	// default max_message_size); set it to match the broker's configuration.
+	// MaxBodySize is the largest body the broker accepts. When zero, it is RabbitMQ's
+	// default max_message_size for the version the broker reports: 16 MiB from RabbitMQ
+	// 4.0, DefaultMaxBodySize before. Set it to match the broker's configuration; a
+	// refusal from the broker lowers it for the connection.
 	MaxBodySize int64
-	// ReconnectMax caps the delay between reconnection attempts, which starts at 100ms and
-	// doubles (DefaultReconnectMax).
-	ReconnectMax time.Duration
 
-	// Logger receives reconnection events; slog.Default() when nil.
+	// Logger receives the broker's flow control notices; slog.Default() when nil.
 	Logger *slog.Logger
 }
 
@@ -76,18 +74,15 @@ func ParseURL(rawURL string) (*Options, error) {
 	o := &Options{Addr: u.Addr, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
 	err = u.Options("server_name_indication", func(key, v string) error {
 		switch key {
-		case "heartbeat", "connection_timeout", "reconnect_max":
+		case "heartbeat", "connection_timeout":
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
 				return u.Bad(key, v, "a positive duration such as 10s")
 			}
-			switch key {
-			case "heartbeat":
+			if key == "heartbeat" {
 				o.Heartbeat = d
-			case "connection_timeout":
+			} else {
 				o.ConnectionTimeout = d
-			default:
-				o.ReconnectMax = d
 			}
 		case "channel_max":
 			n, err := strconv.ParseUint(v, 10, 16)
@@ -129,7 +124,7 @@ func ParseURL(rawURL string) (*Options, error) {
 				return u.Bad(key, v, "plain, amqplain or external")
 			}
 		default:
-			return backend.Errorf(backend.Invalid, "carrot/amqp091: unknown URL option %q (known: auth_mechanism, cacertfile, certfile, channel_max, confirms, connection_name, connection_timeout, frame_size, heartbeat, keyfile, max_body_size, prefetch, reconnect_max, server_name_indication)", key)
+			return backend.Errorf(backend.Invalid, "carrot/amqp091: unknown URL option %q (known: auth_mechanism, cacertfile, certfile, channel_max, confirms, connection_name, connection_timeout, frame_size, heartbeat, keyfile, max_body_size, prefetch, server_name_indication)", key)
 		}
 		return nil
 	})
@@ -156,12 +151,6 @@ func (o Options) withDefaults() Options {
 	if o.Prefetch == 0 {
 		o.Prefetch = DefaultPrefetch
 	}
-	if o.MaxBodySize == 0 {
-		o.MaxBodySize = DefaultMaxBodySize
-	}
-	if o.ReconnectMax == 0 {
-		o.ReconnectMax = DefaultReconnectMax
-	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -184,14 +173,12 @@ func (o Options) config() (string, amqp.Config) {
 		props.SetClientConnectionName(o.ConnectionName)
 	}
 	cfg := amqp.Config{
-		Vhost:           o.Vhost,
-		ChannelMax:      o.ChannelMax,
-		FrameSize:       o.FrameSize,
-		Heartbeat:       o.Heartbeat,
-		TLSClientConfig: o.TLS,
-		Properties:      props,
-		Locale:          "en_US",
-		Dial:            amqp.DefaultDial(o.ConnectionTimeout),
+		Vhost:      o.Vhost,
+		ChannelMax: o.ChannelMax,
+		FrameSize:  o.FrameSize,
+		Heartbeat:  o.Heartbeat,
+		Properties: props,
+		Locale:     "en_US",
 	}
 	switch o.AuthMechanism {
 	case "AMQPLAIN":
@@ -201,9 +188,6 @@ func (o Options) config() (string, amqp.Config) {
 	default:
 		cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: o.Username, Password: o.Password}}
 	}
-	scheme := "amqp"
-	if o.TLS != nil {
-		scheme = "amqps"
-	}
-	return fmt.Sprintf("%s://%s/", scheme, o.Addr), cfg
+	// TLS, when configured, is made by Connect's dialer, below the frame watcher.
+	return fmt.Sprintf("amqp://%s/", o.Addr), cfg
 }

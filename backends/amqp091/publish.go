@@ -2,8 +2,10 @@ package amqp091
 
 import (
 	"context"
+	"errors"
 	"hash/crc32"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +45,7 @@ type publisher struct {
 // request is a written publish waiting for its confirm.
 type request struct {
 	fp       fingerprint // of the message, to recognize its return
+	size     int         // of its body, to recognize it in a refusal
 	dc       *amqp.DeferredConfirmation
 	done     func(error)
 	answered atomic.Bool
@@ -81,13 +84,18 @@ func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 	}
 }
 
-// PublishAsync writes the message in the caller's goroutine, waiting for a connection if
-// there is none, and answers through done when the broker does. ctx bounds the wait for a
-// connection and the write; once written, a publish waits for the broker's answer or the
-// loss of the channel, and the caller who wants to wait less stops waiting.
+// PublishAsync writes the message in the caller's goroutine and answers through done when
+// the broker does. ctx bounds the write; once written, a publish waits for the broker's
+// answer or the loss of the channel, and the caller who wants to wait less stops waiting.
+// A message RabbitMQ would refuse by closing the channel or the connection (too large, a
+// header frame over the frame size) is refused before it is sent.
 func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done func(error)) {
 	if p.Confirm && c.opts.NoConfirms {
 		done(backend.Errorf(backend.Unsupported, "carrot/amqp091: confirms are off (URL option confirms=false)"))
+		return
+	}
+	if err := c.check(p); err != nil {
+		done(err)
 		return
 	}
 	if err := c.checkExchange(ctx, p.Exchange); err != nil {
@@ -95,7 +103,7 @@ func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done fun
 		return
 	}
 	msg := publishing(&p.Message)
-	r := &request{done: done}
+	r := &request{done: done, size: len(p.Body)}
 	r.fp.exchange = p.Exchange
 	if p.Mandatory {
 		r.fp = fingerprintOf(p.Exchange, p.RoutingKey, &msg)
@@ -106,14 +114,72 @@ func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done fun
 			done(err)
 			return
 		}
-		if err := pc.write(p, msg, r); err == nil || !channelGone(err) || ctx.Err() != nil {
+		if err := pc.write(p, msg, r); err == nil || !channelGone(err) || ctx.Err() != nil || c.conn.IsClosed() {
 			if err != nil {
+				if c.conn.IsClosed() {
+					err = c.gone()
+				}
 				r.answer(err)
 			}
 			return
 		}
 		// Nothing was written: the next channel takes it.
 	}
+}
+
+// check refuses, before sending, a message that RabbitMQ would refuse by closing the
+// publishing channel (a body over its max_message_size) or the whole connection (a
+// content header frame over the negotiated frame size), and one whose headers
+// amqp091-go could not read back.
+func (c *Conn) check(p *backend.Publishing) error {
+	if max := c.maxBody.Load(); int64(len(p.Body)) > max {
+		return backend.Errorf(backend.TooLarge, "carrot/amqp091: body is %d bytes, RabbitMQ takes at most %d (its max_message_size; set max_body_size if it is configured otherwise)", len(p.Body), max)
+	}
+	if n := headerSize(&p.Message); n > c.maxHead {
+		return backend.Errorf(backend.TooLarge, "carrot/amqp091: the message's properties and headers take %d bytes; an AMQP 0-9-1 content header must fit in one frame, at most %d bytes here (frame_size)", n, c.maxHead)
+	}
+	if len(p.Headers) > maxTableEntries {
+		return backend.Errorf(backend.Invalid, "carrot/amqp091: %d headers: amqp091-go cannot read a table of more than %d", len(p.Headers), maxTableEntries)
+	}
+	return nil
+}
+
+// maxTableEntries is the most entries amqp091-go reads in a table.
+const maxTableEntries = 8192
+
+// headerSize returns the size of the content header frame payload amqp091-go writes for
+// m: class, weight, body size, property flags, then the properties.
+func headerSize(m *backend.Message) int {
+	n := 2 + 2 + 8 + 2
+	short := func(s string) {
+		if s != "" {
+			n += 1 + len(s)
+		}
+	}
+	short(m.ContentType)
+	short(m.ContentEncoding)
+	short(m.CorrelationID)
+	short(m.ReplyTo)
+	short(m.MessageID)
+	n += 1 + 1 + 8 + 16 // delivery mode, priority, timestamp, expiration
+	if len(m.Headers) > 0 {
+		n += 4
+		for k, v := range m.Headers {
+			n += 1 + len(k) + 1
+			switch v := v.(type) {
+			case string:
+				n += 4 + len(v)
+			case []byte:
+				n += 4 + len(v)
+			case bool:
+				n++
+			case nil:
+			default: // int64, float64, time.Time
+				n += 8
+			}
+		}
+	}
+	return n
 }
 
 // write writes one message and hands it to run, or answers it at once if it needs no
@@ -153,31 +219,26 @@ func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 	if pc := c.pub.Load(); pc != nil && !pc.isDead() {
 		return pc, nil
 	}
+	c.pubMu.Lock()
+	defer c.pubMu.Unlock()
+	if pc := c.pub.Load(); pc != nil && !pc.isDead() { // another publish opened one meanwhile
+		return pc, nil
+	}
 	ch, err := c.openChannel(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c.pubMu.Lock()
-	defer c.pubMu.Unlock()
-	if pc := c.pub.Load(); pc != nil && !pc.isDead() { // another publish opened one meanwhile
-		go ch.Close()
-		return pc, nil
-	}
 	pc := &publisher{c: c, ch: ch, confirming: !c.opts.NoConfirms, kick: make(chan struct{}, 1), dead: make(chan struct{})}
 	if pc.confirming {
 		noWait := false
-		if err := ch.Confirm(noWait); err != nil {
-			ch.Close()
-			return nil, err
+		if err, _ := call(ctx, func() error { return ch.Confirm(noWait) }); err != nil {
+			go ch.Close()
+			return nil, c.channelError(err)
 		}
 	}
 	pc.returns = ch.NotifyReturn(make(chan amqp.Return, 1024))
 	pc.closes = ch.NotifyClose(make(chan *amqp.Error, 1))
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		pc.run(c.done)
-	}()
+	c.wg.Go(func() { pc.run(c.done) })
 	c.pub.Store(pc)
 	return pc, nil
 }
@@ -244,7 +305,7 @@ func (pc *publisher) stop() {
 		pc.ch.Close()
 	}
 	for _, r := range window {
-		r.answer(backend.Errorf(backend.Unavailable, "carrot/amqp091: the connection closed before the broker confirmed the message"))
+		r.answer(backend.Errorf(backend.Unavailable, "carrot/amqp091: the connection ended before the broker confirmed the message: %w", pc.c.gone()))
 	}
 }
 
@@ -262,14 +323,25 @@ func (pc *publisher) confirm(r *request) {
 		r.answer(backend.Errorf(backend.Refused, "carrot/amqp091: the broker nacked the message (exchange %q)", r.fp.exchange))
 		return
 	}
-	// The channel closed before the confirm came. A 404 naming this publish's exchange was
-	// its fault; anything else was not, and it may be retried.
+	// The channel closed before the confirm came. A 404 naming this publish's exchange, or
+	// a refusal of a body of this publish's size, was its fault, and it is not to be
+	// sent again; anything else was not, and it may be.
 	pc.noteClose()
 	cause := pc.closeErr
 	code := backend.Unavailable
 	if culprit, named := missingExchange(cause); named && culprit == r.fp.exchange {
 		code = backend.NotFound
-		pc.c.topo.setKnown(culprit, false)
+		pc.c.known.Delete(culprit)
+	}
+	if size, max, ok := tooLarge(cause); ok {
+		pc.c.learnMaxBody(max)
+		if size == r.size {
+			code = backend.TooLarge
+		}
+	}
+	if pc.c.conn.IsClosed() && code == backend.Unavailable {
+		r.answer(pc.c.gone())
+		return
 	}
 	r.answer(backend.Errorf(code, "carrot/amqp091: the publishing channel closed before the broker confirmed the message: %w", cause))
 }
@@ -348,4 +420,39 @@ func publishing(m *backend.Message) amqp.Publishing {
 		p.Expiration = strconv.FormatInt(int64(m.Expiration/time.Millisecond), 10)
 	}
 	return p
+}
+
+// tooLarge reads RabbitMQ's refusal of a body over its max_message_size ("message size N
+// is larger than configured max size M"): the body's size and the limit.
+func tooLarge(err error) (size, max int, ok bool) {
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
+		return 0, 0, false
+	}
+	_, rest, found := strings.Cut(ae.Reason, "message size ")
+	if !found {
+		return 0, 0, false
+	}
+	sizeText, rest, found := strings.Cut(rest, " ")
+	if !found {
+		return 0, 0, false
+	}
+	_, maxText, found := strings.Cut(rest, "max size ")
+	if !found {
+		return 0, 0, false
+	}
+	maxText, _, _ = strings.Cut(maxText, " ")
+	size, err1 := strconv.Atoi(sizeText)
+	max, err2 := strconv.Atoi(maxText)
+	return size, max, err1 == nil && err2 == nil
+}
+
+// learnMaxBody lowers the known body limit to what RabbitMQ said it is.
+func (c *Conn) learnMaxBody(max int) {
+	for {
+		cur := c.maxBody.Load()
+		if int64(max) >= cur || c.maxBody.CompareAndSwap(cur, int64(max)) {
+			return
+		}
+	}
 }

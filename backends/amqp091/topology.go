@@ -3,88 +3,14 @@ package amqp091
 import (
 	"context"
 	"errors"
-	"fmt"
-	"log/slog"
 	"maps"
 	"strings"
-	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/carrot-go/carrot/backend"
-	"github.com/carrot-go/carrot/internal/declared"
 )
-
-// topology records what the Conn declared, to declare it again on a new connection, and
-// the exchanges known to exist, so that a publish to a missing exchange is caught before
-// RabbitMQ closes the publishing channel over it.
-type topology struct {
-	declared.Topology
-	known sync.Map // exchanges that exist, by name, beside the default one; read on every publish
-}
-
-func (t *topology) exchangeKnown(name string) bool {
-	if name == "" {
-		return true
-	}
-	_, ok := t.known.Load(name)
-	return ok
-}
-
-func (t *topology) setKnown(name string, exists bool) {
-	if exists {
-		t.known.Store(name, true)
-	} else {
-		t.known.Delete(name)
-	}
-}
-
-// redeclare declares the recorded topology on a new connection: exchanges, then queues,
-// then bindings. An entity the broker refuses (another client declared it differently
-// meanwhile) is logged and skipped; a connection failure is returned.
-func (t *topology) redeclare(conn *amqp.Connection, log *slog.Logger) error {
-	exchanges, queues, bindings := t.Snapshot()
-
-	var ch *amqp.Channel
-	defer func() {
-		if ch != nil {
-			ch.Close()
-		}
-	}()
-	do := func(what string, fn func(ch *amqp.Channel) error) error {
-		if ch == nil || ch.IsClosed() {
-			var err error
-			if ch, err = conn.Channel(); err != nil {
-				return err
-			}
-		}
-		err := fn(ch)
-		if err != nil && !conn.IsClosed() {
-			log.Error("carrot/amqp091: could not declare again after reconnecting", "what", what, "error", err)
-			return nil
-		}
-		return err
-	}
-	for _, x := range exchanges {
-		if err := do(fmt.Sprintf("exchange %q", x.Name), func(ch *amqp.Channel) error { return declareExchange(ch, x) }); err != nil {
-			return err
-		}
-	}
-	for _, q := range queues {
-		if err := do(fmt.Sprintf("queue %q", q.Name), func(ch *amqp.Channel) error { return declareQueue(ch, q) }); err != nil {
-			return err
-		}
-	}
-	for _, b := range bindings {
-		if err := do(fmt.Sprintf("binding of queue %q to exchange %q with key %q", b.Queue, b.Exchange, b.Key), func(ch *amqp.Channel) error {
-			return ch.QueueBind(b.Queue, b.Key, b.Exchange, false, nil)
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 func declareExchange(ch *amqp.Channel, x backend.Exchange) error {
 	internal, noWait := false, false
@@ -146,8 +72,7 @@ func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
 	if err != nil {
 		return err
 	}
-	c.topo.setKnown(x.Name, true)
-	c.topo.AddExchange(x)
+	c.known.Store(x.Name, true)
 	return nil
 }
 
@@ -160,17 +85,12 @@ func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	c.topo.setKnown(name, false)
-	c.topo.DeleteExchange(name)
+	c.known.Delete(name)
 	return nil
 }
 
 func (c *Conn) DeclareQueue(ctx context.Context, q backend.Queue) error {
-	if err := c.control(ctx, func(ch *amqp.Channel) error { return declareQueue(ch, q) }); err != nil {
-		return err
-	}
-	c.topo.AddQueue(q)
-	return nil
+	return c.control(ctx, func(ch *amqp.Channel) error { return declareQueue(ch, q) })
 }
 
 func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
@@ -182,20 +102,12 @@ func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 	if c.ErrorCode(err) == backend.NotFound {
 		err = nil
 	}
-	if err != nil {
-		return err
-	}
-	c.topo.DeleteQueue(name)
-	return nil
+	return err
 }
 
 func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
 	noWait := false
-	if err := c.control(ctx, func(ch *amqp.Channel) error { return ch.QueueBind(b.Queue, b.Key, b.Exchange, noWait, nil) }); err != nil {
-		return err
-	}
-	c.topo.AddBinding(b)
-	return nil
+	return c.control(ctx, func(ch *amqp.Channel) error { return ch.QueueBind(b.Queue, b.Key, b.Exchange, noWait, nil) })
 }
 
 func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
@@ -203,11 +115,7 @@ func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
 	if c.ErrorCode(err) == backend.NotFound {
 		err = nil // the queue or exchange is gone, and the binding with it
 	}
-	if err != nil {
-		return err
-	}
-	c.topo.DeleteBinding(b)
-	return nil
+	return err
 }
 
 func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
@@ -225,7 +133,10 @@ func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
 // publish to a missing exchange by closing the channel, failing every publish in flight
 // on it. A passive declaration on the control channel fails alone.
 func (c *Conn) checkExchange(ctx context.Context, name string) error {
-	if c.topo.exchangeKnown(name) {
+	if name == "" {
+		return nil
+	}
+	if _, ok := c.known.Load(name); ok {
 		return nil
 	}
 	err := c.control(ctx, func(ch *amqp.Channel) error {
@@ -234,7 +145,7 @@ func (c *Conn) checkExchange(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	c.topo.setKnown(name, true)
+	c.known.Store(name, true)
 	return nil
 }
 

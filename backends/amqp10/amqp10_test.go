@@ -12,6 +12,7 @@ import (
 	amqp "github.com/Azure/go-amqp"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/backend"
 	_ "github.com/carrot-go/carrot/backends/amqp091" // for the interop test
 	"github.com/carrot-go/carrot/backends/amqp10"
 	"github.com/carrot-go/carrot/conformance"
@@ -24,8 +25,30 @@ func TestMain(m *testing.M) { testbroker.Main(m) }
 func TestConformance(t *testing.T) {
 	url := testbroker.URL(t, testbroker.RabbitMQ4)
 	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		OpenFaulty: openFaulty(url),
 	})
+}
+
+// openFaulty opens connections to url through a proxy of their own.
+func openFaulty(url string) func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
+	return func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
+		o, err := amqp10.ParseURL(url)
+		if err != nil {
+			return nil, nil, err
+		}
+		proxy := conformance.NewProxy()
+		if o.Addr, err = proxy.Forward(o.Addr); err != nil {
+			proxy.Close()
+			return nil, nil, err
+		}
+		conn, err := carrot.Connect(ctx, amqp10.NewConnector(o))
+		if err != nil {
+			proxy.Close()
+			return nil, nil, err
+		}
+		return conn, proxy, nil
+	}
 }
 
 func TestParseURL(t *testing.T) {
@@ -36,9 +59,9 @@ func TestParseURL(t *testing.T) {
 		{"amqp10://", amqp10.Options{Addr: "localhost:5672", Username: "guest", Password: "guest", Vhost: "/"}},
 		{"amqp10://u:p@rabbit:5673/prod", amqp10.Options{Addr: "rabbit:5673", Username: "u", Password: "p", Vhost: "prod"}},
 		{"amqp10s://rabbit/?server_name=other", amqp10.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "/"}},
-		{"amqp10://h/?idle_timeout=30s&max_frame_size=4096&prefetch=7&max_body_size=1024&reconnect_max=1s&sasl=anonymous&container_id=app",
+		{"amqp10://h/?idle_timeout=30s&max_frame_size=4096&prefetch=7&max_body_size=1024&sasl=anonymous&container_id=app",
 			amqp10.Options{Addr: "h:5672", Username: "guest", Password: "guest", Vhost: "/", IdleTimeout: 30 * time.Second, MaxFrameSize: 4096,
-				Prefetch: 7, MaxBodySize: 1024, ReconnectMax: time.Second, SASL: "anonymous", ContainerID: "app"}},
+				Prefetch: 7, MaxBodySize: 1024, SASL: "anonymous", ContainerID: "app"}},
 	} {
 		got, err := amqp10.ParseURL(tc.url)
 		if err != nil {
@@ -250,7 +273,12 @@ func TestReconnect(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	broker := testbroker.Start(t, testbroker.RabbitMQ4) // its own: the test disturbs it
-	conn := open(t, broker.URL+"?reconnect_max=500ms")
+	d := carrot.Dialer{MaxBackoff: 500 * time.Millisecond}
+	conn, err := d.Open(ctx, broker.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
 	q := declare(t, conn, carrot.Queue{Name: uniqueName(t)})
 	flow := &flowtest.Flow{Conn: conn, Queue: q, Total: 5000}
 	flow.Run(ctx, t, func(f *flowtest.Flow) {
@@ -273,11 +301,18 @@ func TestFixedTargetLink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bc, err := amqp10.Open(ctx, o)
+	var bc *amqp10.Conn // the backend's connection, to look at its links
+	k := amqp10.NewConnector(o)
+	conn, err := carrot.Connect(ctx, backend.ConnectorFunc(func(ctx context.Context) (backend.Conn, error) {
+		b, err := k.Connect(ctx)
+		if err == nil {
+			bc = b.(*amqp10.Conn)
+		}
+		return b, err
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := carrot.NewConn(bc)
 	defer conn.Close()
 	x := uniqueName(t)
 	q := declare(t, conn, carrot.Queue{Name: x, Exchange: carrot.Exchange{Name: x}, RoutingKey: "k"})
@@ -325,5 +360,47 @@ func TestFixedTargetLink(t *testing.T) {
 	}
 	if err := p.Send(ctx, "no exchange"); !errors.Is(err, carrot.ErrNotFound) {
 		t.Errorf("publish to a deleted exchange: %v, want ErrNotFound", err)
+	}
+}
+
+// TestStreamWithCuts sends 20,000 durable messages from a publisher to a consumer of one
+// connection while its network connection is cut five times: every message arrives, and
+// the duplicates are counted.
+func TestStreamWithCuts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long stream; not in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	conn, breaker, err := openFaulty(testbroker.URL(t, testbroker.RabbitMQ4))(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer breaker.(*conformance.Proxy).Close()
+	defer conn.Close()
+	q := declare(t, conn, carrot.Queue{Name: uniqueName(t)}) // durable
+	flow := &flowtest.Flow{Conn: conn, Queue: q, Total: 20000, Prefetch: 200}
+	flow.Run(ctx, t, flowtest.Cuts(breaker, 5))
+}
+
+// TestTooLarge publishes a body over RabbitMQ 4's max_message_size (16 MiB by default):
+// it is refused before it is sent, and the connection goes on.
+func TestTooLarge(t *testing.T) {
+	ctx := t.Context()
+	conn := open(t, testbroker.URL(t, testbroker.RabbitMQ4))
+	q := declare(t, conn, carrot.Queue{Name: uniqueName(t)})
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	start := time.Now()
+	if err := p.Publish(ctx, &carrot.Message{Body: make([]byte, 20<<20)}); !errors.Is(err, carrot.ErrTooLarge) {
+		t.Errorf("publish of 20 MB = %v, want ErrTooLarge", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the refusal took %v", took)
+	}
+	if err := p.Send(ctx, "small"); err != nil {
+		t.Errorf("publish after the refusal: %v", err)
+	}
+	if s := conn.State(); s.Recoveries != 0 {
+		t.Errorf("State() = %+v: the refusal cost the connection", s)
 	}
 }

@@ -2,9 +2,8 @@ package amqp10
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
-	"log/slog"
-	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
-	"github.com/carrot-go/carrot/internal/declared"
 )
 
 func init() {
@@ -27,18 +25,31 @@ func init() {
 // schemes.
 type Driver struct{}
 
-// Open parses rawURL with [ParseURL] and connects.
-func (Driver) Open(ctx context.Context, rawURL string) (backend.Conn, error) {
+// OpenConnector parses rawURL with [ParseURL] and returns a Connector for it.
+func (Driver) OpenConnector(rawURL string) (backend.Connector, error) {
 	o, err := ParseURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	return Open(ctx, o)
+	return NewConnector(o), nil
 }
 
-// Conn is a connection to RabbitMQ 4 over AMQP 1.0 that survives the loss of its TCP
-// connection: it reconnects with backoff, declares again what it declared, and its
-// links attach again. It implements [backend.Conn]; use it with [carrot.NewConn].
+// Connector connects to RabbitMQ 4 over AMQP 1.0 as its Options say. It implements
+// [backend.Connector]; use it with [carrot.Connect].
+type Connector struct {
+	opts Options
+}
+
+// NewConnector returns a Connector for opts.
+func NewConnector(opts *Options) *Connector {
+	return &Connector{opts: opts.withDefaults()}
+}
+
+// String describes where the Connector connects, without the password.
+func (k *Connector) String() string { return k.opts.String() }
+
+// Conn is one AMQP 1.0 connection to RabbitMQ 4. It implements [backend.Conn]; it does not
+// reconnect: carrot does, with a new Conn.
 //
 // A broker ends the whole session of a link it refuses (an attach to a missing queue, a
 // malformed management request), so the Conn keeps its management link pair, its
@@ -46,17 +57,13 @@ func (Driver) Open(ctx context.Context, rawURL string) (backend.Conn, error) {
 // own.
 type Conn struct {
 	opts Options
-	addr string
-	co   *amqp.ConnOptions
-	log  *slog.Logger
-	topo declared.Topology // what to declare again after reconnecting
+	conn *amqp.Conn
+	net  net.Conn // under conn, closed by Close if the broker does not answer
 
+	done   chan struct{} // closed when the connection ends
 	mu     sync.Mutex
-	conn   *amqp.Conn // nil while reconnecting
-	gen    uint64     // increases with each connection
-	up     chan struct{}
+	err    error // why it ended
 	closed atomic.Bool
-	done   chan struct{}
 	wg     sync.WaitGroup
 
 	mgmtMu sync.Mutex
@@ -73,152 +80,131 @@ type Conn struct {
 var _ backend.Conn = (*Conn)(nil)
 var _ backend.AsyncPublisher = (*Conn)(nil)
 
-// Open connects as opts says. A first connection that fails is an error; after that, the
-// Conn reconnects on its own until it is closed.
-func Open(ctx context.Context, opts *Options) (*Conn, error) {
-	o := opts.withDefaults()
-	addr, co := o.connOptions()
-	c := &Conn{opts: o, addr: addr, co: co, log: o.Logger, up: make(chan struct{}), done: make(chan struct{}), getters: make(map[string]*getter)}
-	conn, err := c.dial(ctx)
+// Connect opens one AMQP 1.0 connection, bounded by ctx.
+func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
+	o := k.opts
+	co := o.connOptions()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", o.Addr)
 	if err != nil {
-		return nil, err
+		if cerr := ctx.Err(); cerr != nil {
+			err = cerr
+		}
+		return nil, backend.Errorf(backend.Unavailable, "carrot/amqp10: connect to %s: %w", o, err)
 	}
-	c.conn, c.gen = conn, 1
-	close(c.up)
-	c.wg.Add(1)
-	go c.supervise(conn)
+	if o.TLS != nil {
+		tc := tls.Client(nc, o.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: connect to %s: TLS handshake: %w", o, err)
+		}
+		nc = tc
+	}
+	conn, err := amqp.NewConn(ctx, nc, co)
+	if err != nil {
+		nc.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, backend.Errorf(backend.Unavailable, "carrot/amqp10: connect to %s: %w", o, cerr)
+		}
+		code := backend.Unavailable
+		if msg := err.Error(); strings.Contains(msg, "SASL") || strings.Contains(msg, "unexpected protocol") {
+			code = backend.Invalid // refused credentials, or a server that does not speak AMQP 1.0
+		}
+		return nil, backend.Errorf(code, "carrot/amqp10: connect to %s: %w", o, err)
+	}
+	c := &Conn{opts: o, conn: conn, net: nc, done: make(chan struct{}), getters: make(map[string]*getter)}
+	c.wg.Go(func() {
+		<-conn.Done()
+		c.end(c.why(conn.Err()))
+	})
 	return c, nil
 }
 
-// dial opens an AMQP connection.
-func (c *Conn) dial(ctx context.Context) (*amqp.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	conn, err := amqp.Dial(ctx, c.addr, c.co)
-	if err != nil {
-		if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
-			return nil, err
-		}
-		code := backend.Unavailable
-		if strings.Contains(err.Error(), "SASL") {
-			code = backend.Invalid
-		}
-		return nil, backend.Errorf(code, "carrot/amqp10: connect to %s: %w", c.opts, err)
+// why turns the reason go-amqp gives for an ended connection into the Conn's error.
+func (c *Conn) why(err error) error {
+	switch {
+	case c.closed.Load():
+		return errClosed
+	case err == nil:
+		return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost")
+	case unconvertible(err):
+		return backend.Errorf(backend.Malformed, "carrot/amqp10: the broker closed the connection: it could not convert a message to deliver it over AMQP 1.0 (a message from an AMQP 0-9-1 client with a header it cannot convert, such as a decimal): %w", err)
 	}
-	return conn, nil
+	return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost: %w", err)
 }
 
-// supervise waits for the connection to end and reconnects, until Close.
-func (c *Conn) supervise(conn *amqp.Conn) {
-	defer c.wg.Done()
-	for {
-		select {
-		case <-conn.Done():
-		case <-c.done:
-			return
-		}
-		c.lost(conn)
-		if c.closed.Load() {
-			return
-		}
-		c.log.Warn("carrot/amqp10: connection lost; reconnecting", "broker", c.opts.String(), "error", conn.Err())
-		if conn = c.reconnect(); conn == nil {
-			return
-		}
+// unconvertible reports whether err is RabbitMQ's crash converting a message for an AMQP
+// 1.0 receiver, which closes the whole connection.
+func unconvertible(err error) bool {
+	var ce *amqp.ConnError
+	if !errors.As(err, &ce) || ce.RemoteErr == nil || ce.RemoteErr.Condition != amqp.ErrCondInternalError {
+		return false
 	}
+	d := ce.RemoteErr.Description
+	return strings.Contains(d, "function_clause") && strings.Contains(d, "mc_")
 }
 
-// lost marks conn as gone, if it is still the current connection.
-func (c *Conn) lost(conn *amqp.Conn) {
+// end marks the connection ended, once.
+func (c *Conn) end(why error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.conn == conn && conn != nil {
-		c.conn = nil
-		c.up = make(chan struct{})
+	if c.err == nil {
+		c.err = why
+		close(c.done)
 	}
 }
 
-// reconnect dials until it succeeds and the recorded topology is declared again. It
-// returns nil if the Conn is closed first.
-func (c *Conn) reconnect() *amqp.Conn {
-	delay := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		select {
-		case <-time.After(delay/2 + rand.N(delay/2+1)):
-		case <-c.done:
-			return nil
-		}
-		conn, err := c.dial(context.Background())
-		if err == nil {
-			c.mu.Lock()
-			if c.closed.Load() {
-				c.mu.Unlock()
-				conn.Close()
-				return nil
-			}
-			c.conn = conn
-			c.gen++
-			close(c.up)
-			c.mu.Unlock()
-			if err = c.redeclare(); err == nil {
-				c.log.Info("carrot/amqp10: reconnected", "broker", c.opts.String(), "attempts", attempt)
-				return conn
-			}
-			c.lost(conn)
-			conn.Close()
-		}
-		c.log.Warn("carrot/amqp10: reconnect failed", "broker", c.opts.String(), "attempt", attempt, "error", err)
-		delay = min(2*delay, c.opts.ReconnectMax)
-	}
+// Done returns a channel closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended, or nil.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 var errClosed = backend.Errorf(backend.Closed, "carrot/amqp10: connection closed")
 
-// current returns the live connection and its generation, waiting for a reconnection if
-// there is none.
-func (c *Conn) current(ctx context.Context) (*amqp.Conn, uint64, error) {
-	for {
-		c.mu.Lock()
-		conn, gen, up := c.conn, c.gen, c.up
-		c.mu.Unlock()
-		if c.closed.Load() {
-			return nil, 0, errClosed
-		}
-		if conn != nil {
-			select {
-			case <-conn.Done():
-				c.lost(conn)
-				continue
-			default:
-				return conn, gen, nil
-			}
-		}
-		select {
-		case <-up:
-		case <-ctx.Done():
-			return nil, 0, ctx.Err()
-		case <-c.done:
-		}
+// gone returns the error for a call on an ended connection.
+func (c *Conn) gone() error {
+	if c.closed.Load() {
+		return errClosed
 	}
+	select {
+	case <-c.conn.Done():
+	default:
+		return nil
+	}
+	<-c.done
+	if err := c.Err(); backend.CodeOf(err) == backend.Unavailable {
+		return err
+	}
+	return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost: %w", c.Err())
 }
 
-// session opens a session on the live connection.
-func (c *Conn) session(ctx context.Context) (*amqp.Session, uint64, error) {
-	for {
-		conn, gen, err := c.current(ctx)
-		if err != nil {
-			return nil, 0, err
-		}
-		s, err := conn.NewSession(ctx, nil)
-		if err == nil {
-			return s, gen, nil
-		}
-		var ce *amqp.ConnError
-		if !errors.As(err, &ce) || ctx.Err() != nil {
-			return nil, 0, err
-		}
-		c.lost(conn)
+// ended returns the error for a call on an ended connection: Closed after Close,
+// Unavailable otherwise.
+func (c *Conn) ended() error {
+	if c.closed.Load() {
+		return errClosed
 	}
+	return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost: %w", c.Err())
+}
+
+// session opens a session on the connection.
+func (c *Conn) session(ctx context.Context) (*amqp.Session, error) {
+	if err := c.gone(); err != nil {
+		return nil, err
+	}
+	s, err := c.conn.NewSession(ctx, nil)
+	if err != nil {
+		if gerr := c.gone(); gerr != nil {
+			return nil, gerr
+		}
+		return nil, err
+	}
+	return s, nil
 }
 
 // closeQuietly closes a session in the background, without waiting for the broker.
@@ -263,6 +249,9 @@ func (c *Conn) ErrorCode(err error) backend.Code {
 	var le *amqp.LinkError
 	switch {
 	case errors.As(err, &ce):
+		if unconvertible(err) {
+			return backend.Malformed
+		}
 		return backend.Unavailable
 	case errors.As(err, &se):
 		remote = se.RemoteErr
@@ -295,20 +284,15 @@ func (c *Conn) ErrorCode(err error) backend.Code {
 	return backend.Unknown
 }
 
-// As sets *target to the current *amqp.Conn (which changes when the Conn reconnects), or
-// a new *amqp.Session on it, which the caller owns and closes.
+// As sets *target to the *amqp.Conn, or a new *amqp.Session on it, which the caller owns
+// and closes.
 func (c *Conn) As(target any) bool {
 	switch t := target.(type) {
 	case **amqp.Conn:
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.conn == nil {
-			return false
-		}
 		*t = c.conn
 		return true
 	case **amqp.Session:
-		s, _, err := c.session(context.Background())
+		s, err := c.session(context.Background())
 		if err != nil {
 			return false
 		}
@@ -319,24 +303,31 @@ func (c *Conn) As(target any) bool {
 }
 
 // Close closes the connection: publishes in flight fail, and deliveries not settled go
-// back to their queues.
+// back to their queues. It does not wait long for a broker that does not answer.
 func (c *Conn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	close(c.done)
-	c.mu.Lock()
-	conn := c.conn
-	c.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- c.conn.Close() }()
 	var err error
-	if conn != nil {
-		if err = conn.Close(); err != nil {
-			var ce *amqp.ConnError
-			if errors.As(err, &ce) && ce.RemoteErr == nil {
-				err = nil // closed by us
-			}
-		}
+	select {
+	case err = <-done:
+	case <-time.After(closeTimeout):
+		c.net.Close() // the broker does not answer: drop the socket
+		err = <-done
 	}
+	var ce *amqp.ConnError
+	if errors.As(err, &ce) && ce.RemoteErr == nil {
+		err = nil // closed by us
+	}
+	if c.Err() != nil {
+		err = nil // ended before: nothing more to say
+	}
+	c.end(errClosed)
 	c.wg.Wait()
 	return err
 }
+
+// closeTimeout bounds the wait for the broker to answer the closing of the connection.
+const closeTimeout = 2 * time.Second

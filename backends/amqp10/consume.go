@@ -30,7 +30,6 @@ func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backen
 type subscription struct {
 	c        *Conn
 	opts     backend.ConsumeOptions
-	gen      uint64
 	session  *amqp.Session
 	receiver *amqp.Receiver
 	closed   chan struct{}
@@ -43,8 +42,8 @@ func (s *subscription) attach(ctx context.Context) error {
 		return err
 	}
 	s.quorum = info.quorum
-	for {
-		sess, gen, err := s.c.session(ctx)
+	for attempt := 0; ; attempt++ {
+		sess, err := s.c.session(ctx)
 		if err != nil {
 			return err
 		}
@@ -59,12 +58,15 @@ func (s *subscription) attach(ctx context.Context) error {
 		})
 		if err != nil {
 			closeQuietly(sess)
-			if s.c.ErrorCode(err) == backend.Unavailable && ctx.Err() == nil && !s.c.closed.Load() {
-				continue
+			if gerr := s.c.gone(); gerr != nil {
+				return gerr
+			}
+			if attempt < 3 && s.c.ErrorCode(err) == backend.Unavailable && ctx.Err() == nil {
+				continue // the broker ended the session: attach on a new one
 			}
 			return err
 		}
-		s.gen, s.session, s.receiver = gen, sess, r
+		s.session, s.receiver = sess, r
 		if s.closed == nil {
 			s.closed = make(chan struct{})
 		}
@@ -72,8 +74,9 @@ func (s *subscription) attach(ctx context.Context) error {
 	}
 }
 
-// Receive returns the next message; when the link or connection ends, it attaches again
-// (on the next connection), and returns a NotFound error if the queue is gone.
+// Receive returns the next message. When the broker detaches the link, it attaches again,
+// and returns a NotFound error if the queue is gone; when the connection ends, it returns
+// an Unavailable error.
 func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 	for {
 		if s.receiver == nil {
@@ -95,8 +98,8 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 		}
 		closeQuietly(s.session)
 		s.receiver, s.session = nil, nil
-		if s.c.closed.Load() {
-			return nil, errClosed
+		if gerr := s.c.gone(); gerr != nil {
+			return nil, gerr
 		}
 		if code := s.c.ErrorCode(err); code != backend.Unavailable && code != backend.NotFound {
 			return nil, err
@@ -277,7 +280,6 @@ func headerValue(v any) any {
 // getter fetches from one queue through a receiver with manual credit, on a session of
 // its own; the messages it gets are settled on it.
 type getter struct {
-	gen      uint64
 	session  *amqp.Session
 	receiver *amqp.Receiver
 }
@@ -314,7 +316,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 	}
 	c.getMu.Lock()
 	defer c.getMu.Unlock()
-	for {
+	for attempt := 0; ; attempt++ {
 		g, err := c.getter(ctx, queue)
 		if err != nil {
 			return nil, err
@@ -323,10 +325,13 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 		if err != nil {
 			closeQuietly(g.session)
 			delete(c.getters, queue)
-			if ctx.Err() != nil || c.ErrorCode(err) != backend.Unavailable || c.closed.Load() {
+			if gerr := c.gone(); gerr != nil {
+				return nil, gerr
+			}
+			if attempt >= 3 || ctx.Err() != nil || c.ErrorCode(err) != backend.Unavailable {
 				return nil, err
 			}
-			continue
+			continue // the broker ended the session: attach on a new one
 		}
 		if msg == nil {
 			return nil, nil
@@ -368,14 +373,10 @@ func (c *Conn) queueInfo(ctx context.Context, queue string) (queueInfo, error) {
 // getter returns the queue's receiver for gets, attaching one if needed. The caller
 // holds getMu.
 func (c *Conn) getter(ctx context.Context, queue string) (*getter, error) {
-	_, gen, err := c.current(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if g := c.getters[queue]; g != nil && g.gen == gen {
+	if g := c.getters[queue]; g != nil {
 		return g, nil
 	}
-	s, gen, err := c.session(ctx)
+	s, err := c.session(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -388,7 +389,7 @@ func (c *Conn) getter(ctx context.Context, queue string) (*getter, error) {
 		closeQuietly(s)
 		return nil, err
 	}
-	g := &getter{gen: gen, session: s, receiver: r}
+	g := &getter{session: s, receiver: r}
 	c.getters[queue] = g
 	return g, nil
 }

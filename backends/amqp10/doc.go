@@ -21,15 +21,15 @@
 //   - idle_timeout: the longest silence accepted from the broker (default 1m).
 //   - max_frame_size: the largest frame accepted, in bytes (default go-amqp's, 65536).
 //   - prefetch: the link credit of consumers that do not set one (default 100).
-//   - max_body_size: the largest body the broker accepts (default 134217728, RabbitMQ's
-//     max_message_size); larger messages are refused before sending.
-//   - reconnect_max: the longest wait between reconnection attempts (default 5s).
+//   - max_body_size: the largest body the broker accepts (default 16777216, RabbitMQ 4's
+//     max_message_size); larger messages are refused before sending, and so is any
+//     message larger than the broker announces for the publishing link.
 //   - container_id: the connection's container id (default a random one).
 //   - certfile, keyfile, cacertfile, server_name (amqp10s only): the client certificate
 //     and key, the CAs to trust instead of the system's, the server name to verify.
 //
-// [ParseURL] turns a URL into [Options]; [Open] connects from Options without the
-// registry, for [carrot.NewConn]. Errors and logs never show the password.
+// [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
+// for [carrot.Connect] without the registry. Errors and logs never show the password.
 //
 // # Delivery semantics
 //
@@ -71,18 +71,23 @@
 //
 // RabbitMQ ends the whole session of a link it refuses, so the management link pair, the
 // publishing link, each consumer and each queue fetched from have a session of their own.
-// The Conn owns its connection, sessions and links: when the connection is lost it
-// reconnects with a delay that starts at 100ms and doubles up to reconnect_max, declares
-// again what it declared, and its links attach again when next used. A publish whose
-// outcome was lost with the connection is an error wrapping carrot.ErrUnavailable, which
-// carrot's Publisher retries; messages delivered and not settled come again.
+// The Conn owns its connection, sessions and links. It is one AMQP connection and never
+// reconnects: when the connection is lost, carrot opens a new Conn, declares its topology
+// again and resumes its consumers (see package carrot). A publish whose outcome was lost
+// with the connection is an error wrapping carrot.ErrUnavailable, which carrot's Publisher
+// retries; messages delivered and not settled come again, and settling them is an
+// ErrUnavailable error. Close waits at most two seconds for a broker that does not answer.
 //
 // Interoperability with AMQP 0-9-1 on the same broker: a message published by the amqp091
 // backend arrives with its body, content type, properties and headers (those without an
 // "x-" prefix; RabbitMQ turns "x-" headers into message annotations, reachable through
 // As), and the other way round. RabbitMQ 4.0 closes the AMQP 1.0 connection that is to
-// receive a message whose AMQP 0-9-1 headers hold a decimal value (seen with 4.0.5);
-// carrot never publishes one, but other AMQP 0-9-1 clients can.
+// receive a message whose AMQP 0-9-1 headers hold a decimal value (seen with 4.0.5):
+// carrot never publishes one, but other AMQP 0-9-1 clients can. The Conn then ends with a
+// Malformed error, and carrot waits longer before each reconnection while such losses go
+// on, so that the message cannot make it reconnect in a hot loop; the broker does not say
+// which receiver the message was for, so the consumer of that queue is not told apart and
+// goes on trying. Remove the message with an AMQP 0-9-1 client, or purge the queue.
 //
 // RabbitMQ 3.x's AMQP 1.0 plugin has its own addresses (/exchange/X/KEY to send,
 // /amq/queue/Q to receive), cannot declare topology over AMQP 1.0 and ends the session on
@@ -99,7 +104,7 @@
 //
 // # As
 //
-// [carrot.Conn.As] takes a **amqp.Conn (the current connection, which changes when the
-// Conn reconnects) and a **amqp.Session (a new session, which the caller closes).
+// [carrot.Conn.As] takes a **amqp.Conn (the current connection, which changes when
+// carrot reconnects) and a **amqp.Session (a new session, which the caller closes).
 // [carrot.Message.As] takes a **amqp.Message.
 package amqp10

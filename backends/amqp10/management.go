@@ -23,7 +23,6 @@ import (
 
 // management is the link pair of one connection, on a session of its own.
 type management struct {
-	gen      uint64
 	session  *amqp.Session
 	sender   *amqp.Sender
 	receiver *amqp.Receiver
@@ -32,18 +31,10 @@ type management struct {
 // management returns the link pair of the live connection, attaching it if needed. The
 // caller holds mgmtMu.
 func (c *Conn) management(ctx context.Context) (*management, error) {
-	_, gen, err := c.current(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if m := c.mgmt; m != nil && m.gen == gen {
+	if m := c.mgmt; m != nil {
 		return m, nil
 	}
-	if c.mgmt != nil {
-		closeQuietly(c.mgmt.session)
-		c.mgmt = nil
-	}
-	s, gen, err := c.session(ctx)
+	s, err := c.session(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +64,7 @@ func (c *Conn) management(ctx context.Context) (*management, error) {
 		closeQuietly(s)
 		return nil, err
 	}
-	c.mgmt = &management{gen: gen, session: s, sender: snd, receiver: r}
+	c.mgmt = &management{session: s, sender: snd, receiver: r}
 	return c.mgmt, nil
 }
 
@@ -84,26 +75,29 @@ type response struct {
 }
 
 // request sends one management request and waits for its answer. A failure of the link
-// pair ends its session, and the next request attaches a new pair; a lost connection is
-// waited out.
+// pair ends its session, and the next request attaches a new pair.
 func (c *Conn) request(ctx context.Context, method, path string, body any) (response, error) {
-	if c.closed.Load() {
-		return response{}, errClosed
+	if err := c.gone(); err != nil {
+		return response{}, err
 	}
 	c.mgmtMu.Lock()
 	defer c.mgmtMu.Unlock()
 	for attempt := 0; ; attempt++ {
 		resp, err := c.requestOnce(ctx, method, path, body)
-		if err == nil || ctx.Err() != nil || c.closed.Load() {
+		if err == nil || ctx.Err() != nil {
 			return resp, err
+		}
+		if gerr := c.gone(); gerr != nil {
+			return resp, gerr
 		}
 		// go-amqp gives a new receiver its credit from a goroutine of its own, which
 		// may not have run when the first request reaches the broker; the broker then
-		// ends the session. A new pair is ready by the next try.
-		if !(attempt < 5 && noCredit(err)) && c.ErrorCode(err) != backend.Unavailable {
+		// ends the session. A new pair is ready by the next try. A session the broker
+		// ended for another reason is tried again too, a few times.
+		if attempt >= 5 || !noCredit(err) && c.ErrorCode(err) != backend.Unavailable {
 			return resp, err
 		}
-		select { // the connection is going: wait a little for the next
+		select {
 		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
 			return response{}, ctx.Err()
@@ -290,7 +284,7 @@ func (c *Conn) declareExchange(ctx context.Context, x backend.Exchange) error {
 // of its own: RabbitMQ 4.0 has no GET of exchanges over management, and refusing the
 // attach ends the session.
 func (c *Conn) exchangeExists(ctx context.Context, name string) error {
-	s, _, err := c.session(ctx)
+	s, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
@@ -315,15 +309,10 @@ func (c *Conn) bind(ctx context.Context, b backend.Binding) error {
 	return check("POST", "/bindings", r, 204)
 }
 
-// The methods of backend.Conn that change topology: each records what it changed, for
-// declaring it again after a reconnection.
+// The methods of backend.Conn that change topology.
 
 func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
-	if err := c.declareExchange(ctx, x); err != nil {
-		return err
-	}
-	c.topo.AddExchange(x)
-	return nil
+	return c.declareExchange(ctx, x)
 }
 
 func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
@@ -332,19 +321,11 @@ func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := check("DELETE", path, r, 200, 204); err != nil {
-		return err
-	}
-	c.topo.DeleteExchange(name)
-	return nil
+	return check("DELETE", path, r, 200, 204)
 }
 
 func (c *Conn) DeclareQueue(ctx context.Context, q backend.Queue) error {
-	if err := c.declareQueue(ctx, q); err != nil {
-		return err
-	}
-	c.topo.AddQueue(q)
-	return nil
+	return c.declareQueue(ctx, q)
 }
 
 func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
@@ -356,17 +337,12 @@ func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 	if err := check("DELETE", path, r, 200); err != nil {
 		return err
 	}
-	c.topo.DeleteQueue(name)
 	c.dropGetter(name)
 	return nil
 }
 
 func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
-	if err := c.bind(ctx, b); err != nil {
-		return err
-	}
-	c.topo.AddBinding(b)
-	return nil
+	return c.bind(ctx, b)
 }
 
 func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
@@ -378,7 +354,6 @@ func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
 	if err := check("DELETE", path, r, 204); err != nil && backend.CodeOf(err) != backend.NotFound {
 		return err
 	}
-	c.topo.DeleteBinding(b)
 	return nil
 }
 
@@ -414,39 +389,4 @@ func count(body any) int {
 		return int(n)
 	}
 	return 0
-}
-
-// redeclare declares the recorded topology on the current connection: exchanges, queues,
-// then bindings. An entity the broker refuses (another client declared it differently
-// meanwhile) is logged and skipped; a lost connection is returned.
-func (c *Conn) redeclare() error {
-	exchanges, queues, bindings := c.topo.Snapshot()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	do := func(what string, err error) error {
-		if err == nil {
-			return nil
-		}
-		if c.ErrorCode(err) == backend.Unavailable || ctx.Err() != nil {
-			return err
-		}
-		c.log.Error("carrot/amqp10: could not declare again after reconnecting", "what", what, "error", err)
-		return nil
-	}
-	for _, x := range exchanges {
-		if err := do(fmt.Sprintf("exchange %q", x.Name), c.declareExchange(ctx, x)); err != nil {
-			return err
-		}
-	}
-	for _, q := range queues {
-		if err := do(fmt.Sprintf("queue %q", q.Name), c.declareQueue(ctx, q)); err != nil {
-			return err
-		}
-	}
-	for _, b := range bindings {
-		if err := do(fmt.Sprintf("binding of queue %q to exchange %q with key %q", b.Queue, b.Exchange, b.Key), c.bind(ctx, b)); err != nil {
-			return err
-		}
-	}
-	return nil
 }

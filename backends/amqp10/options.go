@@ -2,7 +2,6 @@ package amqp10
 
 import (
 	"crypto/tls"
-	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -15,10 +14,9 @@ import (
 
 // Defaults of the URL options.
 const (
-	DefaultIdleTimeout  = time.Minute
-	DefaultPrefetch     = 100
-	DefaultMaxBodySize  = 128 << 20 // RabbitMQ's default max_message_size
-	DefaultReconnectMax = 5 * time.Second
+	DefaultIdleTimeout = time.Minute
+	DefaultPrefetch    = 100
+	DefaultMaxBodySize = 16 << 20 // RabbitMQ 4's default max_message_size
 )
 
 // Options configures a connection to an AMQP 1.0 broker. [ParseURL] makes one from a URL;
@@ -42,14 +40,11 @@ type Options struct {
 
 	// Prefetch is the link credit of consumers that do not set one (DefaultPrefetch).
 	Prefetch int
-	// MaxBodySize is the largest body the broker accepts (DefaultMaxBodySize, RabbitMQ's
-	// default max_message_size); set it to match the broker's configuration.
+	// MaxBodySize is the largest body the broker accepts (DefaultMaxBodySize, RabbitMQ 4's
+	// default max_message_size); set it to match the broker's configuration. Whatever it
+	// is, go-amqp refuses before sending a message larger than the broker announces for
+	// the link.
 	MaxBodySize int64
-	// ReconnectMax caps the delay between reconnection attempts, which starts at 100ms and
-	// doubles (DefaultReconnectMax).
-	ReconnectMax time.Duration
-	// Logger receives reconnection events; slog.Default() when nil.
-	Logger *slog.Logger
 }
 
 // ParseURL parses an AMQP 1.0 URL,
@@ -67,16 +62,12 @@ func ParseURL(rawURL string) (*Options, error) {
 	o := &Options{Addr: u.Addr, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
 	err = u.Options("server_name", func(key, v string) error {
 		switch key {
-		case "idle_timeout", "reconnect_max":
+		case "idle_timeout":
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
 				return u.Bad(key, v, "a positive duration such as 30s")
 			}
-			if key == "idle_timeout" {
-				o.IdleTimeout = d
-			} else {
-				o.ReconnectMax = d
-			}
+			o.IdleTimeout = d
 		case "max_frame_size":
 			n, err := strconv.ParseUint(v, 10, 32)
 			if err != nil || n < 512 {
@@ -105,7 +96,7 @@ func ParseURL(rawURL string) (*Options, error) {
 		case "container_id":
 			o.ContainerID = v
 		default:
-			return backend.Errorf(backend.Invalid, "carrot/amqp10: unknown URL option %q (known: cacertfile, certfile, container_id, idle_timeout, keyfile, max_body_size, max_frame_size, prefetch, reconnect_max, sasl, server_name)", key)
+			return backend.Errorf(backend.Invalid, "carrot/amqp10: unknown URL option %q (known: cacertfile, certfile, container_id, idle_timeout, keyfile, max_body_size, max_frame_size, prefetch, sasl, server_name)", key)
 		}
 		return nil
 	})
@@ -132,12 +123,6 @@ func (o Options) withDefaults() Options {
 	if o.MaxBodySize == 0 {
 		o.MaxBodySize = DefaultMaxBodySize
 	}
-	if o.ReconnectMax == 0 {
-		o.ReconnectMax = DefaultReconnectMax
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
 	return o
 }
 
@@ -150,14 +135,14 @@ func (o Options) String() string {
 	return amqpurl.String(scheme, o.Username, o.Addr, o.Vhost)
 }
 
-// connOptions returns go-amqp's options for o, and the address to dial.
-func (o Options) connOptions() (string, *amqp.ConnOptions) {
+// connOptions returns go-amqp's options for o. TLS is not among them: Connect makes the
+// TLS connection itself.
+func (o Options) connOptions() *amqp.ConnOptions {
 	co := &amqp.ConnOptions{
 		ContainerID:  o.ContainerID,
 		HostName:     "vhost:" + o.Vhost,
 		IdleTimeout:  o.IdleTimeout,
 		MaxFrameSize: o.MaxFrameSize,
-		TLSConfig:    o.TLS,
 	}
 	switch o.SASL {
 	case "anonymous":
@@ -167,9 +152,5 @@ func (o Options) connOptions() (string, *amqp.ConnOptions) {
 	default:
 		co.SASLType = amqp.SASLTypePlain(o.Username, o.Password)
 	}
-	scheme := "amqp"
-	if o.TLS != nil {
-		scheme = "amqps"
-	}
-	return scheme + "://" + o.Addr, co
+	return co
 }

@@ -23,7 +23,6 @@ import (
 // goroutine keep their order. One goroutine waits for the outcomes, in the order the
 // messages went out.
 type publisher struct {
-	gen     uint64
 	session *amqp.Session
 	sender  *amqp.Sender // null target
 	waits   chan wait
@@ -54,23 +53,15 @@ type wait struct {
 
 // publisher returns the live sending link, attaching one if needed.
 func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
-	if c.closed.Load() {
-		return nil, errClosed
-	}
-	// A link of a lost connection fails the next send, which replaces it.
 	if p := c.pub.Load(); p != nil && !p.isDead() {
 		return p, nil
 	}
-	_, gen, err := c.current(ctx)
-	if err != nil {
-		return nil, err
-	}
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
-	if p := c.pub.Load(); p != nil && p.gen == gen && !p.isDead() {
+	if p := c.pub.Load(); p != nil && !p.isDead() {
 		return p, nil
 	}
-	s, gen, err := c.session(ctx)
+	s, err := c.session(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +73,7 @@ func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 		closeQuietly(s)
 		return nil, err
 	}
-	p := &publisher{gen: gen, session: s, sender: snd, waits: make(chan wait, 4096), dead: make(chan struct{}), tried: make(map[string]bool)}
+	p := &publisher{session: s, sender: snd, waits: make(chan wait, 4096), dead: make(chan struct{}), tried: make(map[string]bool)}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -137,10 +128,10 @@ func (p *publisher) answer(c *Conn) {
 					}
 				}
 			case <-c.done:
-				for { // what is left fails: the connection is closing
+				for { // what is left fails: the connection ended
 					select {
 					case w := <-p.waits:
-						w.done(errClosed)
+						w.done(c.ended())
 					default:
 						return
 					}
@@ -166,7 +157,7 @@ func (p *publisher) enqueue(c *Conn, w wait) {
 		case p.waits <- w:
 			return
 		case <-c.done:
-			w.done(errClosed)
+			w.done(c.ended())
 			return
 		}
 	}
@@ -355,8 +346,8 @@ func (c *Conn) send(ctx context.Context, w *wait) (*publisher, error) {
 		}
 		if linkGone(err) {
 			pub.kill()
-			if c.closed.Load() {
-				return nil, errClosed
+			if gerr := c.gone(); gerr != nil {
+				return nil, gerr
 			}
 			continue // nothing was sent: send on the next link
 		}

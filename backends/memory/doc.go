@@ -21,8 +21,17 @@
 //     128 MiB, as RabbitMQ's max_message_size).
 //   - prefetch: the prefetch limit of consumers that do not set one (default 100).
 //
-// [ParseURL] turns a URL into [Options]; [New] opens a connection from Options without
-// the registry, for [carrot.NewConn].
+// [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
+// for [carrot.Connect] without the registry.
+//
+// # Breaking the connection
+//
+// An in-process connection never breaks on its own. For tests of what a program does when
+// one does, [Options.Link] puts a [Link] between the connections and the broker: Cut loses
+// every connection at once (the broker takes back what they held, as a real one does when
+// a client goes away), Block also refuses new connections, and Stall makes every call wait
+// until Unblock or its context ends. carrot recovers from these as from a real network's
+// failures; the conformance suite's Recover cases use them.
 //
 // # Delivery semantics
 //

@@ -38,6 +38,10 @@ type Options struct {
 	// Prefetch is the prefetch limit of consumers that do not set one (DefaultPrefetch when
 	// zero).
 	Prefetch int
+
+	// Link, when set, is the simulated network between the connections and the broker, for
+	// tests that break it; see [Link]. A URL cannot set it.
+	Link *Link
 }
 
 // ParseURL parses a memory URL, memory://NAME?OPTIONS; see the package documentation.
@@ -82,13 +86,14 @@ func ParseURL(rawURL string) (*Options, error) {
 // Driver opens memory:// URLs. It is registered with carrot under the scheme "memory".
 type Driver struct{}
 
-// Open parses rawURL with [ParseURL] and connects to the broker it names.
-func (Driver) Open(ctx context.Context, rawURL string) (backend.Conn, error) {
+// OpenConnector parses rawURL with [ParseURL] and returns a Connector for the broker it
+// names.
+func (Driver) OpenConnector(rawURL string) (backend.Connector, error) {
 	o, err := ParseURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	return New(o), nil
+	return NewConnector(o), nil
 }
 
 var (
@@ -96,9 +101,17 @@ var (
 	brokers   = make(map[string]*broker)
 )
 
-// New connects to the in-process broker opts names, making it if it does not exist yet.
-// Use it with [carrot.NewConn] to open a memory connection without the registry.
-func New(opts *Options) *Conn {
+// Connector connects to one in-process broker. It implements [backend.Connector].
+type Connector struct {
+	b    *broker
+	opts Options
+}
+
+// NewConnector returns a Connector for the in-process broker opts names, making the broker
+// if it does not exist yet; without a name, the broker is the Connector's own, shared by
+// the connections it makes. Use it with [carrot.Connect] to open a memory connection
+// without the registry.
+func NewConnector(opts *Options) *Connector {
 	o := *opts
 	if o.MaxBodySize == 0 {
 		o.MaxBodySize = DefaultMaxBodySize
@@ -117,19 +130,36 @@ func New(opts *Options) *Conn {
 		}
 		brokersMu.Unlock()
 	}
-	return &Conn{b: b, opts: o, pending: make(map[*delivery]struct{}), subs: make(map[*subscription]struct{}), done: make(chan struct{})}
+	return &Connector{b: b, opts: o}
 }
+
+// Connect opens a connection to the broker. Through a blocked [Link] it fails, through a
+// stalled one it waits for the link to carry again, or for ctx to end.
+func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
+	c := &Conn{b: k.b, opts: k.opts, link: k.opts.Link, pending: make(map[*delivery]struct{}), subs: make(map[*subscription]struct{}), done: make(chan struct{})}
+	if l := c.link; l != nil {
+		if err := l.attach(ctx, c); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// String returns the broker's URL.
+func (k *Connector) String() string { return "memory://" + k.opts.Name }
 
 // Conn is a connection to an in-process broker. It implements [backend.Conn].
 type Conn struct {
 	b    *broker
 	opts Options
+	link *Link // nil when not simulated
 
 	// guarded by b.mu
 	closed  bool
+	err     error                  // why the connection ended: closed, or lost through its link
 	pending map[*delivery]struct{} // got without auto-ack and not settled
 	subs    map[*subscription]struct{}
-	done    chan struct{} // closed by Close
+	done    chan struct{} // closed when the connection ends
 }
 
 var _ backend.Conn = (*Conn)(nil)
@@ -157,20 +187,39 @@ func (c *Conn) ErrorCode(err error) backend.Code { return backend.CodeOf(err) }
 // As supports no types: there is no client underneath.
 func (c *Conn) As(target any) bool { return false }
 
-// lock locks the broker and checks that c is open and ctx live.
+// lock locks the broker and checks that c is open and ctx live. Through a stalled link it
+// first waits for the link to carry again.
 func (c *Conn) lock(ctx context.Context) error {
+	if err := c.link.wait(ctx, c); err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	c.b.mu.Lock()
-	if c.closed {
+	if c.err != nil {
+		err := c.err
 		c.b.mu.Unlock()
-		return errClosed
+		return err
 	}
 	return nil
 }
 
-var errClosed = backend.Errorf(backend.Closed, "carrot/memory: connection closed")
+var (
+	errClosed = backend.Errorf(backend.Closed, "carrot/memory: connection closed")
+	errLost   = backend.Errorf(backend.Unavailable, "carrot/memory: connection lost: its link was cut")
+)
+
+// Done returns a channel closed when the connection ends: closed, or lost through its
+// link.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended, or nil.
+func (c *Conn) Err() error {
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	return c.err
+}
 
 // queue returns the queue of that name that c may use.
 func (c *Conn) queue(name string) (*queue, error) {
@@ -399,12 +448,21 @@ func (c *Conn) Purge(ctx context.Context, queueName string) (int, error) {
 // Close returns the messages c's subscriptions and gets hold to their queues and deletes
 // the exclusive queues c declared.
 func (c *Conn) Close() error {
+	c.end(errClosed)
+	c.link.detach(c)
+	return nil
+}
+
+// end ends the connection, closed or lost, as a broker does when a client goes away: the
+// messages it holds go back to their queues, its exclusive queues are deleted.
+func (c *Conn) end(why error) {
 	c.b.mu.Lock()
 	defer c.b.mu.Unlock()
 	if c.closed {
-		return nil
+		return
 	}
 	c.closed = true
+	c.err = why
 	close(c.done)
 	for s := range c.subs {
 		s.closeLocked()
@@ -415,7 +473,6 @@ func (c *Conn) Close() error {
 			c.b.deleteQueue(q)
 		}
 	}
-	return nil
 }
 
 // returnPending requeues unsettled deliveries, grouped by queue.
@@ -450,6 +507,10 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 		case s.closed:
 			s.c.b.mu.Unlock()
 			return nil, backend.Errorf(backend.Closed, "carrot/memory: subscription closed")
+		case s.c.err != nil: // unreachable: lock returned the error
+			err := s.c.err
+			s.c.b.mu.Unlock()
+			return nil, err
 		case s.q.deleted:
 			s.c.b.mu.Unlock()
 			return nil, backend.Errorf(backend.NotFound, "queue %q was deleted", s.q.def.Name)
@@ -461,8 +522,9 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 					d = &delivery{c: s.c, q: s.q, e: e, sub: s}
 					s.pending[d] = struct{}{}
 				}
+				bd := e.delivery(d) // under the lock: a lost connection requeues e at once
 				s.c.b.mu.Unlock()
-				return e.delivery(d), nil
+				return bd, nil
 			}
 		}
 		changed := s.q.changed
@@ -506,9 +568,15 @@ type delivery struct {
 }
 
 func (d *delivery) Settle(ctx context.Context, o backend.Outcome) error {
+	if err := d.c.link.wait(ctx, d.c); err != nil {
+		return err
+	}
 	b := d.c.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if d.c.err == errLost {
+		return backend.Errorf(backend.Unavailable, "carrot/memory: the connection was lost; the message went back to queue %q", d.q.def.Name)
+	}
 	if d.done {
 		return backend.Errorf(backend.Closed, "carrot/memory: the delivery's consumer or connection closed; the message went back to queue %q", d.q.def.Name)
 	}

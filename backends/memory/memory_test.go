@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/carrot-go/carrot"
-	_ "github.com/carrot-go/carrot/backends/memory"
+	"github.com/carrot-go/carrot/backends/memory"
 	"github.com/carrot-go/carrot/conformance"
 )
 
@@ -16,6 +16,11 @@ func TestConformance(t *testing.T) {
 	url := "memory://" + t.Name() // one broker, shared by the suite's connections
 	conformance.Run(t, conformance.Harness{
 		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		OpenFaulty: func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
+			link := new(memory.Link)
+			conn, err := carrot.Connect(ctx, memory.NewConnector(&memory.Options{Name: t.Name(), Link: link}))
+			return conn, link, err
+		},
 	})
 }
 

@@ -33,18 +33,49 @@ func init() {
 // the three schemes.
 type Driver struct{}
 
-// Open parses rawURL with [ParseURL] and connects.
-func (Driver) Open(ctx context.Context, rawURL string) (backend.Conn, error) {
+// OpenConnector parses rawURL with [ParseURL] and returns a Connector for it.
+func (Driver) OpenConnector(rawURL string) (backend.Connector, error) {
 	o, err := ParseURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	return Open(ctx, o)
+	return NewConnector(o), nil
 }
 
-// Conn is a connection to Redis, through a go-redis client that reconnects on its own. It
-// implements [backend.Conn]; use it with [carrot.NewConn].
+// Connector connects to Redis as its Options say. It implements [backend.Connector]; use
+// it with [carrot.Connect]. It remembers the consumers of its lost connections that held
+// messages, and hands those messages back to their queues when it next connects, so that
+// they are delivered again at once rather than after the visibility timeout.
+type Connector struct {
+	opts Options
+
+	mu      sync.Mutex
+	orphans []orphan
+}
+
+// orphan is a consumer of a lost connection that may hold messages.
+type orphan struct{ stream, consumer string }
+
+// NewConnector returns a Connector for opts.
+func NewConnector(opts *Options) *Connector {
+	return &Connector{opts: opts.withDefaults()}
+}
+
+// String describes where the Connector connects, without the password.
+func (k *Connector) String() string { return k.opts.String() }
+
+// adopt remembers consumers of a lost connection.
+func (k *Connector) adopt(os ...orphan) {
+	k.mu.Lock()
+	k.orphans = append(k.orphans, os...)
+	k.mu.Unlock()
+}
+
+// Conn is one connection to Redis: a go-redis client, which keeps a pool of network
+// connections. It implements [backend.Conn]. When Redis stops answering, or has lost its
+// data (restarted without persistence), the Conn ends, and carrot opens another.
 type Conn struct {
+	k          *Connector
 	opts       Options
 	rdb        goredis.UniversalClient
 	log        *slog.Logger
@@ -59,14 +90,19 @@ type Conn struct {
 	pubq chan *pubReq
 	ackq chan ackReq
 
-	mu      sync.Mutex
-	gets    map[string]hold // messages got and not settled, by id
-	subs    map[*subscription]struct{}
-	getCur  string // XAUTOCLAIM cursor of gets
-	closed  atomic.Bool
-	done    chan struct{}
-	wg      sync.WaitGroup
-	ackDone chan struct{} // closed when the ack loop has stopped
+	mu        sync.Mutex
+	gets      map[string]hold // messages got and not settled, by id
+	getQueues map[string]bool // queues fetched from, whose get consumer goes on Close
+	subs      map[*subscription]struct{}
+	getCur    string // XAUTOCLAIM cursor of gets
+	err       error  // why the connection ended
+	closed    atomic.Bool
+	done      chan struct{} // closed when the connection ends
+
+	foreignReply atomic.Value  // the first bytes of a server that does not speak RESP
+	stop         chan struct{} // closed by Close: the background goroutines end
+	wg           sync.WaitGroup
+	ackDone      chan struct{} // closed when the ack loop has stopped
 }
 
 // hold is a message delivered and not yet settled.
@@ -77,48 +113,83 @@ type hold struct {
 
 var _ backend.Conn = (*Conn)(nil)
 var _ backend.AsyncPublisher = (*Conn)(nil)
+var _ backend.Pinger = (*Conn)(nil)
 
-// Open connects to Redis as opts says, and checks that it answers.
-func Open(ctx context.Context, opts *Options) (*Conn, error) {
-	o := opts.withDefaults()
+// Connect opens a go-redis client and checks that Redis answers, bounded by ctx. It then
+// hands back to their queues the messages that consumers of the Connector's lost
+// connections held.
+func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
+	o := k.opts
 	ro := o.Redis
 	if ro.PoolSize == 0 {
-		ro.PoolSize = 64 // each consumer's blocking read holds a connection
+		ro.PoolSize = 64
 	}
-	ro.ReadTimeout = max(ro.ReadTimeout, 10*time.Second) // a script over a large batch takes time
+	ro.ContextTimeoutEnabled = true // calls end at their context's deadline
+	ro.MaxRetries = -1              // carrot recovers, once for every backend: a failed call ends the Conn
+	ro.DialerRetries = 1            // one attempt
 	c := &Conn{
-		opts:    o,
-		rdb:     goredis.NewUniversalClient(&ro),
-		log:     o.Logger,
-		prefix:  "{" + o.Namespace + "}:",
-		id:      randomID(),
-		pubq:    make(chan *pubReq, 4096),
-		ackq:    make(chan ackReq, 4096),
-		gets:    make(map[string]hold),
-		subs:    make(map[*subscription]struct{}),
-		getCur:  "0-0",
-		done:    make(chan struct{}),
-		ackDone: make(chan struct{}),
+		k:         k,
+		opts:      o,
+		log:       o.Logger,
+		prefix:    "{" + o.Namespace + "}:",
+		id:        randomID(),
+		pubq:      make(chan *pubReq, 4096),
+		ackq:      make(chan ackReq, 4096),
+		gets:      make(map[string]hold),
+		getQueues: make(map[string]bool),
+		subs:      make(map[*subscription]struct{}),
+		getCur:    "0-0",
+		done:      make(chan struct{}),
+		stop:      make(chan struct{}),
+		ackDone:   make(chan struct{}),
 	}
 	c.versionKey = c.prefix + "version"
+	ro.Dialer = c.dialer(ro.Dialer, ro.TLSConfig)
+	c.rdb = goredis.NewUniversalClient(&ro)
 	if err := scriptInit.Run(ctx, c.rdb, []string{c.versionKey}, c.prefix).Err(); err != nil {
 		c.rdb.Close()
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, cerr
+			return nil, backend.Errorf(backend.Unavailable, "carrot/redis: connect to %s: %w", o, cerr)
+		}
+		if reply, ok := c.foreignReply.Load().(string); ok {
+			return nil, backend.Errorf(backend.Invalid, "carrot/redis: connect to %s: the server does not speak Redis's protocol (it answered %q): %w", o, reply, err)
 		}
 		code := c.ErrorCode(err)
-		if code == backend.Unknown {
+		if code != backend.Invalid {
 			code = backend.Unavailable
 		}
 		return nil, backend.Errorf(code, "carrot/redis: connect to %s: %w", o, err)
 	}
 	c.caps = c.capabilities(ctx)
-	c.wg.Add(3)
+	if err := c.releaseOrphans(ctx); err != nil {
+		c.rdb.Close()
+		return nil, err
+	}
+	c.wg.Add(4)
 	go func() { defer c.wg.Done(); c.publishLoop() }()
 	go func() { defer c.wg.Done(); c.heartbeat() }()
 	go func() { defer c.wg.Done(); c.janitor() }()
+	go func() { defer c.wg.Done(); c.monitor() }()
 	go func() { defer close(c.ackDone); c.ackLoop() }()
 	return c, nil
+}
+
+// releaseOrphans hands back to their queues the messages that consumers of the
+// Connector's lost connections held, and removes those consumers.
+func (c *Conn) releaseOrphans(ctx context.Context) error {
+	k := c.k
+	k.mu.Lock()
+	orphans := k.orphans
+	k.orphans = nil
+	k.mu.Unlock()
+	for i, o := range orphans {
+		err := scriptReleaseAll.Run(ctx, c.rdb, []string{o.stream}, o.consumer).Err()
+		if err != nil && c.ErrorCode(err) != backend.NotFound {
+			k.adopt(orphans[i:]...) // the next connection tries again
+			return backend.Errorf(backend.Unavailable, "carrot/redis: handing back the messages of a lost connection: %w", err)
+		}
+	}
+	return nil
 }
 
 func randomID() string {
@@ -168,30 +239,114 @@ func checkName(what, name string) error {
 	return nil
 }
 
-// retry runs fn until it succeeds or fails for another reason than a lost connection,
-// waiting longer each time; go-redis reconnects meanwhile.
-func (c *Conn) retry(ctx context.Context, fn func() error) error {
-	delay := 50 * time.Millisecond
-	for {
-		if c.closed.Load() {
-			return errClosed
-		}
-		err := fn()
-		if err == nil || c.ErrorCode(err) != backend.Unavailable {
-			return err
-		}
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.done:
-			return errClosed
-		}
-		delay = min(2*delay, 2*time.Second)
+// try runs fn once. An error that says Redis is unreachable, not caused by ctx, ends the
+// connection: its calls then fail at once, and carrot opens another.
+func (c *Conn) try(ctx context.Context, fn func() error) error {
+	if err := c.gone(); err != nil {
+		return err
+	}
+	err := fn()
+	if err == nil {
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	if c.ErrorCode(err) == backend.Unavailable {
+		c.lose(err)
+		return c.gone()
+	}
+	if errors.Is(err, goredis.ErrClosed) {
+		return c.gone()
+	}
+	return err
+}
+
+var (
+	errClosed    = backend.Errorf(backend.Closed, "carrot/redis: connection closed")
+	errStateLost = errors.New("Redis lost the namespace's data (a restart without persistence?): the topology is declared again")
+)
+
+// lose ends the connection because of err.
+func (c *Conn) lose(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = backend.Errorf(backend.Unavailable, "carrot/redis: connection lost: %w", err)
+		close(c.done)
 	}
 }
 
-var errClosed = backend.Errorf(backend.Closed, "carrot/redis: connection closed")
+// gone returns the error of a call on an ended connection, or nil: why it was lost, or
+// that it was closed.
+func (c *Conn) gone() error {
+	select {
+	case <-c.done:
+		return c.Err()
+	default:
+	}
+	if c.closed.Load() {
+		return errClosed
+	}
+	return nil
+}
+
+// Done returns a channel closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended, or nil.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Ping reads the namespace's version: Redis answers, and still has the namespace.
+func (c *Conn) Ping(ctx context.Context) error {
+	return c.try(ctx, func() error { return c.checkState(ctx) })
+}
+
+// checkState reads the namespace's version; if it is gone, Redis lost its data, and the
+// connection ends so that carrot declares the topology again.
+func (c *Conn) checkState(ctx context.Context) error {
+	err := c.rdb.Get(ctx, c.versionKey).Err()
+	if errors.Is(err, goredis.Nil) {
+		c.lose(errStateLost)
+		return c.gone()
+	}
+	return err
+}
+
+// monitor checks, once a second, that Redis answers and still has the namespace, so that
+// a connection that nobody uses notices a restart too.
+func (c *Conn) monitor() {
+	tick := time.NewTicker(monitorInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-c.done:
+			return
+		case <-c.stop:
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), monitorTimeout)
+		err := c.checkState(ctx)
+		switch {
+		case err == nil || c.gone() != nil:
+		case ctx.Err() != nil:
+			c.lose(fmt.Errorf("no answer within %v", monitorTimeout))
+		case c.ErrorCode(err) == backend.Unavailable:
+			c.lose(err)
+		}
+		cancel()
+	}
+}
+
+const (
+	monitorInterval = time.Second
+	monitorTimeout  = 5 * time.Second
+)
 
 // ErrorCode classifies the errors of go-redis, of Redis and of the scripts.
 func (c *Conn) ErrorCode(err error) backend.Code {
@@ -222,6 +377,8 @@ func (c *Conn) ErrorCode(err error) backend.Code {
 			{"NOAUTH", backend.Invalid},
 			{"WRONGPASS", backend.Invalid},
 			{"NOPERM", backend.Invalid},
+			{"LOST", backend.Unavailable},
+			{"ERR Protocol error: invalid bulk length", backend.TooLarge},
 		} {
 			if strings.HasPrefix(msg, p.prefix) {
 				return p.code
@@ -261,32 +418,66 @@ func (c *Conn) As(target any) bool {
 	return false
 }
 
-// Close flushes pending acknowledgements, hands the messages got and not settled back to
-// their queues, and closes the client.
+// Close flushes the acknowledgements accepted so far and returns their error, hands the
+// messages got and not settled back to their queues, removes the consumer that fetched,
+// and closes the client. Of a lost connection, it only remembers, for the Connector's
+// next connection, the consumer that held messages.
 func (c *Conn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c.flushAcks(ctx)
-	c.mu.Lock()
-	byQueue := make(map[string][]string)
-	for id, g := range c.gets {
-		if !g.lost {
-			byQueue[g.queue] = append(byQueue[g.queue], id)
+	var err error
+	if c.Err() == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		err = c.flushAcks(ctx)
+		c.mu.Lock()
+		byQueue := make(map[string][]string)
+		for id, g := range c.gets {
+			if !g.lost {
+				byQueue[g.queue] = append(byQueue[g.queue], id)
+			}
 		}
+		queues := c.getQueues
+		c.gets, c.getQueues = nil, nil
+		c.mu.Unlock()
+		for q, ids := range byQueue {
+			if rerr := c.release(ctx, q, c.getConsumer(), ids); rerr != nil && !errors.Is(rerr, errLost) && err == nil {
+				err = rerr
+			}
+		}
+		for q := range queues {
+			stream, _ := c.stream(q)
+			c.rdb.XGroupDelConsumer(ctx, stream, "carrot", c.getConsumer()) // it holds nothing now
+		}
+		cancel()
+	} else {
+		c.mu.Lock()
+		var orphans []orphan
+		for q := range c.getQueues {
+			stream, _ := c.stream(q)
+			orphans = append(orphans, orphan{stream, c.getConsumer()})
+		}
+		c.gets, c.getQueues = nil, nil
+		c.mu.Unlock()
+		c.k.adopt(orphans...)
 	}
-	c.gets = nil
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = errClosed
+		close(c.done)
+	}
 	c.mu.Unlock()
-	for q, ids := range byQueue {
-		c.release(ctx, q, c.getConsumer(), ids)
-	}
-	close(c.done)
+	close(c.stop)
 	c.wg.Wait()
 	<-c.ackDone
-	return c.rdb.Close()
+	if cerr := c.rdb.Close(); err == nil && cerr != nil && !errors.Is(cerr, goredis.ErrClosed) {
+		err = cerr
+	}
+	return err
 }
+
+// closeTimeout bounds what Close does on a live connection.
+const closeTimeout = 5 * time.Second
 
 func (c *Conn) getConsumer() string { return c.id + ":get" }
 
@@ -394,7 +585,7 @@ func (c *Conn) reload(ctx context.Context, stale *snapshot) (*snapshot, error) {
 		return s, nil
 	}
 	var res any
-	err := c.retry(ctx, func() error {
+	err := c.try(ctx, func() error {
 		var err error
 		res, err = scriptLoad.Run(ctx, c.rdb, []string{c.versionKey}, c.prefix).Result()
 		return err
@@ -458,10 +649,7 @@ func parseSnapshot(prefix string, res any) (*snapshot, error) {
 
 // topology runs a script that changes the topology, then forgets the known topology.
 func (c *Conn) topology(ctx context.Context, script *goredis.Script, args ...any) error {
-	if c.closed.Load() {
-		return errClosed
-	}
-	err := c.retry(ctx, func() error {
+	err := c.try(ctx, func() error {
 		return script.Run(ctx, c.rdb, []string{c.versionKey}, append([]any{c.prefix}, args...)...).Err()
 	})
 	if err == nil {
@@ -529,12 +717,9 @@ func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
 }
 
 func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
-	if c.closed.Load() {
-		return 0, errClosed
-	}
 	s, q := c.stream(queue)
 	var n int64
-	err := c.retry(ctx, func() error {
+	err := c.try(ctx, func() error {
 		var err error
 		n, err = scriptPurge.Run(ctx, c.rdb, []string{s, q}).Int64()
 		return err

@@ -18,9 +18,9 @@ import (
 func (c *Conn) take(ctx context.Context, queue, consumer string, count int, noAck bool, cursor string) (string, []entry, error) {
 	s, q := c.stream(queue)
 	var res any
-	err := c.retry(ctx, func() error {
+	err := c.try(ctx, func() error {
 		var err error
-		res, err = scriptTake.Run(ctx, c.rdb, []string{s, q}, consumer, count, c.opts.VisibilityTimeout.Milliseconds(), flag(noAck), cursor).Result()
+		res, err = scriptTake.Run(ctx, c.rdb, []string{s, q, c.versionKey}, consumer, count, c.opts.VisibilityTimeout.Milliseconds(), flag(noAck), cursor).Result()
 		return err
 	})
 	if err != nil {
@@ -62,11 +62,14 @@ func fieldMap(v any) map[string]any {
 // dead-lettered or dropped.
 func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.Delivery, error) {
 	for {
-		if c.closed.Load() {
-			return nil, errClosed
+		if err := c.gone(); err != nil {
+			return nil, err
 		}
 		c.mu.Lock()
 		cursor := c.getCur
+		if c.getQueues != nil {
+			c.getQueues[queue] = true
+		}
 		c.mu.Unlock()
 		next, entries, err := c.take(ctx, queue, c.getConsumer(), 1, autoAck, cursor)
 		c.mu.Lock()
@@ -89,7 +92,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 			if c.gets == nil { // closed meanwhile
 				c.mu.Unlock()
 				c.release(ctx, queue, c.getConsumer(), []string{e.id})
-				return nil, errClosed
+				return nil, c.gone()
 			}
 			c.gets[e.id] = hold{queue: queue}
 			c.mu.Unlock()
@@ -174,7 +177,7 @@ func (c *Conn) deadLetter(ctx context.Context, queue, consumer, id string, f map
 			args = append(args, k, v)
 		}
 		var res string
-		err := c.retry(ctx, func() error {
+		err := c.try(ctx, func() error {
 			var err error
 			res, err = scriptDeadLetter.Run(ctx, c.rdb, []string{c.versionKey, stream}, args...).Text()
 			return err
@@ -205,7 +208,7 @@ func (c *Conn) release(ctx context.Context, queue, consumer string, ids []string
 		args = append(args, id)
 	}
 	var lost []string
-	err := c.retry(ctx, func() error {
+	err := c.try(ctx, func() error {
 		var err error
 		lost, err = scriptRelease.Run(ctx, c.rdb, []string{stream}, args...).StringSlice()
 		return err
@@ -219,17 +222,15 @@ func (c *Conn) release(ctx context.Context, queue, consumer string, ids []string
 	return nil
 }
 
-// Consume subscribes a consumer of its own to the queue.
+// Consume subscribes a consumer of its own to the queue, with a network connection of its
+// own for its blocking reads.
 func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backend.Subscription, error) {
-	if c.closed.Load() {
-		return nil, errClosed
-	}
 	if opts.Prefetch == 0 {
 		opts.Prefetch = c.opts.Prefetch
 	}
-	_, q := c.stream(opts.Queue)
+	stream, q := c.stream(opts.Queue)
 	var n int64
-	err := c.retry(ctx, func() error {
+	err := c.try(ctx, func() error {
 		var err error
 		n, err = c.rdb.Exists(ctx, q).Result()
 		return err
@@ -240,20 +241,68 @@ func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backen
 	if n == 0 {
 		return nil, backend.Errorf(backend.NotFound, "carrot/redis: queue %q not found", opts.Queue)
 	}
+	var r *reader
+	err = c.try(ctx, func() error {
+		var err error
+		r, err = c.newReader(ctx, stream)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
 	s := &subscription{
 		c:        c,
 		opts:     opts,
+		stream:   stream,
+		reader:   r,
 		consumer: fmt.Sprintf("%s:%d", c.id, subSeq.Add(1)),
 		cursor:   "0-0",
 		inflight: make(map[string]hold),
 		settled:  make(chan struct{}, 1),
 	}
-	s.stream, _ = c.stream(opts.Queue)
 	s.needTake.Store(true)
 	c.mu.Lock()
 	c.subs[s] = struct{}{}
 	c.mu.Unlock()
 	return s, nil
+}
+
+// reader is a network connection of a subscription's own for its blocking reads, which
+// Receive cuts short with CLIENT UNBLOCK when its context ends.
+type reader struct {
+	conn *goredis.Conn
+	id   int64           // the connection's CLIENT ID
+	node *goredis.Client // the node it is on
+}
+
+// newReader takes a network connection to the node that holds key.
+func (c *Conn) newReader(ctx context.Context, key string) (*reader, error) {
+	var node *goredis.Client
+	switch rdb := c.rdb.(type) {
+	case *goredis.Client:
+		node = rdb
+	case *goredis.ClusterClient:
+		var err error
+		if node, err = rdb.MasterForKey(ctx, key); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, backend.Errorf(backend.Unsupported, "carrot/redis: a client of type %T", c.rdb)
+	}
+	conn := node.Conn()
+	id, err := conn.ClientID(ctx).Result()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return &reader{conn: conn, id: id, node: node}, nil
+}
+
+// unblock cuts short the blocking read in progress on the reader's connection, if any.
+func (r *reader) unblock() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	r.node.ClientUnblock(ctx, r.id)
 }
 
 var subSeq atomic.Uint64
@@ -264,6 +313,7 @@ type subscription struct {
 	c        *Conn
 	opts     backend.ConsumeOptions
 	stream   string
+	reader   *reader
 	consumer string
 	cursor   string
 	buf      []entry
@@ -359,28 +409,31 @@ func (s *subscription) sendAcks(ctx context.Context, p goredis.Pipeliner) error 
 	if p != nil {
 		return nil
 	}
-	if _, err := run.Exec(ctx); err != nil {
-		s.mu.Lock()
-		s.acks = append(ids, s.acks...)
-		s.mu.Unlock()
-		if s.c.ErrorCode(err) == backend.Unavailable {
-			return nil // go-redis reconnects; the next read sends them
-		}
+	err := s.c.try(ctx, func() error {
+		_, err := run.Exec(ctx)
 		return err
+	})
+	if err != nil {
+		s.mu.Lock()
+		s.acks = append(ids, s.acks...) // try again with the next read, or on Close
+		s.mu.Unlock()
 	}
-	return nil
+	return err
 }
 
 // wait sends the pending acks, then blocks on the stream until new messages come or the
 // block time passes, in one round trip, as a go-redis program reading and acking batches
-// does.
+// does. When ctx ends, the read is cut short.
 func (s *subscription) wait(ctx context.Context, room int) error {
 	c := s.c
+	if err := c.gone(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	acks := s.acks
 	s.acks = nil
 	s.mu.Unlock()
-	p := c.rdb.Pipeline()
+	p := s.reader.conn.Pipeline()
 	if len(acks) > 0 {
 		p.XAck(ctx, s.stream, "carrot", acks...)
 	}
@@ -392,7 +445,9 @@ func (s *subscription) wait(ctx context.Context, room int) error {
 		Block:    c.opts.Block,
 		NoAck:    s.opts.AutoAck,
 	})
+	stop := context.AfterFunc(ctx, s.reader.unblock)
 	_, err := p.Exec(ctx)
+	stop()
 	if len(acks) > 0 && err != nil && !errors.Is(err, goredis.Nil) {
 		s.mu.Lock()
 		s.acks = append(acks, s.acks...) // try again with the next read
@@ -401,6 +456,9 @@ func (s *subscription) wait(ctx context.Context, room int) error {
 	res, err := read.Result()
 	switch {
 	case errors.Is(err, goredis.Nil):
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
 		return nil
 	case err != nil:
 		if cerr := ctx.Err(); cerr != nil {
@@ -408,13 +466,12 @@ func (s *subscription) wait(ctx context.Context, room int) error {
 		}
 		switch c.ErrorCode(err) {
 		case backend.Unavailable:
-			select { // go-redis reconnects; try again in a while
-			case <-time.After(c.opts.Block / 4):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			return nil
+			c.lose(err)
+			return c.gone()
 		case backend.NotFound:
+			if serr := c.checkState(ctx); serr != nil {
+				return serr
+			}
 			return backend.Errorf(backend.NotFound, "carrot/redis: queue %q was deleted: %w", s.opts.Queue, err)
 		}
 		return err
@@ -453,16 +510,32 @@ func (s *subscription) wait(ctx context.Context, room int) error {
 }
 
 // Close acknowledges what was acked, hands the messages it holds back to the queue, and
-// forgets the consumer.
+// forgets the consumer. Of a lost connection, it leaves that to the Connector's next
+// connection.
 func (s *subscription) Close() error {
 	s.closed.Store(true)
 	c := s.c
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c.flushAcks(ctx)
-	if err := s.sendAcks(ctx, nil); err != nil {
-		c.log.Warn("carrot/redis: acknowledgements failed; the messages will be delivered again after the visibility timeout", "queue", s.opts.Queue, "error", err)
+	defer func() {
+		s.reader.conn.Close()
+		c.mu.Lock()
+		delete(c.subs, s)
+		c.mu.Unlock()
+	}()
+	s.mu.Lock()
+	held := len(s.inflight) > 0 || len(s.acks) > 0
+	s.mu.Unlock()
+	if c.Err() != nil && !c.closed.Load() { // lost
+		s.mu.Lock()
+		s.inflight = nil
+		s.mu.Unlock()
+		if held || len(s.buf) > 0 {
+			c.k.adopt(orphan{s.stream, s.consumer})
+		}
+		return nil
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	err := s.sendAcks(ctx, nil)
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.inflight)+len(s.buf))
 	for id, h := range s.inflight {
@@ -478,15 +551,15 @@ func (s *subscription) Close() error {
 		}
 	}
 	s.buf = nil
-	err := c.release(ctx, s.opts.Queue, s.consumer, ids)
-	if errors.Is(err, errLost) {
-		err = nil
+	if rerr := c.release(ctx, s.opts.Queue, s.consumer, ids); rerr != nil && !errors.Is(rerr, errLost) && err == nil {
+		err = rerr
 	}
-	c.mu.Lock()
-	delete(c.subs, s)
-	c.mu.Unlock()
+	if err != nil {
+		c.k.adopt(orphan{s.stream, s.consumer}) // what it still holds goes back with the next connection
+		return err
+	}
 	c.rdb.XGroupDelConsumer(ctx, s.stream, "carrot", s.consumer) // it holds nothing now
-	return err
+	return nil
 }
 
 // settler settles one delivery.
@@ -531,6 +604,9 @@ func (st *settler) hold() (bool, error) {
 // Settle acks asynchronously, in batches (a message whose ack is lost with the connection
 // is delivered again after the visibility timeout), and requeues or rejects at once.
 func (st *settler) Settle(ctx context.Context, o backend.Outcome) error {
+	if err := st.c.gone(); err != nil {
+		return err
+	}
 	held, err := st.hold()
 	if err != nil {
 		return err
@@ -546,8 +622,7 @@ func (st *settler) Settle(ctx context.Context, o backend.Outcome) error {
 			s.mu.Unlock()
 			return nil
 		}
-		st.c.ack(st.queue, st.id)
-		return nil
+		return st.c.ack(st.queue, st.id)
 	case backend.Requeue:
 		if st.sub != nil {
 			st.sub.needTake.Store(true)
@@ -560,47 +635,54 @@ func (st *settler) Settle(ctx context.Context, o backend.Outcome) error {
 }
 
 // ackReq is an acknowledgement on its way, or, with flushed set, a request to be told
-// when those queued before it are done.
+// when those queued before it are done, and their first error.
 type ackReq struct {
 	queue, id string
-	flushed   chan struct{}
+	flushed   chan error
 }
 
-func (c *Conn) ack(queue, id string) {
+// ack queues the acknowledgement of a message got with Get.
+func (c *Conn) ack(queue, id string) error {
 	select {
 	case c.ackq <- ackReq{queue: queue, id: id}:
+		return nil
 	case <-c.ackDone:
+		return errClosed
 	}
 }
 
-// flushAcks waits until the acknowledgements queued so far are done.
-func (c *Conn) flushAcks(ctx context.Context) {
-	done := make(chan struct{})
+// flushAcks waits until the acknowledgements queued so far are done, and returns the
+// first error since the last flush.
+func (c *Conn) flushAcks(ctx context.Context) error {
+	done := make(chan error, 1)
 	select {
 	case c.ackq <- ackReq{flushed: done}:
 	case <-c.ackDone:
-		return
+		return errClosed
 	case <-ctx.Done():
-		return
+		return ctx.Err()
 	}
 	select {
-	case <-done:
+	case err := <-done:
+		return err
 	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
-// ackLoop removes acknowledged messages from their queues, a batch at a time, until the
-// connection closes and the queue is empty.
+// ackLoop removes acknowledged messages from their queues, a batch at a time, until Close
+// and the queue is empty.
 func (c *Conn) ackLoop() {
+	var failed error // the first failure since the last flush
 	for {
 		var first ackReq
 		select {
 		case first = <-c.ackq:
-		case <-c.done:
+		case <-c.stop:
 			for { // what is left
 				select {
 				case r := <-c.ackq:
-					c.ackBatch([]ackReq{r})
+					c.ackBatch([]ackReq{r}, &failed)
 				default:
 					return
 				}
@@ -616,11 +698,11 @@ func (c *Conn) ackLoop() {
 				break gather
 			}
 		}
-		c.ackBatch(batch)
+		c.ackBatch(batch, &failed)
 	}
 }
 
-func (c *Conn) ackBatch(batch []ackReq) {
+func (c *Conn) ackBatch(batch []ackReq, failed *error) {
 	byQueue := make(map[string][]any)
 	var order []string
 	for _, r := range batch {
@@ -638,19 +720,29 @@ func (c *Conn) ackBatch(batch []ackReq) {
 			args = append(args, q, len(byQueue[q]))
 			args = append(args, byQueue[q]...)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		err := c.retry(ctx, func() error { return scriptAck.Run(ctx, c.rdb, []string{c.versionKey}, args...).Err() })
+		ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+		err := scriptAck.Run(ctx, c.rdb, []string{c.versionKey}, args...).Err()
 		cancel()
-		if err != nil && !errors.Is(err, errClosed) {
-			c.log.Warn("carrot/redis: acknowledgements failed; the messages will be delivered again after the visibility timeout", "error", err)
+		if err != nil {
+			c.log.Warn("carrot/redis: acknowledgements failed; the messages will be delivered again", "error", err)
+			if *failed == nil {
+				*failed = backend.Errorf(backend.Unavailable, "carrot/redis: acknowledgements failed; the messages will be delivered again: %w", err)
+			}
+			if c.ErrorCode(err) == backend.Unavailable {
+				c.lose(err)
+			}
 		}
 	}
 	for _, r := range batch {
 		if r.flushed != nil {
-			close(r.flushed)
+			r.flushed <- *failed
+			*failed = nil
 		}
 	}
 }
+
+// ackTimeout bounds one batch of acknowledgements.
+const ackTimeout = 10 * time.Second
 
 // heartbeat restarts the visibility timeout of the messages this connection holds, a few
 // times per timeout, so that a slow handler keeps its message; it marks those another
@@ -662,6 +754,8 @@ func (c *Conn) heartbeat() {
 		select {
 		case <-tick.C:
 		case <-c.done:
+			return
+		case <-c.stop:
 			return
 		}
 		type held struct {

@@ -30,12 +30,13 @@
 //   - sentinel=HOST:PORT (repeatable) and master=NAME, with sentinel_username and
 //     sentinel_password: a master found through Redis Sentinel.
 //   - dial_timeout, read_timeout, write_timeout (durations), pool_size, client_name: the
-//     go-redis client's settings.
+//     go-redis client's settings. A call whose context has a deadline is bounded by it
+//     too.
 //   - certfile, keyfile, cacertfile, server_name (rediss only): the client certificate and
 //     key, the CAs to trust instead of the system's, and the server name to verify.
 //
-// [ParseURL] turns a URL into [Options]; [Open] connects from Options without the
-// registry, for [carrot.NewConn]. Errors never show the password.
+// [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
+// for [carrot.Connect] without the registry. Errors never show the password.
 //
 // # Keys, and Redis Cluster
 //
@@ -79,6 +80,27 @@
 // by every connection, a few times a second, so that their expired messages are
 // dead-lettered even when nobody reads them. Fetch never waits: requeued, abandoned and new
 // messages, in that order, or carrot.ErrEmpty.
+//
+// # Connections and recovery
+//
+// A carrot connection is a go-redis client with a pool of network connections, plus one
+// network connection of each consumer's own for its blocking reads, which closing the
+// consumer cuts short (CLIENT UNBLOCK) rather than waiting for the block time. go-redis's
+// own retries are off, and a network connection of the pool that breaks (reset, closed by
+// Redis) ends the carrot connection, as does Redis losing the namespace's data (a restart
+// without persistence, seen by the missing version key): carrot then connects again,
+// declares its topology again and resumes its consumers, as it does for every backend. A
+// monitor reads the version key every second, so that an idle connection notices too.
+// The messages that the consumers of a lost connection held go back to their queues when
+// the next connection of the same Connector is made (or after the visibility timeout, if
+// none is), flagged redelivered; acks accepted by a lost connection and not yet sent are
+// lost with it, so those messages come again too. Close sends the acks accepted so far,
+// and returns their error; it hands back the messages fetched and not settled, and
+// removes the connection's consumers from the queues' groups.
+//
+// A message over proto-max-bulk-len (the MaxBodySize capability) is refused before it is
+// sent; publishes are sent in transactions of at most 16 MiB of bodies (a larger message
+// goes alone), far below Redis's client-query-buffer-limit.
 //
 // # Capabilities
 //

@@ -17,8 +17,13 @@ import (
 // if the topology changed since the connection loaded it, none: the connection then loads
 // it again and routes again.
 
-// maxBatch bounds the messages of one transaction.
-const maxBatch = 1024
+// maxBatch and maxBatchBytes bound the messages of one transaction, so that it stays far
+// below Redis's client-query-buffer-limit (1 GB by default); a message larger than
+// maxBatchBytes goes alone.
+const (
+	maxBatch      = 1024
+	maxBatchBytes = 16 << 20
+)
 
 // pubReq is a publish waiting for its batch.
 type pubReq struct {
@@ -46,8 +51,8 @@ func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 
 // PublishAsync queues the message for the next batch and answers through done.
 func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done func(error)) {
-	if c.closed.Load() {
-		done(errClosed)
+	if err := c.gone(); err != nil {
+		done(err)
 		return
 	}
 	r := &pubReq{ctx: ctx, p: p, done: done}
@@ -65,7 +70,7 @@ func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done fun
 	case <-ctx.Done():
 		done(ctx.Err())
 	case <-c.done:
-		done(errClosed)
+		done(c.gone())
 	}
 }
 
@@ -90,16 +95,22 @@ func (c *Conn) publishLoop() {
 			for {
 				select {
 				case r := <-c.pubq:
-					r.done(errClosed)
+					r.done(c.gone())
 				default:
 					return
 				}
 			}
 		}
+		size := len(batch[0].p.Body)
+		var next *pubReq // taken, but for the next batch
 	gather:
 		for len(batch) < maxBatch {
 			select {
 			case r := <-c.pubq:
+				if size += len(r.p.Body); size > maxBatchBytes {
+					next = r
+					break gather
+				}
 				batch = append(batch, r)
 			default:
 				break gather
@@ -107,6 +118,11 @@ func (c *Conn) publishLoop() {
 		}
 		c.publishBatch(batch)
 		clear(batch)
+		for next != nil {
+			r := next
+			next = nil
+			c.publishBatch([]*pubReq{r})
+		}
 	}
 }
 
@@ -145,6 +161,10 @@ func (c *Conn) publishBatch(batch []*pubReq) {
 			version := check.Get(ctx, c.versionKey)
 			clock := check.Time(ctx)
 			if _, err := check.Exec(ctx); err != nil {
+				if errors.Is(err, goredis.Nil) {
+					c.lose(errStateLost)
+					return c.gone()
+				}
 				return err
 			}
 			if version.Val() != snap.version {
@@ -186,7 +206,22 @@ func (c *Conn) publishBatch(batch []*pubReq) {
 			continue
 		}
 		if errors.Is(err, errStale) || errors.Is(err, goredis.TxFailedErr) {
+			// Not a lost connection: the Publisher tries again in a while.
 			err = backend.Errorf(backend.Unavailable, "carrot/redis: the topology keeps changing under the publish")
+		} else if err != nil && c.ErrorCode(err) == backend.Unavailable && ctx.Err() == nil {
+			c.lose(err)
+			err = c.gone()
+		}
+		if err != nil && len(batch) > 1 && c.ErrorCode(err) == backend.TooLarge {
+			// Redis refused the transaction for the size of one of its messages, and
+			// closed that network connection: find which, by sending them one at a time.
+			for i, r := range batch {
+				if !answered[i] {
+					answered[i] = true
+					c.publishBatch([]*pubReq{r})
+				}
+			}
+			return
 		}
 		for i := range batch {
 			if err != nil {

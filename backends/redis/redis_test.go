@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -62,7 +63,8 @@ func deleteNamespace(t *testing.T, base, ns string) {
 func TestConformance(t *testing.T) {
 	url := namespaced(t, testbroker.URL(t, testbroker.Redis))
 	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		OpenFaulty: openFaulty(url),
 	})
 }
 
@@ -70,8 +72,35 @@ func TestConformanceCluster(t *testing.T) {
 	cluster := testbroker.StartRedisCluster(t, 3)
 	url := fmt.Sprintf("redis://%s/?cluster=true&addr=%s&addr=%s&namespace=carrot-test-cluster", cluster.Addrs[0], cluster.Addrs[1], cluster.Addrs[2])
 	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		OpenFaulty: openFaulty(url),
 	})
+}
+
+// openFaulty opens connections to url through a proxy of their own, which dials every
+// node of a Cluster through the proxy too: the nodes' addresses come from the Cluster.
+func openFaulty(url string) func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
+	return func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
+		o, err := redis.ParseURL(url)
+		if err != nil {
+			return nil, nil, err
+		}
+		proxy := conformance.NewProxy()
+		o.Redis.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			through, err := proxy.Forward(addr)
+			if err != nil {
+				return nil, err
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, through)
+		}
+		conn, err := carrot.Connect(ctx, redis.NewConnector(o))
+		if err != nil {
+			proxy.Close()
+			return nil, nil, err
+		}
+		return conn, proxy, nil
+	}
 }
 
 func TestParseURL(t *testing.T) {
@@ -404,4 +433,168 @@ func TestRedisRestart(t *testing.T) {
 		srv.Start()
 		f.Logf("Redis started again from its append-only file")
 	})
+}
+
+// TestStreamWithCuts sends 20,000 persistent messages from a publisher to a consumer of
+// one connection while its network connections are cut five times: every message
+// arrives, and the duplicates are counted.
+func TestStreamWithCuts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long stream; not in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	conn, breaker, err := openFaulty(namespaced(t, testbroker.URL(t, testbroker.Redis)))(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer breaker.(*conformance.Proxy).Close()
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flow := &flowtest.Flow{Conn: conn, Queue: q, Total: 20000, Prefetch: 200}
+	flow.Run(ctx, t, flowtest.Cuts(breaker, 5))
+}
+
+// TestAckThenClose fetches and acks a message, then closes the connection at once, a
+// thousand times: every ack reaches Redis before the connection closes, so nothing is
+// left pending, and no fetching consumer is left in the queue's group.
+func TestAckThenClose(t *testing.T) {
+	ctx := t.Context()
+	url := namespaced(t, testbroker.URL(t, testbroker.Redis))
+	admin, err := carrot.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	q, err := admin.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rounds = 1000
+	p, _ := admin.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	for i := range rounds {
+		if err := p.Send(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range rounds {
+		conn, err := carrot.Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := c.Fetch(ctx)
+		if err != nil {
+			t.Fatalf("round %d: fetch: %v", i, err)
+		}
+		if err := m.Ack(ctx); err != nil {
+			t.Fatalf("round %d: ack: %v", i, err)
+		}
+		if err := conn.Close(); err != nil {
+			t.Fatalf("round %d: close after an ack: %v", i, err)
+		}
+	}
+	var rdb goredis.UniversalClient
+	admin.As(&rdb)
+	stream := "{" + strings.SplitN(strings.SplitN(url, "namespace=", 2)[1], "&", 2)[0] + "}:s:" + q
+	pending, err := rdb.XPending(ctx, stream, "carrot").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumers, err := rdb.XInfoConsumers(ctx, stream, "carrot").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pending.Count != 0 || len(consumers) != 0 {
+		t.Errorf("after %d rounds of fetch, ack and close: %d messages pending, consumers %v; want none", rounds, pending.Count, consumers)
+	}
+	c, _ := admin.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	if m, err := c.Fetch(ctx); !errors.Is(err, carrot.ErrEmpty) {
+		t.Errorf("after every message was acked, Fetch = %v, %v; want ErrEmpty", m, err)
+	}
+}
+
+// TestCloseDoesNotWaitForBlock closes a consumer whose read waits for messages with a long
+// block time: Close cuts the read short instead of waiting for the block to end.
+func TestCloseDoesNotWaitForBlock(t *testing.T) {
+	ctx := t.Context()
+	const block = 20 * time.Second
+	conn, err := carrot.Open(ctx, namespaced(t, testbroker.URL(t, testbroker.Redis))+"&block="+block.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{}, 1)
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: q, Passive: true}},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			got <- struct{}{}
+			return m.Ack(ctx)
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := make(chan error, 1)
+	go func() { run <- c.Run(ctx) }()
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err := p.Send(ctx, "one"); err != nil {
+		t.Fatal(err)
+	}
+	<-got
+	time.Sleep(100 * time.Millisecond) // the consumer waits in its blocking read again
+	start := time.Now()
+	c.Close()
+	if err := <-run; !errors.Is(err, carrot.ErrClosed) {
+		t.Errorf("Run after Close = %v, want ErrClosed", err)
+	}
+	if took := time.Since(start); took > block/4 {
+		t.Errorf("Close took %v with a block time of %v: it waited for the read", took, block)
+	}
+	start = time.Now()
+	if err := conn.Close(); err != nil {
+		t.Errorf("conn.Close = %v", err)
+	}
+	if took := time.Since(start); took > block/4 {
+		t.Errorf("conn.Close took %v with a block time of %v", took, block)
+	}
+}
+
+// TestOpenFrozenServer opens a connection to a server that accepts and never answers:
+// Open returns at its context's deadline, with an error wrapping ErrUnavailable.
+func TestOpenFrozenServer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, silent
+		}
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = carrot.Open(ctx, "redis://"+l.Addr().String()+"/0")
+	if !errors.Is(err, carrot.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Open of a frozen server = %v, want an error wrapping ErrUnavailable and context.DeadlineExceeded", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("Open with a 1s deadline took %v", took)
+	}
 }

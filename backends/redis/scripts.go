@@ -168,10 +168,14 @@ return out
 // cursor for the next search of abandoned messages and the messages, each as {id, fields,
 // delivery count, expired}. Nudges are removed on the way. With noack the messages leave
 // the queue at once, and expired ones are dropped.
-// KEYS[1] stream, KEYS[2] queue; ARGV consumer, count, visibility (ms), noack, cursor.
+// A namespace whose version is gone was lost (Redis restarted without persistence): the
+// script says LOST, and the connection ends so that carrot declares the topology again.
+// KEYS[1] stream, KEYS[2] queue, KEYS[3] version; ARGV consumer, count, visibility (ms),
+// noack, cursor.
 var scriptTake = goredis.NewScript(luaHelpers + `
 local s = KEYS[1]
 local consumer, want, vis, noack = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
+if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('LOST the namespace is gone') end
 if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('NOTFOUND queue not found') end
 -- Trim the acknowledged messages: those older than every pending one and not newer than
 -- the last delivered. Approximately (~), so that Redis drops whole nodes, cheaply.
@@ -248,6 +252,26 @@ for i = 2, #ARGV do
 end
 if released > 0 then redis.call('XADD', s, '*', 'carrot', 'nudge') end
 return lost
+`)
+
+// scriptReleaseAll hands every message a consumer of a lost connection holds back to the
+// queue, to be delivered again first, wakes blocked readers, and removes the consumer.
+// KEYS[1] stream; ARGV consumer.
+var scriptReleaseAll = goredis.NewScript(`
+local s, consumer = KEYS[1], ARGV[1]
+if redis.call('EXISTS', s) == 0 then return 0 end
+local n = 0
+while true do
+  local ps = redis.call('XPENDING', s, 'carrot', '-', '+', 100, consumer)
+  if #ps == 0 then break end
+  for _, pe in ipairs(ps) do
+    redis.call('XCLAIM', s, 'carrot', '~released', 0, pe[1], 'JUSTID')
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('XADD', s, '*', 'carrot', 'nudge') end
+redis.call('XGROUP', 'DELCONSUMER', s, 'carrot', consumer)
+return n
 `)
 
 // scriptExtend restarts the visibility timeout of the messages a consumer holds, and

@@ -54,17 +54,28 @@ func (d *Driver) Requeued() int64 { return d.requeued.Load() }
 // Rejected returns how many deliveries were rejected.
 func (d *Driver) Rejected() int64 { return d.rejected.Load() }
 
-// Open opens the inner backend's URL and wraps its connection.
-func (d *Driver) Open(ctx context.Context, rawURL string) (backend.Conn, error) {
+// OpenConnector opens the inner backend's URL and wraps its connector.
+func (d *Driver) OpenConnector(rawURL string) (backend.Connector, error) {
 	_, rest, ok := strings.Cut(rawURL, "+")
 	if !ok || !strings.HasPrefix(rest, d.InnerScheme+":") {
 		return nil, backend.Errorf(backend.Invalid, "counting: URL must start with counting+%s:", d.InnerScheme)
 	}
-	inner, err := d.Inner.Open(ctx, rest)
+	inner, err := d.Inner.OpenConnector(rest)
 	if err != nil {
 		return nil, err
 	}
-	return &conn{Conn: inner, d: d}, nil
+	return d.Wrap(inner), nil
+}
+
+// Wrap returns a Connector whose connections are inner's, counted.
+func (d *Driver) Wrap(inner backend.Connector) backend.Connector {
+	return backend.ConnectorFunc(func(ctx context.Context) (backend.Conn, error) {
+		c, err := inner.Connect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &conn{Conn: c, d: d}, nil
+	})
 }
 
 // conn counts publishes and deliveries; every other method is the inner connection's.

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/backends/memory"
 	"github.com/carrot-go/carrot/conformance"
 	"github.com/carrot-go/carrot/examples/counting"
 )
@@ -15,6 +16,11 @@ func TestConformance(t *testing.T) {
 	before := counting.Memory.Published()
 	conformance.Run(t, conformance.Harness{
 		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		OpenFaulty: func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
+			link := new(memory.Link)
+			conn, err := carrot.Connect(ctx, counting.Memory.Wrap(memory.NewConnector(&memory.Options{Name: t.Name(), Link: link})))
+			return conn, link, err
+		},
 	})
 	if counting.Memory.Published() == before {
 		t.Error("the suite ran without a publish passing through the counting backend")

@@ -131,3 +131,25 @@ func (f *Flow) Logf(format string, args ...any) {
 	f.t.Helper()
 	f.t.Logf(format+" (%d published, %d received)", append(args, f.published.Load(), f.received.Load())...)
 }
+
+// Cuts returns a disruption that cuts the flow's connections n times, evenly spread over
+// the stream, with cutter (such as a conformance.Proxy), and checks that the connection
+// recovered each time.
+func Cuts(cutter interface{ Cut() }, n int) func(f *Flow) {
+	return func(f *Flow) {
+		f.t.Helper()
+		for i := 1; i <= n; i++ {
+			f.WaitReceived(int64(f.Total * i / (n + 1)))
+			before := f.Conn.State().Recoveries
+			f.Logf("cut %d of %d", i, n)
+			cutter.Cut()
+			for f.Conn.State().Recoveries <= before {
+				select {
+				case <-f.ctx.Done():
+					f.t.Fatalf("the connection did not recover from cut %d", i)
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+		}
+	}
+}
