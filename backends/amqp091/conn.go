@@ -16,6 +16,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/lifetime"
 )
 
 func init() {
@@ -59,11 +60,9 @@ type Conn struct {
 	maxBody atomic.Int64 // the largest body RabbitMQ takes, as far as known
 	maxHead int          // the largest content header frame payload it takes
 
-	done   chan struct{} // closed when the connection ends
-	mu     sync.Mutex
-	err    error // why it ended
-	closed atomic.Bool
-	wg     sync.WaitGroup
+	lifetime.Ending // Done and Err
+	closed          atomic.Bool
+	wg              sync.WaitGroup
 
 	ctlMu sync.Mutex    // serializes topology calls on ctl
 	ctl   *amqp.Channel // for declarations, deletions, bindings and purges
@@ -141,7 +140,6 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		conn:    conn,
 		watched: watched,
 		maxHead: conn.Config.FrameSize - frameOverhead,
-		done:    make(chan struct{}),
 		subs:    make(map[string]*subscription),
 	}
 	if conn.Config.FrameSize <= 0 {
@@ -202,7 +200,7 @@ func (c *Conn) watch(closes chan *amqp.Error, blocks chan amqp.Blocking) {
 		case reason, ok := <-closes:
 			for range blocks { // amqp091-go closes it too; drain what is left
 			}
-			c.end(c.why(reason, ok))
+			c.End(c.why(reason, ok))
 			return
 		}
 	}
@@ -254,26 +252,6 @@ func (c *Conn) poisoned(p poisonFrame) string {
 		}
 	}
 	return fmt.Sprintf("channel %d", p.channel)
-}
-
-// end marks the connection ended, once.
-func (c *Conn) end(why error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err == nil {
-		c.err = why
-		close(c.done)
-	}
-}
-
-// Done returns a channel closed when the connection has ended.
-func (c *Conn) Done() <-chan struct{} { return c.done }
-
-// Err returns why the connection ended, or nil.
-func (c *Conn) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
 }
 
 var errClosed = backend.Errorf(backend.Closed, "carrot/amqp091: connection closed")
@@ -479,7 +457,7 @@ func (c *Conn) Close() error {
 			err = nil
 		}
 	}
-	c.end(errClosed)
+	c.End(errClosed)
 	c.wg.Wait()
 	return err
 }

@@ -47,7 +47,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 			c.get = nil
 		}
 		if c.conn.IsClosed() {
-			<-c.done // the reason is known once done is closed
+			<-c.Done() // the reason is known once done is closed
 			if m, isM := c.Err().(*malformed); isM && m.get {
 				return nil, m
 			}
@@ -164,7 +164,7 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 			go s.ch.Close()
 			s.ch, s.deliveries = nil, nil
 			if s.c.conn.IsClosed() {
-				<-s.c.done // the reason is known once done is closed
+				<-s.c.Done() // the reason is known once done is closed
 				if m, isM := s.c.Err().(*malformed); isM && s.poisoned.Load() {
 					return nil, m
 				}

@@ -238,7 +238,7 @@ func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 	}
 	pc.returns = ch.NotifyReturn(make(chan amqp.Return, 1024))
 	pc.closes = ch.NotifyClose(make(chan *amqp.Error, 1))
-	c.wg.Go(func() { pc.run(c.done) })
+	c.wg.Go(func() { pc.run(c.Done()) })
 	c.pub.Store(pc)
 	return pc, nil
 }

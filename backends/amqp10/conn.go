@@ -14,6 +14,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/lifetime"
 )
 
 func init() {
@@ -60,11 +61,9 @@ type Conn struct {
 	conn *amqp.Conn
 	net  net.Conn // under conn, closed by Close if the broker does not answer
 
-	done   chan struct{} // closed when the connection ends
-	mu     sync.Mutex
-	err    error // why it ended
-	closed atomic.Bool
-	wg     sync.WaitGroup
+	lifetime.Ending // Done and Err
+	closed          atomic.Bool
+	wg              sync.WaitGroup
 
 	mgmtMu sync.Mutex
 	mgmt   *management
@@ -112,10 +111,10 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		}
 		return nil, backend.Errorf(code, "carrot/amqp10: connect to %s: %w", o, err)
 	}
-	c := &Conn{opts: o, conn: conn, net: nc, done: make(chan struct{}), getters: make(map[string]*getter)}
+	c := &Conn{opts: o, conn: conn, net: nc, getters: make(map[string]*getter)}
 	c.wg.Go(func() {
 		<-conn.Done()
-		c.end(c.why(conn.Err()))
+		c.End(c.why(conn.Err()))
 	})
 	return c, nil
 }
@@ -144,26 +143,6 @@ func unconvertible(err error) bool {
 	return strings.Contains(d, "function_clause") && strings.Contains(d, "mc_")
 }
 
-// end marks the connection ended, once.
-func (c *Conn) end(why error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err == nil {
-		c.err = why
-		close(c.done)
-	}
-}
-
-// Done returns a channel closed when the connection has ended.
-func (c *Conn) Done() <-chan struct{} { return c.done }
-
-// Err returns why the connection ended, or nil.
-func (c *Conn) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
-
 var errClosed = backend.Errorf(backend.Closed, "carrot/amqp10: connection closed")
 
 // gone returns the error for a call on an ended connection.
@@ -176,7 +155,7 @@ func (c *Conn) gone() error {
 	default:
 		return nil
 	}
-	<-c.done
+	<-c.Done()
 	if err := c.Err(); backend.CodeOf(err) == backend.Unavailable {
 		return err
 	}
@@ -324,7 +303,7 @@ func (c *Conn) Close() error {
 	if c.Err() != nil {
 		err = nil // ended before: nothing more to say
 	}
-	c.end(errClosed)
+	c.End(errClosed)
 	c.wg.Wait()
 	return err
 }

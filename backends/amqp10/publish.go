@@ -127,7 +127,7 @@ func (p *publisher) answer(c *Conn) {
 						return
 					}
 				}
-			case <-c.done:
+			case <-c.Done():
 				for { // what is left fails: the connection ended
 					select {
 					case w := <-p.waits:
@@ -156,7 +156,7 @@ func (p *publisher) enqueue(c *Conn, w wait) {
 		select {
 		case p.waits <- w:
 			return
-		case <-c.done:
+		case <-c.Done():
 			w.done(c.ended())
 			return
 		}

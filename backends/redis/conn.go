@@ -20,6 +20,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/lifetime"
 	"github.com/carrot-go/carrot/internal/topic"
 )
 
@@ -90,14 +91,13 @@ type Conn struct {
 	pubq chan *pubReq
 	ackq chan ackReq
 
-	mu        sync.Mutex
-	gets      map[string]hold // messages got and not settled, by id
-	getQueues map[string]bool // queues fetched from, whose get consumer goes on Close
-	subs      map[*subscription]struct{}
-	getCur    string // XAUTOCLAIM cursor of gets
-	err       error  // why the connection ended
-	closed    atomic.Bool
-	done      chan struct{} // closed when the connection ends
+	mu              sync.Mutex
+	gets            map[string]hold // messages got and not settled, by id
+	getQueues       map[string]bool // queues fetched from, whose get consumer goes on Close
+	subs            map[*subscription]struct{}
+	getCur          string // XAUTOCLAIM cursor of gets
+	closed          atomic.Bool
+	lifetime.Ending // Done and Err
 
 	foreignReply atomic.Value  // the first bytes of a server that does not speak RESP
 	stop         chan struct{} // closed by Close: the background goroutines end
@@ -139,7 +139,6 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		getQueues: make(map[string]bool),
 		subs:      make(map[*subscription]struct{}),
 		getCur:    "0-0",
-		done:      make(chan struct{}),
 		stop:      make(chan struct{}),
 		ackDone:   make(chan struct{}),
 	}
@@ -269,36 +268,19 @@ var (
 
 // lose ends the connection because of err.
 func (c *Conn) lose(err error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err == nil {
-		c.err = backend.Errorf(backend.Unavailable, "carrot/redis: connection lost: %w", err)
-		close(c.done)
-	}
+	c.End(backend.Errorf(backend.Unavailable, "carrot/redis: connection lost: %w", err))
 }
 
 // gone returns the error of a call on an ended connection, or nil: why it was lost, or
 // that it was closed.
 func (c *Conn) gone() error {
-	select {
-	case <-c.done:
-		return c.Err()
-	default:
+	if err := c.Err(); err != nil {
+		return err
 	}
 	if c.closed.Load() {
 		return errClosed
 	}
 	return nil
-}
-
-// Done returns a channel closed when the connection has ended.
-func (c *Conn) Done() <-chan struct{} { return c.done }
-
-// Err returns why the connection ended, or nil.
-func (c *Conn) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
 }
 
 // Ping reads the namespace's version: Redis answers, and still has the namespace.
@@ -325,7 +307,7 @@ func (c *Conn) monitor() {
 	for {
 		select {
 		case <-tick.C:
-		case <-c.done:
+		case <-c.Done():
 			return
 		case <-c.stop:
 			return
@@ -461,12 +443,7 @@ func (c *Conn) Close() error {
 		c.mu.Unlock()
 		c.k.adopt(orphans...)
 	}
-	c.mu.Lock()
-	if c.err == nil {
-		c.err = errClosed
-		close(c.done)
-	}
-	c.mu.Unlock()
+	c.End(errClosed)
 	close(c.stop)
 	c.wg.Wait()
 	<-c.ackDone

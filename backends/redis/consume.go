@@ -753,7 +753,7 @@ func (c *Conn) heartbeat() {
 	for {
 		select {
 		case <-tick.C:
-		case <-c.done:
+		case <-c.Done():
 			return
 		case <-c.stop:
 			return
@@ -814,7 +814,7 @@ func (c *Conn) janitor() {
 	for {
 		select {
 		case <-tick.C:
-		case <-c.done:
+		case <-c.Done():
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -69,7 +69,7 @@ func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done fun
 	case c.pubq <- r:
 	case <-ctx.Done():
 		done(ctx.Err())
-	case <-c.done:
+	case <-c.Done():
 		done(c.gone())
 	}
 }
@@ -91,7 +91,7 @@ func (c *Conn) publishLoop() {
 		select {
 		case r := <-c.pubq:
 			batch = append(batch[:0], r)
-		case <-c.done:
+		case <-c.Done():
 			for {
 				select {
 				case r := <-c.pubq:

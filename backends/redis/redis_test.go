@@ -598,3 +598,60 @@ func TestOpenFrozenServer(t *testing.T) {
 		t.Errorf("Open with a 1s deadline took %v", took)
 	}
 }
+
+// TestRedisLosesItsData restarts, empty, a Redis without persistence under a connection
+// that declared an exchange, a queue and a binding, and runs a consumer: the connection
+// recovers as from a cut, declares them again, and publishing through the exchange and
+// consuming go on.
+func TestRedisLosesItsData(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	srv := testbroker.StartRedis(t, testbroker.RedisOptions{}) // no persistence
+	conn, err := carrot.Open(ctx, srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q", Exchange: carrot.Exchange{Name: "x", Kind: carrot.Topic}, RoutingKey: "a.*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 10)
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: q, Passive: true}},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			got <- string(m.Body)
+			return m.Ack(ctx)
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := make(chan error, 1)
+	go func() { run <- c.Run(ctx) }()
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{Exchange: "x", RoutingKey: "a.b"})
+	if err := p.Publish(ctx, &carrot.Message{Body: []byte("before")}); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; b != "before" {
+		t.Fatalf("got %q", b)
+	}
+
+	srv.Restart() // empty: no append-only file, no snapshot
+	if err := p.Publish(ctx, &carrot.Message{Body: []byte("after")}); err != nil {
+		t.Fatalf("publish after Redis lost its data: %v", err)
+	}
+	select {
+	case b := <-got:
+		if b != "after" {
+			t.Errorf("after the restart got %q, want %q", b, "after")
+		}
+	case err := <-run:
+		t.Fatalf("Run ended: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the consumer did not get the message published after the restart")
+	}
+	if s := conn.State(); s.Recoveries == 0 {
+		t.Errorf("State() = %+v, want a recovery", s)
+	}
+}
