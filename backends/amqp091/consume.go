@@ -49,7 +49,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 		if c.conn.IsClosed() {
 			<-c.Done() // the reason is known once done is closed
 			if m, isM := c.Err().(*malformed); isM && m.get {
-				return nil, m
+				return nil, &malformed{get: true, what: fmt.Sprintf("a fetch from queue %q", queue), reason: m.reason, err: m.err}
 			}
 			return nil, c.gone()
 		}

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	_ "github.com/carrot-go/carrot/backends/amqp091" // for the interop test
 	"github.com/carrot-go/carrot/backends/amqp10"
 	"github.com/carrot-go/carrot/conformance"
+	"github.com/carrot-go/carrot/internal/amqpraw"
 	"github.com/carrot-go/carrot/internal/flowtest"
 	"github.com/carrot-go/carrot/internal/testbroker"
 )
@@ -402,5 +405,90 @@ func TestTooLarge(t *testing.T) {
 	}
 	if s := conn.State(); s.Recoveries != 0 {
 		t.Errorf("State() = %+v: the refusal cost the connection", s)
+	}
+}
+
+// TestUnconvertibleHeader publishes, with an AMQP 0-9-1 client, a message with a decimal
+// header, which RabbitMQ 4 cannot convert for an AMQP 1.0 receiver: it closes the whole
+// connection when it tries to deliver it. The consumer of that queue gives up with
+// ErrMalformed naming the queue, while a consumer of another queue on the same
+// connection, and publishes on it, go on and lose nothing.
+func TestUnconvertibleHeader(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	url10 := testbroker.URL(t, testbroker.RabbitMQ4)
+	url091 := "amqp" + strings.TrimPrefix(url10, "amqp10")
+	conn := open(t, url10)
+	poisoned := declare(t, conn, carrot.Queue{Name: uniqueName(t) + ".poisoned"})
+	fine := declare(t, conn, carrot.Queue{Name: uniqueName(t) + ".fine"})
+	decimal := map[string]amqpraw.Field{"price": {Type: 'D', Value: amqpraw.Decimal{Scale: 2, Value: 12345}}}
+	if err := amqpraw.Publish(ctx, url091, "", poisoned, decimal, []byte("from another client")); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 100
+	var mu sync.Mutex
+	got := make(map[string]int)
+	all := make(chan struct{})
+	good, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: fine, Passive: true}},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			mu.Lock()
+			got[string(m.Body)]++
+			if len(got) == n {
+				close(all)
+			}
+			mu.Unlock()
+			m.Ack(ctx) // an ack lost with the connection means a redelivery
+			return nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	goodCtx, stopGood := context.WithCancel(ctx)
+	defer stopGood()
+	goodRun := make(chan error, 1)
+	go func() { goodRun <- good.Run(goodCtx) }()
+	bad, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues:  []carrot.Queue{{Name: poisoned, Passive: true}},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error { return m.Ack(ctx) }),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	badRun := make(chan error, 1)
+	start := time.Now()
+	go func() { badRun <- bad.Run(ctx) }()
+
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: fine})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := p.Publish(ctx, &carrot.Message{Body: fmt.Append(nil, i)}); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case err := <-badRun:
+		if !errors.Is(err, carrot.ErrMalformed) || !strings.Contains(err.Error(), strconv.Quote(poisoned)) {
+			t.Errorf("Run on the queue with the unconvertible message = %v, want ErrMalformed naming the queue", err)
+		}
+		t.Logf("Run gave up after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-ctx.Done():
+		t.Fatal("Run on the queue with the unconvertible message did not return")
+	}
+	select {
+	case <-all:
+	case <-ctx.Done():
+		mu.Lock()
+		t.Fatalf("the other consumer got %d of %d messages", len(got), n)
+	}
+	t.Logf("the other consumer got all %d messages; %d reconnections", n, conn.State().Recoveries)
+	stopGood()
+	if err := <-goodRun; err != context.Canceled {
+		t.Errorf("the other consumer's Run = %v, want context.Canceled", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -39,6 +40,11 @@ func (Driver) OpenConnector(rawURL string) (backend.Connector, error) {
 // [backend.Connector]; use it with [carrot.Connect].
 type Connector struct {
 	opts Options
+
+	// suspect is set when a connection ended on a message the broker could not convert,
+	// without knowing which receiver it was for: the next connections attach their
+	// receivers one at a time, so that the next such end names the receiver.
+	suspect atomic.Bool
 }
 
 // NewConnector returns a Connector for opts.
@@ -74,6 +80,13 @@ type Conn struct {
 
 	getMu   sync.Mutex
 	getters map[string]*getter // by queue
+
+	k       *Connector
+	born    time.Time
+	probe   chan struct{}                 // when not nil, held by an attaching receiver and its probe window
+	probing atomic.Pointer[subscription] // the receiver in its probe window
+	subsMu  sync.Mutex
+	subs    map[*subscription]struct{} // attached receivers
 }
 
 var _ backend.Conn = (*Conn)(nil)
@@ -111,7 +124,10 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		}
 		return nil, backend.Errorf(code, "carrot/amqp10: connect to %s: %w", o, err)
 	}
-	c := &Conn{opts: o, conn: conn, net: nc, getters: make(map[string]*getter)}
+	c := &Conn{opts: o, conn: conn, net: nc, getters: make(map[string]*getter), k: k, born: time.Now(), subs: make(map[*subscription]struct{})}
+	if k.suspect.Load() {
+		c.probe = make(chan struct{}, 1)
+	}
 	c.wg.Go(func() {
 		<-conn.Done()
 		c.End(c.why(conn.Err()))
@@ -127,10 +143,56 @@ func (c *Conn) why(err error) error {
 	case err == nil:
 		return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost")
 	case unconvertible(err):
-		return backend.Errorf(backend.Malformed, "carrot/amqp10: the broker closed the connection: it could not convert a message to deliver it over AMQP 1.0 (a message from an AMQP 0-9-1 client with a header it cannot convert, such as a decimal): %w", err)
+		culprit := c.culprit()
+		c.k.suspect.Store(culprit == nil)
+		what := "a receiver"
+		if culprit != nil {
+			culprit.poisoned.Store(true)
+			what = fmt.Sprintf("queue %q", culprit.opts.Queue)
+		}
+		return backend.Errorf(backend.Malformed, "carrot/amqp10: the broker closed the connection: it could not convert a message of %s to deliver it over AMQP 1.0 (a message from an AMQP 0-9-1 client with a header it cannot convert, such as a decimal): %w", what, firstLine{err})
+	}
+	if time.Since(c.born) > probeReset {
+		c.k.suspect.Store(false)
 	}
 	return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost: %w", err)
 }
+
+// firstLine is an error that shows only the first line of its text: RabbitMQ's crash
+// reports carry a stack trace.
+type firstLine struct{ err error }
+
+func (e firstLine) Error() string {
+	s, _, _ := strings.Cut(e.err.Error(), "\n")
+	return s
+}
+
+func (e firstLine) Unwrap() error { return e.err }
+
+// culprit returns the receiver whose message the broker could not convert, if it can be
+// told: the only one attached, or the one in its probe window.
+func (c *Conn) culprit() *subscription {
+	if s := c.probing.Load(); s != nil {
+		return s
+	}
+	c.subsMu.Lock()
+	defer c.subsMu.Unlock()
+	if len(c.subs) == 1 {
+		for s := range c.subs {
+			return s
+		}
+	}
+	return nil
+}
+
+// probeWindow is how long a receiver attached one at a time has to make the connection
+// fail, for the failure to be its own: the broker delivers at once to a receiver with
+// credit. probeReset is how long a connection must last for receivers to be attached
+// together again.
+const (
+	probeWindow = 300 * time.Millisecond
+	probeReset  = 30 * time.Second
+)
 
 // unconvertible reports whether err is RabbitMQ's crash converting a message for an AMQP
 // 1.0 receiver, which closes the whole connection.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/Azure/go-amqp"
@@ -23,6 +24,9 @@ func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backen
 	if err := s.attach(ctx); err != nil {
 		return nil, err
 	}
+	c.subsMu.Lock()
+	c.subs[s] = struct{}{}
+	c.subsMu.Unlock()
 	return s, nil
 }
 
@@ -33,15 +37,40 @@ type subscription struct {
 	session  *amqp.Session
 	receiver *amqp.Receiver
 	closed   chan struct{}
-	quorum   bool // the queue counts deliveries
+	quorum   bool        // the queue counts deliveries
+	poisoned atomic.Bool // the connection ended on a message of this queue the broker could not convert
 }
 
+// attach attaches the receiver. After a connection ended on a message the broker could
+// not convert, receivers attach one at a time, each followed by a probe window, so that
+// the next such end names its receiver.
 func (s *subscription) attach(ctx context.Context) error {
 	info, err := s.c.queueInfo(ctx, s.opts.Queue)
 	if err != nil {
 		return err
 	}
 	s.quorum = info.quorum
+	if probe := s.c.probe; probe != nil {
+		select {
+		case probe <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := s.attachLink(ctx); err != nil {
+			<-probe
+			return err
+		}
+		s.c.probing.Store(s)
+		time.AfterFunc(probeWindow, func() {
+			s.c.probing.CompareAndSwap(s, nil)
+			<-probe
+		})
+		return nil
+	}
+	return s.attachLink(ctx)
+}
+
+func (s *subscription) attachLink(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
 		sess, err := s.c.session(ctx)
 		if err != nil {
@@ -99,6 +128,9 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 		closeQuietly(s.session)
 		s.receiver, s.session = nil, nil
 		if gerr := s.c.gone(); gerr != nil {
+			if s.poisoned.Load() {
+				return nil, s.c.Err() // Malformed
+			}
 			return nil, gerr
 		}
 		if code := s.c.ErrorCode(err); code != backend.Unavailable && code != backend.NotFound {
@@ -111,6 +143,9 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 
 // Close detaches the receiver; RabbitMQ requeues what it delivered and was not settled.
 func (s *subscription) Close() error {
+	s.c.subsMu.Lock()
+	delete(s.c.subs, s)
+	s.c.subsMu.Unlock()
 	if s.closed != nil {
 		close(s.closed)
 	}

@@ -85,9 +85,14 @@
 // receive a message whose AMQP 0-9-1 headers hold a decimal value (seen with 4.0.5):
 // carrot never publishes one, but other AMQP 0-9-1 clients can. The Conn then ends with a
 // Malformed error, and carrot waits longer before each reconnection while such losses go
-// on, so that the message cannot make it reconnect in a hot loop; the broker does not say
-// which receiver the message was for, so the consumer of that queue is not told apart and
-// goes on trying. Remove the message with an AMQP 0-9-1 client, or purge the queue.
+// on, so that the message cannot make it reconnect in a hot loop. The broker does not say
+// which receiver the message was for: the Conn tells when only one receiver was attached,
+// and otherwise the next connections of the same Connector attach their receivers one at
+// a time, each given 300ms to fail alone, until one does. That consumer's Receive then
+// fails with a Malformed error, and after a few in a row its Run returns an error wrapping
+// carrot.ErrMalformed that names the queue; the other consumers resume after each loss.
+// (A poisoned message behind others in its queue may be reached after those 300ms, and is
+// then not told apart.) Remove the message with an AMQP 0-9-1 client, or purge the queue.
 //
 // RabbitMQ 3.x's AMQP 1.0 plugin has its own addresses (/exchange/X/KEY to send,
 // /amq/queue/Q to receive), cannot declare topology over AMQP 1.0 and ends the session on
