@@ -83,7 +83,7 @@ type Conn struct {
 
 	k       *Connector
 	born    time.Time
-	probe   chan struct{}                 // when not nil, held by an attaching receiver and its probe window
+	probe   chan struct{}                // when not nil, held by an attaching receiver and its probe window
 	probing atomic.Pointer[subscription] // the receiver in its probe window
 	subsMu  sync.Mutex
 	subs    map[*subscription]struct{} // attached receivers
