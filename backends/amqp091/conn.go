@@ -437,22 +437,15 @@ func (c *Conn) As(target any) bool {
 }
 
 // Close closes the connection; publishes in flight fail with a Closed error and
-// deliveries not settled go back to their queues. It does not wait for a broker that
-// does not answer: the connection's socket is closed after a short wait.
+// deliveries not settled go back to their queues. It does not wait long for a broker
+// that does not answer: the socket is closed after lifetime.CloseTimeout.
 func (c *Conn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
 	var err error
 	if !c.conn.IsClosed() {
-		done := make(chan error, 1)
-		go func() { done <- c.conn.CloseDeadline(time.Now().Add(closeTimeout)) }()
-		select {
-		case err = <-done:
-		case <-time.After(closeTimeout + time.Second):
-			c.watched.Close() // the broker does not answer: drop the socket
-			err = <-done
-		}
+		err = lifetime.Close(c.conn.Close, func() { c.watched.Close() })
 		if errors.Is(err, amqp.ErrClosed) || c.Err() != nil {
 			err = nil
 		}
@@ -461,9 +454,6 @@ func (c *Conn) Close() error {
 	c.wg.Wait()
 	return err
 }
-
-// closeTimeout bounds the wait for the broker to answer the closing of the connection.
-const closeTimeout = 2 * time.Second
 
 // channelGone reports whether err says that a channel or connection is closed, which
 // retrying on a new one may cure.

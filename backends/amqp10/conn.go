@@ -349,15 +349,7 @@ func (c *Conn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	done := make(chan error, 1)
-	go func() { done <- c.conn.Close() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(closeTimeout):
-		c.net.Close() // the broker does not answer: drop the socket
-		err = <-done
-	}
+	err := lifetime.Close(c.conn.Close, func() { c.net.Close() })
 	var ce *amqp.ConnError
 	if errors.As(err, &ce) && ce.RemoteErr == nil {
 		err = nil // closed by us
@@ -369,6 +361,3 @@ func (c *Conn) Close() error {
 	c.wg.Wait()
 	return err
 }
-
-// closeTimeout bounds the wait for the broker to answer the closing of the connection.
-const closeTimeout = 2 * time.Second

@@ -263,7 +263,7 @@ func (c *Conn) try(ctx context.Context, fn func() error) error {
 
 var (
 	errClosed    = backend.Errorf(backend.Closed, "carrot/redis: connection closed")
-	errStateLost = errors.New("Redis lost the namespace's data (a restart without persistence?): the topology is declared again")
+	errStateLost = errors.New("the Redis server lost the namespace's data (a restart without persistence?): the topology is declared again")
 )
 
 // lose ends the connection because of err.

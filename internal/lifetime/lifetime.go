@@ -5,6 +5,7 @@ package lifetime
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Ending is the end of a connection. Its zero value is a connection that has not ended;
@@ -45,4 +46,25 @@ func (e *Ending) Err() error {
 		return *p
 	}
 	return nil
+}
+
+// CloseTimeout is how long a backend's Close waits for its broker to answer the closing
+// of the connection before it drops the socket.
+const CloseTimeout = 2 * time.Second
+
+// Close runs close, which closes a connection with the broker's answer, and returns its
+// error; if close has not returned after CloseTimeout (the broker does not answer), it
+// calls drop, which closes the socket under it, and waits for close to return.
+func Close(close func() error, drop func()) error {
+	done := make(chan error, 1)
+	go func() { done <- close() }()
+	t := time.NewTimer(CloseTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		drop()
+		return <-done
+	}
 }
