@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"log/slog"
 
 	"github.com/carrot-go/carrot"
-	_ "github.com/carrot-go/carrot/backends/memory"
+	"github.com/carrot-go/carrot/backends/memory"
 )
 
 // The seed's feed-import example: a consumer declares queue "feed", bound to exchange
@@ -225,4 +226,47 @@ func Example_topic() {
 	// Output:
 	// usd.stock
 	// eur.stock.db
+}
+
+// A Conn recovers a lost connection on its own: here the memory backend's Link cuts it,
+// and the Conn connects again, declares its queue again and goes on. OnEvent reports
+// each step.
+func ExampleDialer() {
+	ctx := context.Background()
+	link := new(memory.Link) // stands for the network; a real one breaks on its own
+	restored := make(chan struct{})
+	d := carrot.Dialer{
+		OnEvent: func(e carrot.Event) {
+			fmt.Println("connection", e.Kind)
+			if e.Kind == carrot.EventRestored {
+				close(restored)
+			}
+		},
+		Logger: slog.New(slog.DiscardHandler),
+	}
+	conn, err := d.Connect(ctx, memory.NewConnector(&memory.Options{Link: link}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "jobs", Exclusive: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	link.Cut() // the exclusive queue goes with the connection
+	<-restored
+	fmt.Println("connected:", conn.State().Connected, "recoveries:", conn.State().Recoveries)
+
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = p.Send(ctx, "after the cut") // the queue was declared again
+	fmt.Println("published:", err)
+	// Output:
+	// connection lost
+	// connection restored
+	// connected: true recoveries: 1
+	// published: <nil>
 }
