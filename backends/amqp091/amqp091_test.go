@@ -327,29 +327,33 @@ func TestAs(t *testing.T) {
 	m.Ack(ctx)
 }
 
-// disruptable returns a RabbitMQ that a test may restart, and a way to run rabbitmqctl
-// on it: a container of the test's own when Docker is usable, else the local broker of
-// CARROT_TEST_AMQP091_URL with the local rabbitmqctl (no other test may use it meanwhile).
-func disruptable(t *testing.T) (string, func(ctx context.Context, args ...string) error) {
-	if err := testbroker.CanStart(testbroker.RabbitMQ); err != nil {
+// disruptable returns the amqp:// URL of a RabbitMQ that a test may restart or
+// reconfigure, and a way to run rabbitmqctl on it: a container of kind k of the test's own
+// when Docker is usable, else the local broker of CARROT_TEST_AMQP091_URL with the local
+// rabbitmqctl (no other test may use it meanwhile).
+func disruptable(t *testing.T, k testbroker.Kind) (string, func(ctx context.Context, args ...string) (string, error)) {
+	if err := testbroker.CanStart(k); err != nil {
 		if local := os.Getenv("CARROT_TEST_AMQP091_URL"); local != "" {
 			u, err := url.Parse(local)
 			if _, lookErr := exec.LookPath("rabbitmqctl"); err == nil && lookErr == nil && (u.Hostname() == "127.0.0.1" || u.Hostname() == "localhost") {
-				t.Logf("restarting the local RabbitMQ at %s with rabbitmqctl", u.Redacted())
-				return local, func(ctx context.Context, args ...string) error {
+				t.Logf("using the local RabbitMQ at %s, with rabbitmqctl, instead of a %s container", u.Redacted(), k.Name)
+				return local, func(ctx context.Context, args ...string) (string, error) {
 					out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
 					if err != nil {
-						return fmt.Errorf("rabbitmqctl %v: %v: %s", args, err, out)
+						return string(out), fmt.Errorf("rabbitmqctl %v: %v: %s", args, err, out)
 					}
-					return nil
+					return string(out), nil
 				}
 			}
 		}
 	}
-	c := testbroker.Start(t, testbroker.RabbitMQ)
-	return c.URL, func(ctx context.Context, args ...string) error {
-		_, err := c.Exec(ctx, append([]string{"rabbitmqctl"}, args...)...)
-		return err
+	c := testbroker.Start(t, k)
+	url := c.URL
+	if rest, ok := strings.CutPrefix(url, "amqp10"); ok {
+		url = "amqp" + rest // the same broker, over AMQP 0-9-1
+	}
+	return url, func(ctx context.Context, args ...string) (string, error) {
+		return c.Exec(ctx, append([]string{"rabbitmqctl"}, args...)...)
 	}
 }
 
@@ -362,7 +366,7 @@ func TestBrokerRestart(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	broker, rabbitmqctl := disruptable(t)
+	broker, rabbitmqctl := disruptable(t, testbroker.RabbitMQ)
 	t.Cleanup(func() { rabbitmqctl(context.Background(), "start_app") }) // whatever happens
 
 	d := carrot.Dialer{MaxBackoff: time.Second}
@@ -376,16 +380,16 @@ func TestBrokerRestart(t *testing.T) {
 	flow.Run(ctx, t, func(f *flowtest.Flow) {
 		f.WaitReceived(2000)
 		f.Logf("closing all connections")
-		if err := rabbitmqctl(ctx, "close_all_connections", "carrot restart test"); err != nil {
+		if _, err := rabbitmqctl(ctx, "close_all_connections", "carrot restart test"); err != nil {
 			t.Fatal(err)
 		}
 		f.WaitReceived(5000)
 		f.Logf("stopping the broker")
-		if err := rabbitmqctl(ctx, "stop_app"); err != nil {
+		if _, err := rabbitmqctl(ctx, "stop_app"); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Second) // let the clients notice, and fail to reconnect for a while
-		if err := rabbitmqctl(ctx, "start_app"); err != nil {
+		if _, err := rabbitmqctl(ctx, "start_app"); err != nil {
 			t.Fatal(err)
 		}
 		f.Logf("broker started again")
@@ -489,22 +493,48 @@ func TestUnparseableHeader(t *testing.T) {
 	}
 }
 
-// TestRefusals publishes, to RabbitMQ 4.0, messages it refuses because of what they are: a
-// body over its max_message_size (16 MiB by default), a header table over the frame size,
-// and, once the broker's limit is lowered behind carrot's back, a body over the new limit.
+// TestRefusals publishes, to RabbitMQ 4.0 (or the local RabbitMQ when Docker is not
+// usable), messages it refuses because of what they are: a body over its default
+// max_message_size (16 MiB from RabbitMQ 4.0, 128 MiB before), a header table over the
+// frame size, and, once the broker's limit is lowered behind carrot's back, a body over
+// the new limit.
 // Each fails within a second with a classified error and is not sent again: the bytes the
 // broker received on the connection show at most one attempt. The connection's other
 // publishers go on undisturbed, and the connection is never lost.
 func TestRefusals(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	broker := testbroker.Start(t, testbroker.RabbitMQ4) // its own: the test changes its settings
-	url := "amqp" + strings.TrimPrefix(broker.URL, "amqp10")
+	url, rabbitmqctl := disruptable(t, testbroker.RabbitMQ4) // its own: the test changes its settings
+	setMax := func(ctx context.Context, n int64) {
+		t.Helper()
+		for _, cmd := range [][]string{
+			{"stop_app"},
+			{"eval", fmt.Sprintf("application:set_env(rabbit, max_message_size, %d).", n)},
+			{"start_app"},
+		} {
+			if _, err := rabbitmqctl(ctx, cmd...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	out, err := rabbitmqctl(ctx, "eval", "application:get_env(rabbit, max_message_size).")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var configured int64
+	if _, err := fmt.Sscanf(strings.TrimSpace(out), "{ok,%d}", &configured); err != nil {
+		t.Fatalf("max_message_size: %q: %v", out, err)
+	}
+	t.Cleanup(func() { // for the local broker: the next tests use it
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		setMax(ctx, configured)
+	})
 
 	// received returns how many bytes the broker has received on the connection named.
 	received := func(name string) int64 {
 		t.Helper()
-		out, err := broker.Exec(ctx, "rabbitmqctl", "-q", "list_connections", "client_properties", "recv_oct")
+		out, err := rabbitmqctl(ctx, "-q", "list_connections", "client_properties", "recv_oct")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -600,10 +630,11 @@ func TestRefusals(t *testing.T) {
 	}
 
 	conn, p, finish := connect("refusals")
-	if max := conn.Capabilities().MaxBodySize; max != 16<<20 {
-		t.Errorf("MaxBodySize on RabbitMQ 4.0 = %d, want its default 16 MiB", max)
+	max := conn.Capabilities().MaxBodySize
+	if max != configured {
+		t.Errorf("MaxBodySize = %d, want the broker's default max_message_size, %d", max, configured)
 	}
-	refuse("refusals", p, "20 MB body", &carrot.Message{Body: make([]byte, 20<<20)}, 0)
+	refuse("refusals", p, fmt.Sprintf("body of %d bytes", max+1), &carrot.Message{Body: make([]byte, max+1)}, 0)
 	refuse("refusals", p, "1 MiB header", &carrot.Message{Body: []byte("x"), Headers: carrot.Table{"big": strings.Repeat("h", 1<<20)}}, 0)
 	many := carrot.Table{}
 	for i := range 10000 {
@@ -614,15 +645,7 @@ func TestRefusals(t *testing.T) {
 
 	// A limit carrot cannot know: the broker refuses the first message over it, closing
 	// the publishing channel, and carrot refuses the next before sending it.
-	for _, cmd := range [][]string{
-		{"rabbitmqctl", "stop_app"},
-		{"rabbitmqctl", "eval", "application:set_env(rabbit, max_message_size, 1048576)."},
-		{"rabbitmqctl", "start_app"},
-	} {
-		if _, err := broker.Exec(ctx, cmd...); err != nil {
-			t.Fatal(err)
-		}
-	}
+	setMax(ctx, 1<<20)
 	_, p, finish = connect("refusals-lowered")
 	refuse("refusals-lowered", p, "2 MB body over a lowered limit", &carrot.Message{Body: make([]byte, 2<<20)}, 1)
 	refuse("refusals-lowered", p, "2 MB body again", &carrot.Message{Body: make([]byte, 2<<20)}, 0)
