@@ -204,7 +204,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	subs := make([]*subscription, 0, len(c.queues))
 	defer func() {
 		for _, s := range subs {
-			s.close()
+			s.drop()
 		}
 	}()
 	for _, q := range c.queues {
@@ -394,9 +394,6 @@ func (s *subscription) drop() {
 	s.sub = nil
 	s.c.conn.topo.subscribed(s.queue, -1, !s.g.done())
 }
-
-// close ends the subscription when Run returns.
-func (s *subscription) close() { s.drop() }
 
 // malformedDelay is the wait before subscribing again after the nth unreadable message in
 // a row: 200ms, doubling.
