@@ -233,7 +233,7 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	c.closed.Store(true)
-	close(c.changed)
+	close(c.changed) // the calls waiting for a connection find the Conn closed
 	c.changed = make(chan struct{})
 	children := make([]closer, 0, len(c.children))
 	for ch := range c.children {

@@ -333,7 +333,7 @@ func (s *subscription) retry(ctx context.Context, g *generation, err error) bool
 		s.failed = 0
 		return true
 	}
-	if code := g.b.ErrorCode(err); code != backend.Unavailable && code != backend.Closed {
+	if !g.unreachable(err) {
 		return false
 	}
 	s.failed++

@@ -150,12 +150,8 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 		}
 		// The connection is up, but the message went with a channel or link: try again
 		// in a while.
-		t := time.NewTimer(retryDelay(attempt))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return outageError(p.op, ctx.Err(), cause)
+		if err := sleep(ctx, retryDelay(attempt)); err != nil {
+			return outageError(p.op, err, cause)
 		}
 	}
 }

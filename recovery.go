@@ -102,7 +102,6 @@ type State struct {
 type generation struct {
 	b    backend.Conn
 	caps Capabilities
-	n    int       // 1 for the first connection
 	born time.Time // when it became live
 }
 
@@ -116,19 +115,22 @@ func (g *generation) done() bool {
 	}
 }
 
+// unreachable reports whether err, from a call on g, says that the broker could not be
+// reached through g: its connection, or a channel or link of it, went.
+func (g *generation) unreachable(err error) bool {
+	code := g.b.ErrorCode(err)
+	return code == backend.Unavailable || code == backend.Closed
+}
+
 // lostWith reports whether err, from a call on g, says that g's connection is gone: the
 // call may succeed on the next one.
-func (g *generation) lostWith(err error) bool {
-	code := g.b.ErrorCode(err)
-	return (code == backend.Unavailable || code == backend.Closed) && g.done()
-}
+func (g *generation) lostWith(err error) bool { return g.unreachable(err) && g.done() }
 
 // ending reports whether err, from a call on g, says that g's connection is gone, waiting
 // a moment for the connection to say so: a client may fail a call on a broken socket
 // before it marks the connection lost.
 func (g *generation) ending(ctx context.Context, err error) bool {
-	code := g.b.ErrorCode(err)
-	if code != backend.Unavailable && code != backend.Closed {
+	if !g.unreachable(err) {
 		return false
 	}
 	t := time.NewTimer(endingGrace)
@@ -191,12 +193,20 @@ func (d *Dialer) connect(ctx context.Context, connector backend.Connector, name,
 		children:  make(map[closer]struct{}),
 	}
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
-	g := &generation{b: b, caps: b.Capabilities(), n: 1, born: time.Now()}
+	g := &generation{b: b, caps: b.Capabilities(), born: time.Now()}
 	c.caps.Store(&g.caps)
 	c.live.Store(g)
 	c.state = State{Connected: true, Since: g.born}
 	c.wg.Go(func() { c.supervise(g) })
 	return c, nil
+}
+
+// setLiveLocked makes g the live connection (nil while recovering) and wakes the calls
+// waiting for a change. The caller holds c.mu.
+func (c *Conn) setLiveLocked(g *generation) {
+	c.live.Store(g)
+	close(c.changed)
+	c.changed = make(chan struct{})
 }
 
 // acquire returns the live connection, other than stale, waiting for one within ctx while
@@ -308,15 +318,13 @@ func (c *Conn) supervise(g *generation) {
 			c.mu.Unlock()
 			return
 		}
-		c.live.Store(nil)
-		close(c.changed)
-		c.changed = make(chan struct{})
+		c.setLiveLocked(nil)
 		c.state = State{Since: lostAt, Err: cause, Recoveries: c.state.Recoveries}
 		c.mu.Unlock()
 		g.b.Close() // what it held goes back to the broker; subscriptions close after it
 		c.event(Event{Kind: EventLost, Err: cause})
 
-		if g = c.recover(g.n, lostAt, streak); g == nil {
+		if g = c.recover(lostAt, streak); g == nil {
 			return
 		}
 	}
@@ -326,17 +334,13 @@ func (c *Conn) supervise(g *generation) {
 // the new live generation, or nil after Close. After streak losses in a row caused by
 // unreadable messages, it starts with a longer wait, so that such a message cannot make
 // the Conn reconnect in a hot loop.
-func (c *Conn) recover(prev int, lostAt time.Time, streak int) *generation {
+func (c *Conn) recover(lostAt time.Time, streak int) *generation {
 	for attempt := 1; ; attempt++ {
 		wait := c.dialer.backoff(attempt + streak)
 		if attempt == 1 && streak == 0 {
 			wait = c.dialer.backoff(1) / 2 // a cut is usually over at once
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-c.stopCtx.Done():
-			t.Stop()
+		if sleep(c.stopCtx, wait) != nil {
 			return nil
 		}
 		ctx, cancel := context.WithTimeout(c.stopCtx, c.dialer.dialTimeout())
@@ -362,7 +366,7 @@ func (c *Conn) recover(prev int, lostAt time.Time, streak int) *generation {
 			c.event(Event{Kind: EventAttemptFailed, Attempt: attempt, Err: err})
 			continue
 		}
-		g := &generation{b: b, caps: b.Capabilities(), n: prev + 1, born: time.Now()}
+		g := &generation{b: b, caps: b.Capabilities(), born: time.Now()}
 		c.mu.Lock()
 		if c.closed.Load() {
 			c.mu.Unlock()
@@ -370,9 +374,7 @@ func (c *Conn) recover(prev int, lostAt time.Time, streak int) *generation {
 			return nil
 		}
 		c.caps.Store(&g.caps)
-		c.live.Store(g)
-		close(c.changed)
-		c.changed = make(chan struct{})
+		c.setLiveLocked(g)
 		c.state = State{Connected: true, Since: g.born, Recoveries: c.state.Recoveries + 1}
 		c.mu.Unlock()
 		c.event(Event{Kind: EventRestored, Attempt: attempt})
