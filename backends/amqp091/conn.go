@@ -64,12 +64,13 @@ type Conn struct {
 	closed          atomic.Bool
 	wg              sync.WaitGroup
 
-	ctlMu sync.Mutex    // serializes topology calls on ctl
-	ctl   *amqp.Channel // for declarations, deletions, bindings and purges
-	getMu sync.Mutex    // serializes gets on get
-	get   *amqp.Channel // for basic.get
-	pubMu sync.Mutex    // serializes opening publishers
-	pub   atomic.Pointer[publisher]
+	ctlMu   sync.Mutex             // serializes topology calls on ctl
+	ctl     *amqp.Channel          // for declarations, deletions, bindings and purges
+	getMu   sync.Mutex             // serializes gets on get
+	get     *amqp.Channel          // for basic.get
+	getting atomic.Pointer[string] // the queue of the latest get
+	pubMu   sync.Mutex             // serializes opening publishers
+	pub     atomic.Pointer[publisher]
 
 	subsMu sync.Mutex
 	subs   map[string]*subscription // running subscriptions, by consumer tag
@@ -241,6 +242,9 @@ func (e *malformed) Unwrap() error { return e.err }
 func (c *Conn) poisoned(p poisonFrame) string {
 	switch {
 	case p.get:
+		if q := c.getting.Load(); q != nil {
+			return fmt.Sprintf("a fetch from queue %q", *q)
+		}
 		return "a fetch"
 	case p.consumerTag != "":
 		c.subsMu.Lock()
@@ -269,6 +273,17 @@ func (c *Conn) gone() error {
 		return err
 	}
 	return backend.Errorf(backend.Unavailable, "carrot/amqp091: connection lost")
+}
+
+// lostUnder returns the error of a call that the connection ended under, once the
+// connection says why: the Malformed error if amqp091-go could not parse a message that
+// was the call's (mine says), an Unavailable error otherwise.
+func (c *Conn) lostUnder(mine func(*malformed) bool) error {
+	<-c.Done()
+	if m, ok := c.Err().(*malformed); ok && mine(m) {
+		return m
+	}
+	return c.gone()
 }
 
 // openChannel opens a channel on the connection, returning early if ctx ends first (the

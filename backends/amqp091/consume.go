@@ -32,6 +32,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 	ch := c.get
 	var d amqp.Delivery
 	var ok bool
+	c.getting.Store(&queue)
 	err, abandoned := call(ctx, func() error {
 		var err error
 		d, ok, err = ch.Get(queue, autoAck)
@@ -47,11 +48,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 			c.get = nil
 		}
 		if c.conn.IsClosed() {
-			<-c.Done() // the reason is known once done is closed
-			if m, isM := c.Err().(*malformed); isM && m.get {
-				return nil, &malformed{get: true, what: fmt.Sprintf("a fetch from queue %q", queue), reason: m.reason, err: m.err}
-			}
-			return nil, c.gone()
+			return nil, c.lostUnder(func(m *malformed) bool { return m.get })
 		}
 		return nil, err
 	}
@@ -164,11 +161,7 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 			go s.ch.Close()
 			s.ch, s.deliveries = nil, nil
 			if s.c.conn.IsClosed() {
-				<-s.c.Done() // the reason is known once done is closed
-				if m, isM := s.c.Err().(*malformed); isM && s.poisoned.Load() {
-					return nil, m
-				}
-				return nil, s.c.gone()
+				return nil, s.c.lostUnder(func(*malformed) bool { return s.poisoned.Load() })
 			}
 		case <-ctx.Done():
 			return nil, ctx.Err()

@@ -224,15 +224,6 @@ func (c *Conn) gone() error {
 	return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost: %w", c.Err())
 }
 
-// ended returns the error for a call on an ended connection: Closed after Close,
-// Unavailable otherwise.
-func (c *Conn) ended() error {
-	if c.closed.Load() {
-		return errClosed
-	}
-	return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost: %w", c.Err())
-}
-
 // session opens a session on the connection.
 func (c *Conn) session(ctx context.Context) (*amqp.Session, error) {
 	if err := c.gone(); err != nil {

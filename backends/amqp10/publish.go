@@ -131,7 +131,7 @@ func (p *publisher) answer(c *Conn) {
 				for { // what is left fails: the connection ended
 					select {
 					case w := <-p.waits:
-						w.done(c.ended())
+						w.done(c.gone())
 					default:
 						return
 					}
@@ -157,7 +157,7 @@ func (p *publisher) enqueue(c *Conn, w wait) {
 		case p.waits <- w:
 			return
 		case <-c.Done():
-			w.done(c.ended())
+			w.done(c.gone())
 			return
 		}
 	}
