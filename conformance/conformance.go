@@ -305,7 +305,13 @@ func (e *env) cleanup(f func(c *carrot.Conn, ctx context.Context) error) {
 // publisher returns a publisher on the subtest's connection.
 func (e *env) publisher(opts carrot.PublisherOptions) *carrot.Publisher {
 	e.t.Helper()
-	p, err := e.conn.NewPublisher(opts)
+	return e.publisherOn(e.conn, opts)
+}
+
+// publisherOn returns a publisher on conn, closed when the subtest ends.
+func (e *env) publisherOn(conn *carrot.Conn, opts carrot.PublisherOptions) *carrot.Publisher {
+	e.t.Helper()
+	p, err := conn.NewPublisher(opts)
 	if err != nil {
 		e.t.Fatalf("new publisher: %v", err)
 	}

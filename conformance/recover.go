@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -126,17 +127,7 @@ func (e *env) awaitAcked(r *recorder, want ...string) map[string]bool {
 		select {
 		case <-change:
 		case <-e.ctx.Done():
-			e.t.Fatalf("timed out after %v with %d of %d messages acked (acked: %v)", e.r.h.Timeout, len(want)-missing, len(want), slices.Sorted(mapsKeys(got)))
-		}
-	}
-}
-
-func mapsKeys(m map[string]bool) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
+			e.t.Fatalf("timed out after %v with %d of %d messages acked (acked: %v)", e.r.h.Timeout, len(want)-missing, len(want), slices.Sorted(maps.Keys(got)))
 		}
 	}
 }
@@ -211,11 +202,7 @@ func testRecoverTopology(e *env) {
 func testRecoverPublish(e *env) {
 	q := e.queue(carrot.Queue{Name: "q"})
 	f, breaker := e.faulty()
-	p, err := f.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer p.Close()
+	p := e.publisherOn(f, carrot.PublisherOptions{RoutingKey: q})
 	breaker.Block()
 	e.awaitLost(f)
 
@@ -280,11 +267,7 @@ func testRecoverSettle(e *env) {
 func testRecoverRepeatedCuts(e *env) {
 	q := e.queue(carrot.Queue{Name: "q"})
 	f, breaker := e.faulty()
-	p, err := f.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer p.Close()
+	p := e.publisherOn(f, carrot.PublisherOptions{RoutingKey: q})
 	rec := newRecorder(nil)
 	r := e.start(e.consumerOn(f, carrot.ConsumerOptions{Handler: rec}, q))
 	var bodies []string
@@ -311,11 +294,7 @@ func testRecoverRepeatedCuts(e *env) {
 func testRecoverStall(e *env) {
 	q := e.queue(carrot.Queue{Name: "q"})
 	f, breaker := e.faulty()
-	p, err := f.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer p.Close()
+	p := e.publisherOn(f, carrot.PublisherOptions{RoutingKey: q})
 	c := e.consumerOn(f, carrot.ConsumerOptions{}, q)
 	breaker.Stall()
 	const deadline = 300 * time.Millisecond
@@ -360,10 +339,7 @@ func testRecoverStall(e *env) {
 func testRecoverClose(e *env) {
 	q := e.queue(carrot.Queue{Name: "q"})
 	f, breaker := e.faulty()
-	p, err := f.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	p := e.publisherOn(f, carrot.PublisherOptions{RoutingKey: q})
 	c := e.consumerOn(f, carrot.ConsumerOptions{Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error { return m.Ack(ctx) })}, q)
 	run := make(chan error, 1)
 	go func() { run <- c.Run(e.ctx) }()

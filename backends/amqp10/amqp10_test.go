@@ -40,17 +40,10 @@ func openFaulty(url string) func(ctx context.Context) (*carrot.Conn, conformance
 		if err != nil {
 			return nil, nil, err
 		}
-		proxy := conformance.NewProxy()
-		if o.Addr, err = proxy.Forward(o.Addr); err != nil {
-			proxy.Close()
-			return nil, nil, err
-		}
-		conn, err := carrot.Connect(ctx, amqp10.NewConnector(o))
-		if err != nil {
-			proxy.Close()
-			return nil, nil, err
-		}
-		return conn, proxy, nil
+		return flowtest.Through(ctx, o.Addr, func(ctx context.Context, addr string) (*carrot.Conn, error) {
+			o.Addr = addr
+			return carrot.Connect(ctx, amqp10.NewConnector(o))
+		})
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/conformance"
 )
 
 // Flow is a stream of messages, the numbers 0 to Total-1, published by Publishers
@@ -152,4 +153,20 @@ func Cuts(cutter interface{ Cut() }, n int) func(f *Flow) {
 			}
 		}
 	}
+}
+
+// Through opens a connection with open, given the address of a new conformance.Proxy in
+// front of target, and returns it with the proxy, for the harnesses' OpenFaulty. The
+// caller closes both; on error, Through closes the proxy.
+func Through(ctx context.Context, target string, open func(ctx context.Context, addr string) (*carrot.Conn, error)) (*carrot.Conn, conformance.Breaker, error) {
+	proxy := conformance.NewProxy()
+	addr, err := proxy.Forward(target)
+	if err == nil {
+		var conn *carrot.Conn
+		if conn, err = open(ctx, addr); err == nil {
+			return conn, proxy, nil
+		}
+	}
+	proxy.Close()
+	return nil, nil, err
 }
