@@ -99,6 +99,8 @@ func TestRecoveryStateEventsPing(t *testing.T) {
 	if err := conn.Ping(ctx); err != nil {
 		t.Errorf("Ping after recovery = %v", err)
 	}
+	// The restored event follows the swap to the new connection.
+	until(t, "the restored event", func() bool { return slices.Contains(ev.kinds(), carrot.EventRestored) })
 	kinds := ev.kinds()
 	if len(kinds) < 4 || kinds[0] != carrot.EventLost || kinds[len(kinds)-1] != carrot.EventRestored ||
 		slices.ContainsFunc(kinds[1:len(kinds)-1], func(k carrot.EventKind) bool { return k != carrot.EventAttemptFailed }) {

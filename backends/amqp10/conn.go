@@ -224,19 +224,37 @@ func (c *Conn) gone() error {
 	return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost: %w", c.Err())
 }
 
+// How long session waits for the broker to answer a begin, attempt after attempt. RabbitMQ
+// before 4.1 can drop a begin on the channel number of a session that has just ended (its
+// reader still routes the number to the ended session), and go-amqp reuses the lowest free
+// number at once; a begin sent again goes out on another number. A broker that answers
+// none of them in all this time has stopped working, and the connection is dropped.
+var beginWaits = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 15 * time.Second}
+
 // session opens a session on the connection.
 func (c *Conn) session(ctx context.Context) (*amqp.Session, error) {
-	if err := c.gone(); err != nil {
-		return nil, err
-	}
-	s, err := c.conn.NewSession(ctx, nil)
-	if err != nil {
+	for _, wait := range beginWaits {
+		if err := c.gone(); err != nil {
+			return nil, err
+		}
+		bctx, cancel := context.WithTimeout(ctx, wait)
+		s, err := c.conn.NewSession(bctx, nil)
+		cancel()
+		if err == nil {
+			return s, nil
+		}
 		if gerr := c.gone(); gerr != nil {
 			return nil, gerr
 		}
-		return nil, err
+		if ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return nil, err
+		}
+		// Unanswered: go-amqp abandons the session, keeping its channel number, and
+		// the next begin goes out on another one.
 	}
-	return s, nil
+	c.End(backend.Errorf(backend.Unavailable, "carrot/amqp10: the broker answers no session begin"))
+	c.net.Close()
+	return nil, c.Err()
 }
 
 // closeQuietly closes a session in the background, without waiting for the broker.

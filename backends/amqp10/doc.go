@@ -71,6 +71,10 @@
 //
 // RabbitMQ ends the whole session of a link it refuses, so the management link pair, the
 // publishing link, each consumer and each queue fetched from have a session of their own.
+// RabbitMQ before 4.1 now and then ignores the begin of a session on the channel number of
+// a session that has just ended; a begin not answered within a second is sent again on
+// another channel number (waiting longer each time), and a broker that answers none in
+// 30 seconds is taken for lost.
 // The Conn owns its connection, sessions and links. It is one AMQP connection and never
 // reconnects: when the connection is lost, carrot opens a new Conn, declares its topology
 // again and resumes its consumers (see package carrot). A publish whose outcome was lost
