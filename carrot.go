@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 )
 
 // EnvURL is the environment variable [OpenEnv] reads the broker URL from.
@@ -64,7 +64,8 @@ func Backends() []string {
 // bounded by ctx and [DefaultDialTimeout]: a broker that cannot be reached is an error
 // wrapping [ErrUnavailable], a URL or settings the backend or broker refuses one wrapping
 // [ErrInvalid]. Once open, the Conn recovers lost connections on its own; see [Conn]. Open
-// is [Dialer.Open] with the zero Dialer. Errors never contain the URL's password.
+// is [Dialer.Open] with the zero Dialer. Errors never show the URL's user info or secret
+// options (see [Redact]), nor the text of a URL that does not parse.
 func Open(ctx context.Context, rawURL string) (*Conn, error) {
 	var d Dialer
 	return d.Open(ctx, rawURL)
@@ -72,13 +73,10 @@ func Open(ctx context.Context, rawURL string) (*Conn, error) {
 
 // Open connects to the broker named by a URL, as [Open] does, with the Dialer's options.
 func (d *Dialer) Open(ctx context.Context, rawURL string) (*Conn, error) {
-	u, err := url.Parse(rawURL)
+	name := Redact(rawURL)
+	u, _, err := brokerurl.Parse(rawURL)
 	if err != nil {
-		// url.Error repeats the URL, password and all: report only what is wrong with it.
-		if ue, ok := err.(*url.Error); ok {
-			err = ue.Err
-		}
-		return nil, &Error{Op: "open " + Redact(rawURL), Kind: ErrInvalid, Err: err, secret: password(rawURL)}
+		return nil, &Error{Op: "open " + name, Kind: ErrInvalid, Err: err}
 	}
 	scheme := strings.ToLower(u.Scheme)
 	driversMu.RLock()
@@ -86,21 +84,20 @@ func (d *Dialer) Open(ctx context.Context, rawURL string) (*Conn, error) {
 	driversMu.RUnlock()
 	if drv == nil {
 		return nil, &Error{
-			Op:   "open " + Redact(rawURL),
+			Op:   "open " + name,
 			Kind: ErrUnknownScheme,
 			Err:  fmt.Errorf("%q is not registered (registered: %s); is the backend's package imported?", scheme, strings.Join(Backends(), ", ")),
 		}
 	}
-	secret, _ := u.User.Password()
 	connector, err := drv.OpenConnector(rawURL)
 	if err != nil {
 		kind := ErrInvalid
 		if code := backend.CodeOf(err); code != backend.Unknown {
 			kind = kinds[code]
 		}
-		return nil, &Error{Op: "open " + Redact(rawURL), Kind: kind, Err: err, secret: secret}
+		return nil, &Error{Op: "open " + name, Kind: kind, Err: err, url: rawURL}
 	}
-	return d.connect(ctx, connector, Redact(rawURL), secret)
+	return d.connect(ctx, connector, name, rawURL)
 }
 
 // Connect opens a connection with a backend's Connector, made without the registry (for
@@ -131,42 +128,12 @@ func OpenEnv(ctx context.Context) (*Conn, error) {
 	return Open(ctx, raw)
 }
 
-// Redact returns rawURL with its password replaced by "xxxxx", for logs and errors. It
-// works on URLs that do not parse, too.
+// Redact returns rawURL for errors and logs: without its user info (name and password),
+// and with the values of secret options, such as Redis's sentinel_password, masked. Of a
+// URL that does not parse it shows only the scheme, as "SCHEME://…". Every error and log
+// line of carrot and its backends shows URLs this way.
 func Redact(rawURL string) string {
-	if u, err := url.Parse(rawURL); err == nil {
-		if _, ok := u.User.Password(); !ok {
-			return rawURL
-		}
-		return u.Redacted()
-	}
-	p := password(rawURL)
-	if p == "" {
-		return rawURL
-	}
-	return strings.Replace(rawURL, ":"+p+"@", ":xxxxx@", 1)
-}
-
-// password finds the password in a URL of the form scheme://user:password@host, even when
-// the URL does not parse.
-func password(rawURL string) string {
-	rest := rawURL
-	if i := strings.Index(rest, "://"); i >= 0 {
-		rest = rest[i+3:]
-	}
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
-		return ""
-	}
-	userinfo := rest[:at]
-	if i := strings.IndexAny(userinfo, "/?#"); i >= 0 {
-		return ""
-	}
-	_, p, ok := strings.Cut(userinfo, ":")
-	if !ok {
-		return ""
-	}
-	return p
+	return brokerurl.Redact(rawURL)
 }
 
 // Conn is a connection to a broker, opened with [Open] or [Connect]. It is safe for
@@ -185,6 +152,7 @@ type Conn struct {
 	dialer    Dialer
 	connector backend.Connector
 	name      string
+	url       string // as opened, for scrubbing errors; empty for Connect
 	log       *slog.Logger
 
 	live    atomic.Pointer[generation] // nil while recovering, and after Close
@@ -305,7 +273,7 @@ func (c *Conn) wrap(ctx context.Context, op string, g *generation, err error) er
 	case kind == ErrClosed && g.done():
 		kind = ErrUnavailable // the connection was lost, and carrot closed it
 	}
-	return &Error{Op: op, Kind: kind, Err: err}
+	return &Error{Op: op, Kind: kind, Err: err, url: c.url}
 }
 
 // DeclareExchange creates an exchange, or checks that the existing one of that name has the

@@ -71,8 +71,12 @@ func TestOpenErrors(t *testing.T) {
 		forbidden string
 	}{
 		{"nosuch://user:s3cret@host/", carrot.ErrUnknownScheme, []string{`"nosuch" is not registered`, "memory", "imported"}, "s3cret"},
-		{"amqp://user:s3cret@host:bad-port/", carrot.ErrInvalid, []string{"xxxxx"}, "s3cret"},
-		{"leaky://user:s3cret@host/", carrot.ErrUnavailable, []string{"connection refused", "xxxxx"}, "s3cret"},
+		{"amqp://user:s3cret@host:bad-port/", carrot.ErrInvalid, []string{"open amqp://…", "port is not a number"}, "s3cret"},
+		{"amqp://guest:S3CR#et@127.0.0.1:5672/", carrot.ErrInvalid, []string{"open amqp://…", "percent-encode"}, "S3CR"},
+		{"amqp//guest:S3CRet@127.0.0.1:5672/", carrot.ErrInvalid, []string{"open URL", "scheme"}, "S3CRet"},
+		{"amqp://guest:12/S3CRet@127.0.0.1:5672/", carrot.ErrInvalid, []string{"'@' at byte 23"}, "S3CRet"},
+		{"leaky://user:s3cret@host/", carrot.ErrUnavailable, []string{"open leaky://host/", "dial leaky://host/: connection refused"}, "s3cret"},
+		{"leaky://a:a@host/?token=S3CRet", carrot.ErrUnavailable, []string{"open leaky://host/?token=xxxxx", "dial leaky://host/?token=xxxxx: connection refused"}, "S3CRet"},
 		{"memory://x?bogus=1", carrot.ErrInvalid, []string{`unknown URL option "bogus"`}, ""},
 		{"memory://x?prefetch=-1", carrot.ErrInvalid, []string{"prefetch"}, ""},
 	} {
@@ -110,10 +114,14 @@ func TestOpenEnv(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	for in, want := range map[string]string{
-		"amqp://guest:guest@localhost:5672/vhost": "amqp://guest:xxxxx@localhost:5672/vhost",
-		"amqp://guest@localhost/":                 "amqp://guest@localhost/",
+		"amqp://guest:guest@localhost:5672/vhost": "amqp://localhost:5672/vhost",
+		"amqp://guest@localhost/":                 "amqp://localhost/",
 		"memory://":                               "memory://",
-		"amqp://u:p%zz@host:bad/":                 "amqp://u:xxxxx@host:bad/",
+		"amqp://u:p%zz@host:bad/":                 "amqp://…",
+		"amqp://u:p@host/?a=1;b=2":                "amqp://…",
+		"no scheme at all: p@ss":                  "URL",
+		"redis://h/?sentinel_password=S3C&master=m&sentinel=h:1&Password": "redis://h/?sentinel_password=xxxxx&master=m&sentinel=h:1&Password",
+		"amqps://h/%2Fv?keyfile=/etc/key.pem&certfile=c.pem":              "amqps://h/%2Fv?keyfile=/etc/key.pem&certfile=c.pem",
 	} {
 		if got := carrot.Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)

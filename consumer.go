@@ -59,6 +59,8 @@ type ConsumerOptions struct {
 
 	// Prefetch is the most messages of each queue delivered to the consumer and not yet
 	// settled. Zero means the backend's default, which is bounded; see its documentation.
+	// More than the backend can carry (Capabilities().MaxPrefetch: 65535 on AMQP 0-9-1) is
+	// an [ErrInvalid] error, never a smaller limit.
 	Prefetch int
 
 	// Concurrency is how many handlers run at once; 1 when zero, which delivers each
@@ -112,6 +114,9 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 	}
 	if opts.Prefetch < 0 {
 		return nil, invalidf(op, "prefetch %d is negative", opts.Prefetch)
+	}
+	if max := c.Capabilities().MaxPrefetch; max > 0 && opts.Prefetch > max {
+		return nil, invalidf(op, "prefetch %d is more than the backend can carry (%d)", opts.Prefetch, max)
 	}
 	if opts.Concurrency < 0 {
 		return nil, invalidf(op, "concurrency %d is negative", opts.Concurrency)
@@ -570,6 +575,7 @@ func (c *Consumer) Close() error {
 			ms := slices.SortedFunc(maps.Keys(fetched), func(a, b *Message) int { return fetched[b] - fetched[a] })
 			ctx, cancel := context.WithTimeout(context.Background(), closeRequeueTimeout)
 			for _, m := range ms {
+				m.d.returned.Store(true)
 				m.settle(ctx, backend.Requeue)
 			}
 			cancel()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 )
 
 // Sentinel errors. Errors returned by carrot wrap one of these where one applies, so test
@@ -53,6 +54,10 @@ var (
 	// ErrUnsupported means the backend does not support the operation or option. It
 	// wraps [errors.ErrUnsupported].
 	ErrUnsupported = fmt.Errorf("carrot: %w", errors.ErrUnsupported)
+	// ErrBackend means the broker or its client library failed in a way carrot has no
+	// other sentinel for. The backend's own error is wrapped with it, for [errors.As];
+	// a backend that returns it for a failure one of the other sentinels names has a bug.
+	ErrBackend = errors.New("carrot: backend error")
 )
 
 // Error is an error from a broker operation. It wraps both the category (one of the
@@ -60,10 +65,10 @@ var (
 // the first and [errors.As] the second.
 type Error struct {
 	Op   string // what carrot was doing, such as `publish to exchange "feed"`
-	Kind error  // a sentinel error, or nil when the backend could not classify Err
+	Kind error  // a sentinel error, ErrBackend when the backend could not classify Err
 	Err  error  // the backend's error
 
-	secret string // a password to keep out of the message
+	url string // the URL opened, whose copies in Err's text are shown redacted
 }
 
 func (e *Error) Error() string {
@@ -78,11 +83,7 @@ func (e *Error) Error() string {
 		b.WriteString(": ")
 		b.WriteString(e.Err.Error())
 	}
-	msg := b.String()
-	if e.secret != "" {
-		msg = strings.ReplaceAll(msg, e.secret, "xxxxx")
-	}
-	return msg
+	return brokerurl.Scrub(b.String(), e.url)
 }
 
 // Unwrap returns the category and the backend's error.
@@ -99,6 +100,7 @@ func (e *Error) Unwrap() []error {
 
 // kinds maps backend error codes to the sentinel errors users test for.
 var kinds = map[backend.Code]error{
+	backend.Unknown:     ErrBackend,
 	backend.NotFound:    ErrNotFound,
 	backend.Mismatch:    ErrMismatch,
 	backend.Unroutable:  ErrUnroutable,

@@ -2,11 +2,13 @@ package carrot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/carrot-go/carrot/backend"
 )
@@ -16,8 +18,9 @@ import (
 // Values are of the types every backend carries unchanged: string, []byte, bool, int64,
 // float64, time.Time and nil. carrot converts the other integer and float types (int,
 // uint8, float32, ...) to int64 and float64 when a message is published, and time.Time to
-// UTC whole seconds, the precision of AMQP 0-9-1; other types, and floats that are NaN or
-// infinite (which RabbitMQ cannot read), are an error.
+// UTC whole seconds, the precision of AMQP 0-9-1; other types, floats that are NaN or
+// infinite (which RabbitMQ cannot read), and keys and strings that are not valid UTF-8
+// (which the AMQP protocols forbid; carry binary data as []byte) are [ErrInvalid] errors.
 type Table map[string]any
 
 // DeliveryMode says whether a message is written to disk by the broker.
@@ -65,6 +68,7 @@ type delivery struct {
 	gen         *generation     // the connection that delivered it
 	accept      map[string]bool // nil accepts every registered codec
 	settled     atomic.Bool
+	returned    atomic.Bool    // requeued by its consumer's Close, not by the caller
 	onSettle    func(*Message) // bookkeeping of the consumer that received it, may be nil
 }
 
@@ -98,8 +102,9 @@ func (m *Message) DeliveryCount() int {
 }
 
 // Ack acknowledges a received message: it was handled and leaves its queue. It returns
-// [ErrAlreadySettled] if the message was settled before. On a message consumed with NoAck,
-// which the broker acknowledged on delivery, Ack does nothing.
+// [ErrAlreadySettled] if the message was settled before, and [ErrClosed] if it was
+// fetched and its Consumer closed since, putting it back in its queue. On a message
+// consumed with NoAck, which the broker acknowledged on delivery, Ack does nothing.
 func (m *Message) Ack(ctx context.Context) error { return m.settle(ctx, backend.Ack) }
 
 // Requeue puts a received message back in its queue, to be delivered again with the
@@ -122,6 +127,9 @@ func (m *Message) settle(ctx context.Context, o backend.Outcome) error {
 		return &Error{Op: op, Kind: ErrAlreadySettled, Err: fmt.Errorf("message was consumed with NoAck")}
 	}
 	if !m.d.settled.CompareAndSwap(false, true) {
+		if m.d.returned.Load() {
+			return &Error{Op: op, Kind: ErrClosed, Err: errors.New("its consumer closed and put the message back in its queue")}
+		}
 		return &Error{Op: op, Kind: ErrAlreadySettled}
 	}
 	if m.d.onSettle != nil {
@@ -233,6 +241,9 @@ func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
 		if len(s.v) > maxName {
 			return bm, invalidf(op, "%s is %d bytes long, more than %d", s.name, len(s.v), maxName)
 		}
+		if !utf8.ValidString(s.v) {
+			return bm, invalidf(op, "%s is not valid UTF-8", s.name)
+		}
 	}
 	mode := m.DeliveryMode
 	if mode == 0 {
@@ -289,6 +300,9 @@ func normalizeTable(t Table) (map[string]any, error) {
 		if len(k) > maxName {
 			return nil, fmt.Errorf("name %.20q... is %d bytes long, more than %d", k, len(k), maxName)
 		}
+		if !utf8.ValidString(k) {
+			return nil, fmt.Errorf("name %q is not valid UTF-8", k)
+		}
 		nv, err := normalizeValue(v)
 		if err != nil {
 			return nil, fmt.Errorf("%q: %w", k, err)
@@ -309,7 +323,12 @@ func finite(f float64) (any, error) {
 
 func normalizeValue(v any) (any, error) {
 	switch v := v.(type) {
-	case nil, string, bool, int64:
+	case string:
+		if !utf8.ValidString(v) {
+			return nil, errors.New("string is not valid UTF-8 (use []byte for binary data)")
+		}
+		return v, nil
+	case nil, bool, int64:
 		return v, nil
 	case []byte:
 		return append([]byte{}, v...), nil

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 )
 
 // Recovery: a Conn holds one backend connection at a time, a generation. When it ends, the
@@ -162,7 +163,7 @@ func (d *Dialer) backoff(n int) time.Duration {
 
 // connect makes the first connection of a Conn: one attempt, bounded by ctx and the dial
 // timeout.
-func (d *Dialer) connect(ctx context.Context, connector backend.Connector, name, secret string) (*Conn, error) {
+func (d *Dialer) connect(ctx context.Context, connector backend.Connector, name, rawURL string) (*Conn, error) {
 	op := "open " + name
 	dctx, cancel := context.WithTimeout(ctx, d.dialTimeout())
 	b, err := connector.Connect(dctx)
@@ -178,7 +179,7 @@ func (d *Dialer) connect(ctx context.Context, connector backend.Connector, name,
 		} else if timedOut {
 			err = fmt.Errorf("no answer within the dial timeout of %v", d.dialTimeout())
 		}
-		return nil, &Error{Op: op, Kind: kind, Err: err, secret: secret}
+		return nil, &Error{Op: op, Kind: kind, Err: err, url: rawURL}
 	}
 	log := d.Logger
 	if log == nil {
@@ -188,6 +189,7 @@ func (d *Dialer) connect(ctx context.Context, connector backend.Connector, name,
 		dialer:    *d,
 		connector: connector,
 		name:      name,
+		url:       rawURL,
 		log:       log,
 		changed:   make(chan struct{}),
 		children:  make(map[closer]struct{}),
@@ -430,18 +432,26 @@ func (c *Conn) replay(ctx context.Context, b backend.Conn, lostAt time.Time) err
 // exclusive queues of the lost connection, which it does once it notices the loss.
 const exclusiveGrace = time.Minute
 
+// scrub returns err's text without the URL's secrets, for logs.
+func (c *Conn) scrub(err error) string {
+	if err == nil {
+		return ""
+	}
+	return brokerurl.Scrub(err.Error(), c.url)
+}
+
 // event reports e to the logger and to OnEvent.
 func (c *Conn) event(e Event) {
 	e.Conn = c
 	switch e.Kind {
 	case EventLost:
-		c.log.LogAttrs(context.Background(), slog.LevelWarn, "carrot: connection lost; reconnecting", slog.String("broker", c.name), slog.Any("error", e.Err))
+		c.log.LogAttrs(context.Background(), slog.LevelWarn, "carrot: connection lost; reconnecting", slog.String("broker", c.name), slog.String("error", c.scrub(e.Err)))
 	case EventAttemptFailed:
-		c.log.LogAttrs(context.Background(), slog.LevelWarn, "carrot: reconnection failed", slog.String("broker", c.name), slog.Int("attempt", e.Attempt), slog.Any("error", e.Err))
+		c.log.LogAttrs(context.Background(), slog.LevelWarn, "carrot: reconnection failed", slog.String("broker", c.name), slog.Int("attempt", e.Attempt), slog.String("error", c.scrub(e.Err)))
 	case EventRestored:
 		c.log.LogAttrs(context.Background(), slog.LevelInfo, "carrot: connection restored", slog.String("broker", c.name), slog.Int("attempts", e.Attempt))
 	case EventReplayRefused:
-		c.log.LogAttrs(context.Background(), slog.LevelError, "carrot: could not declare again after reconnecting", slog.String("broker", c.name), slog.Any("error", e.Err))
+		c.log.LogAttrs(context.Background(), slog.LevelError, "carrot: could not declare again after reconnecting", slog.String("broker", c.name), slog.String("error", c.scrub(e.Err)))
 	}
 	if c.dialer.OnEvent != nil {
 		c.dialer.OnEvent(e)

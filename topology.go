@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/carrot-go/carrot/backend"
 )
@@ -27,6 +28,10 @@ const (
 
 // Exchange describes an exchange. Messages are published to exchanges, which route them to
 // the queues bound to them. Exchanges are durable unless Transient is set, as in the seed.
+//
+// Names of exchanges and queues, routing keys and binding keys are at most 255 bytes of
+// valid UTF-8, as AMQP 0-9-1 requires; carrot refuses others with [ErrInvalid] on every
+// backend, before the broker sees them.
 type Exchange struct {
 	Name       string
 	Kind       ExchangeKind // Direct when empty
@@ -82,6 +87,9 @@ func checkName(op, what, name string, emptyOK bool) error {
 	if len(name) > maxName {
 		return invalidf(op, "%s name is %d bytes long, more than %d", what, len(name), maxName)
 	}
+	if !utf8.ValidString(name) {
+		return invalidf(op, "%s name is not valid UTF-8", what)
+	}
 	return nil
 }
 
@@ -89,6 +97,9 @@ func checkName(op, what, name string, emptyOK bool) error {
 func checkKey(op, key string) error {
 	if len(key) > maxName {
 		return invalidf(op, "routing key is %d bytes long, more than %d", len(key), maxName)
+	}
+	if !utf8.ValidString(key) {
+		return invalidf(op, "routing key is not valid UTF-8")
 	}
 	return nil
 }

@@ -338,6 +338,7 @@ type Capabilities struct {
 	Persistence   bool  // durable queues and persistent messages survive a broker restart
 	SharedAcross  bool  // other processes can reach the same broker (false for in-process brokers)
 	MaxBodySize   int64 // the largest body the broker accepts, in bytes; 0 for no known limit
+	MaxPrefetch   int   // the largest prefetch the protocol can carry; 0 for no limit
 }
 
 // Code classifies a backend error.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -386,6 +387,7 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		Persistence:  true,
 		SharedAcross: true,
 		MaxBodySize:  c.maxBody.Load(),
+		MaxPrefetch:  math.MaxUint16, // basic.qos's prefetch-count is 16 bits
 	}
 }
 

@@ -106,8 +106,10 @@
 //
 // Confirms and Mandatory (unless confirms=false), DeadLetter, MessageTTL, QueueTTL,
 // MaxLength, Priority, Exclusive, AutoDelete, Persistence, SharedAcross, and MaxBodySize
-// from the URL. DeliveryCount is off, because classic queues do not count deliveries;
-// quorum queues do, and their messages' DeliveryCount is x-delivery-count plus one.
+// from the URL. MaxPrefetch is 65535, the most basic.qos carries: a larger prefetch is an
+// ErrInvalid error rather than the 16-bit remainder the client would send. DeliveryCount
+// is off, because classic queues do not count deliveries; quorum queues do, and their
+// messages' DeliveryCount is x-delivery-count plus one.
 //
 // # As
 //

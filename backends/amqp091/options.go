@@ -157,13 +157,13 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// String describes where o connects, without the password.
+// String describes where o connects, without the user name and password.
 func (o Options) String() string {
 	scheme := "amqp"
 	if o.TLS != nil {
 		scheme = "amqps"
 	}
-	return amqpurl.String(scheme, o.Username, o.Addr, o.Vhost)
+	return amqpurl.String(scheme, o.Addr, o.Vhost)
 }
 
 // config returns the amqp091-go configuration for o, and the URL to dial.

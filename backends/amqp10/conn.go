@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -285,6 +286,7 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		Persistence:  true,
 		SharedAcross: true,
 		MaxBodySize:  c.opts.MaxBodySize,
+		MaxPrefetch:  math.MaxInt32, // link credit, as go-amqp carries it
 	}
 }
 

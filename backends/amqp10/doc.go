@@ -107,8 +107,8 @@
 // # Capabilities
 //
 // Confirms, Mandatory, DeadLetter, MessageTTL, QueueTTL, MaxLength, Priority, Exclusive
-// (exclusive to this connection), AutoDelete, Persistence, SharedAcross, and MaxBodySize
-// from the URL. DeliveryCount is off, because classic queues do not count deliveries;
+// (exclusive to this connection), AutoDelete, Persistence, SharedAcross, MaxBodySize
+// from the URL, and MaxPrefetch 2147483647 (link credit as go-amqp carries it). DeliveryCount is off, because classic queues do not count deliveries;
 // quorum queues do, and their messages' DeliveryCount is set.
 //
 // # As

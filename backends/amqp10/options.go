@@ -75,11 +75,11 @@ func ParseURL(rawURL string) (*Options, error) {
 			}
 			o.MaxFrameSize = uint32(n)
 		case "prefetch":
-			n, err := strconv.Atoi(v)
+			n, err := strconv.ParseInt(v, 10, 32)
 			if err != nil || n <= 0 {
-				return u.Bad(key, v, "a positive number")
+				return u.Bad(key, v, "a number from 1 to 2147483647")
 			}
-			o.Prefetch = n
+			o.Prefetch = int(n)
 		case "max_body_size":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n <= 0 {
@@ -126,13 +126,13 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// String describes where o connects, without the password.
+// String describes where o connects, without the user name and password.
 func (o Options) String() string {
 	scheme := "amqp10"
 	if o.TLS != nil {
 		scheme = "amqp10s"
 	}
-	return amqpurl.String(scheme, o.Username, o.Addr, o.Vhost)
+	return amqpurl.String(scheme, o.Addr, o.Vhost)
 }
 
 // connOptions returns go-amqp's options for o. TLS is not among them: Connect makes the

@@ -3,7 +3,6 @@ package memory
 import (
 	"context"
 	"maps"
-	"net/url"
 	"slices"
 	"strconv"
 	"sync"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 	"github.com/carrot-go/carrot/internal/topic"
 )
 
@@ -46,9 +46,9 @@ type Options struct {
 
 // ParseURL parses a memory URL, memory://NAME?OPTIONS; see the package documentation.
 func ParseURL(rawURL string) (*Options, error) {
-	u, err := url.Parse(rawURL)
+	u, q, err := brokerurl.Parse(rawURL)
 	if err != nil {
-		return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL does not parse")
+		return nil, backend.Errorf(backend.Invalid, "carrot/memory: %w", err)
 	}
 	if u.Scheme != "memory" {
 		return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL scheme is %q, want memory", u.Scheme)
@@ -57,7 +57,6 @@ func ParseURL(rawURL string) (*Options, error) {
 		return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL must be memory://NAME with only query options after the name")
 	}
 	o := &Options{Name: u.Host}
-	q := u.Query()
 	for key, vals := range q {
 		if len(vals) != 1 {
 			return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL option %q is given %d times", key, len(vals))

@@ -347,6 +347,7 @@ func (c *Conn) ErrorCode(err error) backend.Code {
 		}{
 			{"NOTFOUND", backend.NotFound},
 			{"NOGROUP", backend.NotFound},
+			{"UNBLOCKED the stream key no longer exists", backend.NotFound}, // deleted under a blocked read
 			{"MISMATCH", backend.Mismatch},
 			{"INVALID", backend.Invalid},
 			{"OOM", backend.Refused},

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 	"github.com/carrot-go/carrot/internal/tlsfiles"
 )
 
@@ -65,9 +65,9 @@ type Options struct {
 // given twice (but addr and sentinel, which may repeat) and bad values are errors naming
 // the option.
 func ParseURL(rawURL string) (*Options, error) {
-	u, err := url.Parse(rawURL)
+	u, q, err := brokerurl.Parse(rawURL)
 	if err != nil {
-		return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL does not parse")
+		return nil, backend.Errorf(backend.Invalid, "carrot/redis: %w", err)
 	}
 	o := &Options{}
 	r := &o.Redis
@@ -81,7 +81,6 @@ func ParseURL(rawURL string) (*Options, error) {
 		r.Username = u.User.Username()
 		r.Password, _ = u.User.Password()
 	}
-	q := u.Query()
 	switch u.Scheme {
 	case "redis", "rediss":
 		host, port := u.Hostname(), u.Port()

@@ -9,8 +9,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -62,8 +63,8 @@ func (c *cli) open(ctx context.Context, rawURL, command string, warnMemory bool)
 	if rawURL == "" {
 		rawURL = "memory://"
 	}
-	if u, err := url.Parse(rawURL); err == nil && u.Scheme == "memory" && warnMemory {
-		fmt.Fprintf(c.stderr, "carrot %s: note: %s lives in this process only; use --url to reach a broker other commands can see\n", command, rawURL)
+	if warnMemory && strings.HasPrefix(strings.ToLower(rawURL), "memory://") {
+		fmt.Fprintf(c.stderr, "carrot %s: note: %s lives in this process only; use --url to reach a broker other commands can see\n", command, carrot.Redact(rawURL))
 	}
 	return carrot.Open(ctx, rawURL)
 }
@@ -265,7 +266,7 @@ func addQueueFlags(fs *flag.FlagSet) *queueFlags {
 		declare:  fs.Bool("declare", false, "declare the queue (durable), and --exchange with its bindings, if they do not exist"),
 		exchange: fs.String("exchange", "", "with --declare: exchange to bind the queue to"),
 		kind:     fs.String("kind", "direct", "with --declare: kind of --exchange: direct, fanout or topic"),
-		format:   fs.String("format", "body", "output: body (the body and a newline) or json (one JSON object per message, with properties)"),
+		format:   fs.String("format", "body", "output: body (the body and a newline) or json (one JSON object per message, with properties; a body that is not UTF-8 as body_base64, byte-string headers in base64, NaN and infinite floats as the strings NaN, +Inf and -Inf)"),
 	}
 	fs.Var(&q.keys, "key", "with --declare: binding key (pattern for topic exchanges); repeatable")
 	return q
@@ -353,10 +354,7 @@ func (p *printer) print(m *carrot.Message) error {
 	if len(m.Headers) > 0 {
 		j.Headers = make(map[string]any, len(m.Headers))
 		for k, v := range m.Headers {
-			if b, ok := v.([]byte); ok {
-				v = base64.StdEncoding.EncodeToString(b)
-			}
-			j.Headers[k] = v
+			j.Headers[k] = jsonValue(v)
 		}
 	}
 	if m.Expiration > 0 {
@@ -377,6 +375,39 @@ func (p *printer) print(m *carrot.Message) error {
 	}
 	_, err = fmt.Fprintf(p.w, "%s\n", b)
 	return err
+}
+
+// jsonValue returns a header value as JSON can hold it: byte strings in base64, the
+// floats NaN, +Inf and -Inf as those strings, and anything else JSON has no form for as
+// Go prints it.
+func jsonValue(v any) any {
+	switch v := v.(type) {
+	case []byte:
+		return base64.StdEncoding.EncodeToString(v)
+	case float32:
+		return jsonValue(float64(v))
+	case float64:
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return strconv.FormatFloat(v, 'g', -1, 64) // NaN, +Inf, -Inf
+		}
+		return v
+	case map[string]any:
+		m := make(map[string]any, len(v))
+		for k, e := range v {
+			m[k] = jsonValue(e)
+		}
+		return m
+	case []any:
+		l := make([]any, len(v))
+		for i, e := range v {
+			l[i] = jsonValue(e)
+		}
+		return l
+	}
+	if _, err := json.Marshal(v); err != nil {
+		return fmt.Sprint(v)
+	}
+	return v
 }
 
 func runConsume(ctx context.Context, c *cli, args []string) error {
@@ -412,9 +443,16 @@ interrupted (Ctrl-C) or until --count messages have arrived.`)
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	seen := 0
+	var printErr error
 	consumer.Register(func(ctx context.Context, m *carrot.Message) error {
 		if err := out.print(m); err != nil {
-			return err
+			// Nothing more can be printed: give the message back and stop.
+			printErr = err
+			stop()
+			if !*noAck {
+				m.Requeue(ctx)
+			}
+			return nil
 		}
 		var err error
 		switch {
@@ -429,6 +467,9 @@ interrupted (Ctrl-C) or until --count messages have arrived.`)
 		return err
 	})
 	err = consumer.Run(runCtx)
+	if printErr != nil {
+		return printErr
+	}
 	if errors.Is(err, context.Canceled) {
 		return nil // --count reached, or interrupted
 	}

@@ -4,7 +4,8 @@
 //
 // for carrot's AMQP 0-9-1 and AMQP 1.0 backends, which differ in their schemes and in
 // most of their options. Errors are carrot backend errors of code Invalid, start with the
-// backend's name and never show the password.
+// backend's name and never show the password; the URL is parsed strictly, as package
+// brokerurl does.
 package amqpurl
 
 import (
@@ -15,6 +16,7 @@ import (
 	"slices"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 	"github.com/carrot-go/carrot/internal/tlsfiles"
 )
 
@@ -35,11 +37,11 @@ type URL struct {
 // Parse parses rawURL, whose scheme is plain, or secure for TLS. name starts the errors
 // ("carrot/amqp091").
 func Parse(rawURL, name, plain, secure string) (*URL, error) {
-	u, err := url.Parse(rawURL)
+	u, q, err := brokerurl.Parse(rawURL)
 	if err != nil {
-		return nil, backend.Errorf(backend.Invalid, "%s: URL does not parse", name)
+		return nil, backend.Errorf(backend.Invalid, "%s: %w", name, err)
 	}
-	r := &URL{Username: "guest", Password: "guest", Vhost: "/", name: name, secure: secure, query: u.Query()}
+	r := &URL{Username: "guest", Password: "guest", Vhost: "/", name: name, secure: secure, query: q}
 	port := "5672"
 	switch u.Scheme {
 	case plain:
@@ -48,9 +50,6 @@ func Parse(rawURL, name, plain, secure string) (*URL, error) {
 		r.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
 	default:
 		return nil, backend.Errorf(backend.Invalid, "%s: URL scheme is %q, want %s or %s", name, u.Scheme, plain, secure)
-	}
-	if u.Opaque != "" || u.Fragment != "" {
-		return nil, backend.Errorf(backend.Invalid, "%s: URL must be %s://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS", name, u.Scheme)
 	}
 	r.host = u.Hostname()
 	if r.host == "" {
@@ -117,12 +116,12 @@ func (u *URL) Bad(key, v, want string) error {
 	return backend.Errorf(backend.Invalid, "%s: URL option %s=%q: want %s", u.name, key, v, want)
 }
 
-// String formats an AMQP URL without the password.
-func String(scheme, username, addr, vhost string) string {
+// String formats an AMQP URL without its user info.
+func String(scheme, addr, vhost string) string {
 	path := "/" + vhost
 	if vhost == "/" {
 		path = "/"
 	}
-	u := url.URL{Scheme: scheme, User: url.User(username), Host: addr, Path: path}
+	u := url.URL{Scheme: scheme, Host: addr, Path: path}
 	return u.String()
 }
