@@ -53,6 +53,7 @@ func cases() []testCase {
 		{name: "AutoDelete", doc: "an auto-delete queue goes when its last consumer does", needs: need("AutoDelete", func(c carrot.Capabilities) bool { return c.AutoDelete }), run: testAutoDelete},
 		{name: "Shutdown", doc: "Shutdown lets the handlers in progress finish and settle", run: testShutdown},
 		{name: "CloseConsumer", doc: "closing a consumer stops Run with ErrClosed; Close is idempotent", run: testCloseConsumer},
+		{name: "Hostile", doc: "hostile input through the public API is refused with the right sentinel error, shows no secret, and leaves the connection working", run: testHostile},
 		{name: "CloseConn", doc: "Close is idempotent, every call after it returns ErrClosed, and no goroutine is left", run: testCloseConn},
 	}
 }

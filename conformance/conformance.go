@@ -5,10 +5,11 @@
 // test:
 //
 //	func TestConformance(t *testing.T) {
+//		url := "memory://" + t.Name()
 //		conformance.Run(t, conformance.Harness{
-//			Open: func(ctx context.Context) (*carrot.Conn, error) {
-//				return carrot.Open(ctx, "memory://"+t.Name())
-//			},
+//			URL:  url,
+//			Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+//			OpenFaulty: ...,
 //		})
 //	}
 //
@@ -78,6 +79,11 @@ type Harness struct {
 	// then the Breaker if it has a Close method. Run fails if OpenFaulty is nil.
 	OpenFaulty func(ctx context.Context) (*carrot.Conn, Breaker, error)
 
+	// URL is the URL Open opens (with its password, if any). The Hostile subtests open
+	// variants of it: with options the backend must refuse, and with secrets no error or
+	// log line may show. Run fails if it is empty.
+	URL string
+
 	// Timeout bounds each subtest's waits for messages to arrive; 30 seconds when zero. A
 	// subtest that passes never waits this long.
 	Timeout time.Duration
@@ -114,6 +120,9 @@ func Run(t *testing.T, h Harness) {
 	}
 	if h.OpenFaulty == nil {
 		t.Fatal("conformance: Harness.OpenFaulty is nil: the Recover subtests need a way to break the connection (see Proxy)")
+	}
+	if h.URL == "" {
+		t.Fatal("conformance: Harness.URL is empty: the Hostile subtests open variants of it")
 	}
 	if h.Timeout == 0 {
 		h.Timeout = 30 * time.Second

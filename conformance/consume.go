@@ -338,7 +338,7 @@ func testCancelFetchPublish(e *env) {
 	e.expectEmpty(q)
 }
 
-// lockedBuffer collects a consumer's log.
+// lockedBuffer collects log lines written from several goroutines.
 type lockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

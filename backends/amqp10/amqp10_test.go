@@ -28,6 +28,7 @@ func TestMain(m *testing.M) { testbroker.Main(m) }
 func TestConformance(t *testing.T) {
 	url := testbroker.URL(t, testbroker.RabbitMQ4)
 	conformance.Run(t, conformance.Harness{
+		URL:        url,
 		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
 		OpenFaulty: openFaulty(url),
 	})

@@ -15,6 +15,7 @@ import (
 func TestConformance(t *testing.T) {
 	url := "memory://" + t.Name() // one broker, shared by the suite's connections
 	conformance.Run(t, conformance.Harness{
+		URL:  url,
 		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
 		OpenFaulty: func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
 			link := new(memory.Link)

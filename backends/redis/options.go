@@ -223,6 +223,9 @@ func ParseURL(rawURL string) (*Options, error) {
 	if q.Has("sentinel") != (r.MasterName != "") {
 		return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL options sentinel and master go together")
 	}
+	if !q.Has("sentinel") && (q.Has("sentinel_username") || q.Has("sentinel_password")) {
+		return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL options sentinel_username and sentinel_password need sentinel and master")
+	}
 	if len(r.Addrs) > 1 && r.MasterName == "" && !r.IsClusterMode {
 		return nil, backend.Errorf(backend.Invalid, "carrot/redis: several addresses need cluster=true (or sentinel and master)")
 	}

@@ -63,6 +63,7 @@ func deleteNamespace(t *testing.T, base, ns string) {
 func TestConformance(t *testing.T) {
 	url := namespaced(t, testbroker.URL(t, testbroker.Redis))
 	conformance.Run(t, conformance.Harness{
+		URL:        url,
 		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
 		OpenFaulty: openFaulty(url),
 	})
@@ -72,6 +73,7 @@ func TestConformanceCluster(t *testing.T) {
 	cluster := testbroker.StartRedisCluster(t, 3)
 	url := fmt.Sprintf("redis://%s/?cluster=true&addr=%s&addr=%s&namespace=carrot-test-cluster", cluster.Addrs[0], cluster.Addrs[1], cluster.Addrs[2])
 	conformance.Run(t, conformance.Harness{
+		URL:        url,
 		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
 		OpenFaulty: openFaulty(url),
 	})

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"math"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/carrot-go/carrot"
 )
 
 // runTool runs the tool in process and returns its exit status and output.
@@ -121,5 +126,52 @@ func TestBackends(t *testing.T) {
 	code, out, _ := runTool(t, "", "backends")
 	if code != 0 || !strings.Contains(out, "memory\n") {
 		t.Errorf("backends: exit %d, stdout %q", code, out)
+	}
+}
+
+func TestPrintUnformattable(t *testing.T) {
+	var out bytes.Buffer
+	p := &printer{w: &out, format: "json"}
+	m := &carrot.Message{Body: []byte{0xff, 0x00}, Headers: carrot.Table{
+		"nan": math.NaN(), "inf": math.Inf(1), "bytes": []byte("hi"),
+		"nested": map[string]any{"list": []any{math.Inf(-1), "ok"}}, "odd": complex(1, 2),
+	}}
+	if err := p.print(m); err != nil {
+		t.Fatal(err)
+	}
+	var got jsonMessage
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatalf("printed %q: %v", out.String(), err)
+	}
+	nested, _ := got.Headers["nested"].(map[string]any)
+	list, _ := nested["list"].([]any)
+	if got.Headers["nan"] != "NaN" || got.Headers["inf"] != "+Inf" || got.Headers["bytes"] != "aGk=" ||
+		len(list) != 2 || list[0] != "-Inf" || got.Headers["odd"] != "(1+2i)" || string(got.BodyBase64) != "\xff\x00" {
+		t.Errorf("printed %s", out.String())
+	}
+}
+
+// failingWriter fails every write, as a closed pipe does.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+
+func TestConsumeStopsWhenOutputFails(t *testing.T) {
+	url := "memory://" + t.Name()
+	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", "q"); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	if code, _, errOut := runTool(t, "", "publish", "--url", url, "--key", "q", "kept"); code != 0 {
+		t.Fatalf("publish: exit %d, %s", code, errOut)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	var errOut bytes.Buffer
+	code := run(ctx, []string{"consume", "--url", url, "--queue", "q"}, strings.NewReader(""), failingWriter{}, &errOut)
+	if code != exitError || !strings.Contains(errOut.String(), "broken pipe") || ctx.Err() != nil {
+		t.Errorf("consume with a failing output: exit %d, stderr %q; want exit %d at once, saying why", code, errOut.String(), exitError)
+	}
+	if code, out, errOut := runTool(t, "", "fetch", "--url", url, "--queue", "q"); code != 0 || out != "kept\n" {
+		t.Errorf("after it, fetch: exit %d, %q %s; want the message back", code, out, errOut)
 	}
 }

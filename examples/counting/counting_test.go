@@ -15,6 +15,7 @@ func TestConformance(t *testing.T) {
 	url := "counting+memory://" + t.Name()
 	before := counting.Memory.Published()
 	conformance.Run(t, conformance.Harness{
+		URL:  url,
 		Open: func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
 		OpenFaulty: func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
 			link := new(memory.Link)

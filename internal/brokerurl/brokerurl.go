@@ -179,7 +179,14 @@ func Scrub(msg, rawURL string) string {
 	if rawURL == "" {
 		return msg
 	}
-	msg = strings.ReplaceAll(msg, rawURL, Redact(rawURL))
+	if red := Redact(rawURL); red != rawURL {
+		// The URL may start the redacted form ("x?password=x" does "x?password=xxxxx"):
+		// keep the copies already redacted apart while replacing.
+		const hold = "\x00carrot:redacted\x00"
+		msg = strings.ReplaceAll(msg, red, hold)
+		msg = strings.ReplaceAll(msg, rawURL, red)
+		msg = strings.ReplaceAll(msg, hold, red)
+	}
 	u, _, err := Parse(rawURL)
 	if err != nil || u.User == nil {
 		return msg
