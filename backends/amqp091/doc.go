@@ -14,7 +14,8 @@
 // and VHOST to "/" (write a vhost named "/" as %2F, other names as they are). Options, each
 // given at most once; an unknown option or a bad value is an error naming it:
 //
-//   - heartbeat: the heartbeat interval, a duration such as 10s (default 10s).
+//   - heartbeat: the heartbeat interval, whole seconds from 1s to 65535s, as AMQP 0-9-1
+//     carries it (default 10s).
 //   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes
 //     (default 30s).
 //   - channel_max, frame_size: channel and frame limits asked of the broker (default: the

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -74,16 +75,20 @@ func ParseURL(rawURL string) (*Options, error) {
 	o := &Options{Addr: u.Addr, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
 	err = u.Options("server_name_indication", func(key, v string) error {
 		switch key {
-		case "heartbeat", "connection_timeout":
+		case "heartbeat":
+			// AMQP 0-9-1 carries whole seconds in 16 bits; the client would round
+			// anything else, and use the server's interval below a second.
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Second || d > math.MaxUint16*time.Second || d%time.Second != 0 {
+				return u.Bad(key, v, "whole seconds from 1s to 65535s")
+			}
+			o.Heartbeat = d
+		case "connection_timeout":
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
 				return u.Bad(key, v, "a positive duration such as 10s")
 			}
-			if key == "heartbeat" {
-				o.Heartbeat = d
-			} else {
-				o.ConnectionTimeout = d
-			}
+			o.ConnectionTimeout = d
 		case "channel_max":
 			n, err := strconv.ParseUint(v, 10, 16)
 			if err != nil || n == 0 {
@@ -91,11 +96,11 @@ func ParseURL(rawURL string) (*Options, error) {
 			}
 			o.ChannelMax = uint16(n)
 		case "frame_size":
-			n, err := strconv.Atoi(v)
+			n, err := strconv.ParseUint(v, 10, 32)
 			if err != nil || n < 4096 {
-				return u.Bad(key, v, "a number of bytes, at least 4096")
+				return u.Bad(key, v, "a number of bytes from 4096 to 4294967295")
 			}
-			o.FrameSize = n
+			o.FrameSize = int(n)
 		case "prefetch":
 			n, err := strconv.Atoi(v)
 			if err != nil || n <= 0 || n > 65535 {

@@ -80,6 +80,10 @@ func TestParseURLErrors(t *testing.T) {
 	for _, tc := range []struct{ url, mentions string }{
 		{"amqp10://u:s3cret@h/?bogus=1", `unknown URL option "bogus"`},
 		{"amqp10://u:s3cret@h/?idle_timeout=10", "idle_timeout"},
+		{"amqp10://u:s3cret@h/?idle_timeout=10us", "from 1ms to 49 days"},
+		{"amqp10://u:s3cret@h/?idle_timeout=1200h", "from 1ms to 49 days"},
+		{"amqp10://u:s3cret@h/?prefetch=2147483648", "from 1 to 2147483647"},
+		{"amqp10://u:s3cret@h/?prefetch=1;sasl=plain", "';'"},
 		{"amqp10://u:s3cret@h/?prefetch=0", "prefetch"},
 		{"amqp10://u:s3cret@h/?prefetch=1&prefetch=2", "given 2 times"},
 		{"amqp10://u:s3cret@h/?max_frame_size=100", "max_frame_size"},

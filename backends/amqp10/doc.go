@@ -18,7 +18,8 @@
 //
 //   - sasl: plain (the default, with USER and PASSWORD), anonymous, or external (a TLS
 //     client certificate).
-//   - idle_timeout: the longest silence accepted from the broker (default 1m).
+//   - idle_timeout: the longest silence accepted from the broker, from 1ms to 49 days
+//     (default 1m).
 //   - max_frame_size: the largest frame accepted, in bytes (default go-amqp's, 65536).
 //   - prefetch: the link credit of consumers that do not set one (default 100).
 //   - max_body_size: the largest body the broker accepts (default 16777216, RabbitMQ 4's

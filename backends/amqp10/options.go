@@ -2,6 +2,7 @@ package amqp10
 
 import (
 	"crypto/tls"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -63,9 +64,10 @@ func ParseURL(rawURL string) (*Options, error) {
 	err = u.Options("server_name", func(key, v string) error {
 		switch key {
 		case "idle_timeout":
+			// AMQP 1.0 carries milliseconds in 32 bits.
 			d, err := time.ParseDuration(v)
-			if err != nil || d <= 0 {
-				return u.Bad(key, v, "a positive duration such as 30s")
+			if err != nil || d < time.Millisecond || d > math.MaxUint32*time.Millisecond {
+				return u.Bad(key, v, "a duration from 1ms to 49 days, such as 30s")
 			}
 			o.IdleTimeout = d
 		case "max_frame_size":

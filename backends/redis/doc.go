@@ -24,7 +24,7 @@
 //     30s). Live connections extend it for the messages they hold, a few times per
 //     timeout, however long their handlers take.
 //   - block: how long a consumer's read waits for new messages before it looks for
-//     abandoned ones again (default 1s).
+//     abandoned ones again (default 1s). It and visibility_timeout are at least 1ms.
 //   - prefetch: the prefetch limit of consumers that do not set one (default 100).
 //   - cluster=true and addr=HOST:PORT (repeatable): a Redis Cluster, with more seed nodes.
 //   - sentinel=HOST:PORT (repeatable) and master=NAME, with sentinel_username and

@@ -141,13 +141,20 @@ func ParseURL(rawURL string) (*Options, error) {
 				return nil, bad(key, v, "a name without { or }")
 			}
 			o.Namespace = v
-		case "visibility_timeout":
-			if o.VisibilityTimeout, err = duration(); err != nil {
+		case "visibility_timeout", "block":
+			// Redis counts both in milliseconds; BLOCK 0 would wait forever, and a
+			// visibility timeout of 0 would hand held messages to others at once.
+			d, err := duration()
+			if err == nil && d < time.Millisecond {
+				err = bad(key, v, "at least 1ms")
+			}
+			if err != nil {
 				return nil, err
 			}
-		case "block":
-			if o.Block, err = duration(); err != nil {
-				return nil, err
+			if key == "block" {
+				o.Block = d
+			} else {
+				o.VisibilityTimeout = d
 			}
 		case "prefetch":
 			if o.Prefetch, err = number(1); err != nil {

@@ -142,6 +142,10 @@ func TestParseURLErrors(t *testing.T) {
 	for _, tc := range []struct{ url, mentions string }{
 		{"redis://u:s3cret@h/?bogus=1", `unknown URL option "bogus"`},
 		{"redis://u:s3cret@h/?visibility_timeout=30", "visibility_timeout"},
+		{"redis://u:s3cret@h/?block=500us", "at least 1ms"},
+		{"redis://u:s3cret@h/?visibility_timeout=1ns", "at least 1ms"},
+		{"redis://u:s3cret@h/?sentinel_password=x", "need sentinel and master"},
+		{"redis://u:s3cret@h/?read_timeout=1s;block=5s", "';'"},
 		{"redis://u:s3cret@h/?prefetch=0", "prefetch"},
 		{"redis://u:s3cret@h/?prefetch=1&prefetch=2", "given 2 times"},
 		{"redis://u:s3cret@h/?namespace={x}", "namespace"},
