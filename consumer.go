@@ -1,13 +1,16 @@
 package carrot
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,6 +80,26 @@ type ConsumerOptions struct {
 
 	// Logger receives handler errors and panics; slog.Default() when nil.
 	Logger *slog.Logger
+
+	// Middleware wraps the handlers: the first outermost, so Middleware[0] sees each
+	// message first and the outcome last. Each gets the chain of the handlers (Handler,
+	// then those registered, in order, stopping at the first error) as wrapped by the
+	// middleware after it, and returns a Handler that calls it or not, for logging,
+	// tracing, metrics, timeouts or a policy of its own. What a middleware returns is what
+	// the consumer acts on; a panic in a middleware is recovered like one in a handler.
+	Middleware []func(Handler) Handler
+}
+
+// chain calls handlers in order, stopping at the first error.
+type chain []Handler
+
+func (hs chain) Receive(ctx context.Context, m *Message) error {
+	for _, h := range hs {
+		if err := h.Receive(ctx, m); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Consumer receives messages from one or more queues, with handlers in a consume loop
@@ -103,6 +126,81 @@ type run struct {
 	cancelHandlers context.CancelFunc
 	stopped        atomic.Bool // by Shutdown or Close, rather than by its context
 	done           chan struct{}
+
+	mu      sync.Mutex
+	workers map[uint64]bool // the goroutines that call handlers, by goroutine id
+	busy    int             // handlers running
+	idle    *sync.Cond      // signalled when busy drops
+}
+
+// worker registers the calling goroutine as one that calls handlers.
+func (r *run) worker() {
+	id := goroutineID()
+	r.mu.Lock()
+	r.workers[id] = true
+	r.mu.Unlock()
+}
+
+// inHandler reports whether the calling goroutine is one of the run's handler callers:
+// a handler that stops its own consumer cannot be waited for.
+func (r *run) inHandler() bool {
+	id := goroutineID()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.workers[id]
+}
+
+// started and finished count the handlers running.
+func (r *run) started() {
+	r.mu.Lock()
+	r.busy++
+	r.mu.Unlock()
+}
+
+func (r *run) finished() {
+	r.mu.Lock()
+	r.busy--
+	r.mu.Unlock()
+	r.idle.Broadcast()
+}
+
+// wait waits for the run to end; called from one of its handlers, it waits instead for
+// the other handlers to return, or for ctx to end.
+func (r *run) wait(ctx context.Context) error {
+	if !r.inHandler() {
+		select {
+		case <-r.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.idle.Broadcast()
+	})
+	defer stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.busy > 1 && ctx.Err() == nil {
+		r.idle.Wait()
+	}
+	return ctx.Err()
+}
+
+// goroutineID returns the id of the calling goroutine, from the first line of its stack
+// ("goroutine 123 [running]:"). carrot uses it only to tell whether Close or Shutdown is
+// called from a handler, once per call and once per handler goroutine.
+func goroutineID() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); i > 0 {
+		b = b[:i]
+	}
+	id, _ := strconv.ParseUint(string(b), 10, 64)
+	return id
 }
 
 // NewConsumer declares the queues of opts, with their exchanges and bindings, and returns
@@ -123,6 +221,11 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 	}
 	if opts.Concurrency == 0 {
 		opts.Concurrency = 1
+	}
+	for i, mw := range opts.Middleware {
+		if mw == nil {
+			return nil, invalidf(op, "middleware %d is nil", i)
+		}
 	}
 	cons := &Consumer{conn: c, opts: opts, log: opts.Logger, fetched: make(map[*Message]int)}
 	if cons.log == nil {
@@ -190,10 +293,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.mu.Unlock()
 		return invalidf("run", "the consumer has no handler; set ConsumerOptions.Handler or call Register")
 	}
-	handlers := slices.Clone(c.handlers)
+	var h Handler = chain(slices.Clone(c.handlers))
+	for i := len(c.opts.Middleware) - 1; i >= 0; i-- {
+		if h = c.opts.Middleware[i](h); h == nil {
+			c.mu.Unlock()
+			return invalidf("run", "middleware %d returned a nil Handler", i)
+		}
+	}
 	recvCtx, stopReceiving := context.WithCancel(ctx)
 	handlerCtx, cancelHandlers := context.WithCancel(ctx)
-	r := &run{stopReceiving: stopReceiving, cancelHandlers: cancelHandlers, done: make(chan struct{})}
+	r := &run{stopReceiving: stopReceiving, cancelHandlers: cancelHandlers, done: make(chan struct{}), workers: make(map[uint64]bool)}
+	r.idle = sync.NewCond(&r.mu)
 	c.run = r
 	c.mu.Unlock()
 
@@ -242,6 +352,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	direct := len(subs) == 1 && c.opts.Concurrency == 1
 	for _, s := range subs {
 		receivers.Go(func() {
+			if direct {
+				r.worker()
+			}
 			for {
 				m, err := s.receive(recvCtx)
 				if err != nil {
@@ -251,8 +364,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 					return
 				}
 				switch {
+				case recvCtx.Err() != nil:
+					// Stopped: no handler starts. Unsettled, the message goes back to its
+					// queue when the subscription closes (with NoAck it is lost).
+					return
 				case direct:
-					c.handle(handlerCtx, handlers, m)
+					c.handle(handlerCtx, r, h, m)
 				case c.opts.NoAck:
 					msgs <- m // settled already: it must reach a handler
 				default:
@@ -268,8 +385,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if !direct {
 		for range c.opts.Concurrency {
 			workers.Go(func() {
+				r.worker()
 				for m := range msgs {
-					c.handle(handlerCtx, handlers, m)
+					if recvCtx.Err() == nil {
+						c.handle(handlerCtx, r, h, m)
+					}
 				}
 			})
 		}
@@ -416,14 +536,12 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// handle passes m to the handlers and settles it if they failed and did not.
-func (c *Consumer) handle(ctx context.Context, handlers []Handler, m *Message) {
-	var err error
-	for _, h := range handlers {
-		if err = c.call(ctx, h, m); err != nil {
-			break
-		}
-	}
+// handle passes m to the handlers, through the middleware, and settles it if they failed
+// and did not.
+func (c *Consumer) handle(ctx context.Context, r *run, h Handler, m *Message) {
+	r.started()
+	defer r.finished()
+	err := c.call(ctx, h, m)
 	if err == nil {
 		return
 	}
@@ -531,6 +649,10 @@ func (c *Consumer) isClosed() bool {
 // Shutdown stops the consumer gracefully: Run stops receiving, the handlers in progress
 // finish and settle their messages, then the consumer closes. If ctx ends first, Shutdown
 // closes the consumer at once, canceling the handlers' context, and returns ctx.Err().
+//
+// Called from one of the consumer's handlers, Shutdown cannot wait for that handler: it
+// waits for the others, closes the consumer and returns, and the calling handler goes on
+// (its context is then canceled); Run returns once it has.
 func (c *Consumer) Shutdown(ctx context.Context) error {
 	c.mu.Lock()
 	c.closed = true
@@ -539,11 +661,9 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 	if r != nil {
 		r.stopped.Store(true)
 		r.stopReceiving()
-		select {
-		case <-r.done:
-		case <-ctx.Done():
+		if err := r.wait(ctx); err != nil {
 			c.Close()
-			return ctx.Err()
+			return err
 		}
 	}
 	return c.Close()
@@ -554,8 +674,9 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 const closeRequeueTimeout = 5 * time.Second
 
 // Close stops the consumer at once: Run stops receiving, the handlers' context is
-// canceled, and Close waits for them to return. Messages received and not settled go back
-// to their queues. Close is idempotent; later calls on the consumer return [ErrClosed].
+// canceled, and Close waits for them to return (but for the handler that calls Close, if
+// one does). Messages received and not settled go back to their queues. Close is
+// idempotent; later calls on the consumer return [ErrClosed].
 func (c *Consumer) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
@@ -568,7 +689,7 @@ func (c *Consumer) Close() error {
 			r.stopped.Store(true)
 			r.stopReceiving()
 			r.cancelHandlers()
-			<-r.done
+			r.wait(context.Background())
 		}
 		if len(fetched) > 0 {
 			// The latest first: a broker that requeues at the head then keeps the order.

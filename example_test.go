@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"time"
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backends/memory"
@@ -269,4 +270,70 @@ func ExampleDialer() {
 	// connection restored
 	// connected: true recoveries: 1
 	// published: <nil>
+}
+
+// Middleware wraps every handler of a consumer, and publish hooks every publish: here to
+// carry a correlation id from the publishing side to the handler's context, and to time
+// each message.
+func ExampleConsumerOptions_middleware() {
+	ctx := context.Background()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+
+	type correlationKey struct{}
+	correlate := func(next carrot.Handler) carrot.Handler {
+		return carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			id, _ := m.Headers["correlation-id"].(string)
+			return next.Receive(context.WithValue(ctx, correlationKey{}, id), m)
+		})
+	}
+	timed := func(next carrot.Handler) carrot.Handler {
+		return carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			start := time.Now()
+			err := next.Receive(ctx, m)
+			_ = time.Since(start) // to a metric
+			return err
+		})
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues:     []carrot.Queue{{Name: "orders"}},
+		Middleware: []func(carrot.Handler) carrot.Handler{timed, correlate},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			fmt.Printf("order %s, correlation id %s\n", m.Body, ctx.Value(correlationKey{}))
+			stop()
+			return m.Ack(ctx)
+		}),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	publisher, err := conn.NewPublisher(carrot.PublisherOptions{
+		RoutingKey: "orders",
+		Hooks: []carrot.PublishHook{{
+			Before: func(ctx context.Context, m *carrot.Message) context.Context {
+				m.Headers = carrot.Table{"correlation-id": "c-42"}
+				return ctx
+			},
+			After: func(ctx context.Context, m *carrot.Message, err error) {
+				if err != nil {
+					log.Printf("publish failed: %v", err)
+				}
+			},
+		}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := publisher.Publish(ctx, &carrot.Message{Body: []byte("#1")}); err != nil {
+		log.Fatal(err)
+	}
+	if err := consumer.Run(runCtx); !errors.Is(err, context.Canceled) {
+		log.Fatal(err)
+	}
+	// Output: order #1, correlation id c-42
 }

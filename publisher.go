@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,23 @@ type PublisherOptions struct {
 	// Retrying is what makes delivery at-least-once: a message whose confirm was lost with
 	// the connection may arrive twice.
 	NoRetry bool
+
+	// Hooks are called around every publish, for tracing, metrics, logging or correlation
+	// ids added outside carrot; see [PublishHook].
+	Hooks []PublishHook
+}
+
+// A PublishHook is called around each publish of a [Publisher]. Before is called first,
+// before carrot validates the message, with a copy of it (its Headers map copied too) that
+// it may change, such as to add a trace header; the context it returns, if not nil, is
+// the publish's and is passed to After. After is called once with the outcome: once the
+// broker confirmed the message, or with the error Publish returns (or the Confirmation
+// reports, for PublishAsync, in which case After is called from carrot's or the backend's
+// goroutine and must not block). Hooks run in order for Before and in reverse for After;
+// either func may be nil.
+type PublishHook struct {
+	Before func(ctx context.Context, m *Message) context.Context
+	After  func(ctx context.Context, m *Message, err error)
 }
 
 // Publisher sends messages to an exchange. It is safe for concurrent use; each call to
@@ -123,7 +141,11 @@ func (p *Publisher) Send(ctx context.Context, v any) error {
 // (unless NoRetry is set), so the message may arrive twice but is not lost; if ctx ends
 // first, the error wraps both [ErrUnavailable] and ctx's error, and the message may or may
 // not have been taken.
-func (p *Publisher) Publish(ctx context.Context, m *Message) error {
+func (p *Publisher) Publish(ctx context.Context, m *Message) (err error) {
+	if len(p.opts.Hooks) > 0 {
+		ctx, m = p.before(ctx, m)
+		defer func() { p.after(ctx, m, err) }()
+	}
 	pub := new(backend.Publishing)
 	if err := p.prepare(ctx, m, pub); err != nil {
 		return err
@@ -165,10 +187,13 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) error {
 // cannot publish asynchronously (see [backend.AsyncPublisher]), PublishAsync returns once
 // the message is confirmed.
 func (p *Publisher) PublishAsync(ctx context.Context, m *Message) *Confirmation {
-	a := &asyncPublish{p: p, ctx: ctx}
+	if len(p.opts.Hooks) > 0 {
+		ctx, m = p.before(ctx, m)
+	}
+	a := &asyncPublish{p: p, ctx: ctx, m: m}
 	a.c.done = make(chan struct{})
 	if err := p.prepare(ctx, m, &a.pub); err != nil {
-		a.c.finish(err)
+		a.finish(err)
 		return &a.c
 	}
 	a.answer = a.attemptDone
@@ -182,6 +207,7 @@ type asyncPublish struct {
 	c       Confirmation
 	p       *Publisher
 	ctx     context.Context
+	m       *Message // for the hooks
 	pub     backend.Publishing
 	attempt int
 	g       *generation // of the current attempt
@@ -189,11 +215,19 @@ type asyncPublish struct {
 	answer  func(error) // attemptDone, bound once
 }
 
+// finish reports the outcome, to the hooks and the Confirmation.
+func (a *asyncPublish) finish(err error) {
+	if len(a.p.opts.Hooks) > 0 {
+		a.p.after(a.ctx, a.m, err)
+	}
+	a.c.finish(err)
+}
+
 // start makes one attempt on the live connection, waiting for one if there is none.
 func (a *asyncPublish) start() {
 	g, err := a.p.conn.acquire(a.ctx, a.p.op, a.g, a.cause)
 	if err != nil {
-		a.c.finish(err)
+		a.finish(err)
 		return
 	}
 	a.g = g
@@ -210,7 +244,7 @@ func (a *asyncPublish) attemptDone(err error) {
 	p, g := a.p, a.g
 	werr := p.conn.wrap(a.ctx, p.op, g, err)
 	if !p.retry(a.ctx, werr) {
-		a.c.finish(werr)
+		a.finish(werr)
 		return
 	}
 	a.cause = err
@@ -222,11 +256,38 @@ func (a *asyncPublish) attemptDone(err error) {
 	a.g = nil // the same connection may be used again
 	time.AfterFunc(retryDelay(a.attempt-1), func() {
 		if err := a.ctx.Err(); err != nil {
-			a.c.finish(outageError(p.op, err, a.cause))
+			a.finish(outageError(p.op, err, a.cause))
 			return
 		}
 		a.start()
 	})
+}
+
+// before runs the hooks' Before funcs on a copy of m, and returns the context and message
+// to publish.
+func (p *Publisher) before(ctx context.Context, m *Message) (context.Context, *Message) {
+	if m != nil {
+		c := *m
+		c.Headers = maps.Clone(m.Headers)
+		m = &c
+	}
+	for _, h := range p.opts.Hooks {
+		if h.Before != nil {
+			if hctx := h.Before(ctx, m); hctx != nil {
+				ctx = hctx
+			}
+		}
+	}
+	return ctx, m
+}
+
+// after runs the hooks' After funcs, the last first.
+func (p *Publisher) after(ctx context.Context, m *Message, err error) {
+	for i := len(p.opts.Hooks) - 1; i >= 0; i-- {
+		if h := p.opts.Hooks[i]; h.After != nil {
+			h.After(ctx, m, err)
+		}
+	}
 }
 
 // prepare validates m and fills pub, the backend's publishing of it.

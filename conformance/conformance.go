@@ -58,6 +58,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -136,7 +137,7 @@ func Run(t *testing.T, h Harness) {
 	defer admin.Close()
 
 	run := &runner{h: h, admin: admin, caps: admin.Capabilities(), id: randomID()}
-	for _, c := range append(cases(), recoverCases()...) {
+	for _, c := range slices.Concat(cases(), handlerCases(), recoverCases()) {
 		run.run(t, c)
 	}
 	t.Logf("conformance: %d subtests run: %d passed, %d failed, %d skipped by capability%s",

@@ -200,7 +200,9 @@ func (c *Conn) watch(closes chan *amqp.Error, blocks chan amqp.Blocking) {
 			}
 			blocks = nil
 		case reason, ok := <-closes:
-			for range blocks { // amqp091-go closes it too; drain what is left
+			if blocks != nil {
+				for range blocks { // amqp091-go closes it too; drain what is left
+				}
 			}
 			c.End(c.why(reason, ok))
 			return

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -95,9 +97,10 @@ type Conn struct {
 	gets            map[string]hold // messages got and not settled, by id
 	getQueues       map[string]bool // queues fetched from, whose get consumer goes on Close
 	subs            map[*subscription]struct{}
-	getCur          string // XAUTOCLAIM cursor of gets
-	closed          atomic.Bool
-	lifetime.Ending // Done and Err
+	getCur          string      // XAUTOCLAIM cursor of gets
+	closing         atomic.Bool // Close was called
+	closed          atomic.Bool // Close has given back what the connection held
+	lifetime.Ending             // Done and Err
 
 	foreignReply atomic.Value  // the first bytes of a server that does not speak RESP
 	stop         chan struct{} // closed by Close: the background goroutines end
@@ -406,13 +409,25 @@ func (c *Conn) As(target any) bool {
 // and closes the client. Of a lost connection, it only remembers, for the Connector's
 // next connection, the consumer that held messages.
 func (c *Conn) Close() error {
-	if !c.closed.CompareAndSwap(false, true) {
+	if !c.closing.CompareAndSwap(false, true) {
 		return nil
 	}
 	var err error
 	if c.Err() == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
-		err = c.flushAcks(ctx)
+		// Subscriptions still open (their consumer's handler closed the connection): what
+		// they delivered and was not settled goes back now.
+		c.mu.Lock()
+		open := slices.Collect(maps.Keys(c.subs))
+		c.mu.Unlock()
+		for _, s := range open {
+			if rerr := s.giveBack(ctx); rerr != nil && err == nil {
+				err = rerr
+			}
+		}
+		if ferr := c.flushAcks(ctx); ferr != nil && err == nil {
+			err = ferr
+		}
 		c.mu.Lock()
 		byQueue := make(map[string][]string)
 		for id, g := range c.gets {
@@ -444,6 +459,7 @@ func (c *Conn) Close() error {
 		c.mu.Unlock()
 		c.k.adopt(orphans...)
 	}
+	c.closed.Store(true)
 	c.End(errClosed)
 	close(c.stop)
 	c.wg.Wait()

@@ -320,11 +320,12 @@ type subscription struct {
 	needTake atomic.Bool // a requeued message may be waiting: look before reading new ones
 	lastTake time.Time   // when Receive last looked for requeued and abandoned messages
 
-	mu       sync.Mutex
-	inflight map[string]hold // delivered, not settled
-	acks     []string        // acked, to be sent with the next read
-	settled  chan struct{}   // a settle made room under the prefetch limit
-	closed   atomic.Bool
+	mu        sync.Mutex
+	inflight  map[string]hold // delivered, not settled
+	acks      []string        // acked, to be sent with the next read
+	settled   chan struct{}   // a settle made room under the prefetch limit
+	closed    atomic.Bool
+	givenBack atomic.Bool // by the Conn's Close, which found the subscription open
 }
 
 // room returns how many more messages the subscription may take.
@@ -521,6 +522,9 @@ func (s *subscription) Close() error {
 		delete(c.subs, s)
 		c.mu.Unlock()
 	}()
+	if s.givenBack.Load() {
+		return nil // the Conn's Close gave back what it held
+	}
 	s.mu.Lock()
 	held := len(s.inflight) > 0 || len(s.acks) > 0
 	s.mu.Unlock()
@@ -559,6 +563,31 @@ func (s *subscription) Close() error {
 		return err
 	}
 	c.rdb.XGroupDelConsumer(ctx, s.stream, "carrot", s.consumer) // it holds nothing now
+	return nil
+}
+
+// giveBack sends the subscription's pending acks and releases the deliveries it holds
+// unsettled, for a Conn that closes while the subscription is open. Messages read ahead
+// and not yet delivered stay pending until their visibility timeout.
+func (s *subscription) giveBack(ctx context.Context) error {
+	err := s.sendAcks(ctx, nil)
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.inflight))
+	for id, h := range s.inflight {
+		if !h.lost {
+			ids = append(ids, id)
+		}
+	}
+	clear(s.inflight)
+	s.mu.Unlock()
+	if rerr := s.c.release(ctx, s.opts.Queue, s.consumer, ids); rerr != nil && !errors.Is(rerr, errLost) && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		s.c.k.adopt(orphan{s.stream, s.consumer}) // what it still holds goes back with the next connection
+		return err
+	}
+	s.givenBack.Store(true)
 	return nil
 }
 

@@ -414,7 +414,7 @@ func runConsume(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("consume", "", `Receives messages from a queue and prints them, acking each once printed, until
 interrupted (Ctrl-C) or until --count messages have arrived.`)
 	qf := addQueueFlags(fs)
-	count := fs.Int("count", 0, "stop after this many messages (0: until interrupted)")
+	count := fs.Int("count", 0, "stop after handling exactly this many messages, holding no more than that at once (0: until interrupted)")
 	prefetch := fs.Int("prefetch", 0, "prefetch limit (0: the backend's default)")
 	noAck := fs.Bool("no-ack", false, "let the broker settle messages on delivery")
 	requeue := fs.Bool("requeue", false, "requeue messages instead of acking them (they will come again)")
@@ -436,6 +436,9 @@ interrupted (Ctrl-C) or until --count messages have arrived.`)
 		return err
 	}
 	defer conn.Close()
+	if *count > 0 && (*prefetch == 0 || *count < *prefetch) {
+		*prefetch = *count // hold no more than it will handle
+	}
 	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{spec}, Prefetch: *prefetch, NoAck: *noAck})
 	if err != nil {
 		return err

@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/internal/testbroker"
 )
 
 // runTool runs the tool in process and returns its exit status and output.
@@ -173,5 +175,45 @@ func TestConsumeStopsWhenOutputFails(t *testing.T) {
 	}
 	if code, out, errOut := runTool(t, "", "fetch", "--url", url, "--queue", "q"); code != 0 || out != "kept\n" {
 		t.Errorf("after it, fetch: exit %d, %q %s; want the message back", code, out, errOut)
+	}
+}
+
+func TestMain(m *testing.M) { testbroker.Main(m) }
+
+// TestConsumeCount checks on every backend that consume --count 1, with two messages
+// waiting, handles exactly one and leaves the other, several times over: the broker may
+// have delivered both before the first was handled.
+func TestConsumeCount(t *testing.T) {
+	urls := map[string]string{"memory": "memory://" + t.Name()}
+	for name, kind := range map[string]testbroker.Kind{"amqp091": testbroker.RabbitMQ, "amqp10": testbroker.RabbitMQ4, "redis": testbroker.Redis} {
+		urls[name] = testbroker.URL(t, kind)
+	}
+	for name, url := range urls {
+		t.Run(name, func(t *testing.T) {
+			queue := fmt.Sprintf("carrot-test.consume-count.%d", time.Now().UnixNano())
+			if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue); code != 0 {
+				t.Fatalf("declare: exit %d, %s", code, errOut)
+			}
+			t.Cleanup(func() {
+				if conn, err := carrot.Open(context.Background(), url); err == nil {
+					conn.DeleteQueue(context.Background(), queue)
+					conn.Close()
+				}
+			})
+			for try := range 5 {
+				if code, _, errOut := runTool(t, "first\nsecond\n", "publish", "--url", url, "--key", queue, "--lines"); code != 0 {
+					t.Fatalf("publish: exit %d, %s", code, errOut)
+				}
+				if code, out, errOut := runTool(t, "", "consume", "--url", url, "--queue", queue, "--count", "1"); code != 0 || out != "first\n" {
+					t.Errorf("try %d: consume --count 1: exit %d, stdout %q, stderr %q; want %q", try, code, out, errOut, "first\n")
+				}
+				if code, out, errOut := runTool(t, "", "fetch", "--url", url, "--queue", queue); code != 0 || out != "second\n" {
+					t.Errorf("try %d: fetch after it: exit %d, stdout %q, stderr %q; want %q", try, code, out, errOut, "second\n")
+				}
+				if code, _, _ := runTool(t, "", "fetch", "--url", url, "--queue", queue); code != exitEmpty {
+					t.Fatalf("try %d: the queue holds more than it should", try)
+				}
+			}
+		})
 	}
 }

@@ -1,0 +1,228 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/carrot-go/carrot"
+)
+
+func handlerCases() []testCase {
+	return []testCase{
+		{name: "HandlerNoneAfterContext", doc: "once Run's context ends no handler starts, and messages received but not handled go back unsettled", run: testHandlerNoneAfterContext},
+		{name: "HandlerShutdownInside", doc: "a handler that calls Shutdown on its own consumer does not deadlock: Shutdown returns and Run ends", run: testHandlerShutdownInside},
+		{name: "HandlerCloseInside", doc: "a handler that calls Close on its consumer or its connection does not deadlock", run: testHandlerCloseInside},
+		{name: "HandlerMiddleware", doc: "middleware wraps the handlers in order, and what it returns (an error, a panic) is what the consumer acts on", run: testHandlerMiddleware},
+		{name: "HandlerPublishHooks", doc: "publish hooks see each message before it is sent, may add headers, and see the broker's outcome after", run: testHandlerPublishHooks},
+	}
+}
+
+func testHandlerMiddleware(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	var (
+		mu    sync.Mutex
+		trace []string
+	)
+	note := func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		trace = append(trace, s)
+	}
+	named := func(name string) func(carrot.Handler) carrot.Handler {
+		return func(next carrot.Handler) carrot.Handler {
+			return carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+				note(name + " in")
+				if string(m.Body) == name+" fails" {
+					return errors.New(name + " says no")
+				}
+				if string(m.Body) == name+" panics" && !m.Redelivered() {
+					panic(name + " panicked")
+				}
+				err := next.Receive(ctx, m)
+				note(name + " out")
+				return err
+			})
+		}
+	}
+	handled := make(chan string, 10)
+	c := e.consumerOn(e.conn, carrot.ConsumerOptions{
+		Middleware: []func(carrot.Handler) carrot.Handler{named("outer"), named("inner")},
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			note("handler")
+			if err := m.Ack(ctx); err != nil {
+				return err
+			}
+			handled <- string(m.Body)
+			return nil
+		}),
+	}, q)
+	r := e.start(c)
+	e.publish("", q, "plain")
+	if got := wait(e, handled); got != "plain" {
+		e.t.Fatalf("handled %q, want plain", got)
+	}
+	var got string
+	e.eventually("the middleware returned", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		got = strings.Join(trace, ", ")
+		return len(trace) >= 5
+	})
+	if want := "outer in, inner in, handler, inner out, outer out"; got != want {
+		e.t.Errorf("calls: %s; want %s", got, want)
+	}
+	// An error or a panic from a middleware is the handler's failure: the message is
+	// requeued, and the second delivery goes through.
+	e.publish("", q, "inner panics")
+	if got := wait(e, handled); got != "inner panics" {
+		e.t.Errorf("handled %q, want the message whose first delivery panicked", got)
+	}
+	e.stop(r)
+}
+
+func testHandlerPublishHooks(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	type outcome struct {
+		body string
+		err  error
+		ctx  any
+	}
+	after := make(chan outcome, 4)
+	type key struct{}
+	hooks := []carrot.PublishHook{
+		{Before: func(ctx context.Context, m *carrot.Message) context.Context {
+			if m.Headers == nil {
+				m.Headers = carrot.Table{}
+			}
+			m.Headers["trace-id"] = "t-1"
+			return context.WithValue(ctx, key{}, "from before")
+		}},
+		{After: func(ctx context.Context, m *carrot.Message, err error) {
+			after <- outcome{string(m.Body), err, ctx.Value(key{})}
+		}},
+	}
+	p := e.publisher(carrot.PublisherOptions{RoutingKey: q, Hooks: hooks})
+	m := &carrot.Message{Body: []byte("hooked")}
+	if err := p.Publish(e.ctx, m); err != nil {
+		e.t.Fatal(err)
+	}
+	if o := wait(e, after); o.body != "hooked" || o.err != nil || o.ctx != "from before" {
+		e.t.Errorf("After saw %+v, want the message, no error and Before's context", o)
+	}
+	if m.Headers != nil {
+		e.t.Errorf("Before changed the caller's message: headers %v", m.Headers)
+	}
+	if got := e.fetch(q); got.Headers["trace-id"] != "t-1" {
+		e.t.Errorf("the message arrived with headers %v, want Before's trace-id", got.Headers)
+	} else {
+		e.ack(got)
+	}
+	// PublishAsync, and a failure.
+	if err := p.PublishAsync(e.ctx, &carrot.Message{Body: []byte("async")}).Wait(e.ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	if o := wait(e, after); o.body != "async" || o.err != nil {
+		e.t.Errorf("After of PublishAsync saw %+v", o)
+	}
+	lost := e.publisher(carrot.PublisherOptions{RoutingKey: e.name("nowhere"), Hooks: hooks})
+	if err := lost.Publish(e.ctx, &carrot.Message{Body: []byte("unroutable")}); !errors.Is(err, carrot.ErrUnroutable) {
+		e.t.Errorf("publish with no route = %v", err)
+	}
+	if o := wait(e, after); o.body != "unroutable" || !errors.Is(o.err, carrot.ErrUnroutable) {
+		e.t.Errorf("After of an unroutable publish saw %+v, want ErrUnroutable", o)
+	}
+}
+
+func testHandlerNoneAfterContext(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	for _, body := range []string{"one", "two", "three"} {
+		e.publish("", q, body)
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	var handled atomic.Int32
+	c := e.consumerOn(e.conn, carrot.ConsumerOptions{Prefetch: 3, Handler: carrot.HandlerFunc(func(hctx context.Context, m *carrot.Message) error {
+		handled.Add(1)
+		cancel() // the caller is done after one
+		return m.Ack(context.WithoutCancel(hctx))
+	})}, q)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	if err := e.wait(done); !errors.Is(err, context.Canceled) {
+		e.t.Errorf("Run = %v, want context.Canceled", err)
+	}
+	if n := handled.Load(); n != 1 {
+		e.t.Errorf("%d handlers ran, want 1: none may start after the context ended", n)
+	}
+	// Delivered before Run stopped or not, the others wait in the queue, in order.
+	for _, want := range []string{"two", "three"} {
+		if got := e.fetchBody(q); got != want {
+			e.t.Errorf("left in the queue: %q, want %q", got, want)
+		}
+	}
+	e.expectEmpty(q)
+}
+
+func testHandlerShutdownInside(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	e.publish("", q, "stop")
+	shutdown := make(chan error, 1)
+	var c *carrot.Consumer
+	c = e.consumerOn(e.conn, carrot.ConsumerOptions{Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+		if err := m.Ack(ctx); err != nil {
+			return err
+		}
+		shutdown <- c.Shutdown(ctx)
+		return nil
+	})}, q)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(e.ctx) }()
+	if err := e.wait(shutdown); err != nil {
+		e.t.Errorf("Shutdown from a handler = %v, want nil", err)
+	}
+	if err := e.wait(done); !errors.Is(err, carrot.ErrClosed) {
+		e.t.Errorf("Run after Shutdown from a handler = %v, want ErrClosed", err)
+	}
+	e.expectEmpty(q)
+}
+
+func testHandlerCloseInside(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	e.publish("", q, "close the consumer")
+	closed := make(chan error, 1)
+	var c *carrot.Consumer
+	c = e.consumerOn(e.conn, carrot.ConsumerOptions{Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+		closed <- c.Close() // unsettled: the message goes back
+		return nil
+	})}, q)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(e.ctx) }()
+	if err := e.wait(closed); err != nil {
+		e.t.Errorf("Close from a handler = %v, want nil", err)
+	}
+	if err := e.wait(done); !errors.Is(err, carrot.ErrClosed) {
+		e.t.Errorf("Run after Close from a handler = %v, want ErrClosed", err)
+	}
+	e.expectRedelivered(q, "close the consumer")
+
+	// The whole connection, from a handler of one of its consumers.
+	conn := e.open()
+	e.publish("", q, "close the connection")
+	closed = make(chan error, 1)
+	c2 := e.consumerOn(conn, carrot.ConsumerOptions{Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+		closed <- conn.Close()
+		return nil
+	})}, q)
+	done = make(chan error, 1)
+	go func() { done <- c2.Run(e.ctx) }()
+	if err := e.wait(closed); err != nil {
+		e.t.Errorf("Conn.Close from a handler = %v, want nil", err)
+	}
+	if err := e.wait(done); !errors.Is(err, carrot.ErrClosed) {
+		e.t.Errorf("Run after Conn.Close from a handler = %v, want ErrClosed", err)
+	}
+	e.expectRedelivered(q, "close the connection")
+}
