@@ -22,11 +22,12 @@ import (
 // subclassing: a type with a Receive method, holding what it needs in its fields.
 //
 // Receive should settle the message with Ack, Requeue or Reject. If it returns an error
-// without settling the message, the Consumer requeues it, or rejects it when the error is a
-// [*DecodeError] (a body that will not decode will not decode next time either), and logs
-// the error. If it returns nil without settling, the message stays in flight until it is
-// settled later or the consumer closes: that is how handlers hand messages on to other
-// goroutines.
+// (or panics) without settling the message, the Consumer requeues it, or rejects it when
+// the error is a [*DecodeError] (a body that will not decode will not decode next time
+// either), and logs the error, at most a line a second. If it returns nil without
+// settling, the message stays in flight until it is settled later or the consumer closes:
+// that is how handlers hand messages on to other goroutines (see
+// [ConsumerOptions.StallWarning]), unless [ConsumerOptions.AutoSettle] acks it.
 type Handler interface {
 	Receive(ctx context.Context, m *Message) error
 }
@@ -88,6 +89,18 @@ type ConsumerOptions struct {
 	// tracing, metrics, timeouts or a policy of its own. What a middleware returns is what
 	// the consumer acts on; a panic in a middleware is recovered like one in a handler.
 	Middleware []func(Handler) Handler
+
+	// AutoSettle acks each message whose handlers returned nil without settling it, for
+	// handlers that do not settle by hand; on an error the message is requeued (or
+	// rejected) as always. Without it, such a message stays in flight until it is settled
+	// or the consumer closes.
+	AutoSettle bool
+
+	// StallWarning is how long a message handed to the handlers may stay unsettled after
+	// they returned before the consumer logs a warning, once, naming the queue: held
+	// messages count against the prefetch, and a consumer that holds its whole prefetch
+	// receives nothing more. One minute when zero; negative turns the warning off.
+	StallWarning time.Duration
 }
 
 // chain calls handlers in order, stopping at the first error.
@@ -131,6 +144,70 @@ type run struct {
 	workers map[uint64]bool // the goroutines that call handlers, by goroutine id
 	busy    int             // handlers running
 	idle    *sync.Cond      // signalled when busy drops
+	held    []held          // handed to handlers that returned without settling them
+	failLog logLimit        // handler failures logged
+}
+
+// held is a message its handlers returned without settling.
+type held struct {
+	m     *Message
+	since time.Time
+}
+
+// hold notes a message its handlers returned without settling.
+func (r *run) hold(m *Message) {
+	r.mu.Lock()
+	r.held = append(r.held, held{m, time.Now()})
+	r.mu.Unlock()
+}
+
+// watchHeld logs a warning, once until they are all settled, when messages stay held
+// longer than after, until ctx ends.
+func (c *Consumer) watchHeld(ctx context.Context, r *run, after time.Duration) {
+	t := time.NewTicker(max(after/4, 10*time.Millisecond))
+	defer t.Stop()
+	warned := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		r.held = slices.DeleteFunc(r.held, func(h held) bool { return h.m.isSettled() })
+		n := len(r.held)
+		var oldest held
+		if n > 0 {
+			oldest = r.held[0]
+		}
+		r.mu.Unlock()
+		switch {
+		case n == 0:
+			warned = false
+		case !warned && time.Since(oldest.since) >= after:
+			warned = true
+			c.log.LogAttrs(ctx, slog.LevelWarn, "carrot: messages returned by their handlers unsettled are held past the stall warning; they count against the prefetch, and the consumer receives nothing more once they fill it",
+				slog.String("queue", oldest.m.Queue()), slog.Int("held", n), slog.Duration("oldest", time.Since(oldest.since)))
+		}
+	}
+}
+
+// logLimit lets through one log line a second, counting those it holds back.
+type logLimit struct {
+	next       time.Time
+	suppressed int
+}
+
+// allow reports whether to log now, and how many lines were held back since the last.
+// The caller holds the run's mu.
+func (l *logLimit) allow(now time.Time) (bool, int) {
+	if now.Before(l.next) {
+		l.suppressed++
+		return false, 0
+	}
+	n := l.suppressed
+	l.next, l.suppressed = now.Add(time.Second), 0
+	return true, n
 }
 
 // worker registers the calling goroutine as one that calls handlers.
@@ -382,6 +459,18 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 		})
 	}
+	if after := c.opts.StallWarning; after >= 0 {
+		if after == 0 {
+			after = time.Minute
+		}
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		var watch sync.WaitGroup
+		watch.Go(func() { c.watchHeld(watchCtx, r, after) })
+		defer func() {
+			stopWatch()
+			watch.Wait()
+		}()
+	}
 	if !direct {
 		for range c.opts.Concurrency {
 			workers.Go(func() {
@@ -543,10 +632,19 @@ func (c *Consumer) handle(ctx context.Context, r *run, h Handler, m *Message) {
 	defer r.finished()
 	err := c.call(ctx, h, m)
 	if err == nil {
+		switch {
+		case c.opts.NoAck || m.isSettled():
+		case c.opts.AutoSettle:
+			if serr := m.Ack(context.WithoutCancel(ctx)); serr != nil && !errors.Is(serr, ErrAlreadySettled) {
+				c.logFailure(ctx, r, "carrot: acking a handled message", m, serr)
+			}
+		default:
+			r.hold(m)
+		}
 		return
 	}
 	if c.opts.NoAck || m.isSettled() {
-		c.log.LogAttrs(ctx, slog.LevelError, "carrot: handler failed", slog.String("queue", m.Queue()), slog.String("message_id", m.MessageID), slog.Any("error", err))
+		c.logFailure(ctx, r, "carrot: handler failed", m, err)
 		return
 	}
 	settle, outcome := m.Requeue, "requeued"
@@ -554,11 +652,26 @@ func (c *Consumer) handle(ctx context.Context, r *run, h Handler, m *Message) {
 		settle, outcome = m.Reject, "rejected"
 	}
 	serr := settle(context.WithoutCancel(ctx))
-	c.log.LogAttrs(ctx, slog.LevelError, "carrot: handler failed; message "+outcome,
-		slog.String("queue", m.Queue()), slog.String("message_id", m.MessageID), slog.Any("error", err))
+	c.logFailure(ctx, r, "carrot: handler failed; message "+outcome, m, err)
 	if serr != nil {
-		c.log.LogAttrs(ctx, slog.LevelError, "carrot: settling a failed message", slog.String("queue", m.Queue()), slog.Any("error", serr))
+		c.logFailure(ctx, r, "carrot: settling a failed message", m, serr)
 	}
+}
+
+// logFailure logs a failure with a message, at most one line a second per Run: the
+// line says how many were held back before it.
+func (c *Consumer) logFailure(ctx context.Context, r *run, msg string, m *Message, err error) {
+	r.mu.Lock()
+	ok, suppressed := r.failLog.allow(time.Now())
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	attrs := []slog.Attr{slog.String("queue", m.Queue()), slog.String("message_id", m.MessageID), slog.Any("error", err)}
+	if suppressed > 0 {
+		attrs = append(attrs, slog.Int("failures_not_logged", suppressed))
+	}
+	c.log.LogAttrs(ctx, slog.LevelError, msg, attrs...)
 }
 
 // call runs one handler, turning a panic into an error.

@@ -3,9 +3,12 @@ package conformance
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/carrot-go/carrot"
 )
@@ -16,6 +19,9 @@ func handlerCases() []testCase {
 		{name: "HandlerShutdownInside", doc: "a handler that calls Shutdown on its own consumer does not deadlock: Shutdown returns and Run ends", run: testHandlerShutdownInside},
 		{name: "HandlerCloseInside", doc: "a handler that calls Close on its consumer or its connection does not deadlock", run: testHandlerCloseInside},
 		{name: "HandlerMiddleware", doc: "middleware wraps the handlers in order, and what it returns (an error, a panic) is what the consumer acts on", run: testHandlerMiddleware},
+		{name: "HandlerAutoSettle", doc: "with AutoSettle a handler that returns nil has its message acked, and one that fails has it requeued", run: testHandlerAutoSettle},
+		{name: "HandlerStallWarning", doc: "messages returned unsettled by their handlers past StallWarning are logged once, naming the queue", run: testHandlerStallWarning},
+		{name: "HandlerFailuresLogLimited", doc: "handler failures are logged at most about once a second, saying how many were not", run: testHandlerFailuresLogLimited},
 		{name: "HandlerPublishHooks", doc: "publish hooks see each message before it is sent, may add headers, and see the broker's outcome after", run: testHandlerPublishHooks},
 	}
 }
@@ -225,4 +231,82 @@ func testHandlerCloseInside(e *env) {
 		e.t.Errorf("Run after Conn.Close from a handler = %v, want ErrClosed", err)
 	}
 	e.expectRedelivered(q, "close the connection")
+}
+
+func testHandlerAutoSettle(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	e.publish("", q, "fine")
+	e.publish("", q, "fails once")
+	handled := make(chan string, 4)
+	c := e.consumerOn(e.conn, carrot.ConsumerOptions{AutoSettle: true, Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+		handled <- string(m.Body)
+		if string(m.Body) == "fails once" && !m.Redelivered() {
+			return errors.New("not yet")
+		}
+		return nil // no Ack: AutoSettle does it
+	})}, q)
+	r := e.start(c)
+	for _, want := range []string{"fine", "fails once", "fails once"} {
+		if got := wait(e, handled); got != want {
+			e.t.Errorf("handled %q, want %q", got, want)
+		}
+	}
+	e.stop(r)
+	e.expectEmpty(q)
+}
+
+func testHandlerStallWarning(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	e.publish("", q, "held")
+	var logs lockedBuffer
+	var kept atomic.Pointer[carrot.Message]
+	c := e.consumerOn(e.conn, carrot.ConsumerOptions{
+		StallWarning: 50 * time.Millisecond,
+		Logger:       slog.New(slog.NewTextHandler(&logs, nil)),
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			kept.Store(m) // settled later, elsewhere
+			return nil
+		}),
+	}, q)
+	r := e.start(c)
+	e.eventually("the stall warning", func() bool { return strings.Contains(logs.String(), "held past the stall warning") })
+	time.Sleep(200 * time.Millisecond) // four more checks: still one warning
+	if n := strings.Count(logs.String(), "held past the stall warning"); n != 1 || !strings.Contains(logs.String(), q) {
+		e.t.Errorf("%d warnings, want one naming %s:\n%s", n, q, logs.String())
+	}
+	e.ack(kept.Load())
+	e.stop(r)
+	e.expectEmpty(q)
+}
+
+func testHandlerFailuresLogLimited(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	const n = 50
+	for i := range n {
+		e.publish("", q, fmt.Sprint(i))
+	}
+	var logs lockedBuffer
+	var handled atomic.Int32
+	c := e.consumerOn(e.conn, carrot.ConsumerOptions{
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			if !m.Redelivered() {
+				return errors.New("first delivery fails")
+			}
+			handled.Add(1)
+			return m.Ack(ctx)
+		}),
+	}, q)
+	start := time.Now()
+	r := e.start(c)
+	e.eventually("every message handled on its second delivery", func() bool { return handled.Load() == n })
+	e.stop(r)
+	lines := strings.Count(logs.String(), "handler failed")
+	if limit := 2 + int(time.Since(start)/time.Second); lines > limit {
+		e.t.Errorf("%d failures logged in %v, want at most %d (one a second)", lines, time.Since(start).Round(time.Millisecond), limit)
+	}
+	if lines == 0 {
+		e.t.Error("no failure logged")
+	}
+	e.expectEmpty(q)
 }
