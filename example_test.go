@@ -337,3 +337,42 @@ func ExampleConsumerOptions_middleware() {
 	}
 	// Output: order #1, correlation id c-42
 }
+
+// A message published with a Delay is delivered once the delay has passed; those
+// published after it do not wait for it.
+func ExampleMessage_delay() {
+	ctx := context.Background()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: "reminders"}}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	publisher, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "reminders"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := publisher.Publish(ctx, &carrot.Message{Body: []byte("in 100ms"), Delay: 100 * time.Millisecond}); err != nil {
+		log.Fatal(err)
+	}
+	if err := publisher.Publish(ctx, &carrot.Message{Body: []byte("now")}); err != nil {
+		log.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	consumer.Register(func(ctx context.Context, m *carrot.Message) error {
+		fmt.Println(string(m.Body))
+		if string(m.Body) == "in 100ms" {
+			stop()
+		}
+		return m.Ack(ctx)
+	})
+	if err := consumer.Run(runCtx); !errors.Is(err, context.Canceled) {
+		log.Fatal(err)
+	}
+	// Output:
+	// now
+	// in 100ms
+}

@@ -53,6 +53,11 @@ type Message struct {
 	ReplyTo         string
 	Timestamp       time.Time // carried in whole seconds
 
+	// Delay, when publishing, keeps the message out of sight for this long: it is
+	// delivered no sooner, and within the backend's documented precision after. It needs
+	// the Delay capability; see [Capabilities].
+	Delay time.Duration
+
 	d *delivery // set on received messages
 }
 
@@ -259,6 +264,16 @@ func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
 	if m.Expiration < 0 {
 		return bm, invalidf(op, "expiration %v is negative", m.Expiration)
 	}
+	if m.Delay < 0 {
+		return bm, invalidf(op, "delay %v is negative", m.Delay)
+	}
+	if m.Delay > 0 && !caps.Delay {
+		return bm, unsupportedf(op, "the backend cannot delay messages")
+	}
+	if max := caps.MaxDelay; max > 0 && m.Delay > max {
+		return bm, invalidf(op, "delay %v is longer than the backend's longest, %v", m.Delay, max)
+	}
+	bm.Delay = roundUp(m.Delay, time.Millisecond)
 	if m.Expiration > 0 && !caps.MessageTTL {
 		return bm, unsupportedf(op, "the backend does not support message expiration")
 	}

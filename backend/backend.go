@@ -292,6 +292,10 @@ type Message struct {
 	CorrelationID   string
 	ReplyTo         string
 	Timestamp       time.Time // whole seconds; zero for none
+
+	// Delay, when publishing, is how long the message stays out of sight before its
+	// queues deliver it, whole milliseconds; 0 for at once. Only with the Delay capability.
+	Delay time.Duration
 }
 
 // Publishing is a message on its way to an exchange.
@@ -339,6 +343,12 @@ type Capabilities struct {
 	SharedAcross  bool  // other processes can reach the same broker (false for in-process brokers)
 	MaxBodySize   int64 // the largest body the broker accepts, in bytes; 0 for no known limit
 	MaxPrefetch   int   // the largest prefetch the protocol can carry; 0 for no limit
+
+	// Delay: Message.Delay is honoured, with messages kept out of sight by the broker
+	// (surviving its restart where it persists messages), never in the client's memory.
+	Delay          bool
+	MaxDelay       time.Duration // the longest delay; 0 for no limit
+	DelayPrecision time.Duration // how much later than its delay a message may be delivered
 }
 
 // Code classifies a backend error.

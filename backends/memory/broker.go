@@ -135,6 +135,18 @@ func (b *broker) route(exchangeName, key string) ([]*queue, error) {
 	return qs, nil
 }
 
+// delay enqueues a message in q once d has passed, unless q is deleted by then. The
+// caller holds b.mu.
+func (b *broker) delay(q *queue, e *entry, d time.Duration) {
+	time.AfterFunc(d, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if !q.deleted {
+			b.enqueue(q, e, time.Now())
+		}
+	})
+}
+
 // enqueue appends a message to the back of q, then enforces its max length.
 func (b *broker) enqueue(q *queue, e *entry, now time.Time) {
 	b.seq++

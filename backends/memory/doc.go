@@ -62,8 +62,13 @@
 //
 // Every capability but Persistence and SharedAcross: confirms, mandatory, dead-lettering,
 // message and queue TTL, max length, priorities, delivery counts, exclusive and
-// auto-delete queues, and MaxBodySize from the URL. Queue and exchange Args are not
-// supported: use the fields of [carrot.Queue].
+// auto-delete queues, delays, and MaxBodySize from the URL. Queue and exchange Args are
+// not supported: use the fields of [carrot.Queue].
+//
+// A delayed message is routed when it is published (an unroutable one is an error then)
+// and enters each of its queues when its delay has passed, by a timer of the broker: to
+// the millisecond, give or take the scheduler. Purge does not remove messages still
+// delayed; a queue deleted meanwhile does not get them.
 //
 // # As
 //

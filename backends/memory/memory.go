@@ -166,17 +166,19 @@ var _ backend.Conn = (*Conn)(nil)
 // Capabilities reports everything but persistence: the broker lives in the process.
 func (c *Conn) Capabilities() backend.Capabilities {
 	return backend.Capabilities{
-		Confirms:      true,
-		Mandatory:     true,
-		DeadLetter:    true,
-		MessageTTL:    true,
-		QueueTTL:      true,
-		MaxLength:     true,
-		Priority:      true,
-		DeliveryCount: true,
-		Exclusive:     true,
-		AutoDelete:    true,
-		MaxBodySize:   c.opts.MaxBodySize,
+		Confirms:       true,
+		Mandatory:      true,
+		DeadLetter:     true,
+		MessageTTL:     true,
+		QueueTTL:       true,
+		MaxLength:      true,
+		Priority:       true,
+		DeliveryCount:  true,
+		Exclusive:      true,
+		AutoDelete:     true,
+		MaxBodySize:    c.opts.MaxBodySize,
+		Delay:          true,
+		DelayPrecision: 10 * time.Millisecond,
 	}
 }
 
@@ -378,6 +380,12 @@ func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 	}
 	if len(qs) == 0 && p.Mandatory {
 		return backend.Errorf(backend.Unroutable, "no queue is bound to exchange %q with a key matching %q", p.Exchange, p.RoutingKey)
+	}
+	if p.Delay > 0 {
+		for _, q := range qs {
+			c.b.delay(q, &entry{msg: msg, exchange: p.Exchange}, p.Delay)
+		}
+		return nil
 	}
 	now := time.Now()
 	for _, q := range qs {

@@ -167,8 +167,9 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		c.rdb.Close()
 		return nil, err
 	}
-	c.wg.Add(4)
+	c.wg.Add(5)
 	go func() { defer c.wg.Done(); c.publishLoop() }()
+	go func() { defer c.wg.Done(); c.promoter() }()
 	go func() { defer c.wg.Done(); c.heartbeat() }()
 	go func() { defer c.wg.Done(); c.janitor() }()
 	go func() { defer c.wg.Done(); c.monitor() }()
@@ -203,14 +204,16 @@ func randomID() string {
 // capabilities reports what Redis does; persistence depends on its configuration.
 func (c *Conn) capabilities(ctx context.Context) backend.Capabilities {
 	caps := backend.Capabilities{
-		Confirms:      true,
-		Mandatory:     true,
-		DeadLetter:    true,
-		MessageTTL:    true,
-		QueueTTL:      true,
-		DeliveryCount: true,
-		SharedAcross:  true,
-		MaxBodySize:   512 << 20, // proto-max-bulk-len's default
+		Confirms:       true,
+		Mandatory:      true,
+		DeadLetter:     true,
+		MessageTTL:     true,
+		QueueTTL:       true,
+		DeliveryCount:  true,
+		SharedAcross:   true,
+		MaxBodySize:    512 << 20, // proto-max-bulk-len's default
+		Delay:          true,
+		DelayPrecision: promoteInterval + 50*time.Millisecond,
 	}
 	if cfg, err := c.rdb.ConfigGet(ctx, "appendonly").Result(); err == nil && cfg["appendonly"] == "yes" {
 		caps.Persistence = true
@@ -332,6 +335,34 @@ const (
 	monitorInterval = time.Second
 	monitorTimeout  = 5 * time.Second
 )
+
+// promoteInterval is how often each connection moves the delayed messages that are due to
+// their queues: the precision of delays.
+const promoteInterval = 50 * time.Millisecond
+
+// promoter moves due delayed messages to their queues, until the connection ends. Every
+// connection of the namespace does; the script makes each move once.
+func (c *Conn) promoter() {
+	tick := time.NewTicker(promoteInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-c.Done():
+			return
+		case <-c.stop:
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), monitorTimeout)
+		for {
+			n, err := scriptPromote.Run(ctx, c.rdb, []string{c.prefix + "delayed", c.prefix + "due"}, 256).Int()
+			if err != nil || n < 256 {
+				break // a lost connection is the monitor's to notice
+			}
+		}
+		cancel()
+	}
+}
 
 // ErrorCode classifies the errors of go-redis, of Redis and of the scripts.
 func (c *Conn) ErrorCode(err error) backend.Code {

@@ -102,9 +102,17 @@
 // sent; publishes are sent in transactions of at most 16 MiB of bodies (a larger message
 // goes alone), far below Redis's client-query-buffer-limit.
 //
+// A message published with a delay is routed when it is published (an unroutable one is
+// an error then) and kept, for each of its queues, in the namespace's "delayed" stream,
+// scheduled in the sorted set "due" by Redis's clock; every connection of the namespace
+// moves the messages that are due to their queues, in one script, every 50ms. So a delayed
+// message is delivered within about 100ms after its delay while a connection is open, and
+// as soon as one opens otherwise; it survives a restart as the server's persistence allows.
+// A queue deleted meanwhile does not get it, and Purge does not remove it.
+//
 // # Capabilities
 //
-// Confirms, Mandatory, DeadLetter, MessageTTL, QueueTTL, DeliveryCount and SharedAcross;
+// Confirms, Mandatory, DeadLetter, MessageTTL, QueueTTL, DeliveryCount, Delay and SharedAcross;
 // Persistence when the server has appendonly on; MaxBodySize is the server's
 // proto-max-bulk-len. Not MaxLength, Priority, Exclusive or AutoDelete: a queue of one
 // connection, or one deleted with its last consumer, needs a broker that knows when a

@@ -191,8 +191,13 @@ func (c *Conn) publishBatch(batch []*pubReq) {
 					for _, t := range targets {
 						values := r.fields
 						if ttl := snap.ttl(t, r.p.Expiration); ttl > 0 {
-							exp := strconv.FormatInt(now.Add(ttl).UnixMilli(), 10)
+							exp := strconv.FormatInt(now.Add(r.p.Delay+ttl).UnixMilli(), 10)
 							values = append([]any{"exp", exp}, r.fields...)
+						}
+						if r.p.Delay > 0 {
+							args := append([]any{r.p.Delay.Milliseconds(), snap.streams[t]}, values...)
+							p.Eval(ctx, scriptDelay, []string{c.prefix + "delayed", c.prefix + "due"}, args...)
+							continue
 						}
 						p.XAdd(ctx, &goredis.XAddArgs{Stream: snap.streams[t], Values: values})
 					}

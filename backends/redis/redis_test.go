@@ -441,6 +441,59 @@ func TestRedisRestart(t *testing.T) {
 	})
 }
 
+// TestDelayedSurvivesRestart publishes a message with a delay to a Redis with an
+// append-only file, kills Redis before the delay passes and starts it again: the message
+// is delivered after its delay, once.
+func TestDelayedSurvivesRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	srv := testbroker.StartRedis(t, testbroker.RedisOptions{AppendOnly: true})
+	conn, err := carrot.Open(ctx, srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	start := time.Now()
+	if err := p.Publish(ctx, &carrot.Message{Body: []byte("delayed"), Delay: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close() // no connection is left to move it when due
+	srv.Kill()
+	srv.Start()
+
+	conn, err = carrot.Open(ctx, srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := c.Fetch(ctx)
+		if errors.Is(err, carrot.ErrEmpty) {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Body) != "delayed" || time.Since(start) < 2*time.Second {
+			t.Errorf("got %q %v after the publish, want the delayed message after 2s", m.Body, time.Since(start))
+		}
+		m.Ack(ctx)
+		break
+	}
+	if _, err := c.Fetch(ctx); !errors.Is(err, carrot.ErrEmpty) {
+		t.Errorf("a second fetch = %v, want ErrEmpty: the delayed message came once", err)
+	}
+}
+
 // TestStreamWithCuts sends 20,000 persistent messages from a publisher to a consumer of
 // one connection while its network connections are cut five times: every message
 // arrives, and the duplicates are counted.

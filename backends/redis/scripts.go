@@ -17,6 +17,10 @@ import goredis "github.com/redis/go-redis/v9"
 //	q:NAME           a queue: a hash of durable, ttl (ms), dlx and dlk
 //	qb:QUEUE         the bindings to the queue: a set of EXCHANGE \0 KEY
 //	s:QUEUE          the queue's messages: a stream, read through the consumer group "carrot"
+//	delayed          messages published with a delay: a stream of entries whose first
+//	                 field "to" names the queue's stream, the others the message's
+//	due              their schedule: a sorted set of delayed's entry ids, scored by the
+//	                 time (ms) each is due
 //
 // A message is a stream entry whose fields codec.go lists. A message in flight is pending in the group, owned by the consumer that received it;
 // acknowledged, it leaves the group's pending list, and scriptTake trims it off the stream
@@ -389,4 +393,31 @@ for _, e in ipairs(r[1][2]) do
   end
 end
 return out
+`)
+
+// scriptDelay: KEYS[1] delayed, KEYS[2] due; ARGV delay (ms), the target stream, then the
+// message's fields. It keeps the message in delayed until it is due.
+var scriptDelay = luaHelpers + `
+local id = redis.call('XADD', KEYS[1], '*', 'to', ARGV[2], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[1]), id)
+return id
+`
+
+// scriptPromote: KEYS[1] delayed, KEYS[2] due; ARGV most to move. It adds the delayed
+// messages that are due to their queues (but to those deleted meanwhile), and returns
+// how many it moved.
+var scriptPromote = goredis.NewScript(luaHelpers + `
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(due) do
+  local e = redis.call('XRANGE', KEYS[1], id, id)
+  if #e > 0 then
+    local f = e[1][2]
+    if redis.call('EXISTS', f[2]) == 1 then
+      redis.call('XADD', f[2], '*', unpack(f, 3))
+    end
+    redis.call('XDEL', KEYS[1], id)
+  end
+  redis.call('ZREM', KEYS[2], id)
+end
+return #due
 `)
