@@ -18,6 +18,7 @@ func delayCases() []testCase {
 	return []testCase{
 		{name: "DelayRefused", doc: "a negative delay is an ErrInvalid error, and a delay the backend cannot honour an ErrUnsupported one; nothing is sent", run: testDelayRefused},
 		{name: "DelayHidden", doc: "a delayed message is not delivered before its delay, and is within the backend's precision after it", needs: hasDelay, run: testDelayHidden},
+		{name: "DelayThroughExchanges", doc: "a delayed message is routed by direct, topic and fanout exchanges as any other, with its routing key", needs: hasDelay, run: testDelayThroughExchanges},
 		{name: "DelayDoesNotBlock", doc: "messages published after a delayed one are delivered while it waits", needs: hasDelay, run: testDelayDoesNotBlock},
 	}
 }
@@ -111,4 +112,32 @@ func testDelayDoesNotBlock(e *env) {
 	}
 	e.stop(r)
 	e.expectEmpty(q)
+}
+
+func testDelayThroughExchanges(e *env) {
+	for _, kind := range []carrot.ExchangeKind{carrot.Direct, carrot.Topic, carrot.Fanout} {
+		x := e.exchange(kind, "x-"+string(kind))
+		q := e.queue(carrot.Queue{Name: "q-" + string(kind), Exchange: carrot.Exchange{Name: x, Kind: kind}, RoutingKey: "a.b"})
+		other := e.queue(carrot.Queue{Name: "other-" + string(kind), Exchange: carrot.Exchange{Name: x, Kind: kind}, RoutingKey: "c.d"})
+		p := e.publisher(carrot.PublisherOptions{Exchange: x})
+		if err := p.Publish(e.ctx, &carrot.Message{Body: []byte("delayed " + string(kind)), RoutingKey: "a.b", Delay: 100 * time.Millisecond}); err != nil {
+			e.t.Fatalf("%s: %v", kind, err)
+		}
+		var m *carrot.Message
+		c := e.consumer(q)
+		e.eventually("the delayed message through the "+string(kind)+" exchange", func() bool {
+			var err error
+			m, err = c.Fetch(e.ctx)
+			return err == nil
+		})
+		if string(m.Body) != "delayed "+string(kind) || m.RoutingKey != "a.b" || m.Exchange() != x {
+			e.t.Errorf("%s: got %q with key %q from exchange %q", kind, m.Body, m.RoutingKey, m.Exchange())
+		}
+		e.ack(m)
+		if kind == carrot.Fanout {
+			e.ack(e.fetch(other)) // fanout: every bound queue
+		} else {
+			e.expectEmpty(other)
+		}
+	}
 }

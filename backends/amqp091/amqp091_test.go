@@ -398,6 +398,63 @@ func TestBrokerRestart(t *testing.T) {
 	})
 }
 
+// TestDelayedSurvivesRestart publishes a persistent message with a delay, stops and
+// starts the broker before the delay has passed: the message arrives after its delay,
+// once, through a direct exchange.
+func TestDelayedSurvivesRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a broker; not in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	broker, rabbitmqctl := disruptable(t, testbroker.RabbitMQ)
+	t.Cleanup(func() { rabbitmqctl(context.Background(), "start_app") }) // whatever happens
+	conn, err := carrot.Open(ctx, broker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	x := uniqueName(t) + ".x"
+	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t), Exchange: carrot.Exchange{Name: x}, RoutingKey: "k"})
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{Exchange: x, RoutingKey: "k"})
+	start := time.Now()
+	const delay = 10 * time.Second // past the restart
+	if err := p.Publish(ctx, &carrot.Message{Body: []byte("delayed"), Delay: delay}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rabbitmqctl(ctx, "stop_app"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rabbitmqctl(ctx, "start_app"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("broker restarted %v after the publish", time.Since(start).Round(time.Millisecond))
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := c.Fetch(ctx)
+		if errors.Is(err, carrot.ErrEmpty) || errors.Is(err, carrot.ErrUnavailable) {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Body) != "delayed" || time.Since(start) < delay {
+			t.Errorf("got %q %v after the publish, want the delayed message after %v", m.Body, time.Since(start), delay)
+		}
+		if err := m.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+		break
+	}
+	if _, err := c.Fetch(ctx); !errors.Is(err, carrot.ErrEmpty) {
+		t.Errorf("a second fetch = %v, want ErrEmpty: the delayed message came once", err)
+	}
+}
+
 // TestUnparseableHeader publishes, as Kombu does, a message with a header of AMQP field
 // type 'L', which amqp091-go cannot parse (it closes the whole connection): the consumer
 // of that queue gives up with ErrMalformed naming the queue within 30 seconds, while a

@@ -390,6 +390,10 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		SharedAcross: true,
 		MaxBodySize:  c.maxBody.Load(),
 		MaxPrefetch:  math.MaxUint16, // basic.qos's prefetch-count is 16 bits
+
+		Delay:          true,
+		MaxDelay:       maxDelay,
+		DelayPrecision: 100 * time.Millisecond, // beyond the rounding to two significant digits
 	}
 }
 

@@ -103,12 +103,26 @@
 // queue: remove it with a client that can read it, or with RabbitMQ's tools (a purge, or
 // the management UI's "get messages" with "reject requeue false").
 //
+// A message published with a delay waits in RabbitMQ, without plugins: it goes to the
+// fanout exchange "carrot.delay.<B>ms.<EXCHANGE>" (no ".<EXCHANGE>" for the default
+// exchange), declared on first use with the durable queue of the same name, whose messages
+// live B milliseconds and are then dead-lettered to EXCHANGE with their own routing key,
+// for every exchange kind. B is the delay rounded up to two significant digits (1234ms
+// waits 1300ms), so a few queues serve every delay and each expires its messages in order;
+// beyond that rounding a message arrives within about 100ms. A persistent delayed message
+// survives a broker restart. It is routed when it is due, so the mandatory check cannot
+// apply to where it goes then (RabbitMQ drops it if nothing matches); it arrives with
+// RabbitMQ's x-death header. A delayed message cannot also have an expiration (RabbitMQ
+// drops the expiration of what it dead-letters): that is an ErrUnsupported error. The
+// delay queues stay on the broker, empty, once used.
+//
 // # Capabilities
 //
 // Confirms and Mandatory (unless confirms=false), DeadLetter, MessageTTL, QueueTTL,
-// MaxLength, Priority, Exclusive, AutoDelete, Persistence, SharedAcross, and MaxBodySize
-// from the URL. MaxPrefetch is 65535, the most basic.qos carries: a larger prefetch is an
-// ErrInvalid error rather than the 16-bit remainder the client would send. DeliveryCount
+// MaxLength, Priority, Exclusive, AutoDelete, Persistence, SharedAcross, MaxBodySize from
+// the URL, and Delay (up to 2^32-1 ms). MaxPrefetch is 65535, the most basic.qos carries:
+// a larger prefetch is an ErrInvalid error rather than the 16-bit remainder the client
+// would send. DeliveryCount
 // is off, because classic queues do not count deliveries; quorum queues do, and their
 // messages' DeliveryCount is x-delivery-count plus one.
 //

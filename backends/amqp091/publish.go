@@ -102,6 +102,14 @@ func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done fun
 		done(err)
 		return
 	}
+	if p.Delay > 0 {
+		d, err := c.delayed(ctx, p)
+		if err != nil {
+			done(err)
+			return
+		}
+		p = d
+	}
 	msg := publishing(&p.Message)
 	r := &request{done: done, size: len(p.Body)}
 	r.fp.exchange = p.Exchange
