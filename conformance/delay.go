@@ -70,8 +70,10 @@ func testDelayHidden(e *env) {
 	// Then within the precision.
 	arrived := make(chan time.Time, 1)
 	consumer := e.consumerOn(e.conn, carrot.ConsumerOptions{Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
-		arrived <- time.Now()
-		return m.Ack(ctx)
+		at := time.Now()
+		err := m.Ack(ctx) // before the test stops Run, canceling ctx
+		arrived <- at
+		return err
 	})}, q)
 	r := e.start(consumer)
 	at := wait(e, arrived)
@@ -98,8 +100,9 @@ func testDelayDoesNotBlock(e *env) {
 	}
 	got := make(chan string, n+1)
 	c := e.consumerOn(e.conn, carrot.ConsumerOptions{Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+		err := m.Ack(ctx) // before the test stops Run, canceling ctx
 		got <- string(m.Body)
-		return m.Ack(ctx)
+		return err
 	})}, q)
 	r := e.start(c)
 	for i := range n {

@@ -293,8 +293,9 @@ func testHandlerFailuresLogLimited(e *env) {
 			if !m.Redelivered() {
 				return errors.New("first delivery fails")
 			}
+			err := m.Ack(ctx) // before the test stops Run, canceling ctx
 			handled.Add(1)
-			return m.Ack(ctx)
+			return err
 		}),
 	}, q)
 	start := time.Now()

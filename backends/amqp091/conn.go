@@ -17,6 +17,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/delayq"
 	"github.com/carrot-go/carrot/internal/lifetime"
 )
 
@@ -392,7 +393,7 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		MaxPrefetch:  math.MaxUint16, // basic.qos's prefetch-count is 16 bits
 
 		Delay:          true,
-		MaxDelay:       maxDelay,
+		MaxDelay:       delayq.Max,
 		DelayPrecision: 100 * time.Millisecond, // beyond the rounding to two significant digits
 	}
 }

@@ -107,7 +107,7 @@
 // fanout exchange "carrot.delay.<B>ms.<EXCHANGE>" (no ".<EXCHANGE>" for the default
 // exchange), declared on first use with the durable queue of the same name, whose messages
 // live B milliseconds and are then dead-lettered to EXCHANGE with their own routing key,
-// for every exchange kind. B is the delay rounded up to two significant digits (1234ms
+// for every exchange kind; the amqp10 backend uses the same queues. B is the delay rounded up to two significant digits (1234ms
 // waits 1300ms), so a few queues serve every delay and each expires its messages in order;
 // beyond that rounding a message arrives within about 100ms. A persistent delayed message
 // survives a broker restart. It is routed when it is due, so the mandatory check cannot

@@ -16,6 +16,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/delayq"
 	"github.com/carrot-go/carrot/internal/lifetime"
 )
 
@@ -81,6 +82,8 @@ type Conn struct {
 
 	getMu   sync.Mutex
 	getters map[string]*getter // by queue
+
+	delays sync.Map // delay exchanges and queues declared, by name
 
 	k       *Connector
 	born    time.Time
@@ -287,6 +290,10 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		SharedAcross: true,
 		MaxBodySize:  c.opts.MaxBodySize,
 		MaxPrefetch:  math.MaxInt32, // link credit, as go-amqp carries it
+
+		Delay:          true,
+		MaxDelay:       delayq.Max,
+		DelayPrecision: 100 * time.Millisecond, // beyond the rounding to two significant digits
 	}
 }
 

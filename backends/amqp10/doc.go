@@ -99,6 +99,14 @@
 // (A poisoned message behind others in its queue may be reached after those 300ms, and is
 // then not told apart.) Remove the message with an AMQP 0-9-1 client, or purge the queue.
 //
+// A message published with a delay waits in the same delay queues as the amqp091
+// backend's (see there): the fanout exchange and durable queue "carrot.delay.<B>ms.<X>",
+// declared over management on first use, whose messages live B ms (the delay rounded up
+// to two significant digits) and are then dead-lettered to the exchange X with their
+// routing key. RabbitMQ delivers a dead-lettered message as not its first acquisition, so
+// a delayed message arrives flagged redelivered. A delayed message cannot also expire
+// (ErrUnsupported).
+//
 // RabbitMQ 3.x's AMQP 1.0 plugin has its own addresses (/exchange/X/KEY to send,
 // /amq/queue/Q to receive), cannot declare topology over AMQP 1.0 and ends the session on
 // the modified outcome: this backend does not support it; use RabbitMQ 4.
@@ -109,7 +117,8 @@
 //
 // Confirms, Mandatory, DeadLetter, MessageTTL, QueueTTL, MaxLength, Priority, Exclusive
 // (exclusive to this connection), AutoDelete, Persistence, SharedAcross, MaxBodySize
-// from the URL, and MaxPrefetch 2147483647 (link credit as go-amqp carries it). DeliveryCount is off, because classic queues do not count deliveries;
+// from the URL, Delay (up to 2^32-1 ms), and MaxPrefetch 2147483647 (link credit as
+// go-amqp carries it). DeliveryCount is off, because classic queues do not count deliveries;
 // quorum queues do, and their messages' DeliveryCount is set.
 //
 // # As

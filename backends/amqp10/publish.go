@@ -294,6 +294,13 @@ func outcome(state amqp.DeliveryState, err error, exchange string, mandatory boo
 
 // Publish publishes and waits for the broker's outcome, in the caller's goroutine.
 func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
+	if p.Delay > 0 {
+		d, err := c.delayed(ctx, p)
+		if err != nil {
+			return err
+		}
+		p = d
+	}
 	w := wait{p: p, to: cachedAddress(p.Exchange, p.RoutingKey)}
 	pub, err := c.send(ctx, &w)
 	if err != nil || !p.Confirm {
@@ -310,6 +317,14 @@ func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 // there is none, and answers through done when the broker settles it. A message the
 // broker releases is unroutable; one it rejects for a missing exchange is not found.
 func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done func(error)) {
+	if p.Delay > 0 {
+		d, err := c.delayed(ctx, p)
+		if err != nil {
+			done(err)
+			return
+		}
+		p = d
+	}
 	w := wait{p: p, to: cachedAddress(p.Exchange, p.RoutingKey), done: done}
 	pub, err := c.send(ctx, &w)
 	if err != nil || !p.Confirm {
