@@ -96,6 +96,11 @@ type ConsumerOptions struct {
 	// or the consumer closes.
 	AutoSettle bool
 
+	// Retry says what happens to a message whose handlers failed: it is retried with a
+	// backoff that does not hold up the queue, and dead-lettered after MaxDeliveries if
+	// set; see [RetryPolicy]. The zero policy retries for ever, from 1s up to 1m apart.
+	Retry RetryPolicy
+
 	// StallWarning is how long a message handed to the handlers may stay unsettled after
 	// they returned before the consumer logs a warning, once, naming the queue: held
 	// messages count against the prefetch, and a consumer that holds its whole prefetch
@@ -131,6 +136,10 @@ type Consumer struct {
 	fetched   map[*Message]int // fetched and not settled, in fetch order: requeued on Close
 	fetches   int
 	closeOnce sync.Once
+
+	pubMu       sync.Mutex
+	retries     *Publisher            // of retries, to the default exchange
+	deadLetters map[string]*Publisher // of dead letters, by exchange
 }
 
 // run is one call of Run in progress.
@@ -327,6 +336,9 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 			return nil, err
 		}
 		cons.queues = append(cons.queues, name)
+	}
+	if err := opts.Retry.check(op, c, cons.queues); err != nil {
+		return nil, err
 	}
 	if err := c.adopt(cons); err != nil {
 		return nil, err
@@ -647,11 +659,7 @@ func (c *Consumer) handle(ctx context.Context, r *run, h Handler, m *Message) {
 		c.logFailure(ctx, r, "carrot: handler failed", m, err)
 		return
 	}
-	settle, outcome := m.Requeue, "requeued"
-	if de := (*DecodeError)(nil); errors.As(err, &de) {
-		settle, outcome = m.Reject, "rejected"
-	}
-	serr := settle(context.WithoutCancel(ctx))
+	outcome, serr := c.retry(ctx, m, err)
 	c.logFailure(ctx, r, "carrot: handler failed; message "+outcome, m, err)
 	if serr != nil {
 		c.logFailure(ctx, r, "carrot: settling a failed message", m, serr)

@@ -376,3 +376,60 @@ func ExampleMessage_delay() {
 	// now
 	// in 100ms
 }
+
+// A handler that fails has its message retried after a backoff, then, after
+// MaxDeliveries, dead-lettered with headers saying why.
+func ExampleRetryPolicy() {
+	ctx := context.Background()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	dead, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{
+		Name: "payments.dead", Exchange: carrot.Exchange{Name: "payments.dlx", Kind: carrot.Fanout},
+	}}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues: []carrot.Queue{{Name: "payments", DeadLetterExchange: "payments.dlx"}},
+		Retry:  carrot.RetryPolicy{MaxDeliveries: 3, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
+		Logger: slog.New(slog.DiscardHandler),
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			fmt.Println("delivery", m.DeliveryCount())
+			if m.DeliveryCount() == 3 {
+				defer stop()
+			}
+			return errors.New("card declined")
+		}),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	publisher, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "payments"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := publisher.Send(ctx, map[string]int{"cents": 1999}); err != nil {
+		log.Fatal(err)
+	}
+	if err := consumer.Run(runCtx); !errors.Is(err, context.Canceled) {
+		log.Fatal(err)
+	}
+	m, err := dead.Fetch(ctx)
+	for errors.Is(err, carrot.ErrEmpty) { // the dead letter is published as Run returns
+		time.Sleep(time.Millisecond)
+		m, err = dead.Fetch(ctx)
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("dead-lettered:", m.Headers["carrot-error"], "after", m.Headers["carrot-deliveries"], "deliveries")
+	// Output:
+	// delivery 1
+	// delivery 2
+	// delivery 3
+	// dead-lettered: card declined after 3 deliveries
+}

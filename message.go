@@ -97,11 +97,16 @@ func (m *Message) Queue() string {
 // requeued, or its previous consumer went away before settling it.
 func (m *Message) Redelivered() bool { return m.d != nil && m.d.redelivered }
 
-// DeliveryCount returns how many times the message has been delivered, this time included,
-// or 0 when the backend does not count (see [Capabilities].DeliveryCount).
+// DeliveryCount returns how many times the message has been delivered, this time included:
+// 1 for a message never delivered before, the count carrot keeps for a message a
+// [RetryPolicy] retried, and otherwise the broker's count, or 0 when the backend does not
+// count (see [Capabilities].DeliveryCount) and the message was redelivered.
 func (m *Message) DeliveryCount() int {
-	if m.d == nil {
+	switch {
+	case m.d == nil:
 		return 0
+	case m.d.count == 0 && !m.d.redelivered:
+		return 1 // never delivered before
 	}
 	return m.d.count
 }
@@ -219,6 +224,7 @@ func received(c *Conn, g *generation, d *backend.Delivery, queue string, accept 
 		accept:      accept,
 		onSettle:    onSettle,
 	}
+	restoreRetried(&r.m)
 	return &r.m
 }
 

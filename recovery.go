@@ -542,6 +542,15 @@ func (r *record) addExchange(x backend.Exchange) (undo func()) {
 	}
 }
 
+// deadLetter returns the dead-letter exchange and routing key queue was declared with, and
+// whether this Conn declared it.
+func (r *record) deadLetter(queue string) (exchange, key string, known bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q, ok := r.queues[queue]
+	return q.def.DeadLetterExchange, q.def.DeadLetterRoutingKey, ok
+}
+
 // addQueue records q and returns a function that undoes it.
 func (r *record) addQueue(q backend.Queue) (undo func()) {
 	if q.Passive {
