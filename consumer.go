@@ -337,7 +337,7 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 		}
 		cons.queues = append(cons.queues, name)
 	}
-	if err := opts.Retry.check(op, c, cons.queues); err != nil {
+	if err := opts.Retry.check(ctx, op, c, cons.queues); err != nil {
 		return nil, err
 	}
 	if err := c.adopt(cons); err != nil {

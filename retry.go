@@ -36,9 +36,10 @@ type RetryPolicy struct {
 	// longest, 1m when zero. Each retry waits twice as long as the last, with jitter.
 	MinBackoff, MaxBackoff time.Duration
 
-	// DeadLetterExchange is where a message goes after its last failure; empty means the
+	// DeadLetterExchange is where a message goes after its last failure, an exchange that
+	// must exist when the Consumer is made ([ErrNotFound] otherwise); empty means the
 	// dead-letter exchange of its queue, as declared by this connection. A policy with
-	// MaxDeliveries needs one or the other.
+	// MaxDeliveries needs one or the other ([ErrInvalid] otherwise).
 	DeadLetterExchange string
 }
 
@@ -53,8 +54,9 @@ const (
 	hdrFirstFailure = "carrot-first-failure"
 )
 
-// check validates the policy for a consumer of queues on c.
-func (p *RetryPolicy) check(op string, c *Conn, queues []string) error {
+// check validates the policy for a consumer of queues on c: its dead-letter exchange, if
+// it names one, must exist.
+func (p *RetryPolicy) check(ctx context.Context, op string, c *Conn, queues []string) error {
 	switch {
 	case p.MaxDeliveries < 0:
 		return invalidf(op, "retry policy: MaxDeliveries %d is negative", p.MaxDeliveries)
@@ -67,7 +69,7 @@ func (p *RetryPolicy) check(op string, c *Conn, queues []string) error {
 		return nil
 	}
 	if p.DeadLetterExchange != "" {
-		return nil // declared or not, publishing to it says
+		return c.DeclareExchange(ctx, Exchange{Name: p.DeadLetterExchange, Passive: true})
 	}
 	for _, q := range queues {
 		if x, _, ok := c.topo.deadLetter(q); !ok || x == "" {

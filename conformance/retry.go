@@ -13,7 +13,7 @@ import (
 
 func retryCases() []testCase {
 	return []testCase{
-		{name: "RetryPolicyRefused", doc: "a retry policy with negative limits, or MaxDeliveries without a dead-letter destination, is an ErrInvalid error", run: testRetryPolicyRefused},
+		{name: "RetryPolicyRefused", doc: "a retry policy with negative limits, or MaxDeliveries without a dead-letter destination, is an ErrInvalid error; one whose exchange does not exist ErrNotFound", run: testRetryPolicyRefused},
 		{name: "RetryBackoffByDefault", doc: "by default a message whose handler always fails is retried after a backoff, not in a hot loop", needs: need("Delay", func(c carrot.Capabilities) bool { return c.Delay }), run: testRetryBackoffByDefault},
 		{name: "RetryDeadLetter", doc: "a failing message is delivered MaxDeliveries times, spaced by the backoff, while the messages behind it flow, then dead-lettered with headers saying why", needs: need("Delay and DeadLetter", func(c carrot.Capabilities) bool { return c.Delay && c.DeadLetter }), run: testRetryDeadLetter},
 	}
@@ -30,6 +30,10 @@ func testRetryPolicyRefused(e *env) {
 		if _, err := e.conn.NewConsumer(e.ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}, Retry: p}); !errors.Is(err, carrot.ErrInvalid) {
 			e.t.Errorf("NewConsumer with retry policy %+v = %v, want ErrInvalid", p, err)
 		}
+	}
+	missing := carrot.RetryPolicy{MaxDeliveries: 3, DeadLetterExchange: e.name("missing")}
+	if _, err := e.conn.NewConsumer(e.ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}, Retry: missing}); !errors.Is(err, carrot.ErrNotFound) {
+		e.t.Errorf("NewConsumer with a dead-letter exchange that does not exist = %v, want ErrNotFound", err)
 	}
 }
 
