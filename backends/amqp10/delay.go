@@ -12,14 +12,10 @@ import (
 // after checking that its exchange exists (RabbitMQ would drop what it dead-letters to a
 // missing one).
 func (c *Conn) delayed(ctx context.Context, p *backend.Publishing) (*backend.Publishing, error) {
-	if p.Expiration > 0 {
-		return nil, backend.Errorf(backend.Unsupported, "carrot/amqp10: a delayed message cannot also expire: RabbitMQ drops the expiration of a message it dead-letters")
+	bucket, name, err := delayq.Plan("carrot/amqp10", p)
+	if err != nil {
+		return nil, err
 	}
-	if p.Delay > delayq.Max {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: delay %v is longer than RabbitMQ's longest, %v", p.Delay, delayq.Max)
-	}
-	bucket := delayq.Bucket(p.Delay)
-	name := delayq.Name(p.Exchange, bucket)
 	if _, ok := c.delays.Load(name); !ok {
 		if p.Exchange != "" {
 			if err := c.exchangeExists(ctx, p.Exchange); err != nil {
@@ -38,8 +34,5 @@ func (c *Conn) delayed(ctx context.Context, p *backend.Publishing) (*backend.Pub
 		}
 		c.delays.Store(name, true)
 	}
-	d := *p
-	d.Exchange = name
-	d.Delay = 0
-	return &d, nil
+	return delayq.Redirect(p, name), nil
 }

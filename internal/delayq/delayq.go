@@ -14,6 +14,8 @@ import (
 	"math"
 	"strconv"
 	"time"
+
+	"github.com/carrot-go/carrot/backend"
 )
 
 // Max is the longest delay: the longest x-message-ttl RabbitMQ takes.
@@ -41,4 +43,25 @@ func Name(exchange string, bucket int64) string {
 	}
 	sum := sha256.Sum256([]byte(exchange))
 	return name + ".~" + hex.EncodeToString(sum[:16])
+}
+
+// Plan checks that p, a publishing with a delay, can wait in a delay queue, and returns
+// the queue's TTL and name; backendName starts the errors ("carrot/amqp091").
+func Plan(backendName string, p *backend.Publishing) (bucket int64, name string, err error) {
+	if p.Expiration > 0 {
+		return 0, "", backend.Errorf(backend.Unsupported, "%s: a delayed message cannot also expire: RabbitMQ drops the expiration of a message it dead-letters", backendName)
+	}
+	if p.Delay > Max {
+		return 0, "", backend.Errorf(backend.Invalid, "%s: delay %v is longer than RabbitMQ's longest, %v", backendName, p.Delay, Max)
+	}
+	bucket = Bucket(p.Delay)
+	return bucket, Name(p.Exchange, bucket), nil
+}
+
+// Redirect returns a copy of p published to the delay exchange name, without its delay.
+func Redirect(p *backend.Publishing, name string) *backend.Publishing {
+	d := *p
+	d.Exchange = name
+	d.Delay = 0
+	return &d
 }
