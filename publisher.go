@@ -47,6 +47,13 @@ type PublisherOptions struct {
 	// Hooks are called around every publish, for tracing, metrics, logging or correlation
 	// ids added outside carrot; see [PublishHook].
 	Hooks []PublishHook
+
+	// MaxInFlight bounds the messages of this Publisher sent and not yet answered by the
+	// broker: with that many in flight, Publish and PublishAsync first wait for one to be
+	// answered, within their context (returning its error if it ends first). It is the
+	// publish window one goroutine needs to keep a broker busy without holding an
+	// unbounded backlog; 256 is a good start. Zero means no bound.
+	MaxInFlight int
 }
 
 // A PublishHook is called around each publish of a [Publisher]. Before is called first,
@@ -70,6 +77,7 @@ type Publisher struct {
 	op     string // for errors
 	codec  Codec
 	closed atomic.Bool
+	window chan struct{} // a token per message in flight, with MaxInFlight
 }
 
 // NewPublisher returns a Publisher that sends to opts.Exchange. It does not declare the
@@ -95,6 +103,9 @@ func (c *Conn) NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	default:
 		return nil, invalidf(op, "unknown delivery mode %d", opts.DeliveryMode)
 	}
+	if opts.MaxInFlight < 0 {
+		return nil, invalidf(op, "MaxInFlight %d is negative", opts.MaxInFlight)
+	}
 	if opts.NoConfirm && !opts.AllowUnroutable {
 		return nil, invalidf(op, "NoConfirm requires AllowUnroutable: without a confirm an unroutable message cannot be reported")
 	}
@@ -106,6 +117,9 @@ func (c *Conn) NewPublisher(opts PublisherOptions) (*Publisher, error) {
 		return nil, unsupportedf(op, "the backend cannot report unroutable messages; set AllowUnroutable")
 	}
 	p := &Publisher{conn: c, opts: opts, codec: codec, op: fmt.Sprintf("publish to exchange %q", opts.Exchange)}
+	if opts.MaxInFlight > 0 {
+		p.window = make(chan struct{}, opts.MaxInFlight)
+	}
 	if err := c.adopt(p); err != nil {
 		return nil, err
 	}
@@ -142,6 +156,12 @@ func (p *Publisher) Send(ctx context.Context, v any) error {
 // first, the error wraps both [ErrUnavailable] and ctx's error, and the message may or may
 // not have been taken.
 func (p *Publisher) Publish(ctx context.Context, m *Message) (err error) {
+	if p.window != nil {
+		if err := p.enter(ctx); err != nil {
+			return err
+		}
+		defer p.leave()
+	}
 	if len(p.opts.Hooks) > 0 {
 		ctx, m = p.before(ctx, m)
 		defer func() { p.after(ctx, m, err) }()
@@ -187,6 +207,13 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) (err error) {
 // cannot publish asynchronously (see [backend.AsyncPublisher]), PublishAsync returns once
 // the message is confirmed.
 func (p *Publisher) PublishAsync(ctx context.Context, m *Message) *Confirmation {
+	if p.window != nil {
+		if err := p.enter(ctx); err != nil {
+			c := &Confirmation{done: make(chan struct{})}
+			c.finish(err)
+			return c
+		}
+	}
 	if len(p.opts.Hooks) > 0 {
 		ctx, m = p.before(ctx, m)
 	}
@@ -215,13 +242,34 @@ type asyncPublish struct {
 	answer  func(error) // attemptDone, bound once
 }
 
-// finish reports the outcome, to the hooks and the Confirmation.
+// finish reports the outcome, to the hooks and the Confirmation, and leaves the window.
 func (a *asyncPublish) finish(err error) {
 	if len(a.p.opts.Hooks) > 0 {
 		a.p.after(a.ctx, a.m, err)
 	}
+	if a.p.window != nil {
+		a.p.leave()
+	}
 	a.c.finish(err)
 }
+
+// enter takes a place in the publish window, waiting within ctx for one.
+func (p *Publisher) enter(ctx context.Context) error {
+	select {
+	case p.window <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case p.window <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// leave gives back a place in the publish window.
+func (p *Publisher) leave() { <-p.window }
 
 // start makes one attempt on the live connection, waiting for one if there is none.
 func (a *asyncPublish) start() {

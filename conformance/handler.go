@@ -22,6 +22,7 @@ func handlerCases() []testCase {
 		{name: "HandlerAutoSettle", doc: "with AutoSettle a handler that returns nil has its message acked, and one that fails has it requeued", run: testHandlerAutoSettle},
 		{name: "HandlerStallWarning", doc: "messages returned unsettled by their handlers past StallWarning are logged once, naming the queue", run: testHandlerStallWarning},
 		{name: "HandlerFailuresLogLimited", doc: "handler failures are logged at most about once a second, saying how many were not", run: testHandlerFailuresLogLimited},
+		{name: "PublishWindow", doc: "with MaxInFlight, PublishAsync keeps no more messages in flight than that, waiting for answers, in order", run: testPublishWindow},
 		{name: "HandlerPublishHooks", doc: "publish hooks see each message before it is sent, may add headers, and see the broker's outcome after", run: testHandlerPublishHooks},
 	}
 }
@@ -310,4 +311,40 @@ func testHandlerFailuresLogLimited(e *env) {
 		e.t.Error("no failure logged")
 	}
 	e.expectEmpty(q)
+}
+
+func testPublishWindow(e *env) {
+	const window, n = 4, 100
+	q := e.queue(carrot.Queue{Name: "q"})
+	var inFlight, most atomic.Int32
+	count := carrot.PublishHook{
+		Before: func(ctx context.Context, m *carrot.Message) context.Context {
+			if now := inFlight.Add(1); now > most.Load() {
+				most.Store(now)
+			}
+			return ctx
+		},
+		After: func(ctx context.Context, m *carrot.Message, err error) { inFlight.Add(-1) },
+	}
+	p := e.publisher(carrot.PublisherOptions{RoutingKey: q, MaxInFlight: window, Hooks: []carrot.PublishHook{count}})
+	confirms := make([]*carrot.Confirmation, n)
+	for i := range n {
+		confirms[i] = p.PublishAsync(e.ctx, &carrot.Message{Body: []byte(fmt.Sprint(i))})
+	}
+	for i, c := range confirms {
+		if err := c.Wait(e.ctx); err != nil {
+			e.t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	if m := most.Load(); m > window {
+		e.t.Errorf("%d messages were in flight at once, more than MaxInFlight %d", m, window)
+	}
+	for i := range n {
+		if got := e.fetchBody(q); got != fmt.Sprint(i) {
+			e.t.Fatalf("message %d: got %q", i, got)
+		}
+	}
+	if _, err := e.conn.NewPublisher(carrot.PublisherOptions{MaxInFlight: -1}); !errors.Is(err, carrot.ErrInvalid) {
+		e.t.Errorf("NewPublisher with a negative MaxInFlight = %v, want ErrInvalid", err)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -143,9 +144,11 @@ exchange "feed" with routing key "importer"; a publisher sends it
 
 func runPublish(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("publish", "[BODY]", `Publishes BODY, or standard input when BODY is absent or "-", to an exchange.
-With --lines, each line of standard input is a message of its own. Publish waits for
-the broker to confirm each message; a message that matches no queue is an error unless
---allow-unroutable is given.`)
+With --lines, each line of standard input is a message of its own, with up to 256 in
+flight at once. Publish waits for the broker to confirm each message; a message that
+matches no queue is an error unless --allow-unroutable is given. With --lines, the first
+failure stops the command, naming its line; up to 255 lines after it may have been
+published.`)
 	exchange := fs.String("exchange", "", `exchange to publish to ("" is the default exchange, which routes to the queue named by --key)`)
 	key := fs.String("key", "", "routing key")
 	contentType := fs.String("content-type", "", "content type (default application/json for a JSON body, text/plain for other UTF-8, application/octet-stream otherwise)")
@@ -201,18 +204,20 @@ the broker to confirm each message; a message that matches no queue is an error 
 		RoutingKey:      *key,
 		AllowUnroutable: *allowUnroutable || *noConfirm,
 		NoConfirm:       *noConfirm,
+		MaxInFlight:     linesWindow,
 	})
 	if err != nil {
 		return err
 	}
-	send := func(body []byte) error {
+	message := func(body []byte) *carrot.Message {
 		m := template
 		m.Body = body
 		if m.ContentType == "" {
 			m.ContentType = guessContentType(body)
 		}
-		return p.Publish(ctx, &m)
+		return &m
 	}
+	send := func(body []byte) error { return p.Publish(ctx, message(body)) }
 	if !*lines {
 		var body []byte
 		if fs.NArg() == 1 && fs.Arg(0) != "-" {
@@ -222,20 +227,46 @@ the broker to confirm each message; a message that matches no queue is an error 
 		}
 		return send(body)
 	}
+	// Up to linesWindow messages in flight; the oldest answered first, as they come.
 	sc := bufio.NewScanner(c.stdin)
 	sc.Buffer(make([]byte, 64<<10), 128<<20)
+	var inFlight []*carrot.Confirmation // lines n-len(inFlight)+1 .. n
 	n := 0
-	for sc.Scan() {
-		if err := send(sc.Bytes()); err != nil {
-			return fmt.Errorf("line %d: %w", n+1, err)
+	check := func(wait bool) error {
+		for len(inFlight) > 0 {
+			c := inFlight[0]
+			if !wait {
+				select {
+				case <-c.Done():
+				default:
+					return nil
+				}
+			}
+			if err := c.Err(); err != nil {
+				return fmt.Errorf("line %d: %w", n-len(inFlight)+1, err)
+			}
+			inFlight = inFlight[1:]
 		}
+		return nil
+	}
+	for sc.Scan() {
+		inFlight = append(inFlight, p.PublishAsync(ctx, message(bytes.Clone(sc.Bytes()))))
 		n++
+		if err := check(false); err != nil {
+			return err
+		}
+	}
+	if err := check(true); err != nil {
+		return err
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read standard input after %d messages: %w", n, err)
 	}
 	return nil
 }
+
+// linesWindow is how many messages publish --lines keeps in flight.
+const linesWindow = 256
 
 // guessContentType names what a body given on the command line most likely is.
 func guessContentType(body []byte) string {
