@@ -126,21 +126,29 @@ func testDelayThroughExchanges(e *env) {
 		if err := p.Publish(e.ctx, &carrot.Message{Body: []byte("delayed " + string(kind)), RoutingKey: "a.b", Delay: 100 * time.Millisecond}); err != nil {
 			e.t.Fatalf("%s: %v", kind, err)
 		}
-		var m *carrot.Message
-		c := e.consumer(q)
-		e.eventually("the delayed message through the "+string(kind)+" exchange", func() bool {
-			var err error
-			m, err = c.Fetch(e.ctx)
-			return err == nil
-		})
+		m := e.fetchEventually(q, "the delayed message through the "+string(kind)+" exchange")
 		if string(m.Body) != "delayed "+string(kind) || m.RoutingKey != "a.b" || m.Exchange() != x {
 			e.t.Errorf("%s: got %q with key %q from exchange %q", kind, m.Body, m.RoutingKey, m.Exchange())
 		}
 		e.ack(m)
 		if kind == carrot.Fanout {
-			e.ack(e.fetch(other)) // fanout: every bound queue
+			e.ack(e.fetchEventually(other, "the delayed message in the other queue of the fanout exchange"))
 		} else {
 			e.expectEmpty(other)
 		}
 	}
+}
+
+// fetchEventually fetches from queue until a message comes, failing the subtest if the
+// harness timeout passes first.
+func (e *env) fetchEventually(queue, what string) *carrot.Message {
+	e.t.Helper()
+	c := e.consumer(queue)
+	var m *carrot.Message
+	e.eventually(what, func() bool {
+		var err error
+		m, err = c.Fetch(e.ctx)
+		return err == nil
+	})
+	return m
 }

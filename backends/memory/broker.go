@@ -135,14 +135,17 @@ func (b *broker) route(exchangeName, key string) ([]*queue, error) {
 	return qs, nil
 }
 
-// delay enqueues a message in q once d has passed, unless q is deleted by then. The
-// caller holds b.mu.
-func (b *broker) delay(q *queue, e *entry, d time.Duration) {
+// delay enqueues a message in the queues qs, all at once, once d has passed, but in those
+// deleted by then. The caller holds b.mu.
+func (b *broker) delay(qs []*queue, msg backend.Message, exchange string, d time.Duration) {
 	time.AfterFunc(d, func() {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		if !q.deleted {
-			b.enqueue(q, e, time.Now())
+		now := time.Now()
+		for _, q := range qs {
+			if !q.deleted {
+				b.enqueue(q, &entry{msg: msg, exchange: exchange}, now)
+			}
 		}
 	})
 }

@@ -382,9 +382,7 @@ func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 		return backend.Errorf(backend.Unroutable, "no queue is bound to exchange %q with a key matching %q", p.Exchange, p.RoutingKey)
 	}
 	if p.Delay > 0 {
-		for _, q := range qs {
-			c.b.delay(q, &entry{msg: msg, exchange: p.Exchange}, p.Delay)
-		}
+		c.b.delay(qs, msg, p.Exchange, p.Delay)
 		return nil
 	}
 	now := time.Now()
