@@ -20,7 +20,39 @@ type broker struct {
 	mu        sync.Mutex
 	exchanges map[string]*exchange
 	queues    map[string]*queue
-	seq       uint64 // orders entries, so requeued messages go back in their original order
+	seq       uint64        // orders entries, so requeued messages go back in their original order
+	room      chan struct{} // closed when a queue holds fewer messages, if publishers wait
+}
+
+// full reports whether one of qs, without a max length, holds max ready messages or more;
+// max < 0 is no limit. The caller holds b.mu.
+func (b *broker) full(qs []*queue, max int) bool {
+	if max < 0 {
+		return false
+	}
+	for _, q := range qs {
+		if q.def.MaxLength == 0 && q.ready() >= max {
+			return true
+		}
+	}
+	return false
+}
+
+// roomSignal returns a channel closed when a queue next holds fewer messages. The caller
+// holds b.mu.
+func (b *broker) roomSignal() <-chan struct{} {
+	if b.room == nil {
+		b.room = make(chan struct{})
+	}
+	return b.room
+}
+
+// freed wakes the publishers waiting for room. The caller holds b.mu.
+func (b *broker) freed() {
+	if b.room != nil {
+		close(b.room)
+		b.room = nil
+	}
 }
 
 // The exchanges every broker starts with, as in RabbitMQ.
@@ -197,6 +229,7 @@ func (b *broker) pop(q *queue, now time.Time) *entry {
 	for i := len(q.levels) - 1; i >= 0; i-- {
 		if e := q.levels[i].popFront(); e != nil {
 			e.deliveries++
+			b.freed()
 			return e
 		}
 	}
@@ -211,6 +244,7 @@ func (b *broker) expire(q *queue, now time.Time) {
 		for e := l.front(); e != nil && !e.expires.IsZero() && !now.Before(e.expires); e = l.front() {
 			l.popFront()
 			b.deadLetter(q, e, "expired", now)
+			b.freed()
 		}
 	}
 }
@@ -297,6 +331,7 @@ func (b *broker) deleteQueue(q *queue) {
 		q.timer.Stop()
 	}
 	q.signal()
+	b.freed()
 }
 
 // autoDeleteExchange deletes an auto-delete exchange that lost its last binding.

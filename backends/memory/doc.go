@@ -20,6 +20,10 @@
 //   - max_body_size: the largest message body accepted, in bytes (default 134217728,
 //     128 MiB, as RabbitMQ's max_message_size).
 //   - prefetch: the prefetch limit of consumers that do not set one (default 100).
+//   - max_depth: publisher flow control, as a broker's memory alarm does it: a publish
+//     to a queue that holds this many ready messages waits, within its context, until a
+//     consumer takes some (default 100000). A queue with a max length is never full: it
+//     drops its oldest messages. Options.MaxDepth below zero turns it off.
 //
 // [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
 // for [carrot.Connect] without the registry.

@@ -22,6 +22,7 @@ func init() {
 const (
 	DefaultMaxBodySize = 128 << 20 // RabbitMQ's default max_message_size
 	DefaultPrefetch    = 100
+	DefaultMaxDepth    = 100_000
 )
 
 // Options configures a connection to an in-process broker.
@@ -38,6 +39,12 @@ type Options struct {
 	// Prefetch is the prefetch limit of consumers that do not set one (DefaultPrefetch when
 	// zero).
 	Prefetch int
+
+	// MaxDepth is publisher flow control: a publish through this connection to a queue
+	// that holds this many ready messages waits, within its context, until a consumer
+	// takes some (DefaultMaxDepth when zero; negative for no limit). Queues with a
+	// MaxLength drop their oldest messages instead.
+	MaxDepth int
 
 	// Link, when set, is the simulated network between the connections and the broker, for
 	// tests that break it; see [Link]. A URL cannot set it.
@@ -69,14 +76,18 @@ func ParseURL(rawURL string) (*Options, error) {
 				return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL option max_body_size=%q is not a positive number of bytes", v)
 			}
 			o.MaxBodySize = n
-		case "prefetch":
+		case "prefetch", "max_depth":
 			n, err := strconv.Atoi(v)
 			if err != nil || n <= 0 {
-				return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL option prefetch=%q is not a positive number", v)
+				return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL option %s=%q is not a positive number", key, v)
 			}
-			o.Prefetch = n
+			if key == "prefetch" {
+				o.Prefetch = n
+			} else {
+				o.MaxDepth = n
+			}
 		default:
-			return nil, backend.Errorf(backend.Invalid, "carrot/memory: unknown URL option %q (known: max_body_size, prefetch)", key)
+			return nil, backend.Errorf(backend.Invalid, "carrot/memory: unknown URL option %q (known: max_body_size, max_depth, prefetch)", key)
 		}
 	}
 	return o, nil
@@ -117,6 +128,9 @@ func NewConnector(opts *Options) *Connector {
 	}
 	if o.Prefetch == 0 {
 		o.Prefetch = DefaultPrefetch
+	}
+	if o.MaxDepth == 0 {
+		o.MaxDepth = DefaultMaxDepth
 	}
 	var b *broker
 	if o.Name == "" {
@@ -363,8 +377,8 @@ func (c *Conn) Unbind(ctx context.Context, bd backend.Binding) error {
 	return nil
 }
 
-// Publish routes the message and enqueues it at once: every publish is confirmed when it
-// returns.
+// Publish routes the message and enqueues it, once its queues have room (see
+// Options.MaxDepth): every publish is confirmed when it returns.
 func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 	if int64(len(p.Body)) > c.opts.MaxBodySize {
 		return backend.Errorf(backend.TooLarge, "body is %d bytes, more than max_body_size %d", len(p.Body), c.opts.MaxBodySize)
@@ -373,8 +387,23 @@ func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 	if err := c.lock(ctx); err != nil {
 		return err
 	}
-	defer c.b.mu.Unlock()
 	qs, err := c.b.route(p.Exchange, p.RoutingKey)
+	for err == nil && p.Delay == 0 && c.b.full(qs, c.opts.MaxDepth) {
+		room := c.b.roomSignal()
+		c.b.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.done:
+			return c.Err()
+		}
+		if err := c.lock(ctx); err != nil {
+			return err
+		}
+		qs, err = c.b.route(p.Exchange, p.RoutingKey) // the topology may have changed
+	}
+	defer c.b.mu.Unlock()
 	if err != nil {
 		return err
 	}
@@ -447,6 +476,7 @@ func (c *Conn) Purge(ctx context.Context, queueName string) (int, error) {
 		n += q.levels[i].clear()
 	}
 	c.b.scheduleExpiry(q, time.Now())
+	c.b.freed()
 	return n, nil
 }
 

@@ -2,6 +2,7 @@ package memory_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -108,6 +109,54 @@ func TestManyGoroutines(t *testing.T) {
 	for body, n := range seen {
 		if n != 1 {
 			t.Errorf("message %s handled %d times", body, n)
+		}
+	}
+}
+
+// TestFlowControl publishes to a queue nobody reads through a connection with
+// max_depth=10: the eleventh publish waits, and goes through once a message is taken.
+func TestFlowControl(t *testing.T) {
+	ctx := t.Context()
+	conn, err := carrot.Open(ctx, "memory://"+t.Name()+"?max_depth=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	for i := range 10 {
+		if err := p.Send(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := p.Send(short, 10); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("publish to a full queue = %v, want it to wait until its context ends", err)
+	}
+	published := make(chan error, 1)
+	go func() { published <- p.Send(ctx, 10) }()
+	c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	m, err := c.Fetch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Ack(ctx)
+	if err := <-published; err != nil {
+		t.Fatalf("the waiting publish, once a message was taken: %v", err)
+	}
+	if n, err := conn.Purge(ctx, q); n != 10 || err != nil {
+		t.Errorf("purge = %d, %v; want the 10 the queue held", n, err)
+	}
+	// A queue with a max length drops its oldest instead.
+	capped, _ := conn.DeclareQueue(ctx, carrot.Queue{Name: "capped", MaxLength: 5})
+	cp, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: capped})
+	for i := range 20 {
+		if err := cp.Send(ctx, i); err != nil {
+			t.Fatalf("publish %d to a queue with a max length: %v", i, err)
 		}
 	}
 }
