@@ -126,6 +126,28 @@ func (c *Conn) NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	return p, nil
 }
 
+// Warm prepares the publisher ahead of its first publish, so that it does not pay for
+// the set-up: it checks that the exchange exists ([ErrNotFound] if not) and opens what
+// the backend publishes through (an AMQP channel in confirm mode, an AMQP 1.0 link).
+// Publishing does all this on its own when needed, after a recovery too; Warm only moves
+// the cost, and the first errors, to a time of the caller's choosing.
+func (p *Publisher) Warm(ctx context.Context) error {
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	if p.opts.Exchange != "" {
+		if err := p.conn.DeclareExchange(ctx, Exchange{Name: p.opts.Exchange, Passive: true}); err != nil {
+			return err
+		}
+	}
+	return p.conn.do(ctx, "warm "+p.op, true, func(g *generation) error {
+		if w, ok := g.b.(backend.PublishWarmer); ok {
+			return w.WarmPublish(ctx)
+		}
+		return nil
+	})
+}
+
 // Encode returns a message whose body is v encoded with the publisher's codec, with its
 // content type set, for callers that want to set more properties before [Publisher.Publish].
 func (p *Publisher) Encode(v any) (*Message, error) {

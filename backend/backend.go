@@ -174,6 +174,15 @@ type AsyncPublisher interface {
 	PublishAsync(ctx context.Context, p *Publishing, done func(error))
 }
 
+// A PublishWarmer is a Conn that can open ahead of the first publish what publishing
+// needs (a channel in confirm mode, a link), so that the first publish does not pay for
+// it. For a Conn that does not implement it, warming a Publisher only checks its exchange.
+type PublishWarmer interface {
+	// WarmPublish opens what publishing needs, if not open yet, bounded by ctx. It may be
+	// called concurrently.
+	WarmPublish(ctx context.Context) error
+}
+
 // A Subscription delivers messages from one queue, in the order the broker hands them out.
 type Subscription interface {
 	// Receive blocks until a message arrives, ctx is done, or the subscription fails. It

@@ -22,6 +22,7 @@ func handlerCases() []testCase {
 		{name: "HandlerAutoSettle", doc: "with AutoSettle a handler that returns nil has its message acked, and one that fails has it requeued", run: testHandlerAutoSettle},
 		{name: "HandlerStallWarning", doc: "messages returned unsettled by their handlers past StallWarning are logged once, naming the queue", run: testHandlerStallWarning},
 		{name: "HandlerFailuresLogLimited", doc: "handler failures are logged at most about once a second, saying how many were not", run: testHandlerFailuresLogLimited},
+		{name: "PublishWarm", doc: "Warm checks a publisher's exchange (ErrNotFound if missing) and readies it; publishing after works", run: testPublishWarm},
 		{name: "PublishWindow", doc: "with MaxInFlight, PublishAsync keeps no more messages in flight than that, waiting for answers, in order", run: testPublishWindow},
 		{name: "HandlerPublishHooks", doc: "publish hooks see each message before it is sent, may add headers, and see the broker's outcome after", run: testHandlerPublishHooks},
 	}
@@ -346,5 +347,31 @@ func testPublishWindow(e *env) {
 	}
 	if _, err := e.conn.NewPublisher(carrot.PublisherOptions{MaxInFlight: -1}); !errors.Is(err, carrot.ErrInvalid) {
 		e.t.Errorf("NewPublisher with a negative MaxInFlight = %v, want ErrInvalid", err)
+	}
+}
+
+func testPublishWarm(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	missing, err := e.conn.NewPublisher(carrot.PublisherOptions{Exchange: e.name("missing")})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer missing.Close()
+	if err := missing.Warm(e.ctx); !errors.Is(err, carrot.ErrNotFound) {
+		e.t.Errorf("Warm of a publisher to a missing exchange = %v, want ErrNotFound", err)
+	}
+	p := e.publisher(carrot.PublisherOptions{RoutingKey: q})
+	if err := p.Warm(e.ctx); err != nil {
+		e.t.Fatalf("Warm = %v", err)
+	}
+	if err := p.Send(e.ctx, "after warming"); err != nil {
+		e.t.Fatal(err)
+	}
+	if got := e.fetchBody(q); got != `"after warming"` {
+		e.t.Errorf("got %q", got)
+	}
+	p.Close()
+	if err := p.Warm(e.ctx); !errors.Is(err, carrot.ErrClosed) {
+		e.t.Errorf("Warm after Close = %v, want ErrClosed", err)
 	}
 }

@@ -80,6 +80,7 @@ type Conn struct {
 
 var _ backend.Conn = (*Conn)(nil)
 var _ backend.Pinger = (*Conn)(nil)
+var _ backend.PublishWarmer = (*Conn)(nil)
 
 // Connect opens one connection to RabbitMQ, bounded by ctx and the connection_timeout.
 func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {

@@ -222,6 +222,12 @@ func (pc *publisher) write(p *backend.Publishing, msg amqp.Publishing, r *reques
 	return nil
 }
 
+// WarmPublish opens the publishing channel ahead of the first publish.
+func (c *Conn) WarmPublish(ctx context.Context) error {
+	_, err := c.publisher(ctx)
+	return err
+}
+
 // publisher returns the live publishing channel, opening one if needed.
 func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 	if pc := c.pub.Load(); pc != nil && !pc.isDead() {

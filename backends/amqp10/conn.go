@@ -95,6 +95,7 @@ type Conn struct {
 
 var _ backend.Conn = (*Conn)(nil)
 var _ backend.AsyncPublisher = (*Conn)(nil)
+var _ backend.PublishWarmer = (*Conn)(nil)
 
 // Connect opens one AMQP 1.0 connection, bounded by ctx.
 func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {

@@ -51,6 +51,12 @@ type wait struct {
 	done    func(error)
 }
 
+// WarmPublish opens the publishing link ahead of the first publish.
+func (c *Conn) WarmPublish(ctx context.Context) error {
+	_, err := c.publisher(ctx)
+	return err
+}
+
 // publisher returns the live sending link, attaching one if needed.
 func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 	if p := c.pub.Load(); p != nil && !p.isDead() {
