@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -424,12 +423,10 @@ func (c *Confirmation) Wait(ctx context.Context) error {
 	}
 }
 
-// retryDelay is how long Publish waits before its next attempt: from 50ms, doubling, up to
-// 2s, with jitter so that many publishers do not retry in step.
+// retryDelay is how long Publish waits before its next attempt (from 0): from 50ms,
+// doubling, up to 2s, with jitter.
 func retryDelay(attempt int) time.Duration {
-	d := 50 * time.Millisecond << min(attempt, 5)
-	d = min(d, 2*time.Second)
-	return d/2 + rand.N(d/2)
+	return backoff(50*time.Millisecond, 2*time.Second, attempt+1)
 }
 
 // Close closes the publisher; later calls return [ErrClosed]. Publishes in progress

@@ -153,10 +153,24 @@ func (d *Dialer) dialTimeout() time.Duration { return cmp.Or(d.DialTimeout, Defa
 
 // backoff returns the wait before reconnection attempt n (from 1), with jitter.
 func (d *Dialer) backoff(n int) time.Duration {
-	lo, hi := cmp.Or(d.MinBackoff, DefaultMinBackoff), cmp.Or(d.MaxBackoff, DefaultMaxBackoff)
-	w := min(lo<<min(n-1, 30), hi)
-	if w <= 0 {
+	return backoff(cmp.Or(d.MinBackoff, DefaultMinBackoff), cmp.Or(d.MaxBackoff, DefaultMaxBackoff), n)
+}
+
+// backoff returns the nth wait (from 1) of a capped exponential backoff: lo, doubling
+// each time, up to hi; with jitter, between half of it and all of it, so that many
+// clients do not retry in step. Reconnection, publish retries and the retry policy all
+// wait this way.
+func backoff(lo, hi time.Duration, n int) time.Duration {
+	if lo <= 0 || hi <= 0 {
 		return 0
+	}
+	w := min(lo, hi)
+	for i := 1; i < n && w < hi; i++ {
+		if w > hi/2 {
+			w = hi
+		} else {
+			w *= 2
+		}
 	}
 	return w/2 + rand.N(w/2+1)
 }

@@ -367,3 +367,23 @@ func TestOpenClassifies(t *testing.T) {
 		t.Errorf("Connect past the dial timeout = %v, want ErrUnavailable naming the dial timeout", err)
 	}
 }
+
+func TestBackoffStaysCapped(t *testing.T) {
+	for _, tc := range []struct {
+		lo, hi time.Duration
+		n      int
+		want   time.Duration // before jitter
+	}{
+		{time.Second, time.Minute, 1, time.Second},
+		{time.Second, time.Minute, 3, 4 * time.Second},
+		{time.Second, time.Minute, 7, time.Minute},
+		{10 * time.Second, time.Minute, 40, time.Minute}, // 10s << 39 would overflow
+		{time.Minute, time.Hour, 1000, time.Hour},
+	} {
+		for range 20 {
+			if got := carrot.Backoff(tc.lo, tc.hi, tc.n); got < tc.want/2 || got > tc.want {
+				t.Errorf("backoff(%v, %v, %d) = %v, want between %v and %v", tc.lo, tc.hi, tc.n, got, tc.want/2, tc.want)
+			}
+		}
+	}
+}

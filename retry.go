@@ -1,10 +1,10 @@
 package carrot
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 )
@@ -81,18 +81,7 @@ func (p *RetryPolicy) check(ctx context.Context, op string, c *Conn, queues []st
 
 // backoff returns the wait before the retry that follows delivery n (1 for the first).
 func (p *RetryPolicy) backoff(n int) time.Duration {
-	lo, hi := p.MinBackoff, p.MaxBackoff
-	if lo == 0 {
-		lo = time.Second
-	}
-	if hi == 0 {
-		hi = time.Minute
-	}
-	d := lo << min(n-1, 30)
-	if d <= 0 || d > hi {
-		d = hi
-	}
-	return d/2 + rand.N(d/2+1)
+	return backoff(cmp.Or(p.MinBackoff, time.Second), cmp.Or(p.MaxBackoff, time.Minute), n)
 }
 
 // retry settles m, whose handlers failed with cause, as the consumer's policy says. It

@@ -1,0 +1,4 @@
+package carrot
+
+// Backoff is backoff, for the external tests.
+var Backoff = backoff
