@@ -136,10 +136,6 @@ type Consumer struct {
 	fetched   map[*Message]int // fetched and not settled, in fetch order: requeued on Close
 	fetches   int
 	closeOnce sync.Once
-
-	pubMu       sync.Mutex
-	retries     *Publisher            // of retries, to the default exchange
-	deadLetters map[string]*Publisher // of dead letters, by exchange
 }
 
 // run is one call of Run in progress.

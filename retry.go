@@ -107,7 +107,7 @@ func (c *Consumer) retry(ctx context.Context, m *Message, cause error) (string, 
 			}
 		}
 		out.RoutingKey = key
-		if err := c.deadLetterPub(x).Publish(ctx, out); err != nil {
+		if err := c.publishCopy(ctx, x, out); err != nil {
 			return c.requeueLater(m, p.backoff(n), fmt.Sprintf("dead-lettering to exchange %q failed (%v)", x, err))
 		}
 		return fmt.Sprintf("dead-lettered to exchange %q after %d deliveries", x, n), m.Ack(ctx)
@@ -115,7 +115,7 @@ func (c *Consumer) retry(ctx context.Context, m *Message, cause error) (string, 
 	out.RoutingKey = m.Queue()
 	out.Delay = p.backoff(n)
 	out.Headers[hdrRetry] = true
-	if err := c.retryPub().Publish(ctx, out); err != nil {
+	if err := c.publishCopy(ctx, "", out); err != nil {
 		return c.requeueLater(m, out.Delay, fmt.Sprintf("publishing the retry failed (%v)", err))
 	}
 	return fmt.Sprintf("retried in %v (delivery %d)", out.Delay.Round(time.Millisecond), n), m.Ack(ctx)
@@ -201,27 +201,9 @@ func restoreRetried(m *Message) {
 	}
 }
 
-// retryPub returns the consumer's publisher of retries, to the default exchange.
-func (c *Consumer) retryPub() *Publisher {
-	c.pubMu.Lock()
-	defer c.pubMu.Unlock()
-	if c.retries == nil {
-		c.retries = &Publisher{conn: c.conn, op: "retry", codec: nil, opts: PublisherOptions{}}
-	}
-	return c.retries
-}
-
-// deadLetterPub returns the consumer's publisher to exchange x.
-func (c *Consumer) deadLetterPub(x string) *Publisher {
-	c.pubMu.Lock()
-	defer c.pubMu.Unlock()
-	if p := c.deadLetters[x]; p != nil {
-		return p
-	}
-	if c.deadLetters == nil {
-		c.deadLetters = make(map[string]*Publisher)
-	}
-	p := &Publisher{conn: c.conn, op: fmt.Sprintf("dead-letter to exchange %q", x), opts: PublisherOptions{Exchange: x}}
-	c.deadLetters[x] = p
-	return p
+// publishCopy publishes a copy of a failed message, to exchange x: a retry to the default
+// exchange, or a dead letter.
+func (c *Consumer) publishCopy(ctx context.Context, x string, m *Message) error {
+	p := &Publisher{conn: c.conn, op: fmt.Sprintf("republish a failed message to exchange %q", x), opts: PublisherOptions{Exchange: x}}
+	return p.Publish(ctx, m)
 }
