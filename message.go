@@ -249,11 +249,8 @@ func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
 		{"correlation id", m.CorrelationID},
 		{"reply-to", m.ReplyTo},
 	} {
-		if len(s.v) > maxName {
-			return bm, invalidf(op, "%s is %d bytes long, more than %d", s.name, len(s.v), maxName)
-		}
-		if !utf8.ValidString(s.v) {
-			return bm, invalidf(op, "%s is not valid UTF-8", s.name)
+		if err := checkShort(op, s.name, s.v); err != nil {
+			return bm, err
 		}
 	}
 	mode := m.DeliveryMode

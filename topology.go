@@ -78,31 +78,29 @@ type Binding struct {
 // maxName is the longest name, routing key or short property AMQP 0-9-1 can carry.
 const maxName = 255
 
+// checkShort validates what AMQP 0-9-1 carries as a short string (a name, a routing key,
+// a short property): at most maxName bytes of UTF-8. what names it in the error.
+func checkShort(op, what, s string) error {
+	if len(s) > maxName {
+		return invalidf(op, "%s is %d bytes long, more than %d", what, len(s), maxName)
+	}
+	if !utf8.ValidString(s) {
+		return invalidf(op, "%s is not valid UTF-8", what)
+	}
+	return nil
+}
+
 // checkName validates an exchange or queue name; empty is allowed only where it means the
 // default exchange.
 func checkName(op, what, name string, emptyOK bool) error {
 	if name == "" && !emptyOK {
 		return invalidf(op, "%s name is empty", what)
 	}
-	if len(name) > maxName {
-		return invalidf(op, "%s name is %d bytes long, more than %d", what, len(name), maxName)
-	}
-	if !utf8.ValidString(name) {
-		return invalidf(op, "%s name is not valid UTF-8", what)
-	}
-	return nil
+	return checkShort(op, what+" name", name)
 }
 
 // checkKey validates a routing key or binding pattern.
-func checkKey(op, key string) error {
-	if len(key) > maxName {
-		return invalidf(op, "routing key is %d bytes long, more than %d", len(key), maxName)
-	}
-	if !utf8.ValidString(key) {
-		return invalidf(op, "routing key is not valid UTF-8")
-	}
-	return nil
-}
+func checkKey(op, key string) error { return checkShort(op, "routing key", key) }
 
 func (b Binding) check(op string) error {
 	if err := checkName(op, "queue", b.Queue, false); err != nil {
