@@ -140,6 +140,11 @@ func Secret(key string) bool {
 // "SCHEME://…", or "URL" when it has none.
 func Redact(rawURL string) string {
 	u, _, err := Parse(rawURL)
+	return redact(rawURL, u, err)
+}
+
+// redact is Redact of rawURL, which Parse made u of, or refused with err.
+func redact(rawURL string, u *url.URL, err error) string {
 	if err != nil {
 		if scheme, _, ok := strings.Cut(rawURL, "://"); ok && validScheme(scheme) && len(scheme) <= 32 {
 			return scheme + "://…"
@@ -179,7 +184,8 @@ func Scrub(msg, rawURL string) string {
 	if rawURL == "" {
 		return msg
 	}
-	if red := Redact(rawURL); red != rawURL {
+	u, _, err := Parse(rawURL)
+	if red := redact(rawURL, u, err); red != rawURL {
 		// The URL may start the redacted form ("x?password=x" does "x?password=xxxxx"):
 		// keep the copies already redacted apart while replacing.
 		const hold = "\x00carrot:redacted\x00"
@@ -187,7 +193,6 @@ func Scrub(msg, rawURL string) string {
 		msg = strings.ReplaceAll(msg, rawURL, red)
 		msg = strings.ReplaceAll(msg, hold, red)
 	}
-	u, _, err := Parse(rawURL)
 	if err != nil || u.User == nil {
 		return msg
 	}
