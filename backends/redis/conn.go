@@ -104,6 +104,7 @@ type Conn struct {
 
 	foreignReply atomic.Value  // the first bytes of a server that does not speak RESP
 	stop         chan struct{} // closed by Close: the background goroutines end
+	delayed      chan struct{} // a delayed message was published: the promoter looks again
 	wg           sync.WaitGroup
 	ackDone      chan struct{} // closed when the ack loop has stopped
 }
@@ -143,6 +144,7 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		subs:      make(map[*subscription]struct{}),
 		getCur:    "0-0",
 		stop:      make(chan struct{}),
+		delayed:   make(chan struct{}, 1),
 		ackDone:   make(chan struct{}),
 	}
 	c.versionKey = c.prefix + "version"
@@ -213,7 +215,7 @@ func (c *Conn) capabilities(ctx context.Context) backend.Capabilities {
 		SharedAcross:   true,
 		MaxBodySize:    512 << 20, // proto-max-bulk-len's default
 		Delay:          true,
-		DelayPrecision: promoteInterval + 50*time.Millisecond,
+		DelayPrecision: 100 * time.Millisecond,
 	}
 	if cfg, err := c.rdb.ConfigGet(ctx, "appendonly").Result(); err == nil && cfg["appendonly"] == "yes" {
 		caps.Persistence = true
@@ -336,31 +338,42 @@ const (
 	monitorTimeout  = 5 * time.Second
 )
 
-// promoteInterval is how often each connection moves the delayed messages that are due to
-// their queues: the precision of delays.
-const promoteInterval = 50 * time.Millisecond
+// promoteIdle is the longest a connection waits before it looks for delayed messages
+// that are due: those published by connections that have closed since. Otherwise it
+// wakes when the next one is due, or when it has published one.
+const promoteIdle = time.Second
 
 // promoter moves due delayed messages to their queues, until the connection ends. Every
 // connection of the namespace does; the script makes each move once.
 func (c *Conn) promoter() {
-	tick := time.NewTicker(promoteInterval)
-	defer tick.Stop()
+	t := time.NewTimer(0)
+	defer t.Stop()
 	for {
 		select {
-		case <-tick.C:
+		case <-t.C:
+		case <-c.delayed:
+			t.Stop()
 		case <-c.Done():
 			return
 		case <-c.stop:
 			return
 		}
+		wait := promoteIdle
 		ctx, cancel := context.WithTimeout(context.Background(), monitorTimeout)
 		for {
-			n, err := scriptPromote.Run(ctx, c.rdb, []string{c.prefix + "delayed", c.prefix + "due"}, 256).Int()
-			if err != nil || n < 256 {
+			r, err := scriptPromote.Run(ctx, c.rdb, []string{c.prefix + "delayed", c.prefix + "due"}, 256).Int64Slice()
+			if err != nil || len(r) != 2 {
 				break // a lost connection is the monitor's to notice
+			}
+			if r[0] < 256 {
+				if r[1] >= 0 {
+					wait = min(wait, time.Duration(r[1])*time.Millisecond)
+				}
+				break
 			}
 		}
 		cancel()
+		t.Reset(wait)
 	}
 }
 

@@ -105,9 +105,12 @@
 // A message published with a delay is routed when it is published (an unroutable one is
 // an error then) and kept, for each of its queues, in the namespace's "delayed" stream,
 // scheduled in the sorted set "due" by Redis's clock; every connection of the namespace
-// moves the messages that are due to their queues, in one script, every 50ms. So a delayed
-// message is delivered within about 100ms after its delay while a connection is open, and
-// as soon as one opens otherwise; it survives a restart as the server's persistence allows.
+// moves the messages that are due to their queues, in one script, when the next one is due
+// as far as it knows (it learns of those it publishes at once, of others' when it looks),
+// and at least once a second. So a delayed message is delivered within about 100ms after
+// its delay while the connection that published it is open, within a second while another
+// is, and as soon as one opens otherwise; it survives a restart as the server's
+// persistence allows.
 // A queue deleted meanwhile does not get it, and Purge does not remove it.
 //
 // # Capabilities

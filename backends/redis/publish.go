@@ -145,6 +145,7 @@ func (c *Conn) publishBatch(batch []*pubReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var stale *snapshot
+	delayed := false
 	for attempt := 0; ; attempt++ {
 		snap := c.topo.Load()
 		if snap == nil || snap == stale {
@@ -195,6 +196,7 @@ func (c *Conn) publishBatch(batch []*pubReq) {
 							values = append([]any{"exp", exp}, r.fields...)
 						}
 						if r.p.Delay > 0 {
+							delayed = true
 							args := append([]any{r.p.Delay.Milliseconds(), snap.streams[t]}, values...)
 							p.Eval(ctx, scriptDelay, []string{c.prefix + "delayed", c.prefix + "due"}, args...)
 							continue
@@ -227,6 +229,12 @@ func (c *Conn) publishBatch(batch []*pubReq) {
 				}
 			}
 			return
+		}
+		if err == nil && delayed {
+			select {
+			case c.delayed <- struct{}{}: // the promoter sees when it is due
+			default:
+			}
 		}
 		for i := range batch {
 			if err != nil {

@@ -405,9 +405,10 @@ return id
 
 // scriptPromote: KEYS[1] delayed, KEYS[2] due; ARGV most to move. It adds the delayed
 // messages that are due to their queues (but to those deleted meanwhile), and returns
-// how many it moved.
+// how many it moved and in how many ms the next one is due (-1 for none).
 var scriptPromote = goredis.NewScript(luaHelpers + `
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do
   local e = redis.call('XRANGE', KEYS[1], id, id)
   if #e > 0 then
@@ -419,5 +420,7 @@ for _, id in ipairs(due) do
   end
   redis.call('ZREM', KEYS[2], id)
 end
-return #due
+local next = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #next == 0 then return {#due, -1} end
+return {#due, math.max(tonumber(next[2]) - now, 0)}
 `)
