@@ -471,85 +471,9 @@ func TestUnparseableHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const n = 200
-	var mu sync.Mutex
-	got := make(map[string]int)
-	all := make(chan struct{})
-	good, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
-		Queues: []carrot.Queue{{Name: fine, Passive: true}},
-		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
-			mu.Lock()
-			got[string(m.Body)]++
-			if len(got) == n {
-				close(all)
-			}
-			mu.Unlock()
-			m.Ack(ctx) // an ack lost with the connection means a redelivery
-			return nil
-		}),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	goodRun := make(chan error, 1)
-	goodCtx, stopGood := context.WithCancel(ctx)
-	defer stopGood()
-	go func() { goodRun <- good.Run(goodCtx) }()
-
-	bad, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
-		Queues:  []carrot.Queue{{Name: poisoned, Passive: true}},
-		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error { return m.Ack(ctx) }),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	badRun := make(chan error, 1)
-	start := time.Now()
-	go func() { badRun <- bad.Run(ctx) }()
-
-	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: fine})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range n { // while the poisoned consumer fails, the connection's publishes go on
-		if err := p.Publish(ctx, &carrot.Message{Body: fmt.Append(nil, i)}); err != nil {
-			t.Fatalf("publish %d: %v", i, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	select {
-	case err := <-badRun:
-		took := time.Since(start)
-		if !errors.Is(err, carrot.ErrMalformed) || !strings.Contains(err.Error(), strconv.Quote(poisoned)) {
-			t.Errorf("Run on the queue with the unparseable message = %v, want ErrMalformed naming the queue", err)
-		}
-		if took > 30*time.Second {
-			t.Errorf("Run gave up after %v, want within 30s", took)
-		}
-		t.Logf("Run gave up after %v: %v", took.Round(time.Millisecond), err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run on the queue with the unparseable message has not returned after 30s")
-	}
-	select {
-	case <-all:
-	case <-ctx.Done():
-		mu.Lock()
-		t.Fatalf("the other consumer got %d of %d messages", len(got), n)
-	}
-	mu.Lock()
-	duplicates := 0
-	for _, c := range got {
-		duplicates += c - 1
-	}
-	mu.Unlock()
-	t.Logf("the other consumer got all %d messages, %d of them twice (redelivered across the reconnections); %d reconnections", n, duplicates, conn.State().Recoveries)
-	stopGood()
-	if err := <-goodRun; err != context.Canceled {
-		t.Errorf("the other consumer's Run = %v, want context.Canceled", err)
-	}
-	if !conn.State().Connected {
-		t.Errorf("State() = %+v, want connected once the poisoned consumer stopped", conn.State())
-	}
+	p := &flowtest.Poisoned{Conn: conn, Poisoned: poisoned, Fine: fine, Messages: 200, Pace: 10 * time.Millisecond,
+		GiveUpWithin: 30 * time.Second, StayConnected: true}
+	p.Run(ctx, t)
 }
 
 // TestRefusals publishes, to RabbitMQ 4.0 (or the local RabbitMQ when Docker is not

@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -458,69 +456,6 @@ func TestUnconvertibleHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const n = 100
-	var mu sync.Mutex
-	got := make(map[string]int)
-	all := make(chan struct{})
-	good, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
-		Queues: []carrot.Queue{{Name: fine, Passive: true}},
-		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
-			mu.Lock()
-			got[string(m.Body)]++
-			if len(got) == n {
-				close(all)
-			}
-			mu.Unlock()
-			m.Ack(ctx) // an ack lost with the connection means a redelivery
-			return nil
-		}),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	goodCtx, stopGood := context.WithCancel(ctx)
-	defer stopGood()
-	goodRun := make(chan error, 1)
-	go func() { goodRun <- good.Run(goodCtx) }()
-	bad, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
-		Queues:  []carrot.Queue{{Name: poisoned, Passive: true}},
-		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error { return m.Ack(ctx) }),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	badRun := make(chan error, 1)
-	start := time.Now()
-	go func() { badRun <- bad.Run(ctx) }()
-
-	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: fine})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range n {
-		if err := p.Publish(ctx, &carrot.Message{Body: fmt.Append(nil, i)}); err != nil {
-			t.Fatalf("publish %d: %v", i, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	select {
-	case err := <-badRun:
-		if !errors.Is(err, carrot.ErrMalformed) || !strings.Contains(err.Error(), strconv.Quote(poisoned)) {
-			t.Errorf("Run on the queue with the unconvertible message = %v, want ErrMalformed naming the queue", err)
-		}
-		t.Logf("Run gave up after %v: %v", time.Since(start).Round(time.Millisecond), err)
-	case <-ctx.Done():
-		t.Fatal("Run on the queue with the unconvertible message did not return")
-	}
-	select {
-	case <-all:
-	case <-ctx.Done():
-		mu.Lock()
-		t.Fatalf("the other consumer got %d of %d messages", len(got), n)
-	}
-	t.Logf("the other consumer got all %d messages; %d reconnections", n, conn.State().Recoveries)
-	stopGood()
-	if err := <-goodRun; err != context.Canceled {
-		t.Errorf("the other consumer's Run = %v, want context.Canceled", err)
-	}
+	p := &flowtest.Poisoned{Conn: conn, Poisoned: poisoned, Fine: fine, Messages: 100, Pace: 20 * time.Millisecond}
+	p.Run(ctx, t)
 }
