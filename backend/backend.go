@@ -205,6 +205,12 @@ type Settler interface {
 	// delivery, and may be called concurrently with the settling of other deliveries, with
 	// Receive and with Get. When the connection that delivered it has ended, Settle returns
 	// promptly with an Unavailable error: the broker delivers the message again.
+	//
+	// An Ack may return before it reaches the broker, to be sent later with others, as
+	// long as it is sent within a bounded delay, stated in the backend's documentation,
+	// and before the Close of the subscription that delivered it returns. An ack lost with
+	// the connection before it was sent leaves its message to be delivered again, flagged
+	// redelivered.
 	Settle(ctx context.Context, o Outcome) error
 }
 

@@ -137,7 +137,7 @@ func Run(t *testing.T, h Harness) {
 	defer admin.Close()
 
 	run := &runner{h: h, admin: admin, caps: admin.Capabilities(), id: randomID()}
-	for _, c := range slices.Concat(cases(), handlerCases(), delayCases(), retryCases(), recoverCases()) {
+	for _, c := range slices.Concat(cases(), handlerCases(), delayCases(), retryCases(), ackCases(), recoverCases()) {
 		run.run(t, c)
 	}
 	t.Logf("conformance: %d subtests run: %d passed, %d failed, %d skipped by capability%s",

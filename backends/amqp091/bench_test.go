@@ -142,16 +142,22 @@ func BenchmarkConsumeAck(b *testing.B) {
 	raw, conn, q := benchBroker(b)
 	body := make([]byte, 100)
 	fill := func(b *testing.B, n int) {
-		if _, err := conn.Purge(b.Context(), q); err != nil {
-			b.Fatal(err)
+		// Every run consumed and acked exactly what the last fill put in.
+		if left, err := conn.Purge(b.Context(), q); err != nil || left != 0 {
+			b.Fatalf("purge before filling: %d messages left, %v", left, err)
 		}
 		rawPublisher(raw, q, body)(b, n)
 	}
-	benchtest.SideBySide(b, fill, []benchtest.Contestant{{Name: "raw", Run: rawConsumer(raw, q)}, {Name: "carrot", Run: benchtest.CarrotConsumer(conn, q, inFlight)}}, [2]string{"carrot", "raw"})
+	benchtest.SideBySide(b, fill, []benchtest.Contestant{
+		{Name: "raw", Run: rawConsumer(raw, q, 1)},
+		{Name: "raw-multiple", Run: rawConsumer(raw, q, 50)},
+		{Name: "carrot", Run: benchtest.CarrotConsumer(conn, q, inFlight)},
+	}, [2]string{"carrot", "raw"}, [2]string{"carrot", "raw-multiple"})
 }
 
-// rawConsumer consumes n messages at prefetch inFlight, acking each.
-func rawConsumer(conn *amqp.Connection, q string) benchtest.Side {
+// rawConsumer consumes n messages at prefetch inFlight, acking every one (every 1), or
+// every few with multiple set, as a program that batches its acks by hand does.
+func rawConsumer(conn *amqp.Connection, q string, every int) benchtest.Side {
 	return func(b *testing.B, n int) {
 		ch, err := conn.Channel()
 		if err != nil {
@@ -165,9 +171,12 @@ func rawConsumer(conn *amqp.Connection, q string) benchtest.Side {
 		if err != nil {
 			b.Fatal(err)
 		}
-		for range n {
+		for i := range n {
 			d := <-deliveries
-			if err := d.Ack(false); err != nil {
+			if (i+1)%every != 0 && i != n-1 {
+				continue
+			}
+			if err := d.Ack(every > 1); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -90,8 +90,8 @@ type subscription struct {
 
 	ch         *amqp.Channel
 	deliveries <-chan amqp.Delivery
+	acks       *acker // of ch
 
-	closed   atomic.Bool
 	poisoned atomic.Bool // the connection ended on a message of this subscription
 }
 
@@ -125,6 +125,9 @@ func (s *subscription) subscribe(ctx context.Context) error {
 		return s.c.channelError(err)
 	}
 	s.ch, s.deliveries = ch, deliveries
+	if !s.opts.AutoAck {
+		s.acks = newAcker(ch, s.opts.Prefetch, s.c.opts.AckDelay)
+	}
 	return nil
 }
 
@@ -152,14 +155,14 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 			if ok {
 				var st *settler
 				if !s.opts.AutoAck {
-					st = &settler{c: s.c, ch: s.ch, tag: d.DeliveryTag, sub: s}
+					st = &settler{c: s.c, ch: s.ch, tag: d.DeliveryTag, acks: s.acks}
 				}
 				return delivery(&d, st), nil
 			}
 			// Closed by the broker (a queue deleted), or with the connection: the old
 			// channel's unsettled messages are requeued.
 			go s.ch.Close()
-			s.ch, s.deliveries = nil, nil
+			s.ch, s.deliveries, s.acks = nil, nil, nil
 			if s.c.conn.IsClosed() {
 				return nil, s.c.lostUnder(func(*malformed) bool { return s.poisoned.Load() })
 			}
@@ -169,15 +172,17 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 	}
 }
 
-// Close cancels the consumer and closes its channel; RabbitMQ requeues what it delivered
-// and was not settled.
+// Close sends the acks waiting to be sent, then cancels the consumer and closes its
+// channel; RabbitMQ requeues what it delivered and was not settled.
 func (s *subscription) Close() error {
-	s.closed.Store(true)
 	s.c.subsMu.Lock()
 	delete(s.c.subs, s.tag)
 	s.c.subsMu.Unlock()
 	if s.ch == nil || s.c.conn.IsClosed() {
 		return nil
+	}
+	if s.acks != nil {
+		s.acks.close()
 	}
 	err := s.ch.Close()
 	if errors.Is(err, amqp.ErrClosed) {
@@ -186,20 +191,21 @@ func (s *subscription) Close() error {
 	return err
 }
 
-// settler acks, requeues or rejects one delivery on the channel that delivered it.
+// settler acks, requeues or rejects one delivery on the channel that delivered it: at
+// once for a get, through the channel's acker for a subscription.
 type settler struct {
-	c   *Conn
-	ch  *amqp.Channel
-	tag uint64
-	sub *subscription // nil for gets
+	c    *Conn
+	ch   *amqp.Channel
+	tag  uint64
+	acks *acker // nil for gets
 }
 
 func (s *settler) Settle(ctx context.Context, o backend.Outcome) error {
 	if s.c.conn.IsClosed() {
 		return backend.Errorf(backend.Unavailable, "carrot/amqp091: the connection that delivered the message ended; RabbitMQ requeued it: %w", s.c.gone())
 	}
-	if s.sub != nil && s.sub.closed.Load() {
-		return backend.Errorf(backend.Closed, "carrot/amqp091: the consumer closed; RabbitMQ requeued the message")
+	if s.acks != nil {
+		return s.acks.settle(s.tag, o)
 	}
 	var err error
 	multiple := false

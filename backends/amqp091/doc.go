@@ -21,6 +21,8 @@
 //   - channel_max, frame_size: channel and frame limits asked of the broker (default: the
 //     broker's).
 //   - prefetch: the prefetch (basic.qos) of consumers that do not set one (default 100).
+//   - ack_delay: how long a consumer's ack may wait to be sent with others (default
+//     10ms; 0 sends each ack at once).
 //   - confirms: false turns publisher confirms off (default true). Without confirms,
 //     publishers must set NoConfirm and AllowUnroutable.
 //   - max_body_size: the largest body the broker accepts, in bytes (default: RabbitMQ's
@@ -59,7 +61,14 @@
 // other publishes in flight.
 //
 // Each consumer has a channel of its own, so its prefetch is its own and closing it
-// requeues what it received and did not settle. Gets share one channel; a get from a
+// requeues what it received and did not settle. Acks are coalesced: Ack records the ack
+// and returns, and the consumer sends the acks waiting when a quarter of its prefetch is
+// waiting, when ack_delay has passed since the first of them, and before its Close
+// returns, each run of acked delivery tags with nothing unsettled before it as one
+// basic.ack with multiple set (acks behind a message still being handled go one by one).
+// An ack is applied once the basic.ack that carries it is written (AMQP 0-9-1 acks have
+// no answer); if the connection is lost before, RabbitMQ delivers the message again,
+// flagged redelivered. Requeues and rejects are sent at once. Gets share one channel; a get from a
 // queue that does not exist closes it, and RabbitMQ requeues what was got on it and not
 // yet settled.
 //

@@ -21,6 +21,7 @@ const (
 	DefaultConnectionTimeout = 30 * time.Second
 	DefaultPrefetch          = 100
 	DefaultMaxBodySize       = 128 << 20 // RabbitMQ 3's default max_message_size
+	DefaultAckDelay          = 10 * time.Millisecond
 )
 
 // Options configures a connection to RabbitMQ. [ParseURL] makes one from a URL; the zero
@@ -47,6 +48,10 @@ type Options struct {
 
 	// Prefetch is the prefetch limit of consumers that do not set one (DefaultPrefetch).
 	Prefetch int
+	// AckDelay is how long a consumer's ack may wait to be sent with others
+	// (DefaultAckDelay when zero; negative sends each ack at once). See the package
+	// documentation for when a waiting ack is sent.
+	AckDelay time.Duration
 	// NoConfirms turns publisher confirms off: Publish returns once the message is written,
 	// and unroutable messages cannot be reported.
 	NoConfirms bool
@@ -101,6 +106,15 @@ func ParseURL(rawURL string) (*Options, error) {
 				return u.Bad(key, v, "a number of bytes from 4096 to 4294967295")
 			}
 			o.FrameSize = int(n)
+		case "ack_delay":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 || d > time.Minute {
+				return u.Bad(key, v, "a duration from 0 (each ack at once) to 1m")
+			}
+			if d == 0 {
+				d = -1
+			}
+			o.AckDelay = d
 		case "prefetch":
 			n, err := strconv.Atoi(v)
 			if err != nil || n <= 0 || n > 65535 {
@@ -129,7 +143,7 @@ func ParseURL(rawURL string) (*Options, error) {
 				return u.Bad(key, v, "plain, amqplain or external")
 			}
 		default:
-			return backend.Errorf(backend.Invalid, "carrot/amqp091: unknown URL option %q (known: auth_mechanism, cacertfile, certfile, channel_max, confirms, connection_name, connection_timeout, frame_size, heartbeat, keyfile, max_body_size, prefetch, server_name_indication)", key)
+			return backend.Errorf(backend.Invalid, "carrot/amqp091: unknown URL option %q (known: ack_delay, auth_mechanism, cacertfile, certfile, channel_max, confirms, connection_name, connection_timeout, frame_size, heartbeat, keyfile, max_body_size, prefetch, server_name_indication)", key)
 		}
 		return nil
 	})
@@ -155,6 +169,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Prefetch == 0 {
 		o.Prefetch = DefaultPrefetch
+	}
+	if o.AckDelay == 0 {
+		o.AckDelay = DefaultAckDelay
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -63,7 +63,10 @@
 // Ack is the accepted outcome; requeue is modified with delivery-failed (the message goes
 // back to the head of its queue, and quorum queues count the failed delivery); reject is
 // rejected (dead-lettered if the queue has a dead-letter exchange, dropped otherwise).
-// A redelivered message is one whose header says it is not its first acquirer. The
+// Each is sent at once, as a settled disposition of its own delivery, and Settle returns
+// once it is written: go-amqp v1.7 has no public way to settle a range of deliveries in
+// one disposition (its Batching option was removed in v1.0), so acks are not coalesced
+// on this backend. A redelivered message is one whose header says it is not its first acquirer. The
 // exchange and routing key of a delivery come from RabbitMQ's x-exchange and
 // x-routing-key annotations. Fetch asks for the queue's message count, gives a receiver
 // of its own one credit and waits for the message (200ms when the count says there is
