@@ -53,12 +53,7 @@ func BenchmarkPublishConfirmed(b *testing.B) {
 		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
 			raw, conn, q := benchBroker(b)
 			body := make([]byte, size)
-			purge := func(b *testing.B, n int) {
-				if _, err := conn.Purge(b.Context(), q); err != nil {
-					b.Fatal(err)
-				}
-			}
-			benchtest.SideBySide(b, purge, []benchtest.Contestant{
+			benchtest.SideBySide(b, benchtest.Published(conn, q), []benchtest.Contestant{
 				{Name: "raw", Run: rawPublisher(raw, q, body)},
 				{Name: "carrot-async", Run: benchtest.CarrotAsyncPublisher(conn, q, body, inFlight)},
 				{Name: "raw-goroutines", Run: rawGoroutinesPublisher(raw, q, body)},
@@ -141,14 +136,7 @@ func rawGoroutinesPublisher(conn *amqp.Connection, q string, body []byte) bencht
 func BenchmarkConsumeAck(b *testing.B) {
 	raw, conn, q := benchBroker(b)
 	body := make([]byte, 100)
-	fill := func(b *testing.B, n int) {
-		// Every run consumed and acked exactly what the last fill put in.
-		if left, err := conn.Purge(b.Context(), q); err != nil || left != 0 {
-			b.Fatalf("purge before filling: %d messages left, %v", left, err)
-		}
-		rawPublisher(raw, q, body)(b, n)
-	}
-	benchtest.SideBySide(b, fill, []benchtest.Contestant{
+	benchtest.SideBySide(b, benchtest.Filled(conn, q, rawPublisher(raw, q, body)), []benchtest.Contestant{
 		{Name: "raw", Run: rawConsumer(raw, q, 1)},
 		{Name: "raw-multiple", Run: rawConsumer(raw, q, 50)},
 		{Name: "carrot", Run: benchtest.CarrotConsumer(conn, q, inFlight)},

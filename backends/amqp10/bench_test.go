@@ -66,12 +66,7 @@ func BenchmarkPublish(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			purge := func(b *testing.B, n int) {
-				if _, err := conn.Purge(b.Context(), q); err != nil {
-					b.Fatal(err)
-				}
-			}
-			benchtest.SideBySide(b, purge, []benchtest.Contestant{
+			benchtest.SideBySide(b, benchtest.Published(conn, q), []benchtest.Contestant{
 				{Name: "raw", Run: rawPublisher(sender, body)},
 				{Name: "carrot-async", Run: benchtest.CarrotAsyncPublisher(conn, q, body, inFlight)},
 				{Name: "raw-goroutines", Run: rawGoroutinesPublisher(sender, body)},
@@ -143,13 +138,7 @@ func BenchmarkConsumeAccept(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	fill := func(b *testing.B, n int) {
-		if _, err := conn.Purge(b.Context(), q); err != nil {
-			b.Fatal(err)
-		}
-		rawPublisher(sender, body)(b, n)
-	}
-	benchtest.SideBySide(b, fill, []benchtest.Contestant{
+	benchtest.SideBySide(b, benchtest.Filled(conn, q, rawPublisher(sender, body)), []benchtest.Contestant{
 		{Name: "raw", Run: rawConsumer(session, q)},
 		{Name: "carrot", Run: benchtest.CarrotConsumer(conn, q, inFlight)},
 	}, [2]string{"carrot", "raw"})

@@ -33,7 +33,8 @@ const (
 )
 
 // SideBySide runs each contestant on b.N messages in all, over alternating rounds,
-// with prepare (untimed) before each run, and reports each one's rate, allocations and
+// with prepare (untimed) before each run and once more, with n 0, after the last, and
+// reports each one's rate, allocations and
 // CPU time per message, and for each pair {carrot, raw} of contestant names, the rate of
 // the first as a share of the second's ("carrot/raw").
 func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contestant, pairs ...[2]string) {
@@ -59,6 +60,7 @@ func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contest
 		}
 	}
 	b.StopTimer()
+	prepare(b, 0) // after the last run, for checks of what it left
 	total := float64(per * rounds)
 	rates := make(map[string]float64)
 	for i, s := range sides {
