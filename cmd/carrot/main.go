@@ -13,6 +13,7 @@
 //	fetch     fetch one message and print it
 //	purge     remove the messages waiting in a queue and print how many
 //	declare   declare an exchange, a queue, and bindings between them
+//	bench     measure publish and consume rates on a queue of its own
 //	backends  list the URL schemes carrot knows
 //
 // Every command but backends takes --url, which defaults to the CARROT_URL environment
@@ -69,6 +70,7 @@ var commands = []command{
 	{"fetch", "fetch one message and print it", runFetch},
 	{"purge", "remove the messages waiting in a queue and print how many", runPurge},
 	{"declare", "declare an exchange, a queue, and bindings between them", runDeclare},
+	{"bench", "measure publish and consume rates on a queue of its own", runBench},
 	{"backends", "list the URL schemes carrot knows", runBackends},
 }
 

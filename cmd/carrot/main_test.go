@@ -217,3 +217,27 @@ func TestConsumeCount(t *testing.T) {
 		})
 	}
 }
+
+// TestBench runs carrot bench on every backend: every message published is consumed and
+// acked once, and the run says so with both rates.
+func TestBench(t *testing.T) {
+	urls := map[string]string{"memory": "memory://" + t.Name()}
+	for name, kind := range map[string]testbroker.Kind{"amqp091": testbroker.RabbitMQ, "amqp10": testbroker.RabbitMQ4, "redis": testbroker.Redis} {
+		urls[name] = testbroker.URL(t, kind)
+	}
+	for name, url := range urls {
+		t.Run(name, func(t *testing.T) {
+			code, out, errOut := runTool(t, "", "bench", "--url", url, "--count", "3000", "--window", "64", "--prefetch", "32")
+			if code != 0 {
+				t.Fatalf("bench: exit %d, stdout %q, stderr %q", code, out, errOut)
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if len(lines) != 3 || !strings.HasPrefix(lines[1], "publish  3000 in ") || !strings.HasPrefix(lines[2], "consume  3000 in ") || !strings.Contains(lines[2], " msg/s ") {
+				t.Errorf("bench printed %q; want a header, then the publish and consume rates of 3000 messages", out)
+			}
+		})
+	}
+	if code, _, errOut := runTool(t, "", "bench", "--size", "4"); code != exitUsage || !strings.Contains(errOut, "--size") {
+		t.Errorf("bench --size 4: exit %d, stderr %q; want a usage error naming --size", code, errOut)
+	}
+}
