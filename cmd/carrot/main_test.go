@@ -180,15 +180,21 @@ func TestConsumeStopsWhenOutputFails(t *testing.T) {
 
 func TestMain(m *testing.M) { testbroker.Main(m) }
 
-// TestConsumeCount checks on every backend that consume --count 1, with two messages
-// waiting, handles exactly one and leaves the other, several times over: the broker may
-// have delivered both before the first was handled.
-func TestConsumeCount(t *testing.T) {
+// everyBackend returns a URL for each backend, by backend name: a memory broker of the
+// test's own, and the test brokers.
+func everyBackend(t *testing.T) map[string]string {
 	urls := map[string]string{"memory": "memory://" + t.Name()}
 	for name, kind := range map[string]testbroker.Kind{"amqp091": testbroker.RabbitMQ, "amqp10": testbroker.RabbitMQ4, "redis": testbroker.Redis} {
 		urls[name] = testbroker.URL(t, kind)
 	}
-	for name, url := range urls {
+	return urls
+}
+
+// TestConsumeCount checks on every backend that consume --count 1, with two messages
+// waiting, handles exactly one and leaves the other, several times over: the broker may
+// have delivered both before the first was handled.
+func TestConsumeCount(t *testing.T) {
+	for name, url := range everyBackend(t) {
 		t.Run(name, func(t *testing.T) {
 			queue := fmt.Sprintf("carrot-test.consume-count.%d", time.Now().UnixNano())
 			if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue); code != 0 {
@@ -221,11 +227,7 @@ func TestConsumeCount(t *testing.T) {
 // TestBench runs carrot bench on every backend: every message published is consumed and
 // acked once, and the run says so with both rates.
 func TestBench(t *testing.T) {
-	urls := map[string]string{"memory": "memory://" + t.Name()}
-	for name, kind := range map[string]testbroker.Kind{"amqp091": testbroker.RabbitMQ, "amqp10": testbroker.RabbitMQ4, "redis": testbroker.Redis} {
-		urls[name] = testbroker.URL(t, kind)
-	}
-	for name, url := range urls {
+	for name, url := range everyBackend(t) {
 		t.Run(name, func(t *testing.T) {
 			code, out, errOut := runTool(t, "", "bench", "--url", url, "--count", "3000", "--window", "64", "--prefetch", "32")
 			if code != 0 {
