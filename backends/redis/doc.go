@@ -41,7 +41,7 @@
 // # Keys, and Redis Cluster
 //
 // Every key starts with "{NAMESPACE}:", so that all the keys of a namespace hash to one
-// Redis Cluster slot and every script and transaction touches a single slot: the backend
+// Redis Cluster slot and every script touches a single slot: the backend
 // runs unchanged on a Cluster. The trade-off is that one namespace lives on one shard, its
 // load on one node; spread load over a Cluster by giving independent applications (or
 // independent parts of one) namespaces of their own. The keys are listed in scripts.go.
@@ -52,15 +52,21 @@
 // same topology. Each queue is a Redis Stream read through a consumer group.
 //
 // Publishing routes each message with the connection's copy of the topology (topic
-// patterns with carrot's shared matcher: "*" exactly one word, "#" zero or more) and adds
-// it to every matching queue in one MULTI/EXEC transaction, under WATCH of the topology's
-// version: if the topology changed since the connection loaded it, nothing is added, and
-// the connection loads it again and routes again. So all the matching queues get a
-// message or none does, a message matching two bindings of one queue lands there once,
-// and a mandatory message that matches nothing is an error wrapping carrot.ErrUnroutable.
-// The publishes of all goroutines are gathered into transactions of up to 1024 messages;
-// Publish returns once Redis has run the transaction (with Redis's append-only file and
-// appendfsync always, once the messages are on disk), PublishAsync at once.
+// patterns with carrot's shared matcher: "*" exactly one word, "#" zero or more). The
+// publishes of all goroutines are gathered into batches of up to 1024 messages, each sent
+// in one round trip: one call of a Lua script (EVALSHA) that checks that the topology's
+// version is still the one the batch was routed with, and that every key it writes to
+// holds a stream (a script does not roll back), before it adds each message to every
+// queue it goes to. If the topology changed, the script adds nothing, and the connection
+// loads the topology again and routes again (100 times at most; then the messages fail
+// with an error wrapping carrot.ErrUnavailable, and the Publisher tries them again in a
+// while). So all the matching queues get a message or none does, a message matching two
+// bindings of one queue lands there once, a mandatory message that matches nothing is an
+// error wrapping carrot.ErrUnroutable, and one to an exchange that does not exist an
+// error wrapping carrot.ErrNotFound. Consecutive messages of a batch that go to the same
+// queues with the same properties are sent as one run, their shared fields once. Publish
+// returns once Redis has run the script (with Redis's append-only file and appendfsync
+// always, once the messages are on disk), PublishAsync at once.
 //
 // A consumer reads new messages with XREADGROUP; each is pending, owned by the consumer,
 // until settled. Acks are sent with the consumer's next read (XACK); acked messages are
@@ -72,7 +78,7 @@
 // if set), or drops it. Messages of a consumer that stopped answering are taken over by
 // other consumers after the visibility timeout (XAUTOCLAIM), counted as another delivery.
 // Nothing is lost in any crash window: a message leaves a queue only in the same script
-// or transaction that puts it elsewhere, or when acked.
+// that puts it elsewhere, or when acked.
 //
 // A message expires after the shorter of its own Expiration and its queue's MessageTTL,
 // reckoned by Redis's clock. An expired message is dead-lettered (or dropped) when a
@@ -99,8 +105,11 @@
 // removes the connection's consumers from the queues' groups.
 //
 // A message over proto-max-bulk-len (the MaxBodySize capability) is refused before it is
-// sent; publishes are sent in transactions of at most 16 MiB of bodies (a larger message
-// goes alone), far below Redis's client-query-buffer-limit.
+// sent; publishes are sent in batches of at most 16 MiB of bodies (a larger message goes
+// alone), far below Redis's client-query-buffer-limit. Should Redis refuse a batch for
+// the size of a message all the same (proto-max-bulk-len lowered since the connection
+// was made), the batch's messages are sent again one at a time, and only that one fails,
+// with an error wrapping carrot.ErrTooLarge.
 //
 // A message published with a delay is routed when it is published (an unroutable one is
 // an error then) and kept, for each of its queues, in the namespace's "delayed" stream,
