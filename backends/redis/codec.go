@@ -121,37 +121,62 @@ func str(f map[string]any, name string) string {
 
 // message rebuilds the message of an entry, and the exchange it was published to.
 func (e *entry) message() (backend.Message, string, error) {
-	f := e.fields
-	m := backend.Message{
-		Body:            []byte(str(f, "b")),
-		RoutingKey:      str(f, "k"),
-		ContentType:     str(f, "ct"),
-		ContentEncoding: str(f, "ce"),
-		Persistent:      str(f, "p") == "1",
-		MessageID:       str(f, "mid"),
-		CorrelationID:   str(f, "cid"),
-		ReplyTo:         str(f, "rt"),
+	var m backend.Message
+	var exchange, headers, priority, expiration, timestamp string
+	for name, v := range e.fields {
+		s, _ := v.(string)
+		switch name {
+		case "b":
+			m.Body = []byte(s)
+		case "x":
+			exchange = s
+		case "k":
+			m.RoutingKey = s
+		case "ct":
+			m.ContentType = s
+		case "ce":
+			m.ContentEncoding = s
+		case "h":
+			headers = s
+		case "p":
+			m.Persistent = s == "1"
+		case "pr":
+			priority = s
+		case "e":
+			expiration = s
+		case "mid":
+			m.MessageID = s
+		case "cid":
+			m.CorrelationID = s
+		case "rt":
+			m.ReplyTo = s
+		case "ts":
+			timestamp = s
+		}
 	}
-	if h := str(f, "h"); h != "" {
-		headers, err := decodeHeaders(h)
+	if m.Body == nil {
+		m.Body = []byte{}
+	}
+	if headers != "" {
+		h, err := decodeHeaders(headers)
 		if err != nil {
 			return m, "", fmt.Errorf("carrot/redis: message %s: headers: %w", e.id, err)
 		}
-		m.Headers = headers
+		m.Headers = h
 	}
-	if v := str(f, "pr"); v != "" {
-		n, _ := strconv.Atoi(v)
+	if priority != "" {
+		n, _ := strconv.Atoi(priority)
 		m.Priority = uint8(n)
 	}
-	if v := str(f, "e"); v != "" {
-		n, _ := strconv.ParseInt(v, 10, 64)
+	if expiration != "" {
+		n, _ := strconv.ParseInt(expiration, 10, 64)
 		m.Expiration = time.Duration(n) * time.Millisecond
 	}
-	if v := str(f, "ts"); v != "" {
-		n, _ := strconv.ParseInt(v, 10, 64)
+	if timestamp != "" {
+		n, _ := strconv.ParseInt(timestamp, 10, 64)
 		m.Timestamp = time.Unix(n, 0).UTC()
 	}
-	return m, str(f, "x"), nil
+	return m, exchange, nil
 }
 
 // Headers are a JSON object of name to [type, value], the value a string: "s" string,

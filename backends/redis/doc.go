@@ -68,10 +68,20 @@
 // returns once Redis has run the script (with Redis's append-only file and appendfsync
 // always, once the messages are on disk), PublishAsync at once.
 //
-// A consumer reads new messages with XREADGROUP; each is pending, owned by the consumer,
-// until settled. Acks are sent with the consumer's next read (XACK); acked messages are
-// trimmed off the stream once no older message is pending (XTRIM MINID), so streams stay
-// bounded. Requeue hands a message to the group's consumer "~released", from which readers
+// A consumer reads new messages with XREADGROUP, up to its prefetch limit less the
+// messages it holds; each is pending, owned by the consumer, until settled. Acks are
+// coalesced: the XACK of the messages a consumer acked goes in the same round trip as
+// its next read, which it makes as soon as it has handed out the messages it read and
+// has room under its prefetch limit. A read waits for new messages at most the block
+// time; if handing out the messages read takes longer than the block time since an ack
+// was made, the acks go on their own when the consumer is next asked for a message; and
+// Close sends the acks made so far, and returns their error. So an ack waits at most the
+// block time, or the handling of one message if that is longer. A message got with
+// Fetch is acked by the connection's ack loop, at once, in one script call with the other
+// acks queued meanwhile. An ack not yet sent when the connection is cut is lost with it;
+// the message is not: it stays pending, and comes again, flagged redelivered, when the
+// Connector's next connection is made, or after the visibility timeout. Acked messages are trimmed off the stream once no older message is
+// pending (XTRIM MINID), so streams stay bounded. Requeue hands a message to the group's consumer "~released", from which readers
 // take first, oldest first, with the redelivered flag and a delivery count of one more (a
 // nudge entry wakes blocked readers). Reject moves the message, in one script, to the
 // queues its queue's dead-letter exchange routes it to (with the dead-letter routing key
@@ -108,8 +118,11 @@
 // sent; publishes are sent in batches of at most 16 MiB of bodies (a larger message goes
 // alone), far below Redis's client-query-buffer-limit. Should Redis refuse a batch for
 // the size of a message all the same (proto-max-bulk-len lowered since the connection
-// was made), the batch's messages are sent again one at a time, and only that one fails,
-// with an error wrapping carrot.ErrTooLarge.
+// was made: Redis closes the network connection), the connection asks Redis its limit:
+// only the larger messages fail, with an error wrapping carrot.ErrTooLarge, and the
+// others are sent again. (If Redis does not say, a batch it refused with an error is sent
+// again one message at a time, and one whose network connection broke counts as a lost
+// connection.)
 //
 // A message published with a delay is routed when it is published (an unroutable one is
 // an error then) and kept, for each of its queues, in the namespace's "delayed" stream,

@@ -167,14 +167,14 @@ return out
 `)
 
 // scriptTake hands a consumer up to ARGV count messages: requeued ones first, oldest
-// first, then those of consumers that stopped answering, then new ones. It returns the
+// first, then those of consumers that stopped answering, then new ones if asked. It returns the
 // cursor for the next search of abandoned messages and the messages, each as {id, fields,
 // delivery count, expired}. Nudges are removed on the way. With noack the messages leave
 // the queue at once, and expired ones are dropped.
 // A namespace whose version is gone was lost (Redis restarted without persistence): the
 // script says LOST, and the connection ends so that carrot declares the topology again.
 // KEYS[1] stream, KEYS[2] queue, KEYS[3] version; ARGV consumer, count, visibility (ms),
-// noack, cursor.
+// noack, cursor, and "1" to take new messages too (consumers read those with XREADGROUP).
 var scriptTake = goredis.NewScript(luaHelpers + `
 local s = KEYS[1]
 local consumer, want, vis, noack = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
@@ -224,7 +224,7 @@ if #out < want then
     add(e[1], e[2], count)
   end
 end
-if #out < want then
+if #out < want and ARGV[6] == '1' then
   local r
   if noack then
     r = redis.call('XREADGROUP', 'GROUP', 'carrot', consumer, 'COUNT', want - #out, 'NOACK', 'STREAMS', s, '>')
