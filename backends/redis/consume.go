@@ -298,12 +298,26 @@ func (c *Conn) newReader(ctx context.Context, key string) (*reader, error) {
 	return &reader{conn: conn, id: id, node: node}, nil
 }
 
-// unblock cuts short the blocking read in progress on the reader's connection, if any.
-func (r *reader) unblock() {
+// unblock cuts short the read of the reader's connection, when Redis has it blocked, and
+// until done is closed: a read canceled just as it is sent reaches Redis after a first
+// CLIENT UNBLOCK, and would otherwise wait for the whole block time.
+func (r *reader) unblock(done <-chan struct{}) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	r.node.ClientUnblock(ctx, r.id)
+	for {
+		if n, err := r.node.ClientUnblock(ctx, r.id).Result(); n == 1 || err != nil {
+			return
+		}
+		select {
+		case <-done:
+			return
+		case <-time.After(unblockRetry):
+		}
+	}
 }
+
+// unblockRetry is how often unblock tries again while the read has not reached Redis.
+const unblockRetry = 5 * time.Millisecond
 
 var subSeq atomic.Uint64
 
@@ -443,6 +457,9 @@ func (s *subscription) read(ctx context.Context, room int) ([]entry, error) {
 	if err := c.gone(); err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	acks := s.acks
 	s.acks = nil
@@ -460,8 +477,10 @@ func (s *subscription) read(ctx context.Context, room int) ([]entry, error) {
 		Block:    c.opts.Block,
 		NoAck:    s.opts.AutoAck,
 	})
-	stop := context.AfterFunc(ctx, s.reader.unblock)
+	finished := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { s.reader.unblock(finished) })
 	_, err := p.Exec(ctx)
+	close(finished)
 	stop()
 	if len(acks) > 0 && err != nil && !errors.Is(err, goredis.Nil) {
 		s.mu.Lock()
