@@ -19,42 +19,91 @@ import (
 //	ts  timestamp, Unix seconds
 //	exp when the message expires in this queue, Unix ms (written by the scripts)
 
-// fields appends to f the stream fields of a message published to exchange.
-func fields(f []any, exchange string, m *backend.Message) ([]any, error) {
-	add := func(name, v string) {
-		if v != "" {
-			f = append(f, name, v)
-		}
-	}
-	add("x", exchange)
-	add("k", m.RoutingKey)
-	f = append(f, "b", m.Body)
-	add("ct", m.ContentType)
-	add("ce", m.ContentEncoding)
+// pubFields are the names of the fields of a published message, in the order of their
+// bits in pubReq.present and of fieldValue's cases.
+var pubFields = [...]any{"x", "k", "b", "ct", "ce", "h", "p", "pr", "e", "mid", "cid", "rt", "ts"}
+
+const fieldBody = 2 // pubFields[fieldBody] is "b"
+
+// encode encodes the properties of r's message that are not strings already, and notes
+// which fields it has.
+func (r *pubReq) encode() error {
+	m := &r.m.Message
 	if len(m.Headers) > 0 {
 		h, err := encodeHeaders(m.Headers)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		add("h", h)
+		r.headers = h
 	}
 	if m.Persistent {
-		add("p", "1")
+		r.persistent = "1"
 	}
 	if m.Priority != 0 {
-		add("pr", strconv.Itoa(int(m.Priority)))
+		r.priority = strconv.Itoa(int(m.Priority))
 	}
 	if m.Expiration > 0 {
-		add("e", strconv.FormatInt(m.Expiration.Milliseconds(), 10))
+		r.expiration = strconv.FormatInt(m.Expiration.Milliseconds(), 10)
 	}
-	add("mid", m.MessageID)
-	add("cid", m.CorrelationID)
-	add("rt", m.ReplyTo)
 	if !m.Timestamp.IsZero() {
-		add("ts", strconv.FormatInt(m.Timestamp.Unix(), 10))
+		r.timestamp = strconv.FormatInt(m.Timestamp.Unix(), 10)
 	}
-	return f, nil
+	r.present = 1 << fieldBody
+	for i := range pubFields {
+		if i != fieldBody && *r.field(i) != "" {
+			r.present |= 1 << i
+		}
+	}
+	return nil
 }
+
+// field returns the value of r's field i of pubFields, but the body's.
+func (r *pubReq) field(i int) *string {
+	m := &r.m
+	switch i {
+	case 0:
+		return &m.Exchange
+	case 1:
+		return &m.RoutingKey
+	case 3:
+		return &m.ContentType
+	case 4:
+		return &m.ContentEncoding
+	case 5:
+		return &r.headers
+	case 6:
+		return &r.persistent
+	case 7:
+		return &r.priority
+	case 8:
+		return &r.expiration
+	case 9:
+		return &m.MessageID
+	case 10:
+		return &m.CorrelationID
+	case 11:
+		return &m.ReplyTo
+	case 12:
+		return &r.timestamp
+	}
+	return new(string)
+}
+
+// fieldValue returns the value of r's field i of pubFields as an argument of go-redis: a
+// pointer into r, which go-redis writes without an allocation.
+func (r *pubReq) fieldValue(i int) any {
+	if i == fieldBody {
+		return (*body)(r)
+	}
+	return r.field(i)
+}
+
+// body is the body of a publish's message as an argument of go-redis, which writes what
+// MarshalBinary returns: a pointer, it costs no allocation, where a []byte in an
+// interface does.
+type body pubReq
+
+func (b *body) MarshalBinary() ([]byte, error) { return b.m.Body, nil }
 
 // entry is a stream entry.
 type entry struct {
@@ -72,37 +121,62 @@ func str(f map[string]any, name string) string {
 
 // message rebuilds the message of an entry, and the exchange it was published to.
 func (e *entry) message() (backend.Message, string, error) {
-	f := e.fields
-	m := backend.Message{
-		Body:            []byte(str(f, "b")),
-		RoutingKey:      str(f, "k"),
-		ContentType:     str(f, "ct"),
-		ContentEncoding: str(f, "ce"),
-		Persistent:      str(f, "p") == "1",
-		MessageID:       str(f, "mid"),
-		CorrelationID:   str(f, "cid"),
-		ReplyTo:         str(f, "rt"),
+	var m backend.Message
+	var exchange, headers, priority, expiration, timestamp string
+	for name, v := range e.fields {
+		s, _ := v.(string)
+		switch name {
+		case "b":
+			m.Body = []byte(s)
+		case "x":
+			exchange = s
+		case "k":
+			m.RoutingKey = s
+		case "ct":
+			m.ContentType = s
+		case "ce":
+			m.ContentEncoding = s
+		case "h":
+			headers = s
+		case "p":
+			m.Persistent = s == "1"
+		case "pr":
+			priority = s
+		case "e":
+			expiration = s
+		case "mid":
+			m.MessageID = s
+		case "cid":
+			m.CorrelationID = s
+		case "rt":
+			m.ReplyTo = s
+		case "ts":
+			timestamp = s
+		}
 	}
-	if h := str(f, "h"); h != "" {
-		headers, err := decodeHeaders(h)
+	if m.Body == nil {
+		m.Body = []byte{}
+	}
+	if headers != "" {
+		h, err := decodeHeaders(headers)
 		if err != nil {
 			return m, "", fmt.Errorf("carrot/redis: message %s: headers: %w", e.id, err)
 		}
-		m.Headers = headers
+		m.Headers = h
 	}
-	if v := str(f, "pr"); v != "" {
-		n, _ := strconv.Atoi(v)
+	if priority != "" {
+		n, _ := strconv.Atoi(priority)
 		m.Priority = uint8(n)
 	}
-	if v := str(f, "e"); v != "" {
-		n, _ := strconv.ParseInt(v, 10, 64)
+	if expiration != "" {
+		n, _ := strconv.ParseInt(expiration, 10, 64)
 		m.Expiration = time.Duration(n) * time.Millisecond
 	}
-	if v := str(f, "ts"); v != "" {
-		n, _ := strconv.ParseInt(v, 10, 64)
+	if timestamp != "" {
+		n, _ := strconv.ParseInt(timestamp, 10, 64)
 		m.Timestamp = time.Unix(n, 0).UTC()
 	}
-	return m, str(f, "x"), nil
+	return m, exchange, nil
 }
 
 // Headers are a JSON object of name to [type, value], the value a string: "s" string,

@@ -90,8 +90,9 @@ type Conn struct {
 	topo     atomic.Pointer[snapshot]
 	reloadMu sync.Mutex
 
-	pubq chan *pubReq
-	ackq chan ackReq
+	pubq      chan *pubReq
+	enqueuing atomic.Int64 // publishes on their way into pubq
+	ackq      chan ackReq
 
 	mu              sync.Mutex
 	gets            map[string]hold // messages got and not settled, by id
@@ -169,8 +170,13 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		c.rdb.Close()
 		return nil, err
 	}
-	c.wg.Add(5)
-	go func() { defer c.wg.Done(); c.publishLoop() }()
+	free, answers := make(chan []*pubReq, pubBuffers), make(chan []*pubReq, pubBuffers)
+	for range pubBuffers {
+		free <- make([]*pubReq, 0, maxBatch)
+	}
+	c.wg.Add(6)
+	go func() { defer c.wg.Done(); c.publishLoop(free, answers) }()
+	go func() { defer c.wg.Done(); answerLoop(answers, free) }()
 	go func() { defer c.wg.Done(); c.promoter() }()
 	go func() { defer c.wg.Done(); c.heartbeat() }()
 	go func() { defer c.wg.Done(); c.janitor() }()

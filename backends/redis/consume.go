@@ -15,12 +15,12 @@ import (
 )
 
 // take runs scriptTake for consumer and parses what it returns.
-func (c *Conn) take(ctx context.Context, queue, consumer string, count int, noAck bool, cursor string) (string, []entry, error) {
+func (c *Conn) take(ctx context.Context, queue, consumer string, count int, noAck, fresh bool, cursor string) (string, []entry, error) {
 	s, q := c.stream(queue)
 	var res any
 	err := c.try(ctx, func() error {
 		var err error
-		res, err = scriptTake.Run(ctx, c.rdb, []string{s, q, c.versionKey}, consumer, count, c.opts.VisibilityTimeout.Milliseconds(), flag(noAck), cursor).Result()
+		res, err = scriptTake.Run(ctx, c.rdb, []string{s, q, c.versionKey}, consumer, count, c.opts.VisibilityTimeout.Milliseconds(), flag(noAck), cursor, flag(fresh)).Result()
 		return err
 	})
 	if err != nil {
@@ -71,7 +71,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 			c.getQueues[queue] = true
 		}
 		c.mu.Unlock()
-		next, entries, err := c.take(ctx, queue, c.getConsumer(), 1, autoAck, cursor)
+		next, entries, err := c.take(ctx, queue, c.getConsumer(), 1, autoAck, true, cursor)
 		c.mu.Lock()
 		c.getCur = next
 		c.mu.Unlock()
@@ -298,12 +298,26 @@ func (c *Conn) newReader(ctx context.Context, key string) (*reader, error) {
 	return &reader{conn: conn, id: id, node: node}, nil
 }
 
-// unblock cuts short the blocking read in progress on the reader's connection, if any.
-func (r *reader) unblock() {
+// unblock cuts short the read of the reader's connection, when Redis has it blocked, and
+// until done is closed: a read canceled just as it is sent reaches Redis after a first
+// CLIENT UNBLOCK, and would otherwise wait for the whole block time.
+func (r *reader) unblock(done <-chan struct{}) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	r.node.ClientUnblock(ctx, r.id)
+	for {
+		if n, err := r.node.ClientUnblock(ctx, r.id).Result(); n == 1 || err != nil {
+			return
+		}
+		select {
+		case <-done:
+			return
+		case <-time.After(unblockRetry):
+		}
+	}
 }
+
+// unblockRetry is how often unblock tries again while the read has not reached Redis.
+const unblockRetry = 5 * time.Millisecond
 
 var subSeq atomic.Uint64
 
@@ -323,6 +337,7 @@ type subscription struct {
 	mu        sync.Mutex
 	inflight  map[string]hold // delivered, not settled
 	acks      []string        // acked, to be sent with the next read
+	ackedAt   atomic.Int64    // when the first of acks was made, Unix ns; 0 for none
 	settled   chan struct{}   // a settle made room under the prefetch limit
 	closed    atomic.Bool
 	givenBack atomic.Bool // by the Conn's Close, which found the subscription open
@@ -346,7 +361,15 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 	c := s.c
 	for {
 		if len(s.buf) > 0 {
+			if t := s.ackedAt.Load(); t != 0 && time.Since(time.Unix(0, t)) >= c.opts.Block {
+				// Handing out what was read takes long: the acks go now, not with the
+				// next read.
+				if err := s.sendAcks(ctx, nil); err != nil {
+					return nil, err
+				}
+			}
 			e := s.buf[0]
+			s.buf[0] = entry{}
 			s.buf = s.buf[1:]
 			if e.expired {
 				c.expire(ctx, s.opts.Queue, s.consumer, &e)
@@ -375,7 +398,7 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 			if err := s.sendAcks(ctx, nil); err != nil {
 				return nil, err
 			}
-			next, entries, err := c.take(ctx, s.opts.Queue, s.consumer, room, s.opts.AutoAck, s.cursor)
+			next, entries, err := c.take(ctx, s.opts.Queue, s.consumer, room, s.opts.AutoAck, false, s.cursor)
 			s.cursor = next
 			if err != nil {
 				return nil, err
@@ -385,7 +408,9 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 				continue
 			}
 		}
-		if err := s.wait(ctx, room); err != nil {
+		entries, err := s.read(ctx, room)
+		s.buf = append(s.buf, entries...)
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -398,6 +423,7 @@ func (s *subscription) sendAcks(ctx context.Context, p goredis.Pipeliner) error 
 	s.mu.Lock()
 	ids := s.acks
 	s.acks = nil
+	s.ackedAt.Store(0)
 	s.mu.Unlock()
 	if len(ids) == 0 {
 		return nil
@@ -417,22 +443,27 @@ func (s *subscription) sendAcks(ctx context.Context, p goredis.Pipeliner) error 
 	if err != nil {
 		s.mu.Lock()
 		s.acks = append(ids, s.acks...) // try again with the next read, or on Close
+		s.ackedAt.CompareAndSwap(0, time.Now().UnixNano())
 		s.mu.Unlock()
 	}
 	return err
 }
 
-// wait sends the pending acks, then blocks on the stream until new messages come or the
-// block time passes, in one round trip, as a go-redis program reading and acking batches
-// does. When ctx ends, the read is cut short.
-func (s *subscription) wait(ctx context.Context, room int) error {
+// read sends the acks accepted so far, then blocks on the stream until new messages come
+// or the block time passes, in one round trip, as a go-redis program reading and acking
+// batches does, and returns the messages. When ctx ends, the read is cut short.
+func (s *subscription) read(ctx context.Context, room int) ([]entry, error) {
 	c := s.c
 	if err := c.gone(); err != nil {
-		return err
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	acks := s.acks
 	s.acks = nil
+	s.ackedAt.Store(0)
 	s.mu.Unlock()
 	p := s.reader.conn.Pipeline()
 	if len(acks) > 0 {
@@ -446,37 +477,38 @@ func (s *subscription) wait(ctx context.Context, room int) error {
 		Block:    c.opts.Block,
 		NoAck:    s.opts.AutoAck,
 	})
-	stop := context.AfterFunc(ctx, s.reader.unblock)
+	finished := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { s.reader.unblock(finished) })
 	_, err := p.Exec(ctx)
+	close(finished)
 	stop()
 	if len(acks) > 0 && err != nil && !errors.Is(err, goredis.Nil) {
 		s.mu.Lock()
 		s.acks = append(acks, s.acks...) // try again with the next read
+		s.ackedAt.CompareAndSwap(0, time.Now().UnixNano())
 		s.mu.Unlock()
 	}
 	res, err := read.Result()
 	switch {
 	case errors.Is(err, goredis.Nil):
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		return nil
+		return nil, ctx.Err()
 	case err != nil:
 		if cerr := ctx.Err(); cerr != nil {
-			return cerr
+			return nil, cerr
 		}
 		switch c.ErrorCode(err) {
 		case backend.Unavailable:
 			c.lose(err)
-			return c.gone()
+			return nil, c.gone()
 		case backend.NotFound:
 			if serr := c.checkState(ctx); serr != nil {
-				return serr
+				return nil, serr
 			}
-			return backend.Errorf(backend.NotFound, "carrot/redis: queue %q was deleted: %w", s.opts.Queue, err)
+			return nil, backend.Errorf(backend.NotFound, "carrot/redis: queue %q was deleted: %w", s.opts.Queue, err)
 		}
-		return err
+		return nil, err
 	}
+	var entries []entry
 	var expiring bool
 	for _, st := range res {
 		for _, m := range st.Messages {
@@ -492,22 +524,22 @@ func (s *subscription) wait(ctx context.Context, room int) error {
 			if str(f, "exp") != "" {
 				expiring = true
 			}
-			s.buf = append(s.buf, entry{id: m.ID, fields: f, count: 1})
+			entries = append(entries, entry{id: m.ID, fields: f, count: 1})
 		}
 	}
 	if expiring {
 		now, err := c.rdb.Time(ctx).Result()
 		if err != nil {
-			return err
+			return entries, err
 		}
-		for i := range s.buf {
-			if exp := str(s.buf[i].fields, "exp"); exp != "" {
+		for i := range entries {
+			if exp := str(entries[i].fields, "exp"); exp != "" {
 				ms, _ := strconv.ParseInt(exp, 10, 64)
-				s.buf[i].expired = ms <= now.UnixMilli()
+				entries[i].expired = ms <= now.UnixMilli()
 			}
 		}
 	}
-	return nil
+	return entries, nil
 }
 
 // Close acknowledges what was acked, hands the messages it holds back to the queue, and
@@ -647,6 +679,9 @@ func (st *settler) Settle(ctx context.Context, o backend.Outcome) error {
 	case backend.Ack:
 		if s := st.sub; s != nil {
 			s.mu.Lock()
+			if len(s.acks) == 0 {
+				s.ackedAt.Store(time.Now().UnixNano())
+			}
 			s.acks = append(s.acks, st.id)
 			s.mu.Unlock()
 			return nil

@@ -41,7 +41,7 @@
 // # Keys, and Redis Cluster
 //
 // Every key starts with "{NAMESPACE}:", so that all the keys of a namespace hash to one
-// Redis Cluster slot and every script and transaction touches a single slot: the backend
+// Redis Cluster slot and every script touches a single slot: the backend
 // runs unchanged on a Cluster. The trade-off is that one namespace lives on one shard, its
 // load on one node; spread load over a Cluster by giving independent applications (or
 // independent parts of one) namespaces of their own. The keys are listed in scripts.go.
@@ -52,27 +52,43 @@
 // same topology. Each queue is a Redis Stream read through a consumer group.
 //
 // Publishing routes each message with the connection's copy of the topology (topic
-// patterns with carrot's shared matcher: "*" exactly one word, "#" zero or more) and adds
-// it to every matching queue in one MULTI/EXEC transaction, under WATCH of the topology's
-// version: if the topology changed since the connection loaded it, nothing is added, and
-// the connection loads it again and routes again. So all the matching queues get a
-// message or none does, a message matching two bindings of one queue lands there once,
-// and a mandatory message that matches nothing is an error wrapping carrot.ErrUnroutable.
-// The publishes of all goroutines are gathered into transactions of up to 1024 messages;
-// Publish returns once Redis has run the transaction (with Redis's append-only file and
-// appendfsync always, once the messages are on disk), PublishAsync at once.
+// patterns with carrot's shared matcher: "*" exactly one word, "#" zero or more). The
+// publishes of all goroutines are gathered into batches of up to 1024 messages, each sent
+// in one round trip: one call of a Lua script (EVALSHA) that checks that the topology's
+// version is still the one the batch was routed with, and that every key it writes to
+// holds a stream (a script does not roll back), before it adds each message to every
+// queue it goes to. If the topology changed, the script adds nothing, and the connection
+// loads the topology again and routes again (100 times at most; then the messages fail
+// with an error wrapping carrot.ErrUnavailable, and the Publisher tries them again in a
+// while). So all the matching queues get a message or none does, a message matching two
+// bindings of one queue lands there once, a mandatory message that matches nothing is an
+// error wrapping carrot.ErrUnroutable, and one to an exchange that does not exist an
+// error wrapping carrot.ErrNotFound. Consecutive messages of a batch that go to the same
+// queues with the same properties are sent as one run, their shared fields once. Publish
+// returns once Redis has run the script (with Redis's append-only file and appendfsync
+// always, once the messages are on disk), PublishAsync at once.
 //
-// A consumer reads new messages with XREADGROUP; each is pending, owned by the consumer,
-// until settled. Acks are sent with the consumer's next read (XACK); acked messages are
-// trimmed off the stream once no older message is pending (XTRIM MINID), so streams stay
-// bounded. Requeue hands a message to the group's consumer "~released", from which readers
+// A consumer reads new messages with XREADGROUP, up to its prefetch limit less the
+// messages it holds; each is pending, owned by the consumer, until settled. Acks are
+// coalesced: the XACK of the messages a consumer acked goes in the same round trip as
+// its next read, which it makes as soon as it has handed out the messages it read and
+// has room under its prefetch limit. A read waits for new messages at most the block
+// time; if handing out the messages read takes longer than the block time since an ack
+// was made, the acks go on their own when the consumer is next asked for a message; and
+// Close sends the acks made so far, and returns their error. So an ack waits at most the
+// block time, or the handling of one message if that is longer. A message got with
+// Fetch is acked by the connection's ack loop, at once, in one script call with the other
+// acks queued meanwhile. An ack not yet sent when the connection is cut is lost with it;
+// the message is not: it stays pending, and comes again, flagged redelivered, when the
+// Connector's next connection is made, or after the visibility timeout. Acked messages are trimmed off the stream once no older message is
+// pending (XTRIM MINID), so streams stay bounded. Requeue hands a message to the group's consumer "~released", from which readers
 // take first, oldest first, with the redelivered flag and a delivery count of one more (a
 // nudge entry wakes blocked readers). Reject moves the message, in one script, to the
 // queues its queue's dead-letter exchange routes it to (with the dead-letter routing key
 // if set), or drops it. Messages of a consumer that stopped answering are taken over by
 // other consumers after the visibility timeout (XAUTOCLAIM), counted as another delivery.
 // Nothing is lost in any crash window: a message leaves a queue only in the same script
-// or transaction that puts it elsewhere, or when acked.
+// that puts it elsewhere, or when acked.
 //
 // A message expires after the shorter of its own Expiration and its queue's MessageTTL,
 // reckoned by Redis's clock. An expired message is dead-lettered (or dropped) when a
@@ -99,8 +115,14 @@
 // removes the connection's consumers from the queues' groups.
 //
 // A message over proto-max-bulk-len (the MaxBodySize capability) is refused before it is
-// sent; publishes are sent in transactions of at most 16 MiB of bodies (a larger message
-// goes alone), far below Redis's client-query-buffer-limit.
+// sent; publishes are sent in batches of at most 16 MiB of bodies (a larger message goes
+// alone), far below Redis's client-query-buffer-limit. Should Redis refuse a batch for
+// the size of a message all the same (proto-max-bulk-len lowered since the connection
+// was made: Redis closes the network connection), the connection asks Redis its limit:
+// only the larger messages fail, with an error wrapping carrot.ErrTooLarge, and the
+// others are sent again. (If Redis does not say, a batch it refused with an error is sent
+// again one message at a time, and one whose network connection broke counts as a lost
+// connection.)
 //
 // A message published with a delay is routed when it is published (an unroutable one is
 // an error then) and kept, for each of its queues, in the namespace's "delayed" stream,

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -712,5 +713,128 @@ func TestRedisLosesItsData(t *testing.T) {
 	}
 	if s := conn.State(); s.Recoveries == 0 {
 		t.Errorf("State() = %+v, want a recovery", s)
+	}
+}
+
+// TestPublishBatchRefusals publishes batches whose messages go to a healthy queue and to a
+// queue whose stream key holds a string, after Redis forgot its scripts, then with a
+// message larger than Redis takes since it was lowered: only the messages Redis cannot
+// take fail, each with its own error, and every other one arrives, once. Then another
+// connection binds a queue, and a message published through the first one reaches it.
+func TestPublishBatchRefusals(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	srv := testbroker.StartRedis(t, testbroker.RedisOptions{})
+	conn, err := carrot.Open(ctx, srv.URL()+"?namespace=ns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	opts, err := goredis.ParseURL(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := goredis.NewClient(opts)
+	defer raw.Close()
+	good, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "good"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "bad"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Set(ctx, "{ns}:s:bad", "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{NoRetry: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(bodies map[int][]byte, key func(i int) string) map[int]error {
+		cs := make(map[int]*carrot.Confirmation)
+		for i, b := range bodies {
+			cs[i] = p.PublishAsync(ctx, &carrot.Message{RoutingKey: key(i), Body: b})
+		}
+		errs := make(map[int]error)
+		for i, c := range cs {
+			errs[i] = c.Err()
+		}
+		return errs
+	}
+	xlen := func() int64 {
+		n, err := raw.XLen(ctx, "{ns}:s:good").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	bodies := make(map[int][]byte)
+	for i := range 300 {
+		bodies[i] = []byte(strconv.Itoa(i))
+	}
+	errs := publish(bodies, func(i int) string {
+		if i%3 == 0 {
+			return bad
+		}
+		return good
+	})
+	for i, err := range errs {
+		if i%3 == 0 && !errors.Is(err, carrot.ErrRefused) {
+			t.Errorf("message %d, to the queue whose key holds a string: %v, want ErrRefused", i, err)
+		}
+		if i%3 != 0 && err != nil {
+			t.Errorf("message %d, to the healthy queue: %v", i, err)
+		}
+	}
+	if n := xlen(); n != 200 {
+		t.Errorf("the healthy queue holds %d messages, want 200", n)
+	}
+
+	if err := raw.ConfigSet(ctx, "proto-max-bulk-len", "1mb").Err(); err != nil {
+		t.Fatal(err)
+	}
+	bodies = make(map[int][]byte)
+	for i := range 100 {
+		bodies[i] = []byte(strconv.Itoa(i))
+	}
+	bodies[50] = make([]byte, 2<<20)
+	errs = publish(bodies, func(int) string { return good })
+	for i, err := range errs {
+		if i == 50 && !errors.Is(err, carrot.ErrTooLarge) {
+			t.Errorf("the message of 2 MiB: %v, want ErrTooLarge", err)
+		}
+		if i != 50 && err != nil {
+			t.Errorf("message %d: %v", i, err)
+		}
+	}
+	if n := xlen(); n != 299 {
+		t.Errorf("the healthy queue holds %d messages, want 299", n)
+	}
+
+	// Another connection binds a queue: the first one's copy of the topology is stale,
+	// and the script makes it route again.
+	other, err := carrot.Open(ctx, srv.URL()+"?namespace=ns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	late, err := other.DeclareQueue(ctx, carrot.Queue{Name: "late", Exchange: carrot.Exchange{Name: "x", Kind: carrot.Fanout}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, err := conn.NewPublisher(carrot.PublisherOptions{Exchange: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := px.Publish(ctx, &carrot.Message{Body: []byte("late")}); err != nil {
+		t.Fatalf("publish through an exchange another connection declared: %v", err)
+	}
+	if n, err := raw.XLen(ctx, "{ns}:s:"+late).Result(); err != nil || n != 1 {
+		t.Errorf("the queue bound by another connection holds %d messages (%v), want 1", n, err)
 	}
 }

@@ -2,10 +2,9 @@ package redis
 
 import goredis "github.com/redis/go-redis/v9"
 
-// The Lua scripts that change more than one key, so that each change is atomic (publishing
-// uses a MULTI/EXEC transaction instead: see publish.go). Every key a script touches
-// starts with the namespace's prefix "{NAMESPACE}:", passed as ARGV[1] or in KEYS, so
-// that all of them hash to one Redis Cluster slot; KEYS[1] routes the call.
+// The Lua scripts that change more than one key, so that each change is atomic. Every key
+// a script touches starts with the namespace's prefix "{NAMESPACE}:", passed as ARGV[1] or
+// in KEYS, so that all of them hash to one Redis Cluster slot; KEYS[1] routes the call.
 //
 // Keys, after the prefix:
 //
@@ -168,14 +167,14 @@ return out
 `)
 
 // scriptTake hands a consumer up to ARGV count messages: requeued ones first, oldest
-// first, then those of consumers that stopped answering, then new ones. It returns the
+// first, then those of consumers that stopped answering, then new ones if asked. It returns the
 // cursor for the next search of abandoned messages and the messages, each as {id, fields,
 // delivery count, expired}. Nudges are removed on the way. With noack the messages leave
 // the queue at once, and expired ones are dropped.
 // A namespace whose version is gone was lost (Redis restarted without persistence): the
 // script says LOST, and the connection ends so that carrot declares the topology again.
 // KEYS[1] stream, KEYS[2] queue, KEYS[3] version; ARGV consumer, count, visibility (ms),
-// noack, cursor.
+// noack, cursor, and "1" to take new messages too (consumers read those with XREADGROUP).
 var scriptTake = goredis.NewScript(luaHelpers + `
 local s = KEYS[1]
 local consumer, want, vis, noack = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
@@ -225,7 +224,7 @@ if #out < want then
     add(e[1], e[2], count)
   end
 end
-if #out < want then
+if #out < want and ARGV[6] == '1' then
   local r
   if noack then
     r = redis.call('XREADGROUP', 'GROUP', 'carrot', consumer, 'COUNT', want - #out, 'NOACK', 'STREAMS', s, '>')
@@ -395,13 +394,80 @@ end
 return out
 `)
 
-// scriptDelay: KEYS[1] delayed, KEYS[2] due; ARGV delay (ms), the target stream, then the
-// message's fields. It keeps the message in delayed until it is due.
-var scriptDelay = luaHelpers + `
-local id = redis.call('XADD', KEYS[1], '*', 'to', ARGV[2], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[1]), id)
-return id
-`
+// scriptPublish adds a batch of messages, routed by the client with the topology at
+// version ARGV[1], to their queues: if the version changed since, it adds nothing and
+// answers STALE (the client loads the topology again and routes again); if the version
+// is gone, Redis lost the namespace's data, and it answers LOST. It checks the type of
+// every key before the first write, since a script does not roll back: a key of another
+// type makes it answer "WRONGTYPE i", i the key's index in KEYS, having added nothing.
+// It reads Redis's clock, once, if a message expires or waits.
+//
+// KEYS[1] version, KEYS[2] delayed, KEYS[3] due, KEYS[4...] the queues' streams. ARGV[1]
+// the version; ARGV[2] "1" if a message is delayed, else "0"; ARGV[3...#KEYS-1] the
+// message TTL (ms, 0 for none) of the queue of each stream (that of KEYS[k] in
+// ARGV[k-1]); then runs of messages that go to the same
+// queues with the same delay, expiration and field names, each: the number of messages,
+// the number of queues, the delay (ms), the expiration (ms, 0 for none), the index in
+// KEYS of each queue's stream; the number of fields whose value all its messages share,
+// and their names and values; the number of the other fields, and their names; then,
+// per message, the values of those. So a run of messages that differ only by their
+// bodies costs one argument a message. A message expires after the shorter of its
+// expiration and its queue's TTL, reckoned from when it is due; a delayed one waits in
+// delayed, its first field "to" naming its queue's stream, scheduled in due.
+var scriptPublish = goredis.NewScript(luaHelpers + `
+local v = redis.call('GET', KEYS[1])
+if not v then return 'LOST' end
+if v ~= ARGV[1] then return 'STALE' end
+for k = 2, #KEYS do
+  if k > 3 or ARGV[2] == '1' then
+    local t = redis.call('TYPE', KEYS[k])['ok']
+    if t ~= 'none' and t ~= (k == 3 and 'zset' or 'stream') then return 'WRONGTYPE ' .. k end
+  end
+end
+local now = nil
+local i = #KEYS
+while i <= #ARGV do
+  local m, nt, delay, exp = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local ks = i + 4
+  i = ks + nt
+  local shared = {}
+  for j = i + 1, i + 2 * tonumber(ARGV[i]) do shared[#shared + 1] = ARGV[j] end
+  i = i + 2 * tonumber(ARGV[i]) + 1
+  local nv, names = tonumber(ARGV[i]), i
+  i = i + nv + 1
+  -- XADD's arguments for each queue, the values of the other fields left blank
+  local lists, blank = {}, {}
+  for t = 1, nt do
+    local k = tonumber(ARGV[ks + t - 1])
+    local s, ttl = KEYS[k], tonumber(ARGV[k - 1])
+    if exp > 0 and (ttl == 0 or exp < ttl) then ttl = exp end
+    if not now and (ttl > 0 or delay > 0) then now = now_ms() end
+    local a
+    if delay > 0 then a = {KEYS[2], '*', 'to', s} else a = {s, '*'} end
+    if ttl > 0 then
+      a[#a + 1] = 'exp'
+      a[#a + 1] = string.format('%.0f', now + delay + ttl)
+    end
+    for _, x in ipairs(shared) do a[#a + 1] = x end
+    blank[t] = #a
+    for j = 1, nv do
+      a[#a + 1] = ARGV[names + j]
+      a[#a + 1] = ''
+    end
+    lists[t] = a
+  end
+  for _ = 1, m do
+    for t = 1, nt do
+      local a, b = lists[t], blank[t]
+      for j = 1, nv do a[b + 2 * j] = ARGV[i + j - 1] end
+      local id = redis.call('XADD', unpack(a))
+      if delay > 0 then redis.call('ZADD', KEYS[3], now + delay, id) end
+    end
+    i = i + nv
+  end
+end
+return 'OK'
+`)
 
 // scriptPromote: KEYS[1] delayed, KEYS[2] due; ARGV most to move. It adds the delayed
 // messages that are due to their queues (but to those deleted meanwhile), and returns
