@@ -116,9 +116,9 @@ func (m *Message) DeliveryCount() int {
 // fetched and its Consumer closed since, putting it back in its queue. On a message
 // consumed with NoAck, which the broker acknowledged on delivery, Ack does nothing.
 //
-// A backend may send an ack a little later, with others (the amqp091 backend within
-// 10ms, as one basic.ack with multiple set; the redis backend with the consumer's next
-// read): an Ack that returned nil is applied at the latest when the Consumer's Close or
+// A backend may send an ack a little later, with others (the amqp091 backend within its
+// ack_delay, 10ms by default, as one basic.ack with multiple set; the redis backend with
+// the consumer's next read, within its block time): an Ack that returned nil is applied at the latest when the Consumer's Close or
 // Shutdown returns. An ack that a lost connection took with it is never applied, and its
 // message comes again, flagged redelivered: it is never lost.
 func (m *Message) Ack(ctx context.Context) error { return m.settle(ctx, backend.Ack) }

@@ -80,9 +80,10 @@
 // Fetch is acked by the connection's ack loop, at once, in one script call with the other
 // acks queued meanwhile. An ack not yet sent when the connection is cut is lost with it;
 // the message is not: it stays pending, and comes again, flagged redelivered, when the
-// Connector's next connection is made, or after the visibility timeout. Acked messages are trimmed off the stream once no older message is
-// pending (XTRIM MINID), so streams stay bounded. Requeue hands a message to the group's consumer "~released", from which readers
-// take first, oldest first, with the redelivered flag and a delivery count of one more (a
+// Connector's next connection is made, or after the visibility timeout. Acked messages
+// are trimmed off the stream once no older message is pending (XTRIM MINID), so streams
+// stay bounded. Requeue hands a message to the group's consumer "~released", from which
+// readers take first, oldest first, with the redelivered flag and a delivery count of one more (a
 // nudge entry wakes blocked readers). Reject moves the message, in one script, to the
 // queues its queue's dead-letter exchange routes it to (with the dead-letter routing key
 // if set), or drops it. Messages of a consumer that stopped answering are taken over by
