@@ -4,7 +4,13 @@ package benchtest
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"os"
 	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -37,16 +43,55 @@ const (
 // CPU time per message, and for each pair {carrot, raw} of contestant names, the rate of
 // the first as a share of the second's ("carrot/raw").
 func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contestant, pairs ...[2]string) {
-	rounds := max(b.N/RoundSize, MinRounds)
+	SideBySideWith(b, Options{}, prepare, sides, pairs...)
+}
+
+// Options change how [SideBySideWith] runs and what it reports.
+type Options struct {
+	// Rounds is how many rounds each contestant runs; when zero, b.N/RoundSize, at least
+	// MinRounds. Fewer, longer rounds let a contestant reach its steady state, such as a
+	// queue filled to its limit, which short rounds never do.
+	Rounds int
+
+	// PeakRSS reports each contestant's peak resident set size, the most memory the
+	// process held during any of its rounds, as "<name>-peak-MB". Before each round the
+	// heap is collected and returned to the system, and the peak reset, so that the peak
+	// is the round's own (with what the test binary holds anyway, the same for every
+	// contestant). It needs Linux's /proc/self/clear_refs; elsewhere the metric is left
+	// out, with a log line saying so.
+	PeakRSS bool
+}
+
+// SideBySideWith is [SideBySide] with options.
+func SideBySideWith(b *testing.B, opts Options, prepare func(b *testing.B, n int), sides []Contestant, pairs ...[2]string) {
+	rounds := opts.Rounds
+	if rounds <= 0 {
+		rounds = max(b.N/RoundSize, MinRounds)
+	}
 	per := max(b.N/rounds, 1)
 	elapsed := make([]time.Duration, len(sides))
 	cpu := make([]time.Duration, len(sides))
 	allocs := make([]uint64, len(sides))
+	peak := make([]int64, len(sides))
+	peakRSS := opts.PeakRSS
+	if peakRSS {
+		if err := resetPeakRSS(); err != nil {
+			b.Logf("peak RSS not reported: %v", err)
+			peakRSS = false
+		}
+	}
 	b.ResetTimer()
 	for range rounds {
 		for i, s := range sides {
 			prepare(b, per)
-			runtime.GC()
+			if peakRSS {
+				debug.FreeOSMemory() // a GC too, so that the round starts from what is live
+				if err := resetPeakRSS(); err != nil {
+					b.Fatal(err)
+				}
+			} else {
+				runtime.GC()
+			}
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
 			c := CPUTime()
@@ -56,6 +101,13 @@ func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contest
 			cpu[i] += CPUTime() - c
 			runtime.ReadMemStats(&after)
 			allocs[i] += after.Mallocs - before.Mallocs
+			if peakRSS {
+				kB, err := readPeakRSS()
+				if err != nil {
+					b.Fatal(err)
+				}
+				peak[i] = max(peak[i], kB)
+			}
 		}
 	}
 	b.StopTimer()
@@ -66,11 +118,45 @@ func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contest
 		b.ReportMetric(rates[s.Name], s.Name+"-msgs/s")
 		b.ReportMetric(float64(allocs[i])/total, s.Name+"-allocs/msg")
 		b.ReportMetric(float64(cpu[i].Microseconds())/total, s.Name+"-cpu-µs/msg")
+		if peakRSS {
+			b.ReportMetric(float64(peak[i])/1024, s.Name+"-peak-MB")
+		}
 	}
 	for _, p := range pairs {
 		b.ReportMetric(rates[p[0]]/rates[p[1]], p[0]+"/"+p[1])
 	}
 	b.ReportMetric(0, "ns/op") // the rates above say it better
+}
+
+// resetPeakRSS resets the process's peak resident set size (VmHWM) to its current one, as
+// writing "5" to /proc/self/clear_refs does on Linux.
+func resetPeakRSS() error {
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		return fmt.Errorf("cannot reset the peak RSS: %w", err)
+	}
+	if _, err := readPeakRSS(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// readPeakRSS returns the process's peak resident set size in kB, VmHWM in
+// /proc/self/status.
+func readPeakRSS() (int64, error) {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, fmt.Errorf("cannot read the peak RSS: %w", err)
+	}
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kB, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("cannot read the peak RSS from %q: %w", line, err)
+			}
+			return kB, nil
+		}
+	}
+	return 0, errors.New("cannot read the peak RSS: no VmHWM in /proc/self/status")
 }
 
 // CPUTime returns the CPU time the process has used, user and system.
