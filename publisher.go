@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -187,7 +188,8 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) (err error) {
 		ctx, m = p.before(ctx, m)
 		defer func() { p.after(ctx, m, err) }()
 	}
-	pub := new(backend.Publishing)
+	pub := publishings.Get().(*backend.Publishing)
+	defer putPublishing(pub)
 	if err := p.prepare(ctx, m, pub); err != nil {
 		return err
 	}
@@ -238,15 +240,64 @@ func (p *Publisher) PublishAsync(ctx context.Context, m *Message) *Confirmation 
 	if len(p.opts.Hooks) > 0 {
 		ctx, m = p.before(ctx, m)
 	}
-	a := &asyncPublish{p: p, ctx: ctx, m: m}
-	a.c.done = make(chan struct{})
+	if g := p.conn.live.Load(); g != nil {
+		if _, async := g.b.(backend.AsyncPublisher); !async {
+			return p.publishNow(ctx, m, g)
+		}
+	}
+	a := p.asyncPublish(ctx, m)
 	if err := p.prepare(ctx, m, &a.pub); err != nil {
-		a.finish(err)
+		return a.finish(err)
+	}
+	return a.start()
+}
+
+// publishNow is PublishAsync on g, whose backend publishes in the caller's goroutine: the
+// first attempt needs nothing that outlives the call, unless it fails.
+func (p *Publisher) publishNow(ctx context.Context, m *Message, g *generation) *Confirmation {
+	pub := publishings.Get().(*backend.Publishing)
+	defer putPublishing(pub)
+	if err := p.prepare(ctx, m, pub); err != nil {
+		return p.asyncPublish(ctx, m).finish(err)
+	}
+	if err := g.b.Publish(ctx, pub); err != nil {
+		a := p.asyncPublish(ctx, m)
+		a.pub, a.g = *pub, g
+		a.attemptDone(err)
 		return &a.c
 	}
+	if len(p.opts.Hooks) > 0 {
+		p.after(ctx, m, nil)
+	}
+	if p.window != nil {
+		p.leave()
+	}
+	return confirmed
+}
+
+// confirmed is the Confirmation of every publish confirmed before PublishAsync returned.
+var confirmed = func() *Confirmation {
+	c := &Confirmation{done: make(chan struct{})}
+	close(c.done)
+	return c
+}()
+
+// publishings holds the backend's Publishings of messages for Publish and publishNow: a
+// backend does not keep one after its Publish returns.
+var publishings = sync.Pool{New: func() any { return new(backend.Publishing) }}
+
+func putPublishing(pub *backend.Publishing) {
+	*pub = backend.Publishing{}
+	publishings.Put(pub)
+}
+
+// asyncPublish returns the state of a publish of m that PublishAsync cannot finish before
+// it returns.
+func (p *Publisher) asyncPublish(ctx context.Context, m *Message) *asyncPublish {
+	a := &asyncPublish{p: p, ctx: ctx, m: m}
+	a.c.done = make(chan struct{})
 	a.answer = a.attemptDone
-	a.start()
-	return &a.c
+	return a
 }
 
 // asyncPublish is a publish started with PublishAsync, with its confirmation, in one
@@ -264,7 +315,8 @@ type asyncPublish struct {
 }
 
 // finish reports the outcome, to the hooks and the Confirmation, and leaves the window.
-func (a *asyncPublish) finish(err error) {
+// It returns the Confirmation.
+func (a *asyncPublish) finish(err error) *Confirmation {
 	if len(a.p.opts.Hooks) > 0 {
 		a.p.after(a.ctx, a.m, err)
 	}
@@ -272,6 +324,7 @@ func (a *asyncPublish) finish(err error) {
 		a.p.leave()
 	}
 	a.c.finish(err)
+	return &a.c
 }
 
 // enter takes a place in the publish window, waiting within ctx for one.
@@ -292,19 +345,20 @@ func (p *Publisher) enter(ctx context.Context) error {
 // leave gives back a place in the publish window.
 func (p *Publisher) leave() { <-p.window }
 
-// start makes one attempt on the live connection, waiting for one if there is none.
-func (a *asyncPublish) start() {
+// start makes one attempt on the live connection, waiting for one if there is none. It
+// returns the Confirmation.
+func (a *asyncPublish) start() *Confirmation {
 	g, err := a.p.conn.acquire(a.ctx, a.p.op, a.g, a.cause)
 	if err != nil {
-		a.finish(err)
-		return
+		return a.finish(err)
 	}
 	a.g = g
 	if ap, ok := g.b.(backend.AsyncPublisher); ok {
 		ap.PublishAsync(a.ctx, &a.pub, a.answer)
-		return
+		return &a.c
 	}
 	a.answer(g.b.Publish(a.ctx, &a.pub)) // in order, if not in parallel
+	return &a.c
 }
 
 // attemptDone finishes the confirmation, or makes another attempt if the connection was
