@@ -23,9 +23,9 @@ const size, window = 100, 256
 //	go test -run '^$' -bench EndToEnd -benchtime 1000000x ./backends/memory/
 //
 // The rounds are few and long (benchtest.MinRounds), so that the publisher can run ahead
-// of the consumer as far as flow control lets it (max_depth, 100,000 messages), and the
-// peak memory is that of a full queue. The peak is measured with Linux's
-// /proc/self/clear_refs, and left out elsewhere.
+// of the consumer as far as flow control lets it (max_depth, 100,000 messages). The peak
+// memory is that of one more run of each side with all the messages at once, untimed,
+// measured with Linux's /proc/self/clear_refs (and left out elsewhere).
 //
 // raw: the publisher sends each message by value, a [100]byte copied into the channel and
 // out of it (so that, as with carrot, neither side sees the other's changes), on a channel

@@ -1,6 +1,7 @@
 package memory_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -159,4 +160,119 @@ func TestFlowControl(t *testing.T) {
 			t.Fatalf("publish %d to a queue with a max length: %v", i, err)
 		}
 	}
+}
+
+// TestTakenNotDelivered closes a consumer whose subscription took five messages in one
+// batch and handed out only the first: that one comes back redelivered, the four it never
+// handed out come back as they were, all in their order.
+func TestTakenNotDelivered(t *testing.T) {
+	ctx := t.Context()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	for i := range 5 {
+		if err := p.Send(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan *carrot.Message, 1)
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues:   []carrot.Queue{{Name: q, Passive: true}},
+		Prefetch: 10,
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			got <- m
+			<-ctx.Done() // holds the message until the consumer closes
+			return nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- c.Run(ctx) }()
+	if m := <-got; string(m.Body) != "0" {
+		t.Fatalf("the handler got %q first, want %q", m.Body, "0")
+	}
+	c.Close()
+	if err := <-ran; !errors.Is(err, carrot.ErrClosed) {
+		t.Fatalf("Run = %v, want ErrClosed", err)
+	}
+
+	f, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	for i := range 5 {
+		m, err := f.Fetch(ctx)
+		if err != nil {
+			t.Fatalf("fetch %d: %v", i, err)
+		}
+		first := i == 0
+		if string(m.Body) != fmt.Sprint(i) || m.Redelivered() != first || m.DeliveryCount() != 1+btoi(first) {
+			t.Errorf("fetch %d got %q, redelivered %v, delivery count %d; want %q, %v, %d", i, m.Body, m.Redelivered(), m.DeliveryCount(), fmt.Sprint(i), first, 1+btoi(first))
+		}
+		m.Ack(ctx)
+	}
+	if _, err := f.Fetch(ctx); !errors.Is(err, carrot.ErrEmpty) {
+		t.Errorf("fetch after the five = %v, want ErrEmpty", err)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// TestSharedBodies publishes through a fanout exchange to two queues, which share the
+// broker's copy of each body, acks every message of one queue, publishes more, and checks
+// that the other queue still has its bodies intact: a body is reused only once the last
+// queue that holds it is done with it.
+func TestSharedBodies(t *testing.T) {
+	ctx := t.Context()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fan := carrot.Exchange{Name: "fan", Kind: carrot.Fanout}
+	a, _ := conn.DeclareQueue(ctx, carrot.Queue{Name: "a", Exchange: fan})
+	b, _ := conn.DeclareQueue(ctx, carrot.Queue{Name: "b", Exchange: fan})
+	direct, _ := conn.DeclareQueue(ctx, carrot.Queue{Name: "direct"})
+	body := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100) }
+	fanout, _ := conn.NewPublisher(carrot.PublisherOptions{Exchange: "fan"})
+	toDirect, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: direct})
+	const n = 300
+	for i := range n {
+		if err := fanout.Publish(ctx, &carrot.Message{Body: body(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain := func(queue string, from int) {
+		c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: queue, Passive: true}}, Prefetch: 50})
+		defer c.Close()
+		for i := range n {
+			m, err := c.Fetch(ctx)
+			if err != nil {
+				t.Fatalf("queue %s, message %d: %v", queue, i, err)
+			}
+			if want := body(from + i); !bytes.Equal(m.Body, want) {
+				t.Fatalf("queue %s, message %d: body %x..., want %x...", queue, i, m.Body[:4], want[:4])
+			}
+			m.Ack(ctx)
+		}
+	}
+	drain(a, 0)
+	for i := range n {
+		if err := toDirect.Publish(ctx, &carrot.Message{Body: body(n + i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain(b, 0)
+	drain(direct, n)
 }

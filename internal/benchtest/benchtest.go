@@ -53,12 +53,13 @@ type Options struct {
 	// queue filled to its limit, which short rounds never do.
 	Rounds int
 
-	// PeakRSS reports each contestant's peak resident set size, the most memory the
-	// process held during any of its rounds, as "<name>-peak-MB". Before each round the
-	// heap is collected and returned to the system, and the peak reset, so that the peak
-	// is the round's own (with what the test binary holds anyway, the same for every
-	// contestant). It needs Linux's /proc/self/clear_refs; elsewhere the metric is left
-	// out, with a log line saying so.
+	// PeakRSS reports each contestant's peak resident set size as "<name>-peak-MB": after
+	// the timed rounds, each contestant runs once more, untimed, on all b.N messages at
+	// once, from a heap collected and returned to the system, with the peak reset before,
+	// so that the peak is that run's own (with what the test binary holds anyway, the same
+	// for every contestant). The timed rounds do not return memory to the system, which
+	// would make them pay again for the pages they use. It needs Linux's
+	// /proc/self/clear_refs; elsewhere the metric is left out, with a log line saying so.
 	PeakRSS bool
 }
 
@@ -84,14 +85,7 @@ func SideBySideWith(b *testing.B, opts Options, prepare func(b *testing.B, n int
 	for range rounds {
 		for i, s := range sides {
 			prepare(b, per)
-			if peakRSS {
-				debug.FreeOSMemory() // a GC too, so that the round starts from what is live
-				if err := resetPeakRSS(); err != nil {
-					b.Fatal(err)
-				}
-			} else {
-				runtime.GC()
-			}
+			runtime.GC()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
 			c := CPUTime()
@@ -101,16 +95,24 @@ func SideBySideWith(b *testing.B, opts Options, prepare func(b *testing.B, n int
 			cpu[i] += CPUTime() - c
 			runtime.ReadMemStats(&after)
 			allocs[i] += after.Mallocs - before.Mallocs
-			if peakRSS {
-				kB, err := readPeakRSS()
-				if err != nil {
-					b.Fatal(err)
-				}
-				peak[i] = max(peak[i], kB)
-			}
 		}
 	}
 	b.StopTimer()
+	if peakRSS {
+		for i, s := range sides {
+			prepare(b, b.N)
+			debug.FreeOSMemory() // a GC too, so that the run starts from what is live
+			if err := resetPeakRSS(); err != nil {
+				b.Fatal(err)
+			}
+			s.Run(b, b.N)
+			kB, err := readPeakRSS()
+			if err != nil {
+				b.Fatal(err)
+			}
+			peak[i] = kB
+		}
+	}
 	total := float64(per * rounds)
 	rates := make(map[string]float64)
 	for i, s := range sides {
