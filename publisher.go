@@ -188,8 +188,7 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) (err error) {
 		ctx, m = p.before(ctx, m)
 		defer func() { p.after(ctx, m, err) }()
 	}
-	pub := publishings.Get().(*backend.Publishing)
-	defer putPublishing(pub)
+	pub := new(backend.Publishing)
 	if err := p.prepare(ctx, m, pub); err != nil {
 		return err
 	}
@@ -282,8 +281,10 @@ var confirmed = func() *Confirmation {
 	return c
 }()
 
-// publishings holds the backend's Publishings of messages for Publish and publishNow: a
-// backend does not keep one after its Publish returns.
+// publishings holds the backend's Publishings of publishNow. A backend must not keep one
+// after its Publish returns; one that publishes asynchronously may still read it after a
+// Publish cut short by its context (redis's publish queue does), so only publishNow, for
+// backends that publish in the caller's goroutine, reuses them.
 var publishings = sync.Pool{New: func() any { return new(backend.Publishing) }}
 
 func putPublishing(pub *backend.Publishing) {
