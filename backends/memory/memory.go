@@ -463,10 +463,11 @@ func (c *Conn) Get(ctx context.Context, queueName string, autoAck bool) (*backen
 		return nil, err
 	}
 	var clk clock
-	d := &delivery{c: c, q: q}
-	if !c.b.pop(q, &clk, &d.e) {
+	var e entry
+	if !c.b.pop(q, &clk, &e) {
 		return nil, nil
 	}
+	d := &delivery{c: c, q: q, e: e}
 	if autoAck {
 		d.state.Store(settled)
 		return d.handOut(false), nil
