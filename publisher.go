@@ -77,7 +77,7 @@ type Publisher struct {
 	op     string // for errors
 	codec  Codec
 	closed atomic.Bool
-	window chan struct{} // a token per message in flight, with MaxInFlight
+	window *window // with MaxInFlight
 }
 
 // NewPublisher returns a Publisher that sends to opts.Exchange. It does not declare the
@@ -118,7 +118,7 @@ func (c *Conn) NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	}
 	p := &Publisher{conn: c, opts: opts, codec: codec, op: fmt.Sprintf("publish to exchange %q", opts.Exchange)}
 	if opts.MaxInFlight > 0 {
-		p.window = make(chan struct{}, opts.MaxInFlight)
+		p.window = &window{size: int64(opts.MaxInFlight)}
 	}
 	if err := c.adopt(p); err != nil {
 		return nil, err
@@ -277,7 +277,7 @@ func (p *Publisher) publishNow(ctx context.Context, m *Message, g *generation) *
 // confirmed is the Confirmation of every publish confirmed before PublishAsync returned.
 var confirmed = func() *Confirmation {
 	c := &Confirmation{done: make(chan struct{})}
-	close(c.done)
+	c.finish(nil)
 	return c
 }()
 
@@ -328,23 +328,61 @@ func (a *asyncPublish) finish(err error) *Confirmation {
 	return &a.c
 }
 
+// window counts a Publisher's messages in flight, to at most size. Taking and giving back
+// a place is an atomic operation; only a publish that waits for a place takes the mutex.
+type window struct {
+	size    int64
+	used    atomic.Int64
+	waiting atomic.Bool // a publish waits for room; set under mu
+	mu      sync.Mutex
+	room    chan struct{} // closed when a place is given back, if waiting
+}
+
 // enter takes a place in the publish window, waiting within ctx for one.
 func (p *Publisher) enter(ctx context.Context) error {
-	select {
-	case p.window <- struct{}{}:
-		return nil
-	default:
-	}
-	select {
-	case p.window <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	w := p.window
+	for {
+		n := w.used.Load()
+		if n < w.size {
+			if w.used.CompareAndSwap(n, n+1) {
+				return nil
+			}
+			continue
+		}
+		// Full: wait for leave to signal, once it can see that we wait, unless it gave
+		// a place back meanwhile.
+		w.mu.Lock()
+		if w.room == nil {
+			w.room = make(chan struct{})
+		}
+		room := w.room
+		w.waiting.Store(true)
+		w.mu.Unlock()
+		if w.used.Load() < w.size {
+			continue
+		}
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
 // leave gives back a place in the publish window.
-func (p *Publisher) leave() { <-p.window }
+func (p *Publisher) leave() {
+	w := p.window
+	w.used.Add(-1)
+	if w.waiting.Load() {
+		w.mu.Lock()
+		if w.room != nil {
+			close(w.room)
+			w.room = nil
+		}
+		w.waiting.Store(false)
+		w.mu.Unlock()
+	}
+}
 
 // start makes one attempt on the live connection, waiting for one if there is none. It
 // returns the Confirmation.
@@ -449,12 +487,14 @@ func (p *Publisher) retry(ctx context.Context, err error) bool {
 
 // A Confirmation is the outcome of a publish started with [Publisher.PublishAsync].
 type Confirmation struct {
-	done chan struct{}
-	err  error
+	done     chan struct{}
+	finished atomic.Bool // set after err, before done is closed
+	err      error
 }
 
 func (c *Confirmation) finish(err error) {
 	c.err = err
+	c.finished.Store(true)
 	close(c.done)
 }
 
@@ -464,12 +504,17 @@ func (c *Confirmation) Done() <-chan struct{} { return c.done }
 // Err waits until the broker has answered and returns what [Publisher.Publish] would
 // have returned.
 func (c *Confirmation) Err() error {
-	<-c.done
+	if !c.finished.Load() {
+		<-c.done
+	}
 	return c.err
 }
 
 // Wait is Err, returning ctx.Err() if ctx ends first; the publish goes on.
 func (c *Confirmation) Wait(ctx context.Context) error {
+	if c.finished.Load() {
+		return c.err
+	}
 	select {
 	case <-c.done:
 		return c.err

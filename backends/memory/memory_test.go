@@ -276,3 +276,89 @@ func TestSharedBodies(t *testing.T) {
 	drain(b, 0)
 	drain(direct, n)
 }
+
+// TestPublishWindow fills a publisher's window of one with a publish that waits for room
+// in a full queue (max_depth=1): another publish waits for the window until its context
+// ends, and goes through once the queue has room for both. Then many goroutines share a
+// window of two, and every message arrives.
+func TestPublishWindow(t *testing.T) {
+	ctx := t.Context()
+	conn, err := carrot.Open(ctx, "memory://?max_depth=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, _ := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q, MaxInFlight: 1})
+	if err := p.Send(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan error, 1)
+	go func() { held <- p.Send(ctx, 1) }() // waits for room in the queue, holding the window
+	c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	// Until the goroutine holds the window, this publish may take it and wait for the
+	// queue instead; either way it waits until its context ends.
+	if err := p.PublishAsync(short, &carrot.Message{Body: []byte("2")}).Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("publish with the window or the queue full = %v, want it to wait until its context ends", err)
+	}
+	next := func(want string) {
+		t.Helper()
+		for {
+			m, err := c.Fetch(ctx)
+			if errors.Is(err, carrot.ErrEmpty) {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(m.Body) != want {
+				t.Fatalf("fetched %q, want %q", m.Body, want)
+			}
+			m.Ack(ctx)
+			return
+		}
+	}
+	next("0")
+	if err := <-held; err != nil {
+		t.Fatalf("the publish that held the window: %v", err)
+	}
+	next("1")
+	if err := p.PublishAsync(ctx, &carrot.Message{Body: []byte("3")}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	next("3")
+
+	shared, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q, MaxInFlight: 2})
+	const goroutines, each = 8, 50
+	var pubs sync.WaitGroup
+	for g := range goroutines {
+		pubs.Go(func() {
+			for i := range each {
+				if err := shared.Publish(ctx, &carrot.Message{Body: fmt.Appendf(nil, "%d-%d", g, i)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	seen := make(map[string]bool)
+	for len(seen) < goroutines*each && !t.Failed() {
+		m, err := c.Fetch(ctx)
+		if errors.Is(err, carrot.ErrEmpty) {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[string(m.Body)] {
+			t.Errorf("message %s arrived twice", m.Body)
+		}
+		seen[string(m.Body)] = true
+		m.Ack(ctx)
+	}
+	pubs.Wait()
+}
