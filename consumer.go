@@ -145,10 +145,12 @@ type run struct {
 	stopped        atomic.Bool // by Shutdown or Close, rather than by its context
 	done           chan struct{}
 
+	busy    atomic.Int64 // handlers running
+	waiters atomic.Int64 // calls of wait waiting for busy to drop, under mu
+
 	mu      sync.Mutex
 	workers map[uint64]bool // the goroutines that call handlers, by goroutine id
-	busy    int             // handlers running
-	idle    *sync.Cond      // signalled when busy drops
+	idle    *sync.Cond      // signalled when busy drops, if wait waits
 	held    []held          // handed to handlers that returned without settling them
 	failLog logLimit        // handler failures logged
 }
@@ -232,18 +234,18 @@ func (r *run) inHandler() bool {
 	return r.workers[id]
 }
 
-// started and finished count the handlers running.
-func (r *run) started() {
-	r.mu.Lock()
-	r.busy++
-	r.mu.Unlock()
-}
+// started and finished count the handlers running, without a lock unless wait waits
+// for them: wait counts itself in waiters before it reads busy, finished reads waiters
+// after it has lowered busy, so one of them sees the other.
+func (r *run) started() { r.busy.Add(1) }
 
 func (r *run) finished() {
-	r.mu.Lock()
-	r.busy--
-	r.mu.Unlock()
-	r.idle.Broadcast()
+	r.busy.Add(-1)
+	if r.waiters.Load() > 0 {
+		r.mu.Lock()
+		r.idle.Broadcast()
+		r.mu.Unlock()
+	}
 }
 
 // wait waits for the run to end; called from one of its handlers, it waits instead for
@@ -265,7 +267,9 @@ func (r *run) wait(ctx context.Context) error {
 	defer stop()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for r.busy > 1 && ctx.Err() == nil {
+	r.waiters.Add(1)
+	defer r.waiters.Add(-1)
+	for r.busy.Load() > 1 && ctx.Err() == nil {
 		r.idle.Wait()
 	}
 	return ctx.Err()
@@ -525,7 +529,7 @@ type subscription struct {
 // recover one within ctx. cause is why the subscription on stale ended.
 func (s *subscription) subscribe(ctx context.Context, stale *generation, cause error) error {
 	c, conn := s.c, s.c.conn
-	op := fmt.Sprintf("consume queue %q", s.queue)
+	op := s.op()
 	for {
 		g, err := conn.acquire(ctx, op, stale, cause)
 		if err != nil {
@@ -565,7 +569,6 @@ func (s *subscription) retry(ctx context.Context, g *generation, err error) bool
 // receive returns the next message, subscribing again when the connection was lost.
 func (s *subscription) receive(ctx context.Context) (*Message, error) {
 	c, conn := s.c, s.c.conn
-	op := fmt.Sprintf("consume queue %q", s.queue)
 	for {
 		if s.sub == nil {
 			if err := s.subscribe(ctx, s.g, nil); err != nil {
@@ -586,7 +589,7 @@ func (s *subscription) receive(ctx context.Context) (*Message, error) {
 		case code == backend.Malformed:
 			s.malformed++
 			if s.malformed >= MaxMalformed {
-				return nil, &Error{Op: op, Kind: ErrMalformed, Err: fmt.Errorf("gave up after %d failures in a row to read the message at the head of queue %q: %w", s.malformed, s.queue, err)}
+				return nil, &Error{Op: s.op(), Kind: ErrMalformed, Err: fmt.Errorf("gave up after %d failures in a row to read the message at the head of queue %q: %w", s.malformed, s.queue, err)}
 			}
 			// Wait, so that the message cannot make the connection fail in a hot loop.
 			if err := sleep(ctx, malformedDelay(s.malformed)); err != nil {
@@ -602,10 +605,13 @@ func (s *subscription) receive(ctx context.Context) (*Message, error) {
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		default:
-			return nil, conn.wrap(ctx, op, g, err)
+			return nil, conn.wrap(ctx, s.op(), g, err)
 		}
 	}
 }
+
+// op names the subscription's operation, for errors.
+func (s *subscription) op() string { return fmt.Sprintf("consume queue %q", s.queue) }
 
 // drop closes the subscription on its connection, for good or until the next one.
 func (s *subscription) drop() {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,7 +77,7 @@ type Publisher struct {
 	op     string // for errors
 	codec  Codec
 	closed atomic.Bool
-	window chan struct{} // a token per message in flight, with MaxInFlight
+	window *window // with MaxInFlight
 }
 
 // NewPublisher returns a Publisher that sends to opts.Exchange. It does not declare the
@@ -117,7 +118,7 @@ func (c *Conn) NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	}
 	p := &Publisher{conn: c, opts: opts, codec: codec, op: fmt.Sprintf("publish to exchange %q", opts.Exchange)}
 	if opts.MaxInFlight > 0 {
-		p.window = make(chan struct{}, opts.MaxInFlight)
+		p.window = &window{size: int64(opts.MaxInFlight)}
 	}
 	if err := c.adopt(p); err != nil {
 		return nil, err
@@ -238,15 +239,66 @@ func (p *Publisher) PublishAsync(ctx context.Context, m *Message) *Confirmation 
 	if len(p.opts.Hooks) > 0 {
 		ctx, m = p.before(ctx, m)
 	}
-	a := &asyncPublish{p: p, ctx: ctx, m: m}
-	a.c.done = make(chan struct{})
+	if g := p.conn.live.Load(); g != nil {
+		if _, async := g.b.(backend.AsyncPublisher); !async {
+			return p.publishNow(ctx, m, g)
+		}
+	}
+	a := p.asyncPublish(ctx, m)
 	if err := p.prepare(ctx, m, &a.pub); err != nil {
-		a.finish(err)
+		return a.finish(err)
+	}
+	return a.start()
+}
+
+// publishNow is PublishAsync on g, whose backend publishes in the caller's goroutine: the
+// first attempt needs nothing that outlives the call, unless it fails.
+func (p *Publisher) publishNow(ctx context.Context, m *Message, g *generation) *Confirmation {
+	pub := publishings.Get().(*backend.Publishing)
+	defer putPublishing(pub)
+	if err := p.prepare(ctx, m, pub); err != nil {
+		return p.asyncPublish(ctx, m).finish(err)
+	}
+	if err := g.b.Publish(ctx, pub); err != nil {
+		a := p.asyncPublish(ctx, m)
+		a.pub, a.g = *pub, g
+		a.attemptDone(err)
 		return &a.c
 	}
+	if len(p.opts.Hooks) > 0 {
+		p.after(ctx, m, nil)
+	}
+	if p.window != nil {
+		p.leave()
+	}
+	return confirmed
+}
+
+// confirmed is the Confirmation of every publish confirmed before PublishAsync returned.
+var confirmed = func() *Confirmation {
+	c := &Confirmation{done: make(chan struct{})}
+	c.finish(nil)
+	return c
+}()
+
+// publishings holds the backend's Publishings of publishNow. A backend must not keep one
+// after its Publish returns; one that publishes asynchronously may still read it after a
+// Publish cut short by its context (redis's publish queue does), so only publishNow, for
+// backends that publish in the caller's goroutine, reuses them.
+var publishings = sync.Pool{New: func() any { return new(backend.Publishing) }}
+
+func putPublishing(pub *backend.Publishing) {
+	*pub = backend.Publishing{}
+	publishings.Put(pub)
+}
+
+// asyncPublish returns the state of a publish of m that PublishAsync cannot finish before
+// it returns.
+func (p *Publisher) asyncPublish(ctx context.Context, m *Message) *asyncPublish {
+	a := &asyncPublish{p: p, ctx: ctx, m: m}
+	a.c.done = make(chan struct{})
 	a.answer = a.attemptDone
-	a.start()
-	return &a.c
+	return a
 }
 
 // asyncPublish is a publish started with PublishAsync, with its confirmation, in one
@@ -264,7 +316,8 @@ type asyncPublish struct {
 }
 
 // finish reports the outcome, to the hooks and the Confirmation, and leaves the window.
-func (a *asyncPublish) finish(err error) {
+// It returns the Confirmation.
+func (a *asyncPublish) finish(err error) *Confirmation {
 	if len(a.p.opts.Hooks) > 0 {
 		a.p.after(a.ctx, a.m, err)
 	}
@@ -272,39 +325,79 @@ func (a *asyncPublish) finish(err error) {
 		a.p.leave()
 	}
 	a.c.finish(err)
+	return &a.c
+}
+
+// window counts a Publisher's messages in flight, to at most size. Taking and giving back
+// a place is an atomic operation; only a publish that waits for a place takes the mutex.
+type window struct {
+	size    int64
+	used    atomic.Int64
+	waiting atomic.Bool // a publish waits for room; set under mu
+	mu      sync.Mutex
+	room    chan struct{} // closed when a place is given back, if waiting
 }
 
 // enter takes a place in the publish window, waiting within ctx for one.
 func (p *Publisher) enter(ctx context.Context) error {
-	select {
-	case p.window <- struct{}{}:
-		return nil
-	default:
-	}
-	select {
-	case p.window <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	w := p.window
+	for {
+		n := w.used.Load()
+		if n < w.size {
+			if w.used.CompareAndSwap(n, n+1) {
+				return nil
+			}
+			continue
+		}
+		// Full: wait for leave to signal, once it can see that we wait, unless it gave
+		// a place back meanwhile.
+		w.mu.Lock()
+		if w.room == nil {
+			w.room = make(chan struct{})
+		}
+		room := w.room
+		w.waiting.Store(true)
+		w.mu.Unlock()
+		if w.used.Load() < w.size {
+			continue
+		}
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
 // leave gives back a place in the publish window.
-func (p *Publisher) leave() { <-p.window }
+func (p *Publisher) leave() {
+	w := p.window
+	w.used.Add(-1)
+	if w.waiting.Load() {
+		w.mu.Lock()
+		if w.room != nil {
+			close(w.room)
+			w.room = nil
+		}
+		w.waiting.Store(false)
+		w.mu.Unlock()
+	}
+}
 
-// start makes one attempt on the live connection, waiting for one if there is none.
-func (a *asyncPublish) start() {
+// start makes one attempt on the live connection, waiting for one if there is none. It
+// returns the Confirmation.
+func (a *asyncPublish) start() *Confirmation {
 	g, err := a.p.conn.acquire(a.ctx, a.p.op, a.g, a.cause)
 	if err != nil {
-		a.finish(err)
-		return
+		return a.finish(err)
 	}
 	a.g = g
 	if ap, ok := g.b.(backend.AsyncPublisher); ok {
 		ap.PublishAsync(a.ctx, &a.pub, a.answer)
-		return
+		return &a.c
 	}
 	a.answer(g.b.Publish(a.ctx, &a.pub)) // in order, if not in parallel
+	return &a.c
 }
 
 // attemptDone finishes the confirmation, or makes another attempt if the connection was
@@ -394,12 +487,14 @@ func (p *Publisher) retry(ctx context.Context, err error) bool {
 
 // A Confirmation is the outcome of a publish started with [Publisher.PublishAsync].
 type Confirmation struct {
-	done chan struct{}
-	err  error
+	done     chan struct{}
+	finished atomic.Bool // set after err, before done is closed
+	err      error
 }
 
 func (c *Confirmation) finish(err error) {
 	c.err = err
+	c.finished.Store(true)
 	close(c.done)
 }
 
@@ -409,12 +504,17 @@ func (c *Confirmation) Done() <-chan struct{} { return c.done }
 // Err waits until the broker has answered and returns what [Publisher.Publish] would
 // have returned.
 func (c *Confirmation) Err() error {
-	<-c.done
+	if !c.finished.Load() {
+		<-c.done
+	}
 	return c.err
 }
 
 // Wait is Err, returning ctx.Err() if ctx ends first; the publish goes on.
 func (c *Confirmation) Wait(ctx context.Context) error {
+	if c.finished.Load() {
+		return c.err
+	}
 	select {
 	case <-c.done:
 		return c.err

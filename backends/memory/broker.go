@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/carrot-go/carrot/backend"
@@ -22,6 +23,26 @@ type broker struct {
 	queues    map[string]*queue
 	seq       uint64        // orders entries, so requeued messages go back in their original order
 	room      chan struct{} // closed when a queue holds fewer messages, if publishers wait
+	routed    []*queue      // route's result for a publish, reused
+	blocks    blockPool     // the blocks of the queues' deques, reused
+}
+
+// epoch is the origin of the broker's clock, on the monotonic clock.
+var epoch = time.Now()
+
+// clock reads the time for one operation of the broker once, and only if it needs it:
+// most messages have no time to live.
+type clock struct {
+	t    time.Duration
+	read bool
+}
+
+// now returns the time since epoch.
+func (c *clock) now() time.Duration {
+	if !c.read {
+		c.t, c.read = time.Since(epoch), true
+	}
+	return c.t
 }
 
 // full reports whether one of qs, without a max length, holds max ready messages or more;
@@ -98,35 +119,58 @@ type queue struct {
 	owner       *Conn   // of an exclusive queue
 	consumers   int
 	hadConsumer bool
-	deleted     bool
-	changed     chan struct{} // closed, and replaced, when a waiting Receive may proceed
-	timer       *time.Timer   // fires when the message at a head expires
+	deleted     atomic.Bool     // set under the broker's mutex, read without it by Receive
+	waiters     []*subscription // waiting in Receive for the queue to change
+	timer       *time.Timer     // fires when the message at a head expires
+}
+
+// forget drops the references of an entry that left the broker to what may be large:
+// its body and headers.
+func (e *entry) forget() {
+	e.msg.Body, e.msg.Headers, e.buf = nil, nil, nil
 }
 
 // entry is a message in a queue, or delivered from it and not yet settled.
 type entry struct {
 	msg         backend.Message // Body and Headers are the broker's own copies, never modified
+	buf         *buffer         // holds msg.Body, to release on ack; nil if not pooled
+	shared      bool            // buf is shared with the entries of other queues
 	exchange    string
 	seq         uint64
+	expires     time.Duration // when it expires, since epoch; 0 for never
+	deadFrom    []string      // queues that dead-lettered it for expiry or overflow, to break cycles
+	deliveries  int32
+	level       uint8 // priority level
 	redelivered bool
-	deliveries  int
-	expires     time.Time // zero for never
-	deadFrom    []string  // queues that dead-lettered it for expiry or overflow, to break cycles
-	level       int       // priority level
 }
 
-func newQueue(def backend.Queue, owner *Conn) *queue {
-	q := &queue{def: def, levels: make([]deque, int(def.MaxPriority)+1), changed: make(chan struct{})}
+func (b *broker) newQueue(def backend.Queue, owner *Conn) *queue {
+	q := &queue{def: def, levels: make([]deque, int(def.MaxPriority)+1)}
+	for i := range q.levels {
+		q.levels[i].pool = &b.blocks
+	}
 	if def.Exclusive {
 		q.owner = owner
 	}
 	return q
 }
 
-// signal wakes every Receive waiting on the queue.
+// signal wakes every Receive waiting on the queue. The caller holds the broker's mutex.
 func (q *queue) signal() {
-	close(q.changed)
-	q.changed = make(chan struct{})
+	for i, s := range q.waiters {
+		s.listed = false
+		s.wakeUp()
+		q.waiters[i] = nil
+	}
+	q.waiters = q.waiters[:0]
+}
+
+// unlist removes s from the subscriptions waiting on the queue.
+func (q *queue) unlist(s *subscription) {
+	if s.listed {
+		s.listed = false
+		q.waiters = slices.DeleteFunc(q.waiters, func(w *subscription) bool { return w == s })
+	}
 }
 
 func (q *queue) ready() int {
@@ -146,19 +190,19 @@ func (q *queue) usableBy(c *Conn) error {
 	return nil
 }
 
-// route returns the queues a message published to exchange with key goes to, each once.
-func (b *broker) route(exchangeName, key string) ([]*queue, error) {
+// route appends to qs the queues a message published to exchange with key goes to, each
+// once.
+func (b *broker) route(qs []*queue, exchangeName, key string) ([]*queue, error) {
 	if exchangeName == "" {
 		if q := b.queues[key]; q != nil {
-			return []*queue{q}, nil
+			return append(qs, q), nil
 		}
-		return nil, nil
+		return qs, nil
 	}
 	x := b.exchanges[exchangeName]
 	if x == nil {
-		return nil, backend.Errorf(backend.NotFound, "exchange %q not found", exchangeName)
+		return qs, backend.Errorf(backend.NotFound, "exchange %q not found", exchangeName)
 	}
-	var qs []*queue
 	for _, bd := range x.bindings {
 		if x.matches(bd, key) && !slices.Contains(qs, bd.queue) {
 			qs = append(qs, bd.queue)
@@ -173,17 +217,17 @@ func (b *broker) delay(qs []*queue, msg backend.Message, exchange string, d time
 	time.AfterFunc(d, func() {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		now := time.Now()
+		var clk clock
 		for _, q := range qs {
-			if !q.deleted {
-				b.enqueue(q, &entry{msg: msg, exchange: exchange}, now)
+			if !q.deleted.Load() {
+				b.enqueue(q, &entry{msg: msg, exchange: exchange}, &clk)
 			}
 		}
 	})
 }
 
-// enqueue appends a message to the back of q, then enforces its max length.
-func (b *broker) enqueue(q *queue, e *entry, now time.Time) {
+// enqueue appends a copy of e to the back of q, then enforces its max length.
+func (b *broker) enqueue(q *queue, e *entry, clk *clock) {
 	b.seq++
 	e.seq = b.seq
 	ttl := e.msg.Expiration
@@ -191,59 +235,61 @@ func (b *broker) enqueue(q *queue, e *entry, now time.Time) {
 		ttl = q.def.MessageTTL
 	}
 	if ttl > 0 {
-		e.expires = now.Add(ttl)
+		e.expires = clk.now() + ttl
 	}
-	e.level = min(int(e.msg.Priority), len(q.levels)-1)
+	e.level = uint8(min(int(e.msg.Priority), len(q.levels)-1))
 	q.levels[e.level].pushBack(e)
 	for q.def.MaxLength > 0 && q.ready() > q.def.MaxLength {
 		// Drop from the head, the lowest priority first, as RabbitMQ's default overflow does.
 		for i := range q.levels {
-			if dropped := q.levels[i].popFront(); dropped != nil {
-				b.deadLetter(q, dropped, "maxlen", now)
+			var dropped entry
+			if q.levels[i].popFront(&dropped) {
+				b.deadLetter(q, &dropped, "maxlen", clk)
 				break
 			}
 		}
 	}
-	b.scheduleExpiry(q, now)
+	b.scheduleExpiry(q, clk)
 	q.signal()
 }
 
-// requeue puts delivered entries back at the head of q in their original order.
-func (b *broker) requeue(q *queue, es []*entry, now time.Time) {
-	if q.deleted {
+// requeue puts entries taken from q back at its head in their original order. The
+// caller flags those that were delivered as redelivered.
+func (b *broker) requeue(q *queue, es []entry, clk *clock) {
+	if q.deleted.Load() {
 		return
 	}
-	slices.SortFunc(es, func(a, b *entry) int { return cmp.Compare(b.seq, a.seq) })
-	for _, e := range es { // the latest first, so the earliest ends up at the head
-		e.redelivered = true
-		q.levels[e.level].pushFront(e)
+	slices.SortFunc(es, func(a, b entry) int { return cmp.Compare(b.seq, a.seq) })
+	for i := range es { // the latest first, so the earliest ends up at the head
+		q.levels[es[i].level].pushFront(&es[i])
 	}
-	b.scheduleExpiry(q, now)
+	b.scheduleExpiry(q, clk)
 	q.signal()
 }
 
-// pop removes the next live message from q, highest priority first, dead-lettering the
-// expired ones it finds at the heads. It returns nil if q has none.
-func (b *broker) pop(q *queue, now time.Time) *entry {
-	b.expire(q, now)
+// pop removes the next live message from q into e, highest priority first,
+// dead-lettering the expired ones it finds at the heads. It reports whether q had one.
+func (b *broker) pop(q *queue, clk *clock, e *entry) bool {
+	b.expire(q, clk)
 	for i := len(q.levels) - 1; i >= 0; i-- {
-		if e := q.levels[i].popFront(); e != nil {
+		if q.levels[i].popFront(e) {
 			e.deliveries++
 			b.freed()
-			return e
+			return true
 		}
 	}
-	return nil
+	return false
 }
 
 // expire dead-letters the expired messages at the heads of q; as in RabbitMQ, a message
 // behind a live one waits until it reaches the head.
-func (b *broker) expire(q *queue, now time.Time) {
+func (b *broker) expire(q *queue, clk *clock) {
 	for i := range q.levels {
 		l := &q.levels[i]
-		for e := l.front(); e != nil && !e.expires.IsZero() && !now.Before(e.expires); e = l.front() {
-			l.popFront()
-			b.deadLetter(q, e, "expired", now)
+		for e := l.front(); e != nil && e.expires != 0 && clk.now() >= e.expires; e = l.front() {
+			var expired entry
+			l.popFront(&expired)
+			b.deadLetter(q, &expired, "expired", clk)
 			b.freed()
 		}
 	}
@@ -251,10 +297,10 @@ func (b *broker) expire(q *queue, now time.Time) {
 
 // scheduleExpiry arms q's timer for the earliest expiry among the heads of its levels, so
 // that expired messages are dead-lettered even when nobody reads the queue.
-func (b *broker) scheduleExpiry(q *queue, now time.Time) {
-	var next time.Time
+func (b *broker) scheduleExpiry(q *queue, clk *clock) {
+	var next time.Duration
 	for i := range q.levels {
-		if e := q.levels[i].front(); e != nil && !e.expires.IsZero() && (next.IsZero() || e.expires.Before(next)) {
+		if e := q.levels[i].front(); e != nil && e.expires != 0 && (next == 0 || e.expires < next) {
 			next = e.expires
 		}
 	}
@@ -262,25 +308,25 @@ func (b *broker) scheduleExpiry(q *queue, now time.Time) {
 		q.timer.Stop()
 		q.timer = nil
 	}
-	if next.IsZero() || q.deleted {
+	if next == 0 || q.deleted.Load() {
 		return
 	}
-	q.timer = time.AfterFunc(next.Sub(now), func() {
+	q.timer = time.AfterFunc(next-clk.now(), func() {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		if q.deleted {
+		if q.deleted.Load() {
 			return
 		}
-		now := time.Now()
-		b.expire(q, now)
-		b.scheduleExpiry(q, now)
+		var clk clock
+		b.expire(q, &clk)
+		b.scheduleExpiry(q, &clk)
 	})
 }
 
 // deadLetter sends an entry that left q for reason ("rejected", "expired" or "maxlen") to
 // q's dead-letter exchange, or drops it if q has none. A message that would expire or
 // overflow out of the same queue twice is dropped, as RabbitMQ drops dead-letter cycles.
-func (b *broker) deadLetter(q *queue, e *entry, reason string, now time.Time) {
+func (b *broker) deadLetter(q *queue, e *entry, reason string, clk *clock) {
 	dlx := q.def.DeadLetterExchange
 	if dlx == "" {
 		return
@@ -294,7 +340,7 @@ func (b *broker) deadLetter(q *queue, e *entry, reason string, now time.Time) {
 	if key == "" {
 		key = e.msg.RoutingKey
 	}
-	targets, err := b.route(dlx, key)
+	targets, err := b.route(nil, dlx, key)
 	if err != nil {
 		return // a missing dead-letter exchange drops the message, as in RabbitMQ
 	}
@@ -306,16 +352,16 @@ func (b *broker) deadLetter(q *queue, e *entry, reason string, now time.Time) {
 		deadFrom = append(slices.Clip(deadFrom), q.def.Name)
 	}
 	for _, t := range targets {
-		b.enqueue(t, &entry{msg: msg, exchange: dlx, deadFrom: deadFrom}, now)
+		b.enqueue(t, &entry{msg: msg, exchange: dlx, deadFrom: deadFrom}, clk)
 	}
 }
 
 // deleteQueue removes q with its bindings and messages.
 func (b *broker) deleteQueue(q *queue) {
-	if q.deleted {
+	if q.deleted.Load() {
 		return
 	}
-	q.deleted = true
+	q.deleted.Store(true)
 	delete(b.queues, q.def.Name)
 	for _, x := range b.exchanges {
 		n := len(x.bindings)
@@ -341,24 +387,20 @@ func (b *broker) autoDeleteExchange(x *exchange) {
 	}
 }
 
-// copyMessage returns m with its own copies of the body and headers, so the caller's
-// buffers can be reused and the receiver's modified without touching the broker's.
-func copyMessage(m backend.Message) backend.Message {
-	m.Body = bytes.Clone(m.Body)
-	if m.Body == nil {
-		m.Body = []byte{}
+// copyHeaders returns a copy of h, nil if h is nil: the broker, the publisher and each
+// consumer have their own, so that none sees the others' changes.
+func copyHeaders(h map[string]any) map[string]any {
+	if h == nil {
+		return nil
 	}
-	if m.Headers != nil {
-		h := make(map[string]any, len(m.Headers))
-		for k, v := range m.Headers {
-			if b, ok := v.([]byte); ok {
-				v = bytes.Clone(b)
-			}
-			h[k] = v
+	c := make(map[string]any, len(h))
+	for k, v := range h {
+		if b, ok := v.([]byte); ok {
+			v = bytes.Clone(b)
 		}
-		m.Headers = h
+		c[k] = v
 	}
-	return m
+	return c
 }
 
 // sameArgs compares declaration arguments, treating nil and empty as equal.

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/carrot-go/carrot"
@@ -317,7 +318,7 @@ func (c *Conn) DeclareQueue(ctx context.Context, def backend.Queue) error {
 	if len(def.Args) > 0 {
 		return backend.Errorf(backend.Unsupported, "the memory backend takes no queue arguments (got %v); use the fields of the queue", slices.Sorted(maps.Keys(def.Args)))
 	}
-	c.b.queues[def.Name] = newQueue(def, c)
+	c.b.queues[def.Name] = c.b.newQueue(def, c)
 	return nil
 }
 
@@ -383,27 +384,51 @@ func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 	if int64(len(p.Body)) > c.opts.MaxBodySize {
 		return backend.Errorf(backend.TooLarge, "body is %d bytes, more than max_body_size %d", len(p.Body), c.opts.MaxBodySize)
 	}
-	msg := copyMessage(p.Message)
+	msg := p.Message
+	var buf *buffer
+	msg.Body, buf = copyBody(msg.Body)
+	msg.Headers = copyHeaders(msg.Headers)
 	if err := c.lock(ctx); err != nil {
 		return err
 	}
-	qs, err := c.b.route(p.Exchange, p.RoutingKey)
-	for err == nil && p.Delay == 0 && c.b.full(qs, c.opts.MaxDepth) {
-		room := c.b.roomSignal()
-		c.b.mu.Unlock()
+	err := c.publishLocked(ctx, p, msg, buf)
+	c.b.mu.Unlock()
+	return err
+}
+
+// publishLocked publishes msg, the broker's copy of p.Message, its body held by buf
+// unless nil. The caller holds the broker's mutex, which publishLocked may let go of and
+// take again while it waits for room.
+func (c *Conn) publishLocked(ctx context.Context, p *backend.Publishing, msg backend.Message, buf *buffer) error {
+	b := c.b
+	qs, err := b.route(b.routed[:0], p.Exchange, p.RoutingKey)
+	for err == nil && p.Delay == 0 && b.full(qs, c.opts.MaxDepth) {
+		room := b.roomSignal()
+		b.mu.Unlock()
 		select {
 		case <-room:
 		case <-ctx.Done():
+			b.mu.Lock()
 			return ctx.Err()
 		case <-c.done:
-			return c.Err()
+			b.mu.Lock()
+			return c.err
 		}
-		if err := c.lock(ctx); err != nil {
+		if err := c.link.wait(ctx, c); err != nil {
+			b.mu.Lock()
 			return err
 		}
-		qs, err = c.b.route(p.Exchange, p.RoutingKey) // the topology may have changed
+		b.mu.Lock()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case c.err != nil:
+			return c.err
+		}
+		qs, err = b.route(b.routed[:0], p.Exchange, p.RoutingKey) // the topology may have changed
 	}
-	defer c.b.mu.Unlock()
+	b.routed = qs[:0]
+	defer clear(qs) // keep the slice, not the queues
 	if err != nil {
 		return err
 	}
@@ -411,12 +436,19 @@ func (c *Conn) Publish(ctx context.Context, p *backend.Publishing) error {
 		return backend.Errorf(backend.Unroutable, "no queue is bound to exchange %q with a key matching %q", p.Exchange, p.RoutingKey)
 	}
 	if p.Delay > 0 {
-		c.b.delay(qs, msg, p.Exchange, p.Delay)
+		b.delay(slices.Clone(qs), msg, p.Exchange, p.Delay) // buf is not released
 		return nil
 	}
-	now := time.Now()
+	var clk clock
+	e := entry{msg: msg, buf: buf, exchange: p.Exchange, shared: len(qs) > 1}
+	if e.shared {
+		buf.refs.Store(int32(len(qs)))
+	}
 	for _, q := range qs {
-		c.b.enqueue(q, &entry{msg: msg, exchange: p.Exchange}, now)
+		b.enqueue(q, &e, &clk)
+	}
+	if len(qs) == 0 {
+		e.release()
 	}
 	return nil
 }
@@ -430,16 +462,19 @@ func (c *Conn) Get(ctx context.Context, queueName string, autoAck bool) (*backen
 	if err != nil {
 		return nil, err
 	}
-	e := c.b.pop(q, time.Now())
-	if e == nil {
+	var clk clock
+	var e entry
+	if !c.b.pop(q, &clk, &e) {
 		return nil, nil
 	}
-	if autoAck {
-		return e.delivery(nil), nil
-	}
 	d := &delivery{c: c, q: q, e: e}
+	if autoAck {
+		d.state.Store(settled)
+		return d.handOut(false), nil
+	}
+	d.state.Store(out)
 	c.pending[d] = struct{}{}
-	return e.delivery(d), nil
+	return d.handOut(true), nil
 }
 
 func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backend.Subscription, error) {
@@ -454,7 +489,7 @@ func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backen
 	if opts.Prefetch == 0 {
 		opts.Prefetch = c.opts.Prefetch
 	}
-	s := &subscription{c: c, q: q, opts: opts, pending: make(map[*delivery]struct{})}
+	s := &subscription{c: c, q: q, opts: opts, wake: make(chan struct{}, 1)}
 	q.consumers++
 	q.hadConsumer = true
 	c.subs[s] = struct{}{}
@@ -470,12 +505,13 @@ func (c *Conn) Purge(ctx context.Context, queueName string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	c.b.expire(q, time.Now())
+	var clk clock
+	c.b.expire(q, &clk)
 	n := 0
 	for i := range q.levels {
 		n += q.levels[i].clear()
 	}
-	c.b.scheduleExpiry(q, time.Now())
+	c.b.scheduleExpiry(q, &clk)
 	c.b.freed()
 	return n, nil
 }
@@ -502,7 +538,15 @@ func (c *Conn) end(why error) {
 	for s := range c.subs {
 		s.closeLocked()
 	}
-	c.returnPending(c.pending)
+	byQueue := make(map[*queue][]*delivery)
+	for d := range c.pending {
+		byQueue[d.q] = append(byQueue[d.q], d)
+		delete(c.pending, d)
+	}
+	var clk clock
+	for q, ds := range byQueue {
+		c.b.giveBack(q, ds, &clk)
+	}
 	for _, q := range c.b.queues {
 		if q.owner == c {
 			c.b.deleteQueue(q)
@@ -510,31 +554,85 @@ func (c *Conn) end(why error) {
 	}
 }
 
-// returnPending requeues unsettled deliveries, grouped by queue.
-func (c *Conn) returnPending(pending map[*delivery]struct{}) {
-	byQueue := make(map[*queue][]*entry)
-	for d := range pending {
-		d.done = true
-		byQueue[d.q] = append(byQueue[d.q], d.e)
-		delete(pending, d)
+// giveBack puts the deliveries of q that are not settled back at the head of q, in their
+// original order: those handed to the consumer flagged redelivered, those a subscription
+// took and did not hand out yet as they were. The caller holds b.mu.
+func (b *broker) giveBack(q *queue, ds []*delivery, clk *clock) {
+	var es []entry
+	for _, d := range ds {
+		switch {
+		case d.state.CompareAndSwap(taken, returned):
+			e := d.e
+			e.deliveries-- // never delivered after all
+			es = append(es, e)
+		case d.state.CompareAndSwap(out, returned):
+			e := d.e
+			e.redelivered = true
+			es = append(es, e)
+		}
 	}
-	now := time.Now()
-	for q, es := range byQueue {
-		c.b.requeue(q, es, now)
+	if len(es) > 0 {
+		b.requeue(q, es, clk)
 	}
 }
 
-// subscription delivers a queue's messages to one consumer.
+// subscription delivers a queue's messages to one consumer. It takes them from the queue
+// in batches, as many as the prefetch allows (up to maxBatch), under one lock of the
+// broker, and hands them out one by one; acks take no lock at all. The deliveries of
+// settled messages are used again for the next batches.
 type subscription struct {
-	c       *Conn
-	q       *queue
-	opts    backend.ConsumeOptions
-	closed  bool                   // guarded by c.b.mu
-	pending map[*delivery]struct{} // guarded by c.b.mu
+	c    *Conn
+	q    *queue
+	opts backend.ConsumeOptions
+
+	// guarded by c.b.mu
+	closed  bool
+	listed  bool        // in q.waiters
+	pending []*delivery // taken and maybe not settled (with AutoAck, not handed out), in order
+	head    int         // pending[:head] is gone
+
+	// used by Receive only
+	batch []*delivery // taken, to be handed out from next
+	next  int
+	spare []*delivery // for the next batch: allocated outside the lock, or settled
+	last  int         // the size of the last batch
+
+	unsettled atomic.Int64  // deliveries taken and not settled, without AutoAck
+	waiting   atomic.Bool   // Receive waits for room under the prefetch limit
+	wake      chan struct{} // Receive's wake-up call, from the queue or an ack
+}
+
+// wakeUp wakes the Receive of s if it waits, or makes its next wait return at once.
+func (s *subscription) wakeUp() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 	for {
+		if err := s.c.link.wait(ctx, s.c); err != nil {
+			return nil, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		// Hand out what the last batch took, while the connection and queue live; when they
+		// went, the locked path below says why.
+		for s.next < len(s.batch) && !s.ended() {
+			d := s.batch[s.next]
+			s.batch[s.next] = nil
+			s.next++
+			if s.opts.AutoAck {
+				if d.state.CompareAndSwap(taken, settled) {
+					return d.handOut(false), nil
+				}
+			} else if d.state.CompareAndSwap(taken, out) {
+				return d.handOut(true), nil
+			}
+		}
+		s.allocate()
 		if err := s.c.lock(ctx); err != nil {
 			return nil, err
 		}
@@ -542,34 +640,144 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 		case s.closed:
 			s.c.b.mu.Unlock()
 			return nil, backend.Errorf(backend.Closed, "carrot/memory: subscription closed")
-		case s.c.err != nil: // unreachable: lock returned the error
-			err := s.c.err
-			s.c.b.mu.Unlock()
-			return nil, err
-		case s.q.deleted:
+		case s.q.deleted.Load():
 			s.c.b.mu.Unlock()
 			return nil, backend.Errorf(backend.NotFound, "queue %q was deleted", s.q.def.Name)
 		}
-		if s.opts.AutoAck || len(s.pending) < s.opts.Prefetch {
-			if e := s.c.b.pop(s.q, time.Now()); e != nil {
-				var d *delivery
-				if !s.opts.AutoAck {
-					d = &delivery{c: s.c, q: s.q, e: e, sub: s}
-					s.pending[d] = struct{}{}
-				}
-				bd := e.delivery(d) // under the lock: a lost connection requeues e at once
-				s.c.b.mu.Unlock()
-				return bd, nil
+		took, empty := s.take()
+		if took {
+			s.c.b.mu.Unlock()
+			continue
+		}
+		if empty {
+			// Wait for the queue to change: the next publish wakes s.
+			if !s.listed {
+				s.listed = true
+				s.q.waiters = append(s.q.waiters, s)
+			}
+			s.c.b.mu.Unlock()
+		} else {
+			// Wait for an ack to make room, unless one did since take.
+			s.waiting.Store(true)
+			s.c.b.mu.Unlock()
+			if s.room() > 0 {
+				s.waiting.Store(false)
+				continue
 			}
 		}
-		changed := s.q.changed
-		s.c.b.mu.Unlock()
 		select {
-		case <-changed:
+		case <-s.wake:
 		case <-s.c.done:
 		case <-ctx.Done():
+			s.waiting.Store(false)
 			return nil, ctx.Err()
 		}
+		s.waiting.Store(false)
+	}
+}
+
+// ended reports whether the connection or the queue of s has gone.
+func (s *subscription) ended() bool {
+	select {
+	case <-s.c.done:
+		return true
+	default:
+		return s.q.deleted.Load()
+	}
+}
+
+// room returns how many messages s may take now.
+func (s *subscription) room() int {
+	if s.opts.AutoAck {
+		return s.opts.Prefetch
+	}
+	return max(s.opts.Prefetch-int(s.unsettled.Load()), 0)
+}
+
+// maxBatch is the most messages a subscription takes from its queue at once.
+const maxBatch = 256
+
+// allocate makes the deliveries the next batch will likely take, before taking the
+// broker's lock: twice the last batch, within the room under the prefetch limit.
+func (s *subscription) allocate() {
+	want := min(s.room(), max(2*s.last, 8), maxBatch)
+	for len(s.spare) < want {
+		s.spare = append(s.spare, new(delivery))
+	}
+}
+
+// take takes as many messages from the queue as there are spare deliveries and room under
+// the prefetch limit, into the batch. It reports whether it took any, and whether it
+// found the queue empty. The caller holds the broker's mutex.
+func (s *subscription) take() (took, empty bool) {
+	s.forgetSettled()
+	n := min(s.room(), len(s.spare), maxBatch)
+	s.batch, s.next = s.batch[:0], 0
+	var clk clock
+	for range n {
+		d := s.spare[len(s.spare)-1]
+		if !s.c.b.pop(s.q, &clk, &d.e) {
+			empty = true
+			break
+		}
+		s.spare[len(s.spare)-1] = nil
+		s.spare = s.spare[:len(s.spare)-1]
+		d.c, d.q, d.sub = s.c, s.q, s
+		d.state.Store(taken)
+		s.batch = append(s.batch, d)
+		s.pending = append(s.pending, d)
+	}
+	s.last = len(s.batch)
+	if !s.opts.AutoAck {
+		s.unsettled.Add(int64(len(s.batch)))
+	}
+	return len(s.batch) > 0, empty
+}
+
+// forgetSettled drops the settled deliveries from s.pending, to be used again for the
+// next batch: those at its head, where in-order acks leave them, and all of them once they
+// take more room than the prefetch. The caller holds the broker's mutex.
+func (s *subscription) forgetSettled() {
+	for s.head < len(s.pending) && s.pending[s.head].state.Load() == settled {
+		s.reuse(s.pending[s.head])
+		s.pending[s.head] = nil
+		s.head++
+	}
+	live := s.pending[s.head:]
+	compact := len(live) > 2*s.opts.Prefetch+8
+	if compact {
+		n := 0
+		for _, d := range live {
+			if d.state.Load() == settled {
+				s.reuse(d)
+			} else {
+				live[n] = d
+				n++
+			}
+		}
+		live = live[:n]
+	}
+	if compact || s.head > 0 && (len(live) == 0 || len(s.pending) == cap(s.pending)) {
+		n := copy(s.pending, live)
+		clear(s.pending[n:])
+		s.pending, s.head = s.pending[:n], 0
+	}
+}
+
+// reuse keeps a settled delivery for the next batch. Settled, it is no longer used: the
+// consumer settles a delivery once.
+func (s *subscription) reuse(d *delivery) {
+	if len(s.spare) < 2*maxBatch { // those allocated for a batch, and those it settled
+		d.bd.Body, d.bd.Headers = nil, nil // the consumer's copies are the consumer's
+		s.spare = append(s.spare, d)
+	}
+}
+
+// settledOne counts a delivery of s settled, and wakes Receive if it waits for room.
+func (s *subscription) settledOne() {
+	s.unsettled.Add(-1)
+	if s.waiting.Load() {
+		s.wakeUp()
 	}
 }
 
@@ -586,67 +794,106 @@ func (s *subscription) closeLocked() {
 	}
 	s.closed = true
 	delete(s.c.subs, s)
-	s.c.returnPending(s.pending)
+	s.q.unlist(s)
+	var clk clock
+	s.c.b.giveBack(s.q, s.pending[s.head:], &clk)
 	s.q.consumers--
 	if s.q.def.AutoDelete && s.q.consumers == 0 && s.q.hadConsumer {
 		s.c.b.deleteQueue(s.q)
 	}
 }
 
-// delivery is an entry delivered and not yet settled. It implements [backend.Settler].
+// delivery is a message taken from a queue for a consumer. It implements
+// [backend.Settler].
 type delivery struct {
-	c    *Conn
-	q    *queue
-	e    *entry
-	sub  *subscription // nil for a get
-	done bool          // guarded by c.b.mu
+	bd    backend.Delivery // what Receive or Get returns
+	c     *Conn
+	q     *queue
+	sub   *subscription // nil for a get
+	e     entry         // the broker's copy, to requeue or dead-letter
+	state atomic.Int32  // taken, out, settled or returned
+}
+
+// The states of a delivery. Who moves it out of taken or out, with a compare-and-swap,
+// owns it: Receive hands it out, Settle settles it, the end of its subscription or
+// connection gives it back to the queue. Once settled, its subscription reuses it.
+const (
+	taken    int32 = iota // taken by a subscription, not handed out yet
+	out                   // handed out, not settled
+	settling              // being settled
+	settled               // settled, or handed out with AutoAck, and done with
+	returned              // given back to the queue
+)
+
+// handOut fills and returns the backend's view of the delivery, with its own copy of the
+// content, settled by d if settle is set. The broker's copy is never modified, so this
+// needs no lock.
+func (d *delivery) handOut(settle bool) *backend.Delivery {
+	bd := &d.bd
+	bd.Message = d.e.msg
+	bd.Body = make([]byte, len(d.e.msg.Body))
+	copy(bd.Body, d.e.msg.Body)
+	bd.Headers = copyHeaders(d.e.msg.Headers)
+	bd.Exchange = d.e.exchange
+	bd.Redelivered = d.e.redelivered
+	bd.DeliveryCount = int(d.e.deliveries)
+	if settle {
+		bd.Settler = d
+	} else {
+		bd.Settler = nil
+		d.e.release()
+		d.e.forget()
+	}
+	return bd
 }
 
 func (d *delivery) Settle(ctx context.Context, o backend.Outcome) error {
-	if err := d.c.link.wait(ctx, d.c); err != nil {
+	c, q, sub := d.c, d.q, d.sub
+	if err := c.link.wait(ctx, c); err != nil {
 		return err
 	}
-	b := d.c.b
+	b := c.b
+	if !d.state.CompareAndSwap(out, settling) {
+		b.mu.Lock()
+		lost := c.err == errLost
+		b.mu.Unlock()
+		if lost {
+			return backend.Errorf(backend.Unavailable, "carrot/memory: the connection was lost; the message went back to queue %q", q.def.Name)
+		}
+		return backend.Errorf(backend.Closed, "carrot/memory: the delivery's consumer or connection closed; the message went back to queue %q", q.def.Name)
+	}
+	if sub != nil && o == backend.Ack {
+		d.e.release()
+		d.e.forget()
+		d.state.Store(settled) // from here on, sub may reuse d
+		sub.settledOne()
+		return nil
+	}
+	e := d.e
+	d.e = entry{} // the broker's copy goes with the settled message
+	if sub != nil {
+		d.state.Store(settled)
+		defer sub.settledOne()
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if d.c.err == errLost {
-		return backend.Errorf(backend.Unavailable, "carrot/memory: the connection was lost; the message went back to queue %q", d.q.def.Name)
+	if sub == nil {
+		delete(c.pending, d)
+		d.state.Store(settled)
 	}
-	if d.done {
-		return backend.Errorf(backend.Closed, "carrot/memory: the delivery's consumer or connection closed; the message went back to queue %q", d.q.def.Name)
-	}
-	d.done = true
-	if d.sub != nil {
-		delete(d.sub.pending, d)
-	} else {
-		delete(d.c.pending, d)
-	}
-	now := time.Now()
+	var clk clock
 	switch o {
 	case backend.Ack:
+		e.release()
 	case backend.Requeue:
-		b.requeue(d.q, []*entry{d.e}, now)
+		e.redelivered = true
+		b.requeue(q, []entry{e}, &clk)
 	case backend.Reject:
-		if !d.q.deleted {
-			b.deadLetter(d.q, d.e, "rejected", now)
+		if !q.deleted.Load() {
+			b.deadLetter(q, &e, "rejected", &clk)
 		}
 	default:
 		return backend.Errorf(backend.Invalid, "unknown outcome %d", o)
 	}
-	d.q.signal() // a consumer at its prefetch limit may take another
 	return nil
-}
-
-// delivery returns the backend's view of e, with its own copy of the content.
-func (e *entry) delivery(d *delivery) *backend.Delivery {
-	bd := &backend.Delivery{
-		Message:       copyMessage(e.msg),
-		Exchange:      e.exchange,
-		Redelivered:   e.redelivered,
-		DeliveryCount: e.deliveries,
-	}
-	if d != nil {
-		bd.Settler = d
-	}
-	return bd
 }

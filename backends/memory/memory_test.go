@@ -1,6 +1,7 @@
 package memory_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -159,4 +160,205 @@ func TestFlowControl(t *testing.T) {
 			t.Fatalf("publish %d to a queue with a max length: %v", i, err)
 		}
 	}
+}
+
+// TestTakenNotDelivered closes a consumer whose subscription took five messages in one
+// batch and handed out only the first: that one comes back redelivered, the four it never
+// handed out come back as they were, all in their order.
+func TestTakenNotDelivered(t *testing.T) {
+	ctx := t.Context()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	for i := range 5 {
+		if err := p.Send(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan *carrot.Message, 1)
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{
+		Queues:   []carrot.Queue{{Name: q, Passive: true}},
+		Prefetch: 10,
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			got <- m
+			<-ctx.Done() // holds the message until the consumer closes
+			return nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- c.Run(ctx) }()
+	if m := <-got; string(m.Body) != "0" {
+		t.Fatalf("the handler got %q first, want %q", m.Body, "0")
+	}
+	c.Close()
+	if err := <-ran; !errors.Is(err, carrot.ErrClosed) {
+		t.Fatalf("Run = %v, want ErrClosed", err)
+	}
+
+	f, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	for i := range 5 {
+		m, err := f.Fetch(ctx)
+		if err != nil {
+			t.Fatalf("fetch %d: %v", i, err)
+		}
+		first := i == 0
+		if string(m.Body) != fmt.Sprint(i) || m.Redelivered() != first || m.DeliveryCount() != 1+btoi(first) {
+			t.Errorf("fetch %d got %q, redelivered %v, delivery count %d; want %q, %v, %d", i, m.Body, m.Redelivered(), m.DeliveryCount(), fmt.Sprint(i), first, 1+btoi(first))
+		}
+		m.Ack(ctx)
+	}
+	if _, err := f.Fetch(ctx); !errors.Is(err, carrot.ErrEmpty) {
+		t.Errorf("fetch after the five = %v, want ErrEmpty", err)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// TestSharedBodies publishes through a fanout exchange to two queues, which share the
+// broker's copy of each body, acks every message of one queue, publishes more, and checks
+// that the other queue still has its bodies intact: a body is reused only once the last
+// queue that holds it is done with it.
+func TestSharedBodies(t *testing.T) {
+	ctx := t.Context()
+	conn, err := carrot.Open(ctx, "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fan := carrot.Exchange{Name: "fan", Kind: carrot.Fanout}
+	a, _ := conn.DeclareQueue(ctx, carrot.Queue{Name: "a", Exchange: fan})
+	b, _ := conn.DeclareQueue(ctx, carrot.Queue{Name: "b", Exchange: fan})
+	direct, _ := conn.DeclareQueue(ctx, carrot.Queue{Name: "direct"})
+	body := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100) }
+	fanout, _ := conn.NewPublisher(carrot.PublisherOptions{Exchange: "fan"})
+	toDirect, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: direct})
+	const n = 300
+	for i := range n {
+		if err := fanout.Publish(ctx, &carrot.Message{Body: body(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain := func(queue string, from int) {
+		c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: queue, Passive: true}}, Prefetch: 50})
+		defer c.Close()
+		for i := range n {
+			m, err := c.Fetch(ctx)
+			if err != nil {
+				t.Fatalf("queue %s, message %d: %v", queue, i, err)
+			}
+			if want := body(from + i); !bytes.Equal(m.Body, want) {
+				t.Fatalf("queue %s, message %d: body %x..., want %x...", queue, i, m.Body[:4], want[:4])
+			}
+			m.Ack(ctx)
+		}
+	}
+	drain(a, 0)
+	for i := range n {
+		if err := toDirect.Publish(ctx, &carrot.Message{Body: body(n + i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain(b, 0)
+	drain(direct, n)
+}
+
+// TestPublishWindow fills a publisher's window of one with a publish that waits for room
+// in a full queue (max_depth=1): another publish waits for the window until its context
+// ends, and goes through once the queue has room for both. Then many goroutines share a
+// window of two, and every message arrives.
+func TestPublishWindow(t *testing.T) {
+	ctx := t.Context()
+	conn, err := carrot.Open(ctx, "memory://?max_depth=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, _ := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"})
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q, MaxInFlight: 1})
+	if err := p.Send(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan error, 1)
+	go func() { held <- p.Send(ctx, 1) }() // waits for room in the queue, holding the window
+	c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	// Until the goroutine holds the window, this publish may take it and wait for the
+	// queue instead; either way it waits until its context ends.
+	if err := p.PublishAsync(short, &carrot.Message{Body: []byte("2")}).Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("publish with the window or the queue full = %v, want it to wait until its context ends", err)
+	}
+	next := func(want string) {
+		t.Helper()
+		for {
+			m, err := c.Fetch(ctx)
+			if errors.Is(err, carrot.ErrEmpty) {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(m.Body) != want {
+				t.Fatalf("fetched %q, want %q", m.Body, want)
+			}
+			m.Ack(ctx)
+			return
+		}
+	}
+	next("0")
+	if err := <-held; err != nil {
+		t.Fatalf("the publish that held the window: %v", err)
+	}
+	next("1")
+	if err := p.PublishAsync(ctx, &carrot.Message{Body: []byte("3")}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	next("3")
+
+	shared, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q, MaxInFlight: 2})
+	const goroutines, each = 8, 50
+	var pubs sync.WaitGroup
+	for g := range goroutines {
+		pubs.Go(func() {
+			for i := range each {
+				if err := shared.Publish(ctx, &carrot.Message{Body: fmt.Appendf(nil, "%d-%d", g, i)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	seen := make(map[string]bool)
+	for len(seen) < goroutines*each && !t.Failed() {
+		m, err := c.Fetch(ctx)
+		if errors.Is(err, carrot.ErrEmpty) {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[string(m.Body)] {
+			t.Errorf("message %s arrived twice", m.Body)
+		}
+		seen[string(m.Body)] = true
+		m.Ack(ctx)
+	}
+	pubs.Wait()
 }

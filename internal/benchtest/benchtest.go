@@ -4,7 +4,13 @@ package benchtest
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"os"
 	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -34,15 +40,47 @@ const (
 
 // SideBySide runs each contestant on b.N messages in all, over alternating rounds,
 // with prepare (untimed) before each run and once more, with n 0, after the last, and
-// reports each one's rate, allocations and
-// CPU time per message, and for each pair {carrot, raw} of contestant names, the rate of
+// reports each one's rate, allocations and CPU time per message, and for each pair {carrot, raw} of contestant names, the rate of
 // the first as a share of the second's ("carrot/raw").
 func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contestant, pairs ...[2]string) {
-	rounds := max(b.N/RoundSize, MinRounds)
+	SideBySideWith(b, Options{}, prepare, sides, pairs...)
+}
+
+// Options change how [SideBySideWith] runs and what it reports.
+type Options struct {
+	// Rounds is how many rounds each contestant runs; when zero, b.N/RoundSize, at least
+	// MinRounds. Fewer, longer rounds let a contestant reach its steady state, such as a
+	// queue filled to its limit, which short rounds never do.
+	Rounds int
+
+	// PeakRSS reports each contestant's peak resident set size as "<name>-peak-MB": after
+	// the timed rounds, each contestant runs once more, untimed, on all b.N messages at
+	// once, from a heap collected and returned to the system, with the peak reset before,
+	// so that the peak is that run's own (with what the test binary holds anyway, the same
+	// for every contestant). The timed rounds do not return memory to the system, which
+	// would make them pay again for the pages they use. It needs Linux's
+	// /proc/self/clear_refs; elsewhere the metric is left out, with a log line saying so.
+	PeakRSS bool
+}
+
+// SideBySideWith is [SideBySide] with options.
+func SideBySideWith(b *testing.B, opts Options, prepare func(b *testing.B, n int), sides []Contestant, pairs ...[2]string) {
+	rounds := opts.Rounds
+	if rounds <= 0 {
+		rounds = max(b.N/RoundSize, MinRounds)
+	}
 	per := max(b.N/rounds, 1)
 	elapsed := make([]time.Duration, len(sides))
 	cpu := make([]time.Duration, len(sides))
 	allocs := make([]uint64, len(sides))
+	peak := make([]int64, len(sides))
+	peakRSS := opts.PeakRSS
+	if peakRSS {
+		if err := resetPeakRSS(); err != nil {
+			b.Logf("peak RSS not reported: %v", err)
+			peakRSS = false
+		}
+	}
 	b.ResetTimer()
 	for range rounds {
 		for i, s := range sides {
@@ -60,6 +98,21 @@ func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contest
 		}
 	}
 	b.StopTimer()
+	if peakRSS {
+		for i, s := range sides {
+			prepare(b, b.N)
+			debug.FreeOSMemory() // a GC too, so that the run starts from what is live
+			if err := resetPeakRSS(); err != nil {
+				b.Fatal(err)
+			}
+			s.Run(b, b.N)
+			kB, err := readPeakRSS()
+			if err != nil {
+				b.Fatal(err)
+			}
+			peak[i] = kB
+		}
+	}
 	prepare(b, 0) // after the last run, for checks of what it left
 	total := float64(per * rounds)
 	rates := make(map[string]float64)
@@ -68,11 +121,45 @@ func SideBySide(b *testing.B, prepare func(b *testing.B, n int), sides []Contest
 		b.ReportMetric(rates[s.Name], s.Name+"-msgs/s")
 		b.ReportMetric(float64(allocs[i])/total, s.Name+"-allocs/msg")
 		b.ReportMetric(float64(cpu[i].Microseconds())/total, s.Name+"-cpu-µs/msg")
+		if peakRSS {
+			b.ReportMetric(float64(peak[i])/1024, s.Name+"-peak-MB")
+		}
 	}
 	for _, p := range pairs {
 		b.ReportMetric(rates[p[0]]/rates[p[1]], p[0]+"/"+p[1])
 	}
 	b.ReportMetric(0, "ns/op") // the rates above say it better
+}
+
+// resetPeakRSS resets the process's peak resident set size (VmHWM) to its current one, as
+// writing "5" to /proc/self/clear_refs does on Linux.
+func resetPeakRSS() error {
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		return fmt.Errorf("cannot reset the peak RSS: %w", err)
+	}
+	if _, err := readPeakRSS(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// readPeakRSS returns the process's peak resident set size in kB, VmHWM in
+// /proc/self/status.
+func readPeakRSS() (int64, error) {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, fmt.Errorf("cannot read the peak RSS: %w", err)
+	}
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kB, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("cannot read the peak RSS from %q: %w", line, err)
+			}
+			return kB, nil
+		}
+	}
+	return 0, errors.New("cannot read the peak RSS: no VmHWM in /proc/self/status")
 }
 
 // CPUTime returns the CPU time the process has used, user and system.
