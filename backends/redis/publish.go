@@ -107,8 +107,10 @@ func (c *Conn) enqueue(r *pubReq) {
 		r.reply()
 		return
 	}
-	if !r.m.Confirm {
-		r.m.Body = bytes.Clone(r.m.Body) // Publish returns before the batch goes
+	if r.result != nil {
+		// Publish may return before the batch has gone (unconfirmed, or when its
+		// context ends first), and its caller may then reuse the body.
+		r.m.Body = bytes.Clone(r.m.Body)
 	}
 	r.m.Headers = nil // encoded
 	r.delayMs = r.m.Delay.Milliseconds()
