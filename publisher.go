@@ -231,7 +231,7 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) (err error) {
 func (p *Publisher) PublishAsync(ctx context.Context, m *Message) *Confirmation {
 	if p.window != nil {
 		if err := p.enter(ctx); err != nil {
-			c := &Confirmation{done: make(chan struct{})}
+			c := new(Confirmation)
 			c.finish(err)
 			return c
 		}
@@ -276,7 +276,7 @@ func (p *Publisher) publishNow(ctx context.Context, m *Message, g *generation) *
 
 // confirmed is the Confirmation of every publish confirmed before PublishAsync returned.
 var confirmed = func() *Confirmation {
-	c := &Confirmation{done: make(chan struct{})}
+	c := new(Confirmation)
 	c.finish(nil)
 	return c
 }()
@@ -296,7 +296,6 @@ func putPublishing(pub *backend.Publishing) {
 // it returns.
 func (p *Publisher) asyncPublish(ctx context.Context, m *Message) *asyncPublish {
 	a := &asyncPublish{p: p, ctx: ctx, m: m}
-	a.c.done = make(chan struct{})
 	a.answer = a.attemptDone
 	return a
 }
@@ -487,25 +486,47 @@ func (p *Publisher) retry(ctx context.Context, err error) bool {
 
 // A Confirmation is the outcome of a publish started with [Publisher.PublishAsync].
 type Confirmation struct {
-	done     chan struct{}
 	finished atomic.Bool // set after err, before done is closed
 	err      error
+
+	mu   sync.Mutex
+	done chan struct{} // made by the first wait for an unfinished publish, or closedChan
 }
+
+// closedChan is the done channel of a Confirmation finished before anyone waited.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 func (c *Confirmation) finish(err error) {
 	c.err = err
+	c.mu.Lock()
 	c.finished.Store(true)
-	close(c.done)
+	if c.done == nil {
+		c.done = closedChan
+	} else {
+		close(c.done)
+	}
+	c.mu.Unlock()
 }
 
 // Done returns a channel that is closed once the broker has answered.
-func (c *Confirmation) Done() <-chan struct{} { return c.done }
+func (c *Confirmation) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+	}
+	return c.done
+}
 
 // Err waits until the broker has answered and returns what [Publisher.Publish] would
 // have returned.
 func (c *Confirmation) Err() error {
 	if !c.finished.Load() {
-		<-c.done
+		<-c.Done()
 	}
 	return c.err
 }
@@ -516,7 +537,7 @@ func (c *Confirmation) Wait(ctx context.Context) error {
 		return c.err
 	}
 	select {
-	case <-c.done:
+	case <-c.Done():
 		return c.err
 	case <-ctx.Done():
 		return ctx.Err()
