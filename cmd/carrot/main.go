@@ -35,10 +35,7 @@ import (
 	"strings"
 	"syscall"
 
-	_ "github.com/carrot-go/carrot/backends/amqp091"
-	_ "github.com/carrot-go/carrot/backends/amqp10"
-	_ "github.com/carrot-go/carrot/backends/memory"
-	_ "github.com/carrot-go/carrot/backends/redis"
+	_ "github.com/carrot-go/carrot/backends/all"
 )
 
 // Exit statuses.
