@@ -283,7 +283,7 @@ func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
 		return bm, invalidf(op, "delay %v is longer than the backend's longest, %v", m.Delay, max)
 	}
 	bm.Delay = roundUp(m.Delay, time.Millisecond)
-	if m.Expiration > 0 && !caps.MessageTTL {
+	if m.Expiration > 0 && !caps.Expiration {
 		return bm, unsupportedf(op, "the backend does not support message expiration")
 	}
 	headers, err := normalizeTable(m.Headers)

@@ -169,7 +169,7 @@ func (q Queue) backend(op string, caps Capabilities) (backend.Queue, []Binding, 
 	}{
 		{q.Exclusive, caps.Exclusive, "exclusive queues"},
 		{q.AutoDelete, caps.AutoDelete, "auto-delete queues"},
-		{q.MessageTTL != 0, caps.QueueTTL, "a queue message TTL"},
+		{q.MessageTTL != 0, caps.QueueMessageTTL, "a queue message TTL"},
 		{q.MaxLength != 0, caps.MaxLength, "a queue max length"},
 		{q.MaxPriority != 0, caps.Priority, "priority queues"},
 		{q.DeadLetterExchange != "" || q.DeadLetterRoutingKey != "", caps.DeadLetter, "dead-lettering"},

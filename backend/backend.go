@@ -344,20 +344,20 @@ type ConsumeOptions struct {
 // bindings, publish, get, consume with a prefetch limit, ack, requeue, reject (as a drop),
 // purge, and every message property round-tripped unchanged.
 type Capabilities struct {
-	Confirms      bool  // Publish with Confirm waits for the broker to take the message
-	Mandatory     bool  // Publish with Mandatory reports unroutable messages
-	DeadLetter    bool  // Queue.DeadLetterExchange is honoured on reject, expiry and overflow
-	MessageTTL    bool  // Message.Expiration is honoured
-	QueueTTL      bool  // Queue.MessageTTL is honoured
-	MaxLength     bool  // Queue.MaxLength is honoured
-	Priority      bool  // Queue.MaxPriority is honoured
-	DeliveryCount bool  // Delivery.DeliveryCount is set
-	Exclusive     bool  // Queue.Exclusive is honoured
-	AutoDelete    bool  // Queue.AutoDelete and Exchange.AutoDelete are honoured
-	Persistence   bool  // durable queues and persistent messages survive a broker restart
-	SharedAcross  bool  // other processes can reach the same broker (false for in-process brokers)
-	MaxBodySize   int64 // the largest body the broker accepts, in bytes; 0 for no known limit
-	MaxPrefetch   int   // the largest prefetch the protocol can carry; 0 for no limit
+	Confirms        bool  // Publish with Confirm waits for the broker to take the message
+	Mandatory       bool  // Publish with Mandatory reports unroutable messages
+	DeadLetter      bool  // Queue.DeadLetterExchange is honoured on reject, expiry and overflow
+	Expiration      bool  // Message.Expiration is honoured
+	QueueMessageTTL bool  // Queue.MessageTTL is honoured
+	MaxLength       bool  // Queue.MaxLength is honoured
+	Priority        bool  // Queue.MaxPriority is honoured
+	DeliveryCount   bool  // Delivery.DeliveryCount is set
+	Exclusive       bool  // Queue.Exclusive is honoured
+	AutoDelete      bool  // Queue.AutoDelete and Exchange.AutoDelete are honoured
+	Persistence     bool  // durable queues and persistent messages survive a broker restart
+	SharedAcross    bool  // other processes can reach the same broker (false for in-process brokers)
+	MaxBodySize     int64 // the largest body the broker accepts, in bytes; 0 for no known limit
+	MaxPrefetch     int   // the largest prefetch the protocol can carry; 0 for no limit
 
 	// Delay: Message.Delay is honoured, with messages kept out of sight by the broker
 	// (surviving its restart where it persists messages), never in the client's memory.

@@ -104,7 +104,7 @@ func testRoundTrip(e *env) {
 				"max": int64(math.MaxInt64), "min": int64(math.MinInt64),
 				"float": 3.25, "float32": 0.5, "time": ts, "nil": nil, "ünï": "unicode key",
 			}
-			if e.caps.MessageTTL {
+			if e.caps.Expiration {
 				published.Expiration = time.Hour
 				want.Expiration = time.Hour
 			}
@@ -317,7 +317,7 @@ func testInvalidHeader(e *env) {
 	e.expectEmpty(q)
 }
 
-func testMessageTTL(e *env) {
+func testExpiration(e *env) {
 	q := e.queue(carrot.Queue{Name: "q"})
 	e.publishMessage("", &carrot.Message{RoutingKey: q, Body: []byte("short-lived"), Expiration: time.Millisecond})
 	e.publishMessage("", &carrot.Message{RoutingKey: q, Body: []byte("sentinel")})
@@ -328,7 +328,7 @@ func testMessageTTL(e *env) {
 	e.expectEmpty(q)
 }
 
-func testQueueTTL(e *env) {
+func testQueueMessageTTL(e *env) {
 	dlx := e.exchange(carrot.Fanout, "dlx")
 	dlq := e.queue(carrot.Queue{Name: "dead", Exchange: carrot.Exchange{Name: dlx, Kind: carrot.Fanout}})
 	q := e.queue(carrot.Queue{Name: "q", MessageTTL: time.Millisecond, DeadLetterExchange: dlx})

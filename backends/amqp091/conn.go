@@ -379,19 +379,19 @@ func (c *Conn) Ping(ctx context.Context) error {
 func (c *Conn) Capabilities() backend.Capabilities {
 	confirms := !c.opts.NoConfirms
 	return backend.Capabilities{
-		Confirms:     confirms,
-		Mandatory:    confirms,
-		DeadLetter:   true,
-		MessageTTL:   true,
-		QueueTTL:     true,
-		MaxLength:    true,
-		Priority:     true,
-		Exclusive:    true,
-		AutoDelete:   true,
-		Persistence:  true,
-		SharedAcross: true,
-		MaxBodySize:  c.maxBody.Load(),
-		MaxPrefetch:  math.MaxUint16, // basic.qos's prefetch-count is 16 bits
+		Confirms:        confirms,
+		Mandatory:       confirms,
+		DeadLetter:      true,
+		Expiration:      true,
+		QueueMessageTTL: true,
+		MaxLength:       true,
+		Priority:        true,
+		Exclusive:       true,
+		AutoDelete:      true,
+		Persistence:     true,
+		SharedAcross:    true,
+		MaxBodySize:     c.maxBody.Load(),
+		MaxPrefetch:     math.MaxUint16, // basic.qos's prefetch-count is 16 bits
 
 		Delay:          true,
 		MaxDelay:       delayq.Max,

@@ -127,7 +127,7 @@
 //
 // # Capabilities
 //
-// Confirms and Mandatory (unless confirms=false), DeadLetter, MessageTTL, QueueTTL,
+// Confirms and Mandatory (unless confirms=false), DeadLetter, Expiration, QueueMessageTTL,
 // MaxLength, Priority, Exclusive, AutoDelete, Persistence, SharedAcross, MaxBodySize from
 // the URL, and Delay (up to 2^32-1 ms). MaxPrefetch is 65535, the most basic.qos carries:
 // a larger prefetch is an ErrInvalid error rather than the 16-bit remainder the client

@@ -278,19 +278,19 @@ func closeQuietly(s *amqp.Session) {
 // deliveries, so DeliveryCount is off; quorum queues' counts still fill it.
 func (c *Conn) Capabilities() backend.Capabilities {
 	return backend.Capabilities{
-		Confirms:     true,
-		Mandatory:    true,
-		DeadLetter:   true,
-		MessageTTL:   true,
-		QueueTTL:     true,
-		MaxLength:    true,
-		Priority:     true,
-		Exclusive:    true,
-		AutoDelete:   true,
-		Persistence:  true,
-		SharedAcross: true,
-		MaxBodySize:  c.opts.MaxBodySize,
-		MaxPrefetch:  math.MaxInt32, // link credit, as go-amqp carries it
+		Confirms:        true,
+		Mandatory:       true,
+		DeadLetter:      true,
+		Expiration:      true,
+		QueueMessageTTL: true,
+		MaxLength:       true,
+		Priority:        true,
+		Exclusive:       true,
+		AutoDelete:      true,
+		Persistence:     true,
+		SharedAcross:    true,
+		MaxBodySize:     c.opts.MaxBodySize,
+		MaxPrefetch:     math.MaxInt32, // link credit, as go-amqp carries it
 
 		Delay:          true,
 		MaxDelay:       delayq.Max,

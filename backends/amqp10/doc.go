@@ -118,7 +118,7 @@
 //
 // # Capabilities
 //
-// Confirms, Mandatory, DeadLetter, MessageTTL, QueueTTL, MaxLength, Priority, Exclusive
+// Confirms, Mandatory, DeadLetter, Expiration, QueueMessageTTL, MaxLength, Priority, Exclusive
 // (exclusive to this connection), AutoDelete, Persistence, SharedAcross, MaxBodySize
 // from the URL, Delay (up to 2^32-1 ms), and MaxPrefetch 2147483647 (link credit as
 // go-amqp carries it). DeliveryCount is off, because classic queues do not count deliveries;

@@ -181,19 +181,19 @@ var _ backend.Conn = (*Conn)(nil)
 // Capabilities reports everything but persistence: the broker lives in the process.
 func (c *Conn) Capabilities() backend.Capabilities {
 	return backend.Capabilities{
-		Confirms:       true,
-		Mandatory:      true,
-		DeadLetter:     true,
-		MessageTTL:     true,
-		QueueTTL:       true,
-		MaxLength:      true,
-		Priority:       true,
-		DeliveryCount:  true,
-		Exclusive:      true,
-		AutoDelete:     true,
-		MaxBodySize:    c.opts.MaxBodySize,
-		Delay:          true,
-		DelayPrecision: 10 * time.Millisecond,
+		Confirms:        true,
+		Mandatory:       true,
+		DeadLetter:      true,
+		Expiration:      true,
+		QueueMessageTTL: true,
+		MaxLength:       true,
+		Priority:        true,
+		DeliveryCount:   true,
+		Exclusive:       true,
+		AutoDelete:      true,
+		MaxBodySize:     c.opts.MaxBodySize,
+		Delay:           true,
+		DelayPrecision:  10 * time.Millisecond,
 	}
 }
 

@@ -212,16 +212,16 @@ func randomID() string {
 // capabilities reports what Redis does; persistence depends on its configuration.
 func (c *Conn) capabilities(ctx context.Context) backend.Capabilities {
 	caps := backend.Capabilities{
-		Confirms:       true,
-		Mandatory:      true,
-		DeadLetter:     true,
-		MessageTTL:     true,
-		QueueTTL:       true,
-		DeliveryCount:  true,
-		SharedAcross:   true,
-		MaxBodySize:    512 << 20, // proto-max-bulk-len's default
-		Delay:          true,
-		DelayPrecision: 100 * time.Millisecond,
+		Confirms:        true,
+		Mandatory:       true,
+		DeadLetter:      true,
+		Expiration:      true,
+		QueueMessageTTL: true,
+		DeliveryCount:   true,
+		SharedAcross:    true,
+		MaxBodySize:     512 << 20, // proto-max-bulk-len's default
+		Delay:           true,
+		DelayPrecision:  100 * time.Millisecond,
 	}
 	if cfg, err := c.rdb.ConfigGet(ctx, "appendonly").Result(); err == nil && cfg["appendonly"] == "yes" {
 		caps.Persistence = true

@@ -138,7 +138,7 @@
 //
 // # Capabilities
 //
-// Confirms, Mandatory, DeadLetter, MessageTTL, QueueTTL, DeliveryCount, Delay and SharedAcross;
+// Confirms, Mandatory, DeadLetter, Expiration, QueueMessageTTL, DeliveryCount, Delay and SharedAcross;
 // Persistence when the server has appendonly on; MaxBodySize is the server's
 // proto-max-bulk-len. Not MaxLength, Priority, Exclusive or AutoDelete: a queue of one
 // connection, or one deleted with its last consumer, needs a broker that knows when a
