@@ -329,22 +329,35 @@ func TestAs(t *testing.T) {
 	m.Ack(ctx)
 }
 
+// destructiveEnv is the environment variable that, set to 1, lets the tests that stop,
+// start or reconfigure a RabbitMQ do so to the local broker of CARROT_TEST_AMQP091_URL,
+// with the local rabbitmqctl, when Docker is not usable. Without it they never touch
+// that broker: it may be the developer's own, with other clients.
+const destructiveEnv = "CARROT_TEST_DESTRUCTIVE"
+
 // disruptable returns the amqp:// URL of a RabbitMQ that a test may restart or
 // reconfigure, and a way to run rabbitmqctl on it: a container of kind k of the test's own
-// when Docker is usable, else the local broker of CARROT_TEST_AMQP091_URL with the local
-// rabbitmqctl (no other test may use it meanwhile).
+// when Docker is usable; else, only with CARROT_TEST_DESTRUCTIVE=1, the local broker of
+// CARROT_TEST_AMQP091_URL with the local rabbitmqctl (no other test may use it
+// meanwhile). Otherwise it skips t saying why, or fails it with
+// CARROT_TEST_REQUIRE_BROKERS=1, as [testbroker.Start] does.
 func disruptable(t *testing.T, k testbroker.Kind) (string, func(ctx context.Context, args ...string) (string, error)) {
 	if err := testbroker.CanStart(k); err != nil {
 		if local := os.Getenv("CARROT_TEST_AMQP091_URL"); local != "" {
 			u, err := url.Parse(local)
 			if _, lookErr := exec.LookPath("rabbitmqctl"); err == nil && lookErr == nil && (u.Hostname() == "127.0.0.1" || u.Hostname() == "localhost") {
-				t.Logf("using the local RabbitMQ at %s, with rabbitmqctl, instead of a %s container", u.Redacted(), k.Name)
-				return local, func(ctx context.Context, args ...string) (string, error) {
-					out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
-					if err != nil {
-						return string(out), fmt.Errorf("rabbitmqctl %v: %v: %s", args, err, out)
+				if os.Getenv(destructiveEnv) != "1" {
+					t.Logf("not stopping or reconfiguring the local RabbitMQ at %s, which may have other clients: set %s=1 to let this test do so with rabbitmqctl, or make Docker usable for a container of its own",
+						u.Redacted(), destructiveEnv)
+				} else {
+					t.Logf("%s=1: using the local RabbitMQ at %s, with rabbitmqctl, instead of a %s container", destructiveEnv, u.Redacted(), k.Name)
+					return local, func(ctx context.Context, args ...string) (string, error) {
+						out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
+						if err != nil {
+							return string(out), fmt.Errorf("rabbitmqctl %v: %v: %s", args, err, out)
+						}
+						return string(out), nil
 					}
-					return string(out), nil
 				}
 			}
 		}
@@ -362,6 +375,9 @@ func disruptable(t *testing.T, k testbroker.Kind) (string, func(ctx context.Cont
 // TestBrokerRestart sends 10,000 persistent messages from a publisher to a consumer while
 // the broker's connections are closed and the broker application is stopped and started:
 // every message must arrive at least once.
+//
+// Destructive: it restarts its broker, a container of its own, or the local RabbitMQ of
+// CARROT_TEST_AMQP091_URL only with CARROT_TEST_DESTRUCTIVE=1 (see disruptable).
 func TestBrokerRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("restarts a broker; not in -short mode")
@@ -401,6 +417,9 @@ func TestBrokerRestart(t *testing.T) {
 // TestDelayedSurvivesRestart publishes a persistent message with a delay, stops and
 // starts the broker before the delay has passed: the message arrives after its delay,
 // once, through a direct exchange.
+//
+// Destructive: it restarts its broker, a container of its own, or the local RabbitMQ of
+// CARROT_TEST_AMQP091_URL only with CARROT_TEST_DESTRUCTIVE=1 (see disruptable).
 func TestDelayedSurvivesRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("restarts a broker; not in -short mode")
@@ -476,14 +495,18 @@ func TestUnparseableHeader(t *testing.T) {
 	p.Run(ctx, t)
 }
 
-// TestRefusals publishes, to RabbitMQ 4.0 (or the local RabbitMQ when Docker is not
-// usable), messages it refuses because of what they are: a body over its default
-// max_message_size (16 MiB from RabbitMQ 4.0, 128 MiB before), a header table over the
-// frame size, and, once the broker's limit is lowered behind carrot's back, a body over
-// the new limit.
+// TestRefusals publishes, to RabbitMQ 4.0 (or, with CARROT_TEST_DESTRUCTIVE=1, the local
+// RabbitMQ when Docker is not usable), messages it refuses because of what they are: a
+// body over its default max_message_size (16 MiB from RabbitMQ 4.0, 128 MiB before), a
+// header table over the frame size, and, once the broker's limit is lowered behind
+// carrot's back, a body over the new limit.
 // Each fails within a second with a classified error and is not sent again: the bytes the
 // broker received on the connection show at most one attempt. The connection's other
 // publishers go on undisturbed, and the connection is never lost.
+//
+// Destructive: it stops its broker, changes its max_message_size and starts it again: a
+// container of its own, or the local RabbitMQ of CARROT_TEST_AMQP091_URL only with
+// CARROT_TEST_DESTRUCTIVE=1 (see disruptable), restoring the setting when it ends.
 func TestRefusals(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()

@@ -24,7 +24,7 @@ if one is missing, or if the queue is not empty at the end.`)
 	window := fs.Int("window", 256, "publishes awaiting their confirms at once")
 	prefetch := fs.Int("prefetch", 256, "consumer prefetch")
 	transient := fs.Bool("transient", false, "transient messages and queue (default: persistent and durable)")
-	if err := c.parse(fs, args, 0); err != nil {
+	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
 	switch {

@@ -12,48 +12,17 @@ import (
 	"io"
 	"math"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/carrot-go/carrot"
 )
-
-// errHelp is returned when -h was asked for; the usage is printed already.
-var errHelp = flag.ErrHelp
-
-// flags returns a flag set for a command, with --url.
-func (c *cli) flags(name, args, about string) (*flag.FlagSet, *string) {
-	fs := flag.NewFlagSet("carrot "+name, flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: carrot %s [flags] %s\n\n%s\n\nFlags:\n", name, args, about)
-		fs.PrintDefaults()
-	}
-	rawURL := fs.String("url", "", "broker URL (default $CARROT_URL, then memory://)")
-	return fs, rawURL
-}
-
-// parse parses args, turning flag errors into usage errors; -h prints the command's
-// usage to standard output.
-func (c *cli) parse(fs *flag.FlagSet, args []string, positional int) error {
-	usage := fs.Usage
-	fs.Usage = func() {}
-	fs.SetOutput(io.Discard) // run reports the error itself
-	err := fs.Parse(args)
-	fs.SetOutput(c.stdout)
-	if errors.Is(err, flag.ErrHelp) {
-		usage()
-		return errHelp
-	}
-	if err != nil {
-		return usageError{err.Error()}
-	}
-	if fs.NArg() > positional {
-		return usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(positional))}
-	}
-	return nil
-}
 
 // open connects to the URL of --url, $CARROT_URL or memory://, and warns on standard
 // error when the broker is one that dies with the process.
@@ -70,12 +39,6 @@ func (c *cli) open(ctx context.Context, rawURL, command string, warnMemory bool)
 	return carrot.Open(ctx, rawURL)
 }
 
-// multiFlag collects a repeatable flag.
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
-
 const feedURL = "http://cnn.com/rss/edition.rss"
 
 func runDemo(ctx context.Context, c *cli, args []string) error {
@@ -83,7 +46,7 @@ func runDemo(ctx context.Context, c *cli, args []string) error {
 exchange "feed" with routing key "importer"; a publisher sends it
 {"import_feed": "`+feedURL+`"}, and the consumer prints the feed.`)
 	timeout := fs.Duration("timeout", 30*time.Second, "give up if the message has not arrived after this long")
-	if err := c.parse(fs, args, 0); err != nil {
+	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
@@ -154,7 +117,7 @@ published.`)
 	contentType := fs.String("content-type", "", "content type (default application/json for a JSON body, text/plain for other UTF-8, application/octet-stream otherwise)")
 	contentEncoding := fs.String("content-encoding", "", "content encoding")
 	var headers multiFlag
-	fs.Var(&headers, "header", "header NAME=VALUE, a string; repeatable")
+	fs.Var(&headers, "header", "header `NAME=VALUE`, a string; repeatable")
 	transient := fs.Bool("transient", false, "publish transient messages (default persistent)")
 	priority := fs.Uint("priority", 0, "message priority, 0-255")
 	expiration := fs.Duration("expiration", 0, "message time to live, such as 30s")
@@ -164,13 +127,14 @@ published.`)
 	lines := fs.Bool("lines", false, "publish each line of standard input as a message")
 	allowUnroutable := fs.Bool("allow-unroutable", false, "let the broker drop messages that match no queue")
 	noConfirm := fs.Bool("no-confirm", false, "do not wait for the broker's confirms (implies --allow-unroutable)")
-	if err := c.parse(fs, args, 1); err != nil {
+	body, err := c.parse(fs, args, 1)
+	if err != nil {
 		return err
 	}
 	if *priority > 255 {
 		return usageError{fmt.Sprintf("--priority %d is more than 255", *priority)}
 	}
-	if *lines && fs.NArg() > 0 && fs.Arg(0) != "-" {
+	if *lines && len(body) > 0 && body[0] != "-" {
 		return usageError{"--lines reads standard input: give no BODY"}
 	}
 	table := carrot.Table{}
@@ -219,13 +183,14 @@ published.`)
 	}
 	send := func(body []byte) error { return p.Publish(ctx, message(body)) }
 	if !*lines {
-		var body []byte
-		if fs.NArg() == 1 && fs.Arg(0) != "-" {
-			body = []byte(fs.Arg(0))
-		} else if body, err = io.ReadAll(c.stdin); err != nil {
+		if len(body) == 1 && body[0] != "-" {
+			return send([]byte(body[0]))
+		}
+		b, err := io.ReadAll(c.stdin)
+		if err != nil {
 			return fmt.Errorf("read standard input: %w", err)
 		}
-		return send(body)
+		return send(b)
 	}
 	// Up to linesWindow messages in flight; the oldest answered first, as they come.
 	sc := bufio.NewScanner(c.stdin)
@@ -283,6 +248,7 @@ func guessContentType(body []byte) string {
 // queueFlags are the flags of commands that read and print messages from a queue, which
 // they may also declare.
 type queueFlags struct {
+	fs       *flag.FlagSet
 	queue    *string
 	declare  *bool
 	exchange *string
@@ -293,13 +259,14 @@ type queueFlags struct {
 
 func addQueueFlags(fs *flag.FlagSet) *queueFlags {
 	q := &queueFlags{
+		fs:       fs,
 		queue:    fs.String("queue", "", "queue to read (required)"),
 		declare:  fs.Bool("declare", false, "declare the queue (durable), and --exchange with its bindings, if they do not exist"),
 		exchange: fs.String("exchange", "", "with --declare: exchange to bind the queue to"),
-		kind:     fs.String("kind", "direct", "with --declare: kind of --exchange: direct, fanout or topic"),
+		kind:     fs.String("kind", "direct", "with --declare and --exchange: kind of --exchange: direct, fanout or topic"),
 		format:   fs.String("format", "body", "output: body (the body and a newline) or json (one JSON object per message, with properties; a body that is not UTF-8 as body_base64, byte-string headers in base64, NaN and infinite floats as the strings NaN, +Inf and -Inf)"),
 	}
-	fs.Var(&q.keys, "key", "with --declare: binding key (pattern for topic exchanges); repeatable")
+	fs.Var(&q.keys, "key", "with --declare and --exchange: binding `key` (pattern for topic exchanges); repeatable")
 	return q
 }
 
@@ -320,10 +287,17 @@ func (q *queueFlags) spec() (carrot.Queue, error) {
 	if *q.queue == "" {
 		return carrot.Queue{}, usageError{"--queue is required"}
 	}
+	set := given(q.fs)
+	if err := unless(set, *q.declare, "without --declare, nothing is declared: give --declare too", "exchange", "kind", "key"); err != nil {
+		return carrot.Queue{}, err
+	}
+	if err := unless(set, *q.exchange != "", "it is the kind of --exchange, and none is given: give --exchange too", "kind"); err != nil {
+		return carrot.Queue{}, err
+	}
+	if err := unless(set, *q.exchange != "", "a key binds the queue to --exchange, and none is given: give --exchange too", "key"); err != nil {
+		return carrot.Queue{}, err
+	}
 	if !*q.declare {
-		if *q.exchange != "" || len(q.keys) > 0 {
-			return carrot.Queue{}, usageError{"--exchange and --key declare bindings: give --declare too"}
-		}
 		return carrot.Queue{Name: *q.queue, Passive: true}, nil
 	}
 	spec := carrot.Queue{Name: *q.queue}
@@ -337,8 +311,6 @@ func (q *queueFlags) spec() (carrot.Queue, error) {
 		for _, k := range keys[1:] {
 			spec.Bindings = append(spec.Bindings, carrot.Binding{Exchange: *q.exchange, Key: k})
 		}
-	} else if len(q.keys) > 0 {
-		return carrot.Queue{}, usageError{"--key needs --exchange"}
 	}
 	return spec, nil
 }
@@ -443,31 +415,39 @@ func jsonValue(v any) any {
 
 func runConsume(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("consume", "", `Receives messages from a queue and prints them, acking each once printed, until
-interrupted (Ctrl-C) or until --count messages have arrived.`)
+interrupted (Ctrl-C) or until --count messages have arrived. While nothing arrives, it
+says so on standard error every so often; standard output has only the messages.`)
 	qf := addQueueFlags(fs)
 	count := fs.Int("count", 0, "stop after handling exactly this many messages, holding no more than that at once (0: until interrupted)")
-	prefetch := fs.Int("prefetch", 0, "prefetch limit (0: the backend's default)")
-	noAck := fs.Bool("no-ack", false, "let the broker settle messages on delivery")
+	prefetch := fs.Int("prefetch", 0, "prefetch limit, at most --count (0: the backend's default, or --count)")
+	noAck := fs.Bool("no-ack", false, "let the broker settle messages on delivery (a message is lost if carrot fails before printing it)")
 	requeue := fs.Bool("requeue", false, "requeue messages instead of acking them (they will come again)")
-	if err := c.parse(fs, args, 0); err != nil {
+	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
 	spec, out, err := qf.parsed(c.stdout)
 	if err != nil {
 		return err
 	}
-	if *count < 0 || *prefetch < 0 {
+	set := given(fs)
+	switch {
+	case *count < 0 || *prefetch < 0:
 		return usageError{"--count and --prefetch cannot be negative"}
-	}
-	if *noAck && *requeue {
+	case *noAck && *requeue:
 		return usageError{"--no-ack and --requeue exclude each other"}
+	case *noAck && set["prefetch"]:
+		return usageError{"--prefetch would be ignored: it limits the messages delivered and not yet settled, and with --no-ack the broker settles each as it delivers it"}
+	case *noAck && *count > 0:
+		return usageError{"--count with --no-ack would lose messages: nothing limits what the broker sends a --no-ack consumer, settled, and all that came after the --count-th would be dropped; leave out --no-ack"}
+	case *count > 0 && *prefetch > *count:
+		return usageError{fmt.Sprintf("--prefetch %d would be ignored: consume --count %d never holds more than %d messages at once", *prefetch, *count, *count)}
 	}
 	conn, err := c.open(ctx, *rawURL, "consume", true)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	if *count > 0 && (*prefetch == 0 || *count < *prefetch) {
+	if *count > 0 && *prefetch == 0 {
 		*prefetch = *count // hold no more than it will handle
 	}
 	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{spec}, Prefetch: *prefetch, NoAck: *noAck})
@@ -476,9 +456,12 @@ interrupted (Ctrl-C) or until --count messages have arrived.`)
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	seen := 0
+	var seen atomic.Int64
 	var printErr error
+	w := c.waiting(spec.Name, *count, &seen)
+	defer w.stop()
 	consumer.Register(func(ctx context.Context, m *carrot.Message) error {
+		w.arrived()
 		if err := out.print(m); err != nil {
 			// Nothing more can be printed: give the message back and stop.
 			printErr = err
@@ -495,12 +478,13 @@ interrupted (Ctrl-C) or until --count messages have arrived.`)
 		case !*noAck:
 			err = m.Ack(ctx)
 		}
-		if seen++; *count > 0 && seen >= *count {
+		if n := seen.Add(1); *count > 0 && n >= int64(*count) {
 			stop()
 		}
 		return err
 	})
 	err = consumer.Run(runCtx)
+	w.stop() // before run reports an error on standard error
 	if printErr != nil {
 		return printErr
 	}
@@ -510,12 +494,74 @@ interrupted (Ctrl-C) or until --count messages have arrived.`)
 	return err
 }
 
+// How long consume waits without a message before it says on standard error that it is
+// waiting, and then between two such lines. Tests shorten them.
+var (
+	waitingAfter = 2 * time.Second
+	waitingEvery = 30 * time.Second
+)
+
+// waiter says on standard error that consume is waiting, when no message has arrived for
+// waitingAfter, and again at most every waitingEvery while none comes.
+type waiter struct {
+	start time.Time
+	last  atomic.Int64 // when the last message arrived, as time since start
+	done  chan struct{}
+	ended chan struct{}
+	once  sync.Once
+}
+
+// waiting starts a waiter for consume of queue, which has handled seen of count messages
+// (count 0: no limit). Its stop must be called.
+func (c *cli) waiting(queue string, count int, seen *atomic.Int64) *waiter {
+	w := &waiter{start: time.Now(), done: make(chan struct{}), ended: make(chan struct{})}
+	go func() {
+		defer close(w.ended)
+		timer := time.NewTimer(waitingAfter)
+		defer timer.Stop()
+		var printed time.Duration = -1 // when it last printed, as time since start
+		for {
+			select {
+			case <-w.done:
+				return
+			case <-timer.C:
+			}
+			now := time.Since(w.start)
+			next := time.Duration(w.last.Load()) + waitingAfter // when the quiet is long enough
+			if printed >= 0 && printed+waitingEvery > next {
+				next = printed + waitingEvery
+			}
+			if now < next {
+				timer.Reset(next - now)
+				continue
+			}
+			so := ""
+			if count > 0 {
+				so = fmt.Sprintf("%d of %d so far; ", seen.Load(), count)
+			}
+			fmt.Fprintf(c.stderr, "carrot consume: waiting for messages on queue %q (%sCtrl-C to stop)\n", queue, so)
+			printed = now
+			timer.Reset(waitingEvery)
+		}
+	}()
+	return w
+}
+
+// arrived records that a message arrived: the quiet starts again.
+func (w *waiter) arrived() { w.last.Store(int64(time.Since(w.start))) }
+
+// stop stops the waiter and waits until it can print no more.
+func (w *waiter) stop() {
+	w.once.Do(func() { close(w.done) })
+	<-w.ended
+}
+
 func runFetch(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("fetch", "", `Fetches one message from a queue, prints it and acks it. Exits with status 3 when
 the queue is empty.`)
 	qf := addQueueFlags(fs)
 	requeue := fs.Bool("requeue", false, "requeue the message instead of acking it")
-	if err := c.parse(fs, args, 0); err != nil {
+	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
 	spec, out, err := qf.parsed(c.stdout)
@@ -551,7 +597,7 @@ the queue is empty.`)
 func runPurge(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("purge", "", "Removes the messages waiting in a queue and prints how many it removed.")
 	queue := fs.String("queue", "", "queue to purge (required)")
-	if err := c.parse(fs, args, 0); err != nil {
+	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *queue == "" {
@@ -574,18 +620,18 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("declare", "", `Declares an exchange (--exchange), a queue (--queue), or both, bound with each
 --key. Exchanges and queues are durable unless --transient is given.`)
 	exchange := fs.String("exchange", "", "exchange to declare")
-	kind := fs.String("kind", "direct", "exchange kind: direct, fanout or topic")
+	kind := fs.String("kind", "direct", "kind of --exchange: direct, fanout or topic")
 	queue := fs.String("queue", "", "queue to declare")
 	var keys multiFlag
-	fs.Var(&keys, "key", "binding key from --exchange to --queue (a pattern for topic exchanges); repeatable")
+	fs.Var(&keys, "key", "binding `key` from --exchange to --queue (a pattern for topic exchanges); repeatable")
 	transient := fs.Bool("transient", false, "declare a transient exchange and queue")
 	autoDelete := fs.Bool("auto-delete", false, "delete the queue with its last consumer, the exchange with its last binding")
-	ttl := fs.Duration("ttl", 0, "queue message time to live, such as 1h")
-	maxLength := fs.Int("max-length", 0, "queue max length; the oldest messages are dropped beyond it")
-	maxPriority := fs.Uint("max-priority", 0, "highest message priority the queue orders by, 0-255")
-	dlx := fs.String("dead-letter-exchange", "", "exchange for the queue's rejected, expired and dropped messages")
-	dlk := fs.String("dead-letter-key", "", "routing key of dead-lettered messages (default: their own)")
-	if err := c.parse(fs, args, 0); err != nil {
+	ttl := fs.Duration("ttl", 0, "with --queue: queue message time to live, such as 1h")
+	maxLength := fs.Int("max-length", 0, "with --queue: queue max length; the oldest messages are dropped beyond it")
+	maxPriority := fs.Uint("max-priority", 0, "with --queue: highest message priority the queue orders by, 0-255")
+	dlx := fs.String("dead-letter-exchange", "", "with --queue: exchange for the queue's rejected, expired and dropped messages")
+	dlk := fs.String("dead-letter-key", "", "with --dead-letter-exchange: routing key of dead-lettered messages (default: their own)")
+	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *exchange == "" && *queue == "" {
@@ -593,6 +639,17 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 	}
 	if len(keys) > 0 && (*exchange == "" || *queue == "") {
 		return usageError{"--key binds --queue to --exchange: give both"}
+	}
+	set := given(fs)
+	if err := unless(set, *exchange != "", "it is the kind of --exchange, and none is given: give --exchange too", "kind"); err != nil {
+		return err
+	}
+	if err := unless(set, *queue != "", "it is a setting of --queue, and none is given: give --queue too",
+		"ttl", "max-length", "max-priority", "dead-letter-exchange", "dead-letter-key"); err != nil {
+		return err
+	}
+	if err := unless(set, *dlx != "", "it is the routing key of the messages dead-lettered to --dead-letter-exchange, and none is given: give --dead-letter-exchange too", "dead-letter-key"); err != nil {
+		return err
 	}
 	if *maxPriority > 255 {
 		return usageError{fmt.Sprintf("--max-priority %d is more than 255", *maxPriority)}
@@ -645,12 +702,106 @@ func kindOrDirect(k carrot.ExchangeKind) carrot.ExchangeKind {
 	return k
 }
 
-func runBackends(ctx context.Context, c *cli, args []string) error {
-	fs := flag.NewFlagSet("carrot backends", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: carrot backends\n\nLists the URL schemes this carrot binary has backends for.")
+func runDelete(ctx context.Context, c *cli, args []string) error {
+	fs, rawURL := c.flags("delete", "", `Deletes a queue (--queue) with its messages and bindings, an exchange (--exchange)
+with its bindings, or both, queue first. Deleting one that does not exist is not an
+error.`)
+	exchange := fs.String("exchange", "", "exchange to delete")
+	queue := fs.String("queue", "", "queue to delete, with the messages in it")
+	if _, err := c.parse(fs, args, 0); err != nil {
+		return err
 	}
-	if err := c.parse(fs, args, 0); err != nil {
+	if *exchange == "" && *queue == "" {
+		return usageError{"give --exchange, --queue or both"}
+	}
+	conn, err := c.open(ctx, *rawURL, "delete", true)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if *queue != "" {
+		if err := conn.DeleteQueue(ctx, *queue); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "deleted queue %q\n", *queue)
+	}
+	if *exchange != "" {
+		if err := conn.DeleteExchange(ctx, *exchange); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "deleted exchange %q\n", *exchange)
+	}
+	return nil
+}
+
+func runUnbind(ctx context.Context, c *cli, args []string) error {
+	fs, rawURL := c.flags("unbind", "", `Removes the bindings from --exchange to --queue with each --key, as declare made
+them; with no --key, the binding with the empty key, which declare makes when given
+none. Removing a binding that does not exist is not an error.`)
+	exchange := fs.String("exchange", "", "exchange the queue is bound to (required)")
+	queue := fs.String("queue", "", "queue to unbind (required)")
+	var keys multiFlag
+	fs.Var(&keys, "key", "binding `key` to remove (a pattern for topic exchanges); repeatable")
+	if _, err := c.parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *exchange == "" || *queue == "" {
+		return usageError{"--exchange and --queue are required: unbind removes the bindings between them"}
+	}
+	if len(keys) == 0 {
+		keys = multiFlag{""}
+	}
+	conn, err := c.open(ctx, *rawURL, "unbind", true)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	for _, k := range keys {
+		if err := conn.Unbind(ctx, carrot.Binding{Exchange: *exchange, Queue: *queue, Key: k}); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "unbound queue %q from exchange %q with key %q\n", *queue, *exchange, k)
+	}
+	return nil
+}
+
+// modulePath is the module whose version carrot version prints.
+const modulePath = "github.com/carrot-go/carrot"
+
+func runVersion(ctx context.Context, c *cli, args []string) error {
+	fs := c.bareFlags("version", "", `Prints the version of the carrot module this binary was built from, "(devel)" when
+it was built from a source tree, and the Go version that built it.`)
+	if _, err := c.parse(fs, args, 0); err != nil {
+		return err
+	}
+	fmt.Fprintln(c.stdout, versionLine(debug.ReadBuildInfo()))
+	return nil
+}
+
+// versionLine is what carrot version prints, from the build information of the binary.
+func versionLine(info *debug.BuildInfo, ok bool) string {
+	version, goVersion := "(unknown)", runtime.Version()
+	if ok {
+		goVersion = info.GoVersion
+		for _, m := range append([]*debug.Module{&info.Main}, info.Deps...) {
+			if m.Path == modulePath {
+				version = m.Version
+				if m.Replace != nil {
+					version = m.Replace.Version
+				}
+				if version == "" {
+					version = "(devel)"
+				}
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("carrot %s, built with %s", version, goVersion)
+}
+
+func runBackends(ctx context.Context, c *cli, args []string) error {
+	fs := c.bareFlags("backends", "", "Lists the URL schemes this carrot binary has backends for.")
+	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
 	for _, s := range carrot.Backends() {

@@ -1,5 +1,5 @@
 // Command carrot publishes, consumes, fetches and purges messages on any broker carrot
-// has a backend for, declares topology, and runs the seed's feed-import demo.
+// has a backend for, declares and deletes topology, and runs the seed's feed-import demo.
 //
 // Usage:
 //
@@ -13,13 +13,17 @@
 //	fetch     fetch one message and print it
 //	purge     remove the messages waiting in a queue and print how many
 //	declare   declare an exchange, a queue, and bindings between them
+//	unbind    remove bindings between an exchange and a queue
+//	delete    delete a queue, an exchange, or both
 //	bench     measure publish and consume rates on a queue of its own
 //	backends  list the URL schemes carrot knows
+//	version   print carrot's version and the Go version that built it
 //
-// Every command but backends takes --url, which defaults to the CARROT_URL environment
-// variable, and then to memory://. A memory:// broker lives inside one process: what one
-// carrot command publishes there is gone when it exits. Run "carrot help COMMAND" for a
-// command's flags.
+// Every command but backends and version takes --url, which defaults to the CARROT_URL
+// environment variable, and then to memory://. A memory:// broker lives inside one
+// process: what one carrot command publishes there is gone when it exits. Flags may come
+// before or after a command's arguments; -- ends them. A flag that would be ignored, given
+// the others, is an error that says why. Run "carrot help COMMAND" for a command's flags.
 //
 // Exit status: 0 on success, 1 when the broker or a message fails, 2 for a usage error,
 // 3 when fetch finds the queue empty.
@@ -67,8 +71,11 @@ var commands = []command{
 	{"fetch", "fetch one message and print it", runFetch},
 	{"purge", "remove the messages waiting in a queue and print how many", runPurge},
 	{"declare", "declare an exchange, a queue, and bindings between them", runDeclare},
+	{"unbind", "remove bindings between an exchange and a queue", runUnbind},
+	{"delete", "delete a queue, an exchange, or both", runDelete},
 	{"bench", "measure publish and consume rates on a queue of its own", runBench},
 	{"backends", "list the URL schemes carrot knows", runBackends},
+	{"version", "print carrot's version and the Go version that built it", runVersion},
 }
 
 // cli holds the tool's streams, so tests can run it in process.
@@ -140,9 +147,10 @@ Commands:
 		fmt.Fprintf(w, "  %-9s %s\n", cmd.name, cmd.summary)
 	}
 	fmt.Fprint(w, `
-Every command but backends takes --url, which defaults to $CARROT_URL, then memory://.
-A memory:// broker lives inside one process: what one carrot command publishes there is
-gone when it exits.
+Every command but backends and version takes --url, which defaults to $CARROT_URL, then
+memory://. A memory:// broker lives inside one process: what one carrot command publishes
+there is gone when it exits. Flags may come before or after a command's arguments; --
+ends them.
 
 Exit status: 0 on success, 1 when the broker or a message fails, 2 for a usage error,
 3 when fetch finds the queue empty.

@@ -7,7 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"regexp"
+	"runtime"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,7 +47,7 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{nil, "Usage:"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
-		{[]string{"publish", "--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+		{[]string{"publish", "--no-such-flag"}, "unknown flag --no-such-flag"},
 		{[]string{"fetch"}, "--queue is required"},
 		{[]string{"fetch", "--queue", "q", "--exchange", "x"}, "give --declare too"},
 		{[]string{"publish", "--priority", "300", "x"}, "more than 255"},
@@ -61,6 +66,300 @@ func TestHelp(t *testing.T) {
 	code, out, _ := runTool(t, "", "help", "consume")
 	if code != 0 || !strings.Contains(out, "Usage: carrot consume") || !strings.Contains(out, "-prefetch") {
 		t.Errorf("carrot help consume: exit %d, stdout %q", code, out)
+	}
+}
+
+// TestHelpShowsTwoDashes checks that every command's help writes its flags as the
+// documentation does, --url and not -url.
+func TestHelpShowsTwoDashes(t *testing.T) {
+	singleDash := regexp.MustCompile(`(?m)^\s+-[a-z]`)
+	for _, cmd := range commands {
+		for _, args := range [][]string{{"help", cmd.name}, {cmd.name, "--help"}, {cmd.name, "-h"}} {
+			code, out, errOut := runTool(t, "", args...)
+			if code != 0 || !strings.HasPrefix(out, "Usage: carrot "+cmd.name) {
+				t.Errorf("carrot %s: exit %d, stdout %q, stderr %q; want the usage", strings.Join(args, " "), code, out, errOut)
+				continue
+			}
+			if m := singleDash.FindString(out); m != "" {
+				t.Errorf("carrot %s shows a flag with one dash, %q:\n%s", strings.Join(args, " "), m, out)
+			}
+			wantURL := cmd.name != "backends" && cmd.name != "version"
+			if got := strings.Contains(out, "\n  --url URL\n"); got != wantURL {
+				t.Errorf("carrot %s: shows --url: %v, want %v:\n%s", strings.Join(args, " "), got, wantURL, out)
+			}
+		}
+	}
+}
+
+// TestCommandsDocumented checks that carrot help, the package documentation and the
+// README's "The carrot command" section name every command.
+func TestCommandsDocumented(t *testing.T) {
+	_, help, _ := runTool(t, "", "help")
+	doc, err := os.ReadFile("main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(readme), "## The carrot command\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+	for _, cmd := range commands {
+		if !strings.Contains(help, "\n  "+cmd.name+" ") {
+			t.Errorf("carrot help does not list %s", cmd.name)
+		}
+		if !strings.Contains(string(doc), "//\t"+cmd.name+" ") {
+			t.Errorf("the package documentation in main.go does not list %s", cmd.name)
+		}
+		if !strings.Contains(section, "carrot "+cmd.name) {
+			t.Errorf("README.md's section The carrot command does not show carrot %s", cmd.name)
+		}
+	}
+}
+
+// TestFlagErrors checks that a flag that would be ignored given the others, a value of
+// the wrong kind and a missing value are usage errors that say why.
+func TestFlagErrors(t *testing.T) {
+	const duration = "a duration such as 10s"
+	for _, tc := range []struct {
+		args []string
+		want []string // in stderr
+	}{
+		// Ignored given the others.
+		{[]string{"consume", "--queue", "q", "--kind", "topic"}, []string{"--kind would be ignored", "give --declare too"}},
+		{[]string{"fetch", "--queue", "q", "--kind", "topic"}, []string{"--kind would be ignored", "give --declare too"}},
+		{[]string{"consume", "--queue", "q", "--key", "k"}, []string{"--key would be ignored", "give --declare too"}},
+		{[]string{"fetch", "--queue", "q", "--declare", "--kind", "topic"}, []string{"--kind would be ignored", "give --exchange too"}},
+		{[]string{"consume", "--queue", "q", "--declare", "--key", "k"}, []string{"--key would be ignored", "give --exchange too"}},
+		{[]string{"consume", "--queue", "q", "--no-ack", "--prefetch", "5"}, []string{"--prefetch would be ignored", "--no-ack"}},
+		{[]string{"consume", "--queue", "q", "--no-ack", "--count", "1"}, []string{"--count with --no-ack would lose messages"}},
+		{[]string{"consume", "--queue", "q", "--count", "2", "--prefetch", "5"}, []string{"--prefetch 5 would be ignored", "--count 2"}},
+		{[]string{"consume", "--queue", "q", "--no-ack", "--requeue"}, []string{"exclude each other"}},
+		{[]string{"declare", "--queue", "q", "--kind", "topic"}, []string{"--kind would be ignored", "give --exchange too"}},
+		{[]string{"declare", "--exchange", "x", "--ttl", "1h"}, []string{"--ttl would be ignored", "give --queue too"}},
+		{[]string{"declare", "--exchange", "x", "--max-length", "5"}, []string{"--max-length would be ignored", "give --queue too"}},
+		{[]string{"declare", "--exchange", "x", "--max-priority", "5"}, []string{"--max-priority would be ignored", "give --queue too"}},
+		{[]string{"declare", "--exchange", "x", "--dead-letter-exchange", "dlx"}, []string{"--dead-letter-exchange would be ignored", "give --queue too"}},
+		{[]string{"declare", "--queue", "q", "--dead-letter-key", "k"}, []string{"--dead-letter-key would be ignored", "give --dead-letter-exchange too"}},
+		{[]string{"declare", "--queue", "q", "--key", "k"}, []string{"--key binds --queue to --exchange"}},
+		{[]string{"publish", "--lines", "body"}, []string{"--lines reads standard input"}},
+		// Durations, for every duration flag.
+		{[]string{"publish", "--expiration", "1", "x"}, []string{`--expiration "1"`, duration}},
+		{[]string{"publish", "--expiration=10 s", "x"}, []string{`--expiration "10 s"`, duration}},
+		{[]string{"publish", "--expiration", "-1s", "x"}, []string{"--expiration -1s", duration, "not a negative one"}},
+		{[]string{"declare", "--queue", "q", "--ttl", "1"}, []string{`--ttl "1"`, duration}},
+		{[]string{"demo", "--timeout", "soon"}, []string{`--timeout "soon"`, duration}},
+		// Other values.
+		{[]string{"consume", "--queue", "q", "--count", "x"}, []string{`--count "x"`, "want a whole number"}},
+		{[]string{"publish", "--priority", "-1", "x"}, []string{`--priority "-1"`, "0 or more"}},
+		{[]string{"publish", "--lines=maybe"}, []string{`--lines "maybe"`, "want true or false"}},
+		{[]string{"publish", "x", "--key"}, []string{"--key needs a value"}},
+		{[]string{"publish", "---key", "k"}, []string{"bad flag syntax: ---key"}},
+		{[]string{"publish", "-x"}, []string{"unknown flag --x"}},
+		{[]string{"delete"}, []string{"give --exchange, --queue or both"}},
+		{[]string{"unbind", "--exchange", "x"}, []string{"--exchange and --queue are required"}},
+		{[]string{"version", "--url", "memory://"}, []string{"unknown flag --url"}},
+		{[]string{"version", "extra"}, []string{`unexpected argument "extra"`}},
+	} {
+		code, out, errOut := runTool(t, "", tc.args...)
+		if code != exitUsage || out != "" {
+			t.Errorf("carrot %q: exit %d, stdout %q; want exit %d and nothing on stdout", tc.args, code, out, exitUsage)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("carrot %q: stderr %q; want %q in it", tc.args, errOut, w)
+			}
+		}
+	}
+}
+
+// TestFlagsAnywhere checks that flags may follow the body, and that -- ends them, so that
+// a body may start with a dash.
+func TestFlagsAnywhere(t *testing.T) {
+	url := "memory://" + t.Name()
+	if code, _, errOut := runTool(t, "", "declare", "--queue", "q", "--url", url); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	for _, tc := range []struct {
+		stdin string
+		args  []string
+		want  string // the body fetched after it
+	}{
+		{"", []string{"publish", "--url", url, `{"a":1}`, "--key", "q"}, `{"a":1}`},
+		{"", []string{"publish", `{"a":2}`, "--url", url, "--key=q"}, `{"a":2}`},
+		{"", []string{"publish", "--url", url, "--key", "q", "--", "--key"}, "--key"},
+		{"", []string{"publish", "--url", url, "--", "-1", "--key", "q"}, ""}, // two arguments: refused below
+		{"from stdin", []string{"publish", "-", "--url", url, "--key", "q"}, "from stdin"},
+		{"piped", []string{"publish", "--url", url, "--key", "q", "--", "-"}, "piped"}, // "-" is standard input still
+	} {
+		code, _, errOut := runTool(t, tc.stdin, tc.args...)
+		if tc.want == "" {
+			if code != exitUsage || !strings.Contains(errOut, `unexpected argument "--key"`) {
+				t.Errorf("carrot %q: exit %d, stderr %q; want a usage error: after --, --key is an argument", tc.args, code, errOut)
+			}
+			continue
+		}
+		if code != 0 {
+			t.Errorf("carrot %q: exit %d, stderr %q", tc.args, code, errOut)
+			continue
+		}
+		if code, out, errOut := runTool(t, "", "fetch", "--queue", "q", "--url", url); code != 0 || out != tc.want+"\n" {
+			t.Errorf("after carrot %q, fetch: exit %d, stdout %q, stderr %q; want %q", tc.args, code, out, errOut, tc.want+"\n")
+		}
+	}
+}
+
+// TestDeleteUnbind declares an exchange, queues and bindings, then unbinds and deletes
+// them, checking each step by what publish can still route.
+func TestDeleteUnbind(t *testing.T) {
+	url := "memory://" + t.Name()
+	mustRun := func(wantOut string, args ...string) {
+		t.Helper()
+		code, out, errOut := runTool(t, "", append(args, "--url", url)...)
+		if code != 0 || out != wantOut {
+			t.Fatalf("carrot %q: exit %d, stdout %q, stderr %q; want exit 0, stdout %q", args, code, out, errOut, wantOut)
+		}
+	}
+	routes := func(key string) bool {
+		t.Helper()
+		code, _, errOut := runTool(t, "", "publish", "--url", url, "--exchange", "logs", "--key", key, "m")
+		if code != 0 && !strings.Contains(errOut, "unroutable") {
+			t.Fatalf("publish with key %q: exit %d, %s", key, code, errOut)
+		}
+		return code == 0
+	}
+	mustRun("declared exchange \"logs\" (topic)\ndeclared queue \"errors\"\n"+
+		"bound queue \"errors\" to exchange \"logs\" with key \"a.*\"\nbound queue \"errors\" to exchange \"logs\" with key \"b.*\"\n",
+		"declare", "--exchange", "logs", "--kind", "topic", "--queue", "errors", "--key", "a.*", "--key", "b.*")
+	mustRun("declared exchange \"logs\" (topic)\ndeclared queue \"all\"\nbound queue \"all\" to exchange \"logs\" with key \"\"\n",
+		"declare", "--exchange", "logs", "--kind", "topic", "--queue", "all")
+	if !routes("a.x") || !routes("b.x") || !routes("") {
+		t.Fatal("the bindings declared do not route")
+	}
+
+	mustRun("unbound queue \"errors\" from exchange \"logs\" with key \"a.*\"\n", "unbind", "--exchange", "logs", "--queue", "errors", "--key", "a.*")
+	if routes("a.x") || !routes("b.x") {
+		t.Error("after unbind --key a.*, a.x should not route and b.x should")
+	}
+	mustRun("unbound queue \"all\" from exchange \"logs\" with key \"\"\n", "unbind", "--exchange", "logs", "--queue", "all")
+	if routes("") {
+		t.Error("after unbind without --key, the binding with the empty key should be gone")
+	}
+	mustRun("unbound queue \"errors\" from exchange \"logs\" with key \"a.*\"\nunbound queue \"errors\" from exchange \"logs\" with key \"nothing\"\n",
+		"unbind", "--exchange", "logs", "--queue", "errors", "--key", "a.*", "--key", "nothing") // what does not exist is no error
+
+	mustRun("deleted queue \"errors\"\ndeleted exchange \"logs\"\n", "delete", "--exchange", "logs", "--queue", "errors")
+	if code, _, errOut := runTool(t, "", "fetch", "--url", url, "--queue", "errors"); code != exitError || !strings.Contains(errOut, "errors") {
+		t.Errorf("fetch from the deleted queue: exit %d, stderr %q; want exit %d, naming it", code, errOut, exitError)
+	}
+	if code, _, errOut := runTool(t, "", "publish", "--url", url, "--exchange", "logs", "--key", "b.x", "m"); code != exitError {
+		t.Errorf("publish to the deleted exchange: exit %d, stderr %q; want exit %d", code, errOut, exitError)
+	}
+	mustRun("deleted queue \"all\"\n", "delete", "--queue", "all")
+	mustRun("deleted queue \"all\"\n", "delete", "--queue", "all") // what does not exist is no error
+	mustRun("deleted exchange \"logs\"\n", "delete", "--exchange", "logs")
+}
+
+func TestVersion(t *testing.T) {
+	code, out, errOut := runTool(t, "", "version")
+	if code != 0 || !strings.HasPrefix(out, "carrot ") || !strings.HasSuffix(out, ", built with "+runtime.Version()+"\n") {
+		t.Errorf("carrot version: exit %d, stdout %q, stderr %q; want carrot VERSION, built with %s", code, out, errOut, runtime.Version())
+	}
+	for _, tc := range []struct {
+		info *debug.BuildInfo
+		ok   bool
+		want string
+	}{
+		{&debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Path: modulePath, Version: "(devel)"}}, true, "carrot (devel), built with go1.26.0"},
+		{&debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Path: modulePath, Version: "v1.2.3"}}, true, "carrot v1.2.3, built with go1.26.0"},
+		{&debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Path: modulePath}}, true, "carrot (devel), built with go1.26.0"},
+		{&debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Path: "example.com/app", Version: "v0.1.0"},
+			Deps: []*debug.Module{{Path: modulePath, Version: "v1.4.0"}}}, true, "carrot v1.4.0, built with go1.26.0"},
+		{nil, false, "carrot (unknown), built with " + runtime.Version()},
+	} {
+		if got := versionLine(tc.info, tc.ok); got != tc.want {
+			t.Errorf("versionLine(%+v) = %q, want %q", tc.info, got, tc.want)
+		}
+	}
+}
+
+// lineRecorder records each write, as it comes, with its time; consume writes each
+// waiting line in one write. It is safe for concurrent use.
+type lineRecorder struct {
+	mu    sync.Mutex
+	lines []string
+	at    []time.Time
+}
+
+func (r *lineRecorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lines = append(r.lines, string(p))
+	r.at = append(r.at, time.Now())
+	return len(p), nil
+}
+
+// waiting returns the waiting lines written so far, and when.
+func (r *lineRecorder) waiting() (lines []string, at []time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, l := range r.lines {
+		if strings.Contains(l, "waiting for messages") {
+			lines = append(lines, l)
+			at = append(at, r.at[i])
+		}
+	}
+	return lines, at
+}
+
+// TestConsumeWaiting checks that consume, while nothing arrives, says so on standard
+// error, first after waitingAfter and then at most every waitingEvery, and never on
+// standard output.
+func TestConsumeWaiting(t *testing.T) {
+	after, every := waitingAfter, waitingEvery
+	waitingAfter, waitingEvery = 20*time.Millisecond, 200*time.Millisecond
+	t.Cleanup(func() { waitingAfter, waitingEvery = after, every })
+
+	url := "memory://" + t.Name()
+	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", "q"); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var out bytes.Buffer // written by the consume alone, read once it returned
+	errOut := &lineRecorder{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"consume", "--url", url, "--queue", "q", "--count", "1"}, strings.NewReader(""), &out, errOut)
+	}()
+	for {
+		if lines, _ := errOut.waiting(); len(lines) >= 3 {
+			break
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("consume returned %d before any message: stderr %q", code, errOut.lines)
+		case <-ctx.Done():
+			t.Fatalf("consume printed %q on standard error in 30 s; want 3 waiting lines", errOut.lines)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if code, _, errOut := runTool(t, "", "publish", "--url", url, "--key", "q", "hello"); code != 0 {
+		t.Fatalf("publish: exit %d, %s", code, errOut)
+	}
+	if code := <-done; code != 0 || out.String() != "hello\n" {
+		t.Errorf("consume --count 1: exit %d, stdout %q; want exit 0, stdout %q", code, out.String(), "hello\n")
+	}
+	lines, at := errOut.waiting()
+	if want := "carrot consume: waiting for messages on queue \"q\" (0 of 1 so far; Ctrl-C to stop)\n"; lines[0] != want {
+		t.Errorf("waiting line %q, want %q", lines[0], want)
+	}
+	for i := 1; i < len(at); i++ {
+		// The recorder stamps each line a little after consume decided to write it.
+		if gap := at[i].Sub(at[i-1]); gap < waitingEvery*3/4 {
+			t.Errorf("waiting lines %v apart; want at least %v between them", gap, waitingEvery)
+		}
 	}
 }
 
