@@ -383,7 +383,7 @@ func (c *Conn) Unbind(ctx context.Context, b Binding) error {
 }
 
 // Purge removes the messages waiting in a queue (not those delivered and not yet settled)
-// and returns how many it removed. It is the seed's discard_all. A Purge the connection is
+// and returns how many it removed. It is carrot 0.4's discard_all. A Purge the connection is
 // lost under is not made again: it returns an error wrapping [ErrUnavailable].
 func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
 	op := fmt.Sprintf("purge queue %q", queue)

@@ -15,7 +15,7 @@ import (
 )
 
 // A Codec turns Go values into message bodies and back, for one content type. Codecs are
-// the seed's serializers: a Publisher encodes with the codec of its ContentType, and
+// carrot 0.4's serializers: a Publisher encodes with the codec of its ContentType, and
 // [Message.Decode] picks the codec by the message's content type.
 type Codec interface {
 	// ContentType is the MIME type the codec handles, such as "application/json".

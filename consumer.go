@@ -18,7 +18,7 @@ import (
 	"github.com/carrot-go/carrot/backend"
 )
 
-// A Handler receives messages from a [Consumer]. It is the Go form of the seed's
+// A Handler receives messages from a [Consumer]. It is the Go form of carrot 0.4's
 // subclassing: a type with a Receive method, holding what it needs in its fields.
 //
 // Receive should settle the message with Ack, Requeue or Reject. If it returns an error
@@ -32,14 +32,14 @@ type Handler interface {
 	Receive(ctx context.Context, m *Message) error
 }
 
-// HandlerFunc adapts a function to a [Handler]; it is the seed's callback.
+// HandlerFunc adapts a function to a [Handler]; it is carrot 0.4's callback.
 type HandlerFunc func(ctx context.Context, m *Message) error
 
 // Receive calls f(ctx, m).
 func (f HandlerFunc) Receive(ctx context.Context, m *Message) error { return f(ctx, m) }
 
 // Decoded returns a handler that decodes each message into a T and passes both to fn, like
-// the seed's callback(message_data, message). A message that does not decode is rejected
+// carrot 0.4's callback(message_data, message). A message that does not decode is rejected
 // and logged, without calling fn.
 func Decoded[T any](fn func(ctx context.Context, v T, m *Message) error) HandlerFunc {
 	return func(ctx context.Context, m *Message) error {
@@ -54,7 +54,7 @@ func Decoded[T any](fn func(ctx context.Context, v T, m *Message) error) Handler
 // ConsumerOptions configures a [Consumer].
 type ConsumerOptions struct {
 	// Queues are the queues to consume, each declared with its exchange and bindings when
-	// the Consumer is made. Several queues make the seed's ConsumerSet. At least one.
+	// the Consumer is made. Several queues make carrot 0.4's ConsumerSet. At least one.
 	Queues []Queue
 
 	// Handler receives the messages, after which come any registered with
@@ -351,7 +351,7 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 func (c *Consumer) Queues() []string { return slices.Clone(c.queues) }
 
 // Register adds a callback to the handlers that receive messages in [Consumer.Run], as
-// the seed's register_callback does. Handlers are called in the order registered; an error
+// carrot 0.4's register_callback does. Handlers are called in the order registered; an error
 // from one stops the message going to the next. Register takes effect at the next Run.
 func (c *Consumer) Register(fn HandlerFunc) {
 	c.mu.Lock()
@@ -747,7 +747,7 @@ func (c *Consumer) forget(m *Message) {
 }
 
 // Purge removes the messages waiting in the consumer's queues and returns how many it
-// removed, as the seed's discard_all does.
+// removed, as carrot 0.4's discard_all does.
 func (c *Consumer) Purge(ctx context.Context) (int, error) {
 	if c.isClosed() {
 		return 0, ErrClosed

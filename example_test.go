@@ -12,7 +12,7 @@ import (
 	"github.com/carrot-go/carrot/backends/memory"
 )
 
-// The seed's feed-import example: a consumer declares queue "feed", bound to exchange
+// The feed-import example of carrot 0.4 (Python): a consumer declares queue "feed", bound to exchange
 // "feed" with routing key "importer"; a publisher sends it a JSON message.
 func Example() {
 	ctx := context.Background()
@@ -57,7 +57,7 @@ func Example() {
 	// Output: Got feed import message for: http://cnn.com/rss/edition.rss
 }
 
-// Polling a queue with Fetch instead of a consume loop, as the seed's consumer.fetch().
+// Polling a queue with Fetch instead of a consume loop, as carrot 0.4's consumer.fetch().
 func ExampleConsumer_Fetch() {
 	ctx := context.Background()
 	conn, err := carrot.Open(ctx, "memory://")
@@ -98,7 +98,7 @@ func ExampleConsumer_Fetch() {
 	// No messages waiting on the queue.
 }
 
-// FeedConsumer is the Go form of the seed's FeedConsumer subclass: a handler type.
+// FeedConsumer is the Go form of carrot 0.4's FeedConsumer subclass: a handler type.
 type FeedConsumer struct {
 	imported chan<- string
 }
@@ -118,14 +118,14 @@ func (f FeedConsumer) Receive(ctx context.Context, m *carrot.Message) error {
 	return m.Ack(ctx)
 }
 
-// FeedPublisher is the seed's FeedPublisher: a Publisher with a method of its own.
+// FeedPublisher is carrot 0.4's FeedPublisher: a Publisher with a method of its own.
 type FeedPublisher struct{ *carrot.Publisher }
 
 func (f FeedPublisher) ImportFeed(ctx context.Context, feedURL string) error {
 	return f.Send(ctx, map[string]string{"action": "import_feed", "feed_url": feedURL})
 }
 
-// The seed's subclassing example: a consumer type and a publisher type.
+// The subclassing example of carrot 0.4: a consumer type and a publisher type.
 func Example_handlerType() {
 	ctx := context.Background()
 	conn, err := carrot.Open(ctx, "memory://")
@@ -159,7 +159,7 @@ func Example_handlerType() {
 	// Output: imported http://cnn.com/rss/edition.rss
 }
 
-// Decoded hands the handler the decoded value, like the seed's callback(message_data, message).
+// Decoded hands the handler the decoded value, like carrot 0.4's callback(message_data, message).
 func ExampleDecoded() {
 	ctx := context.Background()
 	conn, err := carrot.Open(ctx, "memory://")

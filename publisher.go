@@ -159,7 +159,7 @@ func (p *Publisher) Encode(v any) (*Message, error) {
 }
 
 // Send encodes v with the publisher's codec (JSON by default) and publishes it with the
-// publisher's routing key, as the seed's Publisher.send does.
+// publisher's routing key, as carrot 0.4's Publisher.send does.
 func (p *Publisher) Send(ctx context.Context, v any) error {
 	m, err := p.Encode(v)
 	if err != nil {

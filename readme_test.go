@@ -22,7 +22,7 @@ import (
 )
 
 // readmeGivens declares the names README.md says its statement snippets use without
-// declaring them, in the first paragraph of its section "The seed's examples, in Go".
+// declaring them, in the first paragraph of its section "carrot 0.4's examples, in Go".
 // They are package variables, so a snippet that declares one of them anew
 // (consumer, err := ...) must use it, as real code would.
 const readmeGivens = `package snippet

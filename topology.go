@@ -27,7 +27,7 @@ const (
 )
 
 // Exchange describes an exchange. Messages are published to exchanges, which route them to
-// the queues bound to them. Exchanges are durable unless Transient is set, as in the seed.
+// the queues bound to them. Exchanges are durable unless Transient is set, as in carrot 0.4.
 //
 // Names of exchanges and queues, routing keys and binding keys are at most 255 bytes of
 // valid UTF-8, as AMQP 0-9-1 requires; carrot refuses others with [ErrInvalid] on every
@@ -42,9 +42,9 @@ type Exchange struct {
 }
 
 // Queue describes a queue, and how to bind it. Queues are durable unless Transient is set,
-// as in the seed.
+// as in carrot 0.4.
 //
-// As the seed's Consumer does, declaring a Queue declares its Exchange (when it has a Name)
+// As carrot 0.4's Consumer does, declaring a Queue declares its Exchange (when it has a Name)
 // and binds the queue to it with RoutingKey. Bindings adds more bindings, to exchanges
 // declared elsewhere; a message that matches several bindings of one queue arrives there
 // once.

@@ -16,7 +16,7 @@ import (
 	"github.com/carrot-go/carrot"
 )
 
-// feedHandler is the seed's FeedConsumer: a handler type with a Receive method.
+// feedHandler is carrot 0.4's FeedConsumer: a handler type with a Receive method.
 type feedHandler struct {
 	got chan<- string
 }
@@ -33,7 +33,7 @@ func (h feedHandler) Receive(ctx context.Context, m *carrot.Message) error {
 
 func testConsumeHandler(e *env) {
 	feed := carrot.Queue{Name: "feed", Exchange: carrot.Exchange{Name: e.name("feed")}, RoutingKey: "importer"}
-	e.queue(feed) // for the cleanup; the consumer declares it again, as the seed's does
+	e.queue(feed) // for the cleanup; the consumer declares it again, as carrot 0.4's does
 	feed.Name = e.name(feed.Name)
 	got := make(chan string, 3)
 	c, err := e.conn.NewConsumer(e.ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{feed}, Handler: feedHandler{got: got}})

@@ -42,7 +42,7 @@ func (c *cli) open(ctx context.Context, rawURL, command string, warnMemory bool)
 const feedURL = "http://cnn.com/rss/edition.rss"
 
 func runDemo(ctx context.Context, c *cli, args []string) error {
-	fs, rawURL := c.flags("demo", "", `Runs the seed's feed-import example: a consumer declares queue "feed", bound to
+	fs, rawURL := c.flags("demo", "", `Runs carrot 0.4's feed-import example: a consumer declares queue "feed", bound to
 exchange "feed" with routing key "importer"; a publisher sends it
 {"import_feed": "`+feedURL+`"}, and the consumer prints the feed.`)
 	timeout := fs.Duration("timeout", 30*time.Second, "give up if the message has not arrived after this long")

@@ -1,5 +1,5 @@
 // Command carrot publishes, consumes, fetches and purges messages on any broker carrot
-// has a backend for, declares and deletes topology, and runs the seed's feed-import demo.
+// has a backend for, declares and deletes topology, and runs carrot 0.4's feed-import demo.
 //
 // Usage:
 //
@@ -7,7 +7,7 @@
 //
 // Commands:
 //
-//	demo      run the seed's feed-import example (on memory:// unless --url says otherwise)
+//	demo      run carrot 0.4's feed-import example (on memory:// unless --url says otherwise)
 //	publish   publish a message, or one per line of standard input
 //	consume   receive messages and print them, until interrupted or --count
 //	fetch     fetch one message and print it
@@ -65,7 +65,7 @@ type command struct {
 }
 
 var commands = []command{
-	{"demo", "run the seed's feed-import example", runDemo},
+	{"demo", "run carrot 0.4's feed-import example", runDemo},
 	{"publish", "publish a message, or one per line of standard input", runPublish},
 	{"consume", "receive messages and print them, until interrupted or --count", runConsume},
 	{"fetch", "fetch one message and print it", runFetch},
