@@ -16,6 +16,10 @@
 //
 //	conn, err := carrot.Open(ctx, "memory://")
 //
+// Each broker backend is a module of its own, so that a program's module graph holds only
+// the clients of the brokers it uses; a program that chooses its broker by URL alone
+// imports github.com/carrot-go/carrot/backends/all, which registers every backend.
+//
 // [OpenEnv] reads the URL from CARROT_URL. [Connect] opens a connection with a backend's
 // Connector made without the registry, and a [Dialer] sets the options of either (dial
 // timeout, reconnection backoff, an event callback, a logger). Errors never contain a
