@@ -357,10 +357,10 @@ func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 // b.Queue. Both must exist.
 func (c *Conn) Bind(ctx context.Context, b Binding) error {
 	op := fmt.Sprintf("bind queue %q to exchange %q with key %q", b.Queue, b.Exchange, b.Key)
-	if err := b.check(op); err != nil {
+	if err := checkBinding(op, b); err != nil {
 		return err
 	}
-	bb := backend.Binding(b)
+	bb := b
 	undo := c.topo.addBinding(bb)
 	err := c.do(ctx, op, true, func(g *generation) error { return g.b.Bind(ctx, bb) })
 	if err != nil {
@@ -372,12 +372,12 @@ func (c *Conn) Bind(ctx context.Context, b Binding) error {
 // Unbind removes a binding. Removing one that does not exist is not an error.
 func (c *Conn) Unbind(ctx context.Context, b Binding) error {
 	op := fmt.Sprintf("unbind queue %q from exchange %q with key %q", b.Queue, b.Exchange, b.Key)
-	if err := b.check(op); err != nil {
+	if err := checkBinding(op, b); err != nil {
 		return err
 	}
-	err := c.do(ctx, op, true, func(g *generation) error { return g.b.Unbind(ctx, backend.Binding(b)) })
+	err := c.do(ctx, op, true, func(g *generation) error { return g.b.Unbind(ctx, b) })
 	if err == nil {
-		c.topo.deleteBinding(backend.Binding(b))
+		c.topo.deleteBinding(b)
 	}
 	return err
 }

@@ -10,20 +10,20 @@ import (
 	"github.com/carrot-go/carrot/backend"
 )
 
-// ExchangeKind is the routing algorithm of an exchange.
-type ExchangeKind string
+// ExchangeKind is the routing algorithm of an exchange: the backend interface's own type.
+type ExchangeKind = backend.ExchangeKind
 
 // The exchange kinds of AMQP 0-9-1, which every backend supports.
 const (
 	// Direct routes a message to the queues bound with a key equal to its routing key.
-	Direct ExchangeKind = "direct"
+	Direct = backend.Direct
 	// Fanout routes a message to every queue bound to the exchange.
-	Fanout ExchangeKind = "fanout"
+	Fanout = backend.Fanout
 	// Topic routes a message to the queues bound with a pattern matching its routing key.
 	// Keys are words separated by dots; in a pattern "*" matches exactly one word and "#"
 	// zero or more, so "*.stock.#" matches "usd.stock" and "eur.stock.db" but not
 	// "stock.nasdaq".
-	Topic ExchangeKind = "topic"
+	Topic = backend.Topic
 )
 
 // Exchange describes an exchange. Messages are published to exchanges, which route them to
@@ -68,12 +68,9 @@ type Queue struct {
 	Args Table // backend-specific arguments, such as RabbitMQ's "x-queue-type"
 }
 
-// Binding routes the messages published to Exchange whose routing key matches Key to Queue.
-type Binding struct {
-	Exchange string
-	Queue    string
-	Key      string
-}
+// Binding routes the messages published to Exchange whose routing key matches Key to
+// Queue: the backend interface's own type.
+type Binding = backend.Binding
 
 // maxName is the longest name, routing key or short property AMQP 0-9-1 can carry.
 const maxName = 255
@@ -102,7 +99,7 @@ func checkName(op, what, name string, emptyOK bool) error {
 // checkKey validates a routing key or binding pattern.
 func checkKey(op, key string) error { return checkShort(op, "routing key", key) }
 
-func (b Binding) check(op string) error {
+func checkBinding(op string, b Binding) error {
 	if err := checkName(op, "queue", b.Queue, false); err != nil {
 		return err
 	}
@@ -115,14 +112,13 @@ func (b Binding) check(op string) error {
 	return checkKey(op, b.Key)
 }
 
-func (k ExchangeKind) backend() (backend.ExchangeKind, bool) {
+// exchangeKind returns the kind of exchange k names: Direct when empty.
+func exchangeKind(k ExchangeKind) (ExchangeKind, bool) {
 	switch k {
-	case "", Direct:
-		return backend.Direct, true
-	case Fanout:
-		return backend.Fanout, true
-	case Topic:
-		return backend.Topic, true
+	case "":
+		return Direct, true
+	case Direct, Fanout, Topic:
+		return k, true
 	}
 	return "", false
 }
@@ -135,7 +131,7 @@ func (x Exchange) backend(op string, caps Capabilities) (backend.Exchange, error
 	if err := checkName(op, "exchange", x.Name, false); err != nil {
 		return backend.Exchange{}, err
 	}
-	kind, ok := x.Kind.backend()
+	kind, ok := exchangeKind(x.Kind)
 	if !ok {
 		return backend.Exchange{}, invalidf(op, "unknown exchange kind %q (want direct, fanout or topic)", x.Kind)
 	}
@@ -220,7 +216,7 @@ func (q Queue) backend(op string, caps Capabilities) (backend.Queue, []Binding, 
 		bindings = append(bindings, b)
 	}
 	for _, b := range bindings {
-		if err := b.check(op); err != nil {
+		if err := checkBinding(op, b); err != nil {
 			return bq, nil, err
 		}
 	}
