@@ -83,8 +83,9 @@ const (
 	dockerHostEnv   = "DOCKER_HOST"
 )
 
-// dockerUpHint tells a developer on carrot's machines how to make Docker usable.
-const dockerUpHint = `eval "$(../shared/ci/docker-up.sh)" from the module root`
+// dockerUpHint tells a developer how to make Docker usable for the tests. The script it
+// names belongs to carrot's build machines, beside the clone, not to this repository.
+const dockerUpHint = `start Docker with TESTCONTAINERS_HOST_OVERRIDE=localhost and TESTCONTAINERS_RYUK_DISABLED=true; on carrot's build machines, eval "$(../shared/ci/docker-up.sh)" (a script of the machine, beside the clone) does it`
 
 // Time limits for the steps of starting a container.
 const (
