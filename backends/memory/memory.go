@@ -12,7 +12,6 @@ import (
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/brokerurl"
-	"github.com/carrot-go/carrot/internal/topic"
 )
 
 func init() {
@@ -273,7 +272,7 @@ func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
 		return backend.Errorf(backend.Unsupported, "the memory backend takes no exchange arguments (got %v)", slices.Sorted(maps.Keys(x.Args)))
 	}
 	x.Args = nil
-	c.b.exchanges[x.Name] = &exchange{def: x}
+	c.b.exchanges[x.Name] = newExchange(x)
 	return nil
 }
 
@@ -351,12 +350,7 @@ func (c *Conn) Bind(ctx context.Context, bd backend.Binding) error {
 	if err != nil {
 		return err
 	}
-	for _, old := range x.bindings {
-		if old.queue == q && old.key == bd.Key {
-			return nil
-		}
-	}
-	x.bindings = append(x.bindings, &binding{queue: q, key: bd.Key, pattern: topic.Compile(bd.Key)})
+	x.routes.Bind(q, bd.Key)
 	return nil
 }
 
@@ -370,9 +364,7 @@ func (c *Conn) Unbind(ctx context.Context, bd backend.Binding) error {
 	if x == nil || q == nil {
 		return nil
 	}
-	n := len(x.bindings)
-	x.bindings = slices.DeleteFunc(x.bindings, func(old *binding) bool { return old.queue == q && old.key == bd.Key })
-	if len(x.bindings) < n {
+	if x.routes.Unbind(q, bd.Key) {
 		c.b.autoDeleteExchange(x)
 	}
 	return nil
