@@ -59,7 +59,8 @@ func TestParseURL(t *testing.T) {
 		{"amqp://u:p@rabbit:5673/", amqp091.Options{Addr: "rabbit:5673", Username: "u", Password: "p", Vhost: "/"}},
 		{"amqp://u:p@rabbit/prod", amqp091.Options{Addr: "rabbit:5672", Username: "u", Password: "p", Vhost: "prod"}},
 		{"amqp://rabbit/%2F", amqp091.Options{Addr: "rabbit:5672", Username: "guest", Password: "guest", Vhost: "/"}},
-		{"amqps://rabbit/v?server_name_indication=other", amqp091.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "v"}},
+		{"amqps://rabbit/v?server_name=other", amqp091.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "v"}},
+		{"amqps://rabbit/v?server_name_indication=other", amqp091.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "v"}}, // deprecated
 		{"amqp://[::1]:5672/?heartbeat=30s&connection_timeout=2s&prefetch=10&confirms=false&max_body_size=1024&channel_max=16&frame_size=8192&connection_name=app&auth_mechanism=amqplain",
 			amqp091.Options{Addr: "[::1]:5672", Username: "guest", Password: "guest", Vhost: "/", Heartbeat: 30 * time.Second, ConnectionTimeout: 2 * time.Second,
 				Prefetch: 10, NoConfirms: true, MaxBodySize: 1024, ChannelMax: 16, FrameSize: 8192, ConnectionName: "app", AuthMechanism: "AMQPLAIN"}},
@@ -102,6 +103,8 @@ func TestParseURLErrors(t *testing.T) {
 		{"amqps://u:s3cret@host/?certfile=/x", "go together"},
 		{"amqps://u:s3cret@host/?cacertfile=/does/not/exist", "cacertfile"},
 		{"redis://u:s3cret@host/", "want amqp or amqps"},
+		{"amqps://u:s3cret@host/?server_name=a&server_name_indication=a", "give server_name alone"},
+		{"amqp://u:s3cret@host/?server_name_indication=a", "amqps"},
 	} {
 		_, err := amqp091.ParseURL(tc.url)
 		if err == nil || !strings.Contains(err.Error(), tc.mentions) {

@@ -31,9 +31,14 @@
 //   - connection_name: the name RabbitMQ's management tools show for the connection.
 //   - auth_mechanism: plain (the default), amqplain or external (a TLS client
 //     certificate, amqps only).
-//   - certfile, keyfile, cacertfile, server_name_indication (amqps only): the client
-//     certificate and key, the CAs to trust instead of the system's, and the server name
-//     to verify instead of HOST.
+//   - certfile, keyfile, cacertfile, server_name (amqps only): the client certificate and
+//     key, the CAs to trust instead of the system's, and the server name to verify
+//     instead of HOST.
+//
+// The option names are those of every carrot backend: server_name and auth_mechanism
+// mean the same on amqp10://, connection_timeout on amqp10:// and redis://. Deprecated:
+// server_name_indication, the name of RabbitMQ's URI spec and amqp091-go, is still
+// read as server_name; giving both is an error.
 //
 // [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
 // for [carrot.Connect] without the registry. Errors and logs never show the password.

@@ -1,18 +1,17 @@
 package amqp091
 
 import (
+	"cmp"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"math"
-	"strconv"
-	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/amqpurl"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 )
 
 // Defaults of the URL options.
@@ -78,104 +77,59 @@ func ParseURL(rawURL string) (*Options, error) {
 		return nil, err
 	}
 	o := &Options{Addr: u.Addr, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
-	err = u.Options("server_name_indication", func(key, v string) error {
-		switch key {
-		case "heartbeat":
-			// AMQP 0-9-1 carries whole seconds in 16 bits; the client would round
-			// anything else, and use the server's interval below a second.
+	err = u.Read(
+		// AMQP 0-9-1 carries whole seconds in 16 bits; the client would round anything
+		// else, and use the server's interval below a second.
+		brokerurl.Option{Name: "heartbeat", Set: func(v string) error {
 			d, err := time.ParseDuration(v)
 			if err != nil || d < time.Second || d > math.MaxUint16*time.Second || d%time.Second != 0 {
-				return u.Bad(key, v, "whole seconds from 1s to 65535s")
+				return brokerurl.Want("whole seconds from 1s to 65535s")
 			}
 			o.Heartbeat = d
-		case "connection_timeout":
-			d, err := time.ParseDuration(v)
-			if err != nil || d <= 0 {
-				return u.Bad(key, v, "a positive duration such as 10s")
+			return nil
+		}},
+		brokerurl.Option{Name: "connection_timeout", Set: brokerurl.Duration(&o.ConnectionTimeout, 1, math.MaxInt64, "a positive duration such as 10s")},
+		brokerurl.Option{Name: "channel_max", Set: brokerurl.Int(&o.ChannelMax, 1, math.MaxUint16, "a number from 1 to 65535")},
+		brokerurl.Option{Name: "frame_size", Set: brokerurl.Int(&o.FrameSize, 4096, math.MaxUint32, "a number of bytes from 4096 to 4294967295")},
+		brokerurl.Option{Name: "ack_delay", Set: func(v string) error {
+			if err := brokerurl.Duration(&o.AckDelay, 0, time.Minute, "a duration from 0 (each ack at once) to 1m")(v); err != nil {
+				return err
 			}
-			o.ConnectionTimeout = d
-		case "channel_max":
-			n, err := strconv.ParseUint(v, 10, 16)
-			if err != nil || n == 0 {
-				return u.Bad(key, v, "a number from 1 to 65535")
+			if o.AckDelay == 0 {
+				o.AckDelay = -1
 			}
-			o.ChannelMax = uint16(n)
-		case "frame_size":
-			n, err := strconv.ParseUint(v, 10, 32)
-			if err != nil || n < 4096 {
-				return u.Bad(key, v, "a number of bytes from 4096 to 4294967295")
-			}
-			o.FrameSize = int(n)
-		case "ack_delay":
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 || d > time.Minute {
-				return u.Bad(key, v, "a duration from 0 (each ack at once) to 1m")
-			}
-			if d == 0 {
-				d = -1
-			}
-			o.AckDelay = d
-		case "prefetch":
-			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 || n > 65535 {
-				return u.Bad(key, v, "a number from 1 to 65535")
-			}
-			o.Prefetch = n
-		case "confirms":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return u.Bad(key, v, "true or false")
-			}
-			o.NoConfirms = !b
-		case "max_body_size":
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n <= 0 {
-				return u.Bad(key, v, "a positive number of bytes")
-			}
-			o.MaxBodySize = n
-		case "connection_name":
-			o.ConnectionName = v
-		case "auth_mechanism":
-			switch m := strings.ToUpper(v); m {
-			case "PLAIN", "AMQPLAIN", "EXTERNAL":
-				o.AuthMechanism = m
-			default:
-				return u.Bad(key, v, "plain, amqplain or external")
-			}
-		default:
-			return backend.Errorf(backend.Invalid, "carrot/amqp091: unknown URL option %q (known: ack_delay, auth_mechanism, cacertfile, certfile, channel_max, confirms, connection_name, connection_timeout, frame_size, heartbeat, keyfile, max_body_size, prefetch, server_name_indication)", key)
-		}
-		return nil
-	})
+			return nil
+		}},
+		brokerurl.Option{Name: "prefetch", Set: brokerurl.Int(&o.Prefetch, 1, 65535, "a number from 1 to 65535")},
+		brokerurl.Option{Name: "confirms", Set: func(v string) error {
+			var confirms bool
+			err := brokerurl.Bool(&confirms)(v)
+			o.NoConfirms = !confirms
+			return err
+		}},
+		brokerurl.Option{Name: "max_body_size", Set: brokerurl.Int(&o.MaxBodySize, 1, math.MaxInt64, "a positive number of bytes")},
+		brokerurl.Option{Name: "connection_name", Set: brokerurl.String(&o.ConnectionName)},
+		brokerurl.Option{Name: "auth_mechanism", Set: brokerurl.OneOf(&o.AuthMechanism, "PLAIN", "AMQPLAIN", "EXTERNAL")},
+		// RabbitMQ's URI spec and amqp091-go name the server name so.
+		brokerurl.Option{Name: "server_name_indication", Deprecated: "server_name", Set: brokerurl.String(&u.TLSOptions.ServerName)},
+	)
 	if err != nil {
 		return nil, err
 	}
 	if o.TLS == nil && o.AuthMechanism == "EXTERNAL" {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: auth_mechanism=external needs the amqps scheme and a client certificate")
+		return nil, u.Errorf("auth_mechanism=external needs the amqps scheme and a client certificate")
 	}
 	return o, nil
 }
 
 // withDefaults returns a copy of o with every zero field set to its default.
 func (o Options) withDefaults() Options {
-	if o.Vhost == "" {
-		o.Vhost = "/"
-	}
-	if o.Heartbeat == 0 {
-		o.Heartbeat = DefaultHeartbeat
-	}
-	if o.ConnectionTimeout == 0 {
-		o.ConnectionTimeout = DefaultConnectionTimeout
-	}
-	if o.Prefetch == 0 {
-		o.Prefetch = DefaultPrefetch
-	}
-	if o.AckDelay == 0 {
-		o.AckDelay = DefaultAckDelay
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Vhost = cmp.Or(o.Vhost, "/")
+	o.Heartbeat = cmp.Or(o.Heartbeat, DefaultHeartbeat)
+	o.ConnectionTimeout = cmp.Or(o.ConnectionTimeout, DefaultConnectionTimeout)
+	o.Prefetch = cmp.Or(o.Prefetch, DefaultPrefetch)
+	o.AckDelay = cmp.Or(o.AckDelay, DefaultAckDelay)
+	o.Logger = cmp.Or(o.Logger, slog.Default())
 	return o
 }
 

@@ -54,9 +54,10 @@ func TestParseURL(t *testing.T) {
 		{"amqp10://", amqp10.Options{Addr: "localhost:5672", Username: "guest", Password: "guest", Vhost: "/"}},
 		{"amqp10://u:p@rabbit:5673/prod", amqp10.Options{Addr: "rabbit:5673", Username: "u", Password: "p", Vhost: "prod"}},
 		{"amqp10s://rabbit/?server_name=other", amqp10.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "/"}},
-		{"amqp10://h/?idle_timeout=30s&max_frame_size=4096&prefetch=7&max_body_size=1024&sasl=anonymous&container_id=app",
-			amqp10.Options{Addr: "h:5672", Username: "guest", Password: "guest", Vhost: "/", IdleTimeout: 30 * time.Second, MaxFrameSize: 4096,
-				Prefetch: 7, MaxBodySize: 1024, SASL: "anonymous", ContainerID: "app"}},
+		{"amqp10://h/?idle_timeout=30s&connection_timeout=2s&max_frame_size=4096&prefetch=7&max_body_size=1024&auth_mechanism=anonymous&container_id=app",
+			amqp10.Options{Addr: "h:5672", Username: "guest", Password: "guest", Vhost: "/", IdleTimeout: 30 * time.Second, ConnectionTimeout: 2 * time.Second,
+				MaxFrameSize: 4096, Prefetch: 7, MaxBodySize: 1024, SASL: "anonymous", ContainerID: "app"}},
+		{"amqp10://h/?sasl=ANONYMOUS", amqp10.Options{Addr: "h:5672", Username: "guest", Password: "guest", Vhost: "/", SASL: "anonymous"}}, // deprecated
 	} {
 		got, err := amqp10.ParseURL(tc.url)
 		if err != nil {
@@ -89,6 +90,9 @@ func TestParseURLErrors(t *testing.T) {
 		{"amqp10://u:s3cret@h/?certfile=/x", "amqp10s"},
 		{"amqp10s://u:s3cret@h/?certfile=/x", "go together"},
 		{"amqp://u:s3cret@h/", "want amqp10 or amqp10s"},
+		{"amqp10://u:s3cret@h/?auth_mechanism=kerberos", "auth_mechanism"},
+		{"amqp10://u:s3cret@h/?sasl=plain&auth_mechanism=plain", "give auth_mechanism alone"},
+		{"amqp10://u:s3cret@h/?connection_timeout=0s", "connection_timeout"},
 	} {
 		_, err := amqp10.ParseURL(tc.url)
 		if err == nil || !strings.Contains(err.Error(), tc.mentions) {

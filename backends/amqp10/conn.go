@@ -97,31 +97,43 @@ var _ backend.Conn = (*Conn)(nil)
 var _ backend.AsyncPublisher = (*Conn)(nil)
 var _ backend.PublishWarmer = (*Conn)(nil)
 
-// Connect opens one AMQP 1.0 connection, bounded by ctx.
+// Connect opens one AMQP 1.0 connection, bounded by ctx and the connection_timeout.
 func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 	o := k.opts
 	co := o.connOptions()
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", o.Addr)
-	if err != nil {
+	dctx, cancel := context.WithTimeout(ctx, o.ConnectionTimeout)
+	defer cancel()
+	// unanswered returns the error of a connection cut short by ctx or the timeout.
+	unanswered := func() error {
 		if cerr := ctx.Err(); cerr != nil {
-			err = cerr
+			return backend.Errorf(backend.Unavailable, "carrot/amqp10: connect to %s: %w", o, cerr)
+		}
+		return backend.Errorf(backend.Unavailable, "carrot/amqp10: connect to %s: no answer within connection_timeout %v", o, o.ConnectionTimeout)
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(dctx, "tcp", o.Addr)
+	if err != nil {
+		if dctx.Err() != nil {
+			return nil, unanswered()
 		}
 		return nil, backend.Errorf(backend.Unavailable, "carrot/amqp10: connect to %s: %w", o, err)
 	}
 	if o.TLS != nil {
 		tc := tls.Client(nc, o.TLS)
-		if err := tc.HandshakeContext(ctx); err != nil {
+		if err := tc.HandshakeContext(dctx); err != nil {
 			nc.Close()
+			if dctx.Err() != nil {
+				return nil, unanswered()
+			}
 			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: connect to %s: TLS handshake: %w", o, err)
 		}
 		nc = tc
 	}
-	conn, err := amqp.NewConn(ctx, nc, co)
+	conn, err := amqp.NewConn(dctx, nc, co)
 	if err != nil {
 		nc.Close()
-		if cerr := ctx.Err(); cerr != nil {
-			return nil, backend.Errorf(backend.Unavailable, "carrot/amqp10: connect to %s: %w", o, cerr)
+		if dctx.Err() != nil {
+			return nil, unanswered()
 		}
 		code := backend.Unavailable
 		if msg := err.Error(); strings.Contains(msg, "SASL") || strings.Contains(msg, "unexpected protocol") {

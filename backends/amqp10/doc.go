@@ -16,8 +16,10 @@
 // "vhost:VHOST", as RabbitMQ expects. Options, each given at most once; an unknown option
 // or a bad value is an error naming it:
 //
-//   - sasl: plain (the default, with USER and PASSWORD), anonymous, or external (a TLS
-//     client certificate).
+//   - auth_mechanism: the SASL mechanism, plain (the default, with USER and PASSWORD),
+//     anonymous, or external (a TLS client certificate, amqp10s only).
+//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes
+//     (default 30s).
 //   - idle_timeout: the longest silence accepted from the broker, from 1ms to 49 days
 //     (default 1m).
 //   - max_frame_size: the largest frame accepted, in bytes (default go-amqp's, 65536).
@@ -27,7 +29,13 @@
 //     message larger than the broker announces for the publishing link.
 //   - container_id: the connection's container id (default a random one).
 //   - certfile, keyfile, cacertfile, server_name (amqp10s only): the client certificate
-//     and key, the CAs to trust instead of the system's, the server name to verify.
+//     and key, the CAs to trust instead of the system's, the server name to verify
+//     instead of HOST.
+//
+// The option names are those of every carrot backend: server_name and auth_mechanism
+// mean the same on amqp://, connection_timeout on amqp:// and redis://. Deprecated:
+// sasl, this backend's first name for auth_mechanism, is still read as auth_mechanism;
+// giving both is an error.
 //
 // [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
 // for [carrot.Connect] without the registry. Errors and logs never show the password.

@@ -1,23 +1,23 @@
 package amqp10
 
 import (
+	"cmp"
 	"crypto/tls"
 	"math"
-	"strconv"
-	"strings"
 	"time"
 
 	amqp "github.com/Azure/go-amqp"
 
-	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/amqpurl"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 )
 
 // Defaults of the URL options.
 const (
-	DefaultIdleTimeout = time.Minute
-	DefaultPrefetch    = 100
-	DefaultMaxBodySize = 16 << 20 // RabbitMQ 4's default max_message_size
+	DefaultIdleTimeout       = time.Minute
+	DefaultConnectionTimeout = 30 * time.Second
+	DefaultPrefetch          = 100
+	DefaultMaxBodySize       = 16 << 20 // RabbitMQ 4's default max_message_size
 )
 
 // Options configures a connection to an AMQP 1.0 broker. [ParseURL] makes one from a URL;
@@ -32,12 +32,14 @@ type Options struct {
 	Vhost string
 	// TLS, when not nil, makes the connection use TLS (the amqp10s scheme).
 	TLS *tls.Config
-	// SASL is "plain" (the default), "anonymous" or "external" (a TLS client certificate).
+	// SASL is the SASL mechanism, the URL's auth_mechanism: "plain" (the default),
+	// "anonymous" or "external" (a TLS client certificate).
 	SASL string
 
-	IdleTimeout  time.Duration // DefaultIdleTimeout when zero
-	MaxFrameSize uint32        // go-amqp's default when zero
-	ContainerID  string        // a random one when empty
+	IdleTimeout       time.Duration // DefaultIdleTimeout when zero
+	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes; DefaultConnectionTimeout when zero
+	MaxFrameSize      uint32        // go-amqp's default when zero
+	ContainerID       string        // a random one when empty
 
 	// Prefetch is the link credit of consumers that do not set one (DefaultPrefetch).
 	Prefetch int
@@ -61,70 +63,34 @@ func ParseURL(rawURL string) (*Options, error) {
 		return nil, err
 	}
 	o := &Options{Addr: u.Addr, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
-	err = u.Options("server_name", func(key, v string) error {
-		switch key {
-		case "idle_timeout":
-			// AMQP 1.0 carries milliseconds in 32 bits.
-			d, err := time.ParseDuration(v)
-			if err != nil || d < time.Millisecond || d > math.MaxUint32*time.Millisecond {
-				return u.Bad(key, v, "a duration from 1ms to 49 days, such as 30s")
-			}
-			o.IdleTimeout = d
-		case "max_frame_size":
-			n, err := strconv.ParseUint(v, 10, 32)
-			if err != nil || n < 512 {
-				return u.Bad(key, v, "a number of bytes, at least 512")
-			}
-			o.MaxFrameSize = uint32(n)
-		case "prefetch":
-			n, err := strconv.ParseInt(v, 10, 32)
-			if err != nil || n <= 0 {
-				return u.Bad(key, v, "a number from 1 to 2147483647")
-			}
-			o.Prefetch = int(n)
-		case "max_body_size":
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n <= 0 {
-				return u.Bad(key, v, "a positive number of bytes")
-			}
-			o.MaxBodySize = n
-		case "sasl":
-			switch m := strings.ToLower(v); m {
-			case "plain", "anonymous", "external":
-				o.SASL = m
-			default:
-				return u.Bad(key, v, "plain, anonymous or external")
-			}
-		case "container_id":
-			o.ContainerID = v
-		default:
-			return backend.Errorf(backend.Invalid, "carrot/amqp10: unknown URL option %q (known: cacertfile, certfile, container_id, idle_timeout, keyfile, max_body_size, max_frame_size, prefetch, sasl, server_name)", key)
-		}
-		return nil
-	})
+	mechanism := brokerurl.OneOf(&o.SASL, "plain", "anonymous", "external")
+	err = u.Read(
+		// AMQP 1.0 carries milliseconds in 32 bits.
+		brokerurl.Option{Name: "idle_timeout", Set: brokerurl.Duration(&o.IdleTimeout, time.Millisecond, math.MaxUint32*time.Millisecond, "a duration from 1ms to 49 days, such as 30s")},
+		brokerurl.Option{Name: "connection_timeout", Set: brokerurl.Duration(&o.ConnectionTimeout, 1, math.MaxInt64, "a positive duration such as 10s")},
+		brokerurl.Option{Name: "max_frame_size", Set: brokerurl.Int(&o.MaxFrameSize, 512, math.MaxUint32, "a number of bytes, at least 512")},
+		brokerurl.Option{Name: "prefetch", Set: brokerurl.Int(&o.Prefetch, 1, math.MaxInt32, "a number from 1 to 2147483647")},
+		brokerurl.Option{Name: "max_body_size", Set: brokerurl.Int(&o.MaxBodySize, 1, math.MaxInt64, "a positive number of bytes")},
+		brokerurl.Option{Name: "auth_mechanism", Set: mechanism},
+		brokerurl.Option{Name: "sasl", Deprecated: "auth_mechanism", Set: mechanism},
+		brokerurl.Option{Name: "container_id", Set: brokerurl.String(&o.ContainerID)},
+	)
 	if err != nil {
 		return nil, err
 	}
 	if o.TLS == nil && o.SASL == "external" {
-		return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: sasl=external needs the amqp10s scheme and a client certificate")
+		return nil, u.Errorf("auth_mechanism=external needs the amqp10s scheme and a client certificate")
 	}
 	return o, nil
 }
 
 // withDefaults returns a copy of o with every zero field set to its default.
 func (o Options) withDefaults() Options {
-	if o.Vhost == "" {
-		o.Vhost = "/"
-	}
-	if o.IdleTimeout == 0 {
-		o.IdleTimeout = DefaultIdleTimeout
-	}
-	if o.Prefetch == 0 {
-		o.Prefetch = DefaultPrefetch
-	}
-	if o.MaxBodySize == 0 {
-		o.MaxBodySize = DefaultMaxBodySize
-	}
+	o.Vhost = cmp.Or(o.Vhost, "/")
+	o.IdleTimeout = cmp.Or(o.IdleTimeout, DefaultIdleTimeout)
+	o.ConnectionTimeout = cmp.Or(o.ConnectionTimeout, DefaultConnectionTimeout)
+	o.Prefetch = cmp.Or(o.Prefetch, DefaultPrefetch)
+	o.MaxBodySize = cmp.Or(o.MaxBodySize, DefaultMaxBodySize)
 	return o
 }
 

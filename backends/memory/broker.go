@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/carrot-go/carrot/backend"
-	"github.com/carrot-go/carrot/internal/topic"
+	"github.com/carrot-go/carrot/internal/route"
 )
 
 // broker is one in-process broker: its exchanges, queues and messages. One mutex guards
@@ -86,31 +86,18 @@ var builtinExchanges = []backend.Exchange{
 func newBroker() *broker {
 	b := &broker{exchanges: make(map[string]*exchange), queues: make(map[string]*queue)}
 	for _, x := range builtinExchanges {
-		b.exchanges[x.Name] = &exchange{def: x}
+		b.exchanges[x.Name] = newExchange(x)
 	}
 	return b
 }
 
 type exchange struct {
-	def      backend.Exchange
-	bindings []*binding // in the order they were made
+	def    backend.Exchange
+	routes route.Exchange[*queue] // its bindings
 }
 
-type binding struct {
-	queue   *queue
-	key     string
-	pattern topic.Pattern // for topic exchanges
-}
-
-func (x *exchange) matches(bd *binding, key string) bool {
-	switch x.def.Kind {
-	case backend.Fanout:
-		return true
-	case backend.Topic:
-		return bd.pattern.Match(key)
-	default:
-		return bd.key == key
-	}
+func newExchange(def backend.Exchange) *exchange {
+	return &exchange{def: def, routes: route.Exchange[*queue]{Kind: def.Kind}}
 }
 
 type queue struct {
@@ -203,12 +190,7 @@ func (b *broker) route(qs []*queue, exchangeName, key string) ([]*queue, error) 
 	if x == nil {
 		return qs, backend.Errorf(backend.NotFound, "exchange %q not found", exchangeName)
 	}
-	for _, bd := range x.bindings {
-		if x.matches(bd, key) && !slices.Contains(qs, bd.queue) {
-			qs = append(qs, bd.queue)
-		}
-	}
-	return qs, nil
+	return x.routes.Route(qs, key), nil
 }
 
 // delay enqueues a message in the queues qs, all at once, once d has passed, but in those
@@ -364,9 +346,7 @@ func (b *broker) deleteQueue(q *queue) {
 	q.deleted.Store(true)
 	delete(b.queues, q.def.Name)
 	for _, x := range b.exchanges {
-		n := len(x.bindings)
-		x.bindings = slices.DeleteFunc(x.bindings, func(bd *binding) bool { return bd.queue == q })
-		if len(x.bindings) < n {
+		if x.routes.UnbindQueue(q) {
 			b.autoDeleteExchange(x)
 		}
 	}
@@ -382,7 +362,7 @@ func (b *broker) deleteQueue(q *queue) {
 
 // autoDeleteExchange deletes an auto-delete exchange that lost its last binding.
 func (b *broker) autoDeleteExchange(x *exchange) {
-	if x.def.AutoDelete && len(x.bindings) == 0 {
+	if x.def.AutoDelete && x.routes.Len() == 0 {
 		delete(b.exchanges, x.def.Name)
 	}
 }

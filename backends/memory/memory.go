@@ -1,10 +1,11 @@
 package memory
 
 import (
+	"cmp"
 	"context"
 	"maps"
+	"math"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,7 +13,6 @@ import (
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/brokerurl"
-	"github.com/carrot-go/carrot/internal/topic"
 )
 
 func init() {
@@ -54,42 +54,21 @@ type Options struct {
 
 // ParseURL parses a memory URL, memory://NAME?OPTIONS; see the package documentation.
 func ParseURL(rawURL string) (*Options, error) {
-	u, q, err := brokerurl.Parse(rawURL)
+	u, err := brokerurl.ParseFor("carrot/memory", rawURL, "memory")
 	if err != nil {
-		return nil, backend.Errorf(backend.Invalid, "carrot/memory: %w", err)
+		return nil, err
 	}
-	if u.Scheme != "memory" {
-		return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL scheme is %q, want memory", u.Scheme)
-	}
-	if u.Opaque != "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.Fragment != "" {
-		return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL must be memory://NAME with only query options after the name")
+	if u.Opaque != "" || u.User != nil || (u.Path != "" && u.Path != "/") {
+		return nil, u.Errorf("URL must be memory://NAME with only query options after the name")
 	}
 	o := &Options{Name: u.Host}
-	for key, vals := range q {
-		if len(vals) != 1 {
-			return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL option %q is given %d times", key, len(vals))
-		}
-		v := vals[0]
-		switch key {
-		case "max_body_size":
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n <= 0 {
-				return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL option max_body_size=%q is not a positive number of bytes", v)
-			}
-			o.MaxBodySize = n
-		case "prefetch", "max_depth":
-			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 {
-				return nil, backend.Errorf(backend.Invalid, "carrot/memory: URL option %s=%q is not a positive number", key, v)
-			}
-			if key == "prefetch" {
-				o.Prefetch = n
-			} else {
-				o.MaxDepth = n
-			}
-		default:
-			return nil, backend.Errorf(backend.Invalid, "carrot/memory: unknown URL option %q (known: max_body_size, max_depth, prefetch)", key)
-		}
+	err = u.Read(brokerurl.Query{Options: []brokerurl.Option{
+		{Name: "max_body_size", Set: brokerurl.Int(&o.MaxBodySize, 1, math.MaxInt64, "a positive number of bytes")},
+		{Name: "prefetch", Set: brokerurl.Int(&o.Prefetch, 1, math.MaxInt, "a positive number")},
+		{Name: "max_depth", Set: brokerurl.Int(&o.MaxDepth, 1, math.MaxInt, "a positive number")},
+	}})
+	if err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -124,15 +103,9 @@ type Connector struct {
 // without the registry.
 func NewConnector(opts *Options) *Connector {
 	o := *opts
-	if o.MaxBodySize == 0 {
-		o.MaxBodySize = DefaultMaxBodySize
-	}
-	if o.Prefetch == 0 {
-		o.Prefetch = DefaultPrefetch
-	}
-	if o.MaxDepth == 0 {
-		o.MaxDepth = DefaultMaxDepth
-	}
+	o.MaxBodySize = cmp.Or(o.MaxBodySize, DefaultMaxBodySize)
+	o.Prefetch = cmp.Or(o.Prefetch, DefaultPrefetch)
+	o.MaxDepth = cmp.Or(o.MaxDepth, DefaultMaxDepth)
 	var b *broker
 	if o.Name == "" {
 		b = newBroker()
@@ -273,7 +246,7 @@ func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
 		return backend.Errorf(backend.Unsupported, "the memory backend takes no exchange arguments (got %v)", slices.Sorted(maps.Keys(x.Args)))
 	}
 	x.Args = nil
-	c.b.exchanges[x.Name] = &exchange{def: x}
+	c.b.exchanges[x.Name] = newExchange(x)
 	return nil
 }
 
@@ -351,12 +324,7 @@ func (c *Conn) Bind(ctx context.Context, bd backend.Binding) error {
 	if err != nil {
 		return err
 	}
-	for _, old := range x.bindings {
-		if old.queue == q && old.key == bd.Key {
-			return nil
-		}
-	}
-	x.bindings = append(x.bindings, &binding{queue: q, key: bd.Key, pattern: topic.Compile(bd.Key)})
+	x.routes.Bind(q, bd.Key)
 	return nil
 }
 
@@ -370,9 +338,7 @@ func (c *Conn) Unbind(ctx context.Context, bd backend.Binding) error {
 	if x == nil || q == nil {
 		return nil
 	}
-	n := len(x.bindings)
-	x.bindings = slices.DeleteFunc(x.bindings, func(old *binding) bool { return old.queue == q && old.key == bd.Key })
-	if len(x.bindings) < n {
+	if x.routes.Unbind(q, bd.Key) {
 		c.b.autoDeleteExchange(x)
 	}
 	return nil

@@ -23,7 +23,7 @@ import (
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/lifetime"
-	"github.com/carrot-go/carrot/internal/topic"
+	"github.com/carrot-go/carrot/internal/route"
 )
 
 func init() {
@@ -539,15 +539,8 @@ type snapshot struct {
 // maxCachedRoutes bounds the routes a snapshot keeps, for publishers with many keys.
 const maxCachedRoutes = 4096
 
-type exchange struct {
-	kind     backend.ExchangeKind
-	bindings []binding
-}
-
-type binding struct {
-	queue, key string
-	pattern    topic.Pattern
-}
+// exchange is an exchange's routing, to queue names.
+type exchange = route.Exchange[string]
 
 type queueDef struct {
 	ttl      time.Duration
@@ -568,40 +561,11 @@ func (s *snapshot) route(exchangeName, key string) ([]string, bool) {
 	if qs, ok := s.routes.Load(rk); ok {
 		return qs.([]string), true
 	}
-	qs := x.route(key)
+	qs := x.Route(nil, key)
 	if s.cached.Add(1) <= maxCachedRoutes {
 		s.routes.Store(rk, qs)
 	}
 	return qs, true
-}
-
-// route returns the queues a message with key goes to, each once.
-func (x *exchange) route(key string) []string {
-	var qs []string
-	for _, b := range x.bindings {
-		var match bool
-		switch x.kind {
-		case backend.Fanout:
-			match = true
-		case backend.Topic:
-			match = b.pattern.Match(key)
-		default:
-			match = b.key == key
-		}
-		if match && !contains(qs, b.queue) {
-			qs = append(qs, b.queue)
-		}
-	}
-	return qs
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // ttl returns how long a message with expiration exp lives in queue: the shorter of the
@@ -661,7 +625,7 @@ func parseSnapshot(prefix string, res any) (*snapshot, error) {
 		}
 		name, _ := x[0].(string)
 		kind, _ := x[1].(string)
-		e := &exchange{kind: backend.ExchangeKind(kind)}
+		e := &exchange{Kind: backend.ExchangeKind(kind)}
 		fs, _ := x[3].([]any)
 		for _, fv := range fs {
 			f, _ := fv.(string)
@@ -669,7 +633,7 @@ func parseSnapshot(prefix string, res any) (*snapshot, error) {
 			if !ok {
 				return nil, bad
 			}
-			e.bindings = append(e.bindings, binding{queue: q, key: key, pattern: topic.Compile(key)})
+			e.Add(q, key) // a member of a set: new
 		}
 		s.exchanges[name] = e
 	}

@@ -29,11 +29,23 @@
 //   - cluster=true and addr=HOST:PORT (repeatable): a Redis Cluster, with more seed nodes.
 //   - sentinel=HOST:PORT (repeatable) and master=NAME, with sentinel_username and
 //     sentinel_password: a master found through Redis Sentinel.
-//   - dial_timeout, read_timeout, write_timeout (durations), pool_size, client_name: the
-//     go-redis client's settings. A call whose context has a deadline is bounded by it
-//     too.
+//   - connection_timeout: the limit on each dial, with its TLS handshake (default 5s,
+//     go-redis's); the name every carrot backend gives it, for go-redis's dial_timeout,
+//     which is read too (giving both is an error).
 //   - certfile, keyfile, cacertfile, server_name (rediss only): the client certificate and
-//     key, the CAs to trust instead of the system's, and the server name to verify.
+//     key, the CAs to trust instead of the system's, and the server name to verify
+//     instead of HOST.
+//   - db (unix only): the database, which the other schemes take in the path.
+//   - The options of go-redis's ParseURL, which carrot passes to it, and go-redis reads
+//     as it documents them: dial_timeout, read_timeout, write_timeout, pool_timeout,
+//     conn_max_idle_time, conn_max_lifetime (durations; a number without a unit is
+//     seconds, and 0 or less turns the timeout off), pool_size (at least 1, default 64
+//     here), min_idle_conns, max_idle_conns, max_active_conns, pool_fifo, client_name,
+//     protocol, skip_verify (rediss only) and the others go-redis knows. go-redis parses
+//     the address, credentials and database of the URL too. Not max_retries,
+//     min_retry_backoff and max_retry_backoff: go-redis's retries are off (see
+//     Connections and recovery), and these are errors. A call whose context has a
+//     deadline is bounded by it too.
 //
 // [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
 // for [carrot.Connect] without the registry. Errors never show the password.

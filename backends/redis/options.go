@@ -1,21 +1,21 @@
 package redis
 
 import (
+	"cmp"
 	"context"
-	"crypto/tls"
+	"errors"
 	"log/slog"
-	"maps"
+	"math"
 	"net"
-	"slices"
+	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/brokerurl"
-	"github.com/carrot-go/carrot/internal/tlsfiles"
 )
 
 // Defaults of the URL options.
@@ -61,212 +61,164 @@ type Options struct {
 //	rediss://[USER:PASSWORD@]HOST:PORT[/DB][?OPTIONS]
 //	unix://[USER:PASSWORD@]/PATH/TO/SOCKET[?db=DB&OPTIONS]
 //
-// with the query options listed in the package documentation. Unknown options, options
-// given twice (but addr and sentinel, which may repeat) and bad values are errors naming
-// the option.
+// with the query options listed in the package documentation: carrot's own, and those of
+// go-redis's ParseURL, which parses the URL's address, credentials, database and its own
+// options. Unknown options, options given twice (but addr and sentinel, which may repeat)
+// and bad values are errors naming the option.
 func ParseURL(rawURL string) (*Options, error) {
-	u, q, err := brokerurl.Parse(rawURL)
+	u, err := brokerurl.ParseFor("carrot/redis", rawURL, "redis", "rediss", "unix")
 	if err != nil {
-		return nil, backend.Errorf(backend.Invalid, "carrot/redis: %w", err)
+		return nil, err
+	}
+	if u.Scheme == "unix" && (u.Path == "" || u.Host != "") {
+		return nil, u.Errorf("URL must be unix:///PATH/TO/SOCKET?OPTIONS")
 	}
 	o := &Options{}
-	r := &o.Redis
-	bad := func(key, v, want string) error {
-		return backend.Errorf(backend.Invalid, "carrot/redis: URL option %s=%q: want %s", key, v, want)
-	}
-	if u.Opaque != "" || u.Fragment != "" {
-		return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL must be %s://[USER:PASSWORD@]HOST:PORT/DB?OPTIONS", u.Scheme)
-	}
-	if u.User != nil {
-		r.Username = u.User.Username()
-		r.Password, _ = u.User.Password()
-	}
-	switch u.Scheme {
-	case "redis", "rediss":
-		host, port := u.Hostname(), u.Port()
-		if host == "" {
-			host = "localhost"
-		}
-		if port == "" {
-			port = "6379"
-		}
-		r.Addrs = []string{net.JoinHostPort(host, port)}
-		if db := strings.Trim(u.Path, "/"); db != "" {
-			n, err := strconv.Atoi(db)
-			if err != nil || n < 0 {
-				return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL path %q: want a database number", u.Path)
+	var (
+		addrs, sentinels                   []string
+		master, sentinelUser, sentinelPass string
+		cluster                            bool
+		db                                 = -1
+		connectionTimeout                  time.Duration
+		tlsOptions                         brokerurl.TLSOptions
+		passed                             = make(url.Values) // go-redis's options
+	)
+	hostPort := func(list *[]string) func(string) error {
+		return func(v string) error {
+			if _, _, err := net.SplitHostPort(v); err != nil {
+				return brokerurl.Want("HOST:PORT")
 			}
-			r.DB = n
+			*list = append(*list, v)
+			return nil
 		}
-		if u.Scheme == "rediss" {
-			r.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
-		}
-	case "unix":
-		if u.Path == "" || u.Host != "" {
-			return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL must be unix:///PATH/TO/SOCKET?OPTIONS")
-		}
-		r.Addrs = []string{u.Path}
+	}
+	// Redis counts both in milliseconds; BLOCK 0 would wait forever, and a visibility
+	// timeout of 0 would hand held messages to others at once.
+	const atLeast1ms = "a duration of at least 1ms, such as 30s"
+	err = u.Read(brokerurl.Query{
+		Options: append([]brokerurl.Option{
+			{Name: "namespace", Set: func(v string) error {
+				if v == "" || strings.ContainsAny(v, "{}") {
+					return brokerurl.Want("a name without { or }")
+				}
+				o.Namespace = v
+				return nil
+			}},
+			{Name: "visibility_timeout", Set: brokerurl.Duration(&o.VisibilityTimeout, time.Millisecond, math.MaxInt64, atLeast1ms)},
+			{Name: "block", Set: brokerurl.Duration(&o.Block, time.Millisecond, math.MaxInt64, atLeast1ms)},
+			{Name: "prefetch", Set: brokerurl.Int(&o.Prefetch, 1, math.MaxInt, "a number, at least 1")},
+			{Name: "db", Set: func(v string) error {
+				if u.Scheme != "unix" {
+					return errors.New("db is for unix URLs; put the database in the path")
+				}
+				return brokerurl.Int(&db, 0, math.MaxInt, "a database number")(v)
+			}},
+			{Name: "connection_timeout", Set: brokerurl.Duration(&connectionTimeout, 1, math.MaxInt64, "a positive duration such as 10s")},
+			{Name: "cluster", Set: brokerurl.Bool(&cluster)},
+			{Name: "addr", Repeat: true, Set: hostPort(&addrs)},
+			{Name: "sentinel", Repeat: true, Set: hostPort(&sentinels)},
+			{Name: "master", Set: brokerurl.String(&master)},
+			{Name: "sentinel_username", Set: brokerurl.String(&sentinelUser)},
+			{Name: "sentinel_password", Set: brokerurl.String(&sentinelPass)},
+		}, tlsOptions.Options()...),
+		Other: func(key, v string) error {
+			switch key {
+			case "max_retries", "min_retry_backoff", "max_retry_backoff":
+				return errors.New("go-redis's retries are off: a failed call ends the connection, and carrot reconnects and retries")
+			case "pool_size":
+				if n, err := strconv.Atoi(v); err == nil && n < 1 {
+					return brokerurl.Want("a number, at least 1")
+				}
+			}
+			if _, err := goredis.ParseURL("rediss://localhost/?" + url.QueryEscape(key) + "="); err != nil {
+				return brokerurl.ErrUnknown
+			}
+			if _, err := goredis.ParseURL("rediss://localhost/?" + url.QueryEscape(key) + "=" + url.QueryEscape(v)); err != nil {
+				return err // go-redis's error names the option and says what is wrong
+			}
+			passed.Set(key, v)
+			return nil
+		},
+		OtherNames: "the options of go-redis's ParseURL, such as dial_timeout, read_timeout, write_timeout, pool_size and client_name",
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	// go-redis parses the rest: the address, credentials, database and its own options.
+	gu := *u.URL
+	gu.RawQuery = passed.Encode()
+	ro, err := goredis.ParseURL(gu.String())
+	if err != nil {
+		return nil, u.Errorf("go-redis refuses the URL: %s", brokerurl.Scrub(brokerurl.Scrub(err.Error(), gu.String()), rawURL))
+	}
+	if ro.DB < 0 {
+		return nil, u.Errorf("URL path %q: want a database number", u.Path)
+	}
+	o.Redis = universal(ro)
+	r := &o.Redis
+	r.MasterName, r.SentinelUsername, r.SentinelPassword = master, sentinelUser, sentinelPass
+	r.IsClusterMode = cluster
+	if u.Scheme == "unix" {
 		r.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", addr)
 		}
-	default:
-		return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL scheme is %q, want redis, rediss or unix", u.Scheme)
 	}
-
-	var certFile, keyFile, caFile string
-	for _, key := range slices.Sorted(maps.Keys(q)) {
-		vals := q[key]
-		if len(vals) != 1 && key != "addr" && key != "sentinel" {
-			return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL option %q is given %d times", key, len(vals))
-		}
-		v := vals[0]
-		duration := func() (time.Duration, error) {
-			d, err := time.ParseDuration(v)
-			if err != nil || d <= 0 {
-				return 0, bad(key, v, "a positive duration such as 30s")
-			}
-			return d, nil
-		}
-		number := func(min int) (int, error) {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < min {
-				return 0, bad(key, v, "a number, at least "+strconv.Itoa(min))
-			}
-			return n, nil
-		}
-		switch key {
-		case "namespace":
-			if v == "" || strings.ContainsAny(v, "{}") {
-				return nil, bad(key, v, "a name without { or }")
-			}
-			o.Namespace = v
-		case "visibility_timeout", "block":
-			// Redis counts both in milliseconds; BLOCK 0 would wait forever, and a
-			// visibility timeout of 0 would hand held messages to others at once.
-			d, err := duration()
-			if err == nil && d < time.Millisecond {
-				err = bad(key, v, "at least 1ms")
-			}
-			if err != nil {
-				return nil, err
-			}
-			if key == "block" {
-				o.Block = d
-			} else {
-				o.VisibilityTimeout = d
-			}
-		case "prefetch":
-			if o.Prefetch, err = number(1); err != nil {
-				return nil, err
-			}
-		case "db":
-			if u.Scheme != "unix" {
-				return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL option db is for unix URLs; put the database in the path")
-			}
-			if r.DB, err = number(0); err != nil {
-				return nil, err
-			}
-		case "dial_timeout":
-			if r.DialTimeout, err = duration(); err != nil {
-				return nil, err
-			}
-		case "read_timeout":
-			if r.ReadTimeout, err = duration(); err != nil {
-				return nil, err
-			}
-		case "write_timeout":
-			if r.WriteTimeout, err = duration(); err != nil {
-				return nil, err
-			}
-		case "pool_size":
-			if r.PoolSize, err = number(1); err != nil {
-				return nil, err
-			}
-		case "client_name":
-			r.ClientName = v
-		case "cluster":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return nil, bad(key, v, "true or false")
-			}
-			r.IsClusterMode = b
-		case "addr":
-			for _, a := range vals {
-				if _, _, err := net.SplitHostPort(a); err != nil {
-					return nil, bad(key, a, "HOST:PORT")
-				}
-				r.Addrs = append(r.Addrs, a)
-			}
-		case "sentinel":
-			r.Addrs = nil // the sentinels, not the master, are dialled
-			for _, a := range vals {
-				if _, _, err := net.SplitHostPort(a); err != nil {
-					return nil, bad(key, a, "HOST:PORT")
-				}
-				r.Addrs = append(r.Addrs, a)
-			}
-		case "master":
-			r.MasterName = v
-		case "sentinel_username":
-			r.SentinelUsername = v
-		case "sentinel_password":
-			r.SentinelPassword = v
-		case "certfile":
-			certFile = v
-		case "keyfile":
-			keyFile = v
-		case "cacertfile":
-			caFile = v
-		case "server_name":
-			if r.TLSConfig == nil {
-				return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL option server_name needs the rediss scheme")
-			}
-			r.TLSConfig.ServerName = v
-		default:
-			return nil, backend.Errorf(backend.Invalid, "carrot/redis: unknown URL option %q (known: addr, block, cacertfile, certfile, client_name, cluster, db, dial_timeout, keyfile, master, namespace, pool_size, prefetch, read_timeout, sentinel, sentinel_password, sentinel_username, server_name, visibility_timeout, write_timeout)", key)
-		}
+	if db >= 0 {
+		r.DB = db
 	}
-	if q.Has("sentinel") != (r.MasterName != "") {
-		return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL options sentinel and master go together")
+	if connectionTimeout > 0 {
+		if passed.Has("dial_timeout") {
+			return nil, u.Errorf("URL options connection_timeout and dial_timeout are one option: give one of them")
+		}
+		r.DialTimeout = connectionTimeout
 	}
-	if !q.Has("sentinel") && (q.Has("sentinel_username") || q.Has("sentinel_password")) {
-		return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL options sentinel_username and sentinel_password need sentinel and master")
+	r.Addrs = append(r.Addrs, addrs...)
+	if u.Query.Has("sentinel") {
+		r.Addrs = sentinels // the sentinels, not the master, are dialled
+	}
+	if u.Query.Has("sentinel") != (r.MasterName != "") {
+		return nil, u.Errorf("URL options sentinel and master go together")
+	}
+	if !u.Query.Has("sentinel") && (u.Query.Has("sentinel_username") || u.Query.Has("sentinel_password")) {
+		return nil, u.Errorf("URL options sentinel_username and sentinel_password need sentinel and master")
 	}
 	if len(r.Addrs) > 1 && r.MasterName == "" && !r.IsClusterMode {
-		return nil, backend.Errorf(backend.Invalid, "carrot/redis: several addresses need cluster=true (or sentinel and master)")
+		return nil, u.Errorf("several addresses need cluster=true (or sentinel and master)")
 	}
 	if r.IsClusterMode && r.DB != 0 {
-		return nil, backend.Errorf(backend.Invalid, "carrot/redis: a Redis Cluster has only database 0")
+		return nil, u.Errorf("a Redis Cluster has only database 0")
 	}
-	if certFile != "" || keyFile != "" || caFile != "" {
-		if r.TLSConfig == nil {
-			return nil, backend.Errorf(backend.Invalid, "carrot/redis: URL options certfile, keyfile and cacertfile need the rediss scheme")
-		}
-		if err := tlsfiles.Load(r.TLSConfig, certFile, keyFile, caFile); err != nil {
-			return nil, backend.Errorf(backend.Invalid, "carrot/redis: %w", err)
-		}
+	if err := tlsOptions.Apply(u, r.TLSConfig, "rediss"); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
 
+// universal returns go-redis's options for one server as options for any client: every
+// field of Options that UniversalOptions has too, so that no option go-redis's ParseURL
+// reads is lost, whatever go-redis version adds.
+func universal(o *goredis.Options) goredis.UniversalOptions {
+	var u goredis.UniversalOptions
+	src, dst := reflect.ValueOf(o).Elem(), reflect.ValueOf(&u).Elem()
+	for i := range src.NumField() {
+		f := src.Type().Field(i)
+		if d := dst.FieldByName(f.Name); f.IsExported() && d.IsValid() && d.Type() == f.Type {
+			d.Set(src.Field(i))
+		}
+	}
+	u.Addrs = []string{o.Addr}
+	return u
+}
+
 // withDefaults returns a copy of o with every zero field set to its default.
 func (o Options) withDefaults() Options {
-	if o.Namespace == "" {
-		o.Namespace = DefaultNamespace
-	}
-	if o.VisibilityTimeout == 0 {
-		o.VisibilityTimeout = DefaultVisibilityTimeout
-	}
-	if o.Block == 0 {
-		o.Block = DefaultBlock
-	}
-	if o.Prefetch == 0 {
-		o.Prefetch = DefaultPrefetch
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Namespace = cmp.Or(o.Namespace, DefaultNamespace)
+	o.VisibilityTimeout = cmp.Or(o.VisibilityTimeout, DefaultVisibilityTimeout)
+	o.Block = cmp.Or(o.Block, DefaultBlock)
+	o.Prefetch = cmp.Or(o.Prefetch, DefaultPrefetch)
+	o.Logger = cmp.Or(o.Logger, slog.Default())
 	return o
 }
 

@@ -139,6 +139,33 @@ func TestParseURL(t *testing.T) {
 	}
 }
 
+// go-redis parses its own options; carrot's connection_timeout is go-redis's dial_timeout.
+func TestParseURLGoRedisOptions(t *testing.T) {
+	for _, tc := range []struct {
+		url              string
+		dial, pool, idle time.Duration
+		protocol         int
+		insecure         bool
+	}{
+		{url: "redis://h/?connection_timeout=3s", dial: 3 * time.Second},
+		{url: "redis://h/?dial_timeout=4", dial: 4 * time.Second},
+		{url: "unix:///run/redis.sock?db=1&pool_timeout=2s&conn_max_idle_time=1m&protocol=2", pool: 2 * time.Second, idle: time.Minute, protocol: 2},
+		{url: "rediss://h/?skip_verify=true", insecure: true},
+	} {
+		o, err := redis.ParseURL(tc.url)
+		if err != nil {
+			t.Errorf("ParseURL(%q): %v", tc.url, err)
+			continue
+		}
+		r := o.Redis
+		insecure := r.TLSConfig != nil && r.TLSConfig.InsecureSkipVerify
+		if r.DialTimeout != tc.dial || r.PoolTimeout != tc.pool || r.ConnMaxIdleTime != tc.idle || r.Protocol != tc.protocol || insecure != tc.insecure {
+			t.Errorf("ParseURL(%q): dial %v, pool %v, idle %v, protocol %d, skip verify %v; want %v, %v, %v, %d, %v", tc.url,
+				r.DialTimeout, r.PoolTimeout, r.ConnMaxIdleTime, r.Protocol, insecure, tc.dial, tc.pool, tc.idle, tc.protocol, tc.insecure)
+		}
+	}
+}
+
 func TestParseURLErrors(t *testing.T) {
 	for _, tc := range []struct{ url, mentions string }{
 		{"redis://u:s3cret@h/?bogus=1", `unknown URL option "bogus"`},
@@ -157,6 +184,12 @@ func TestParseURLErrors(t *testing.T) {
 		{"redis://u:s3cret@h/?certfile=/x", "rediss"},
 		{"redis://u:s3cret@h/?db=1", "unix"},
 		{"amqp://u:s3cret@h/", "want redis, rediss or unix"},
+		{"redis://u:s3cret@h/-1", "database number"},
+		{"redis://u:s3cret@h/?pool_size=x", "pool_size"},
+		{"redis://u:s3cret@h/?pool_size=0", "pool_size"},
+		{"redis://u:s3cret@h/?max_retries=3", "retries are off"},
+		{"redis://u:s3cret@h/?connection_timeout=0s", "connection_timeout"},
+		{"redis://u:s3cret@h/?connection_timeout=1s&dial_timeout=2s", "give one of them"},
 	} {
 		_, err := redis.ParseURL(tc.url)
 		if err == nil || !strings.Contains(err.Error(), tc.mentions) {

@@ -3,21 +3,17 @@
 //	SCHEME://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
 //
 // for carrot's AMQP 0-9-1 and AMQP 1.0 backends, which differ in their schemes and in
-// most of their options. Errors are carrot backend errors of code Invalid, start with the
-// backend's name and never show the password; the URL is parsed strictly, as package
-// brokerurl does.
+// most of their options. The URL is parsed strictly, and its options read, by package
+// brokerurl: errors are carrot backend errors of code Invalid, start with the backend's
+// name and never show the password.
 package amqpurl
 
 import (
 	"crypto/tls"
-	"maps"
 	"net"
 	"net/url"
-	"slices"
 
-	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/brokerurl"
-	"github.com/carrot-go/carrot/internal/tlsfiles"
 )
 
 // URL is a parsed AMQP URL.
@@ -26,39 +22,37 @@ type URL struct {
 	Username string      // guest by default
 	Password string      // guest by default
 	Vhost    string      // "/" by default
-	TLS      *tls.Config // for the TLS scheme (at least TLS 1.2, verifying HOST once Options ran); nil otherwise
+	TLS      *tls.Config // for the TLS scheme (at least TLS 1.2, verifying HOST); nil otherwise
 
-	name   string // the backend's, to start errors with
+	// TLSOptions are the URL's TLS options, which Read applies to TLS.
+	TLSOptions brokerurl.TLSOptions
+
+	u      *brokerurl.URL
 	secure string // the TLS scheme
-	host   string
-	query  url.Values
 }
 
 // Parse parses rawURL, whose scheme is plain, or secure for TLS. name starts the errors
 // ("carrot/amqp091").
 func Parse(rawURL, name, plain, secure string) (*URL, error) {
-	u, q, err := brokerurl.Parse(rawURL)
+	u, err := brokerurl.ParseFor(name, rawURL, plain, secure)
 	if err != nil {
-		return nil, backend.Errorf(backend.Invalid, "%s: %w", name, err)
+		return nil, err
 	}
-	r := &URL{Username: "guest", Password: "guest", Vhost: "/", name: name, secure: secure, query: q}
-	port := "5672"
-	switch u.Scheme {
-	case plain:
-	case secure:
-		port = "5671"
-		r.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
-	default:
-		return nil, backend.Errorf(backend.Invalid, "%s: URL scheme is %q, want %s or %s", name, u.Scheme, plain, secure)
+	r := &URL{Username: "guest", Password: "guest", Vhost: "/", u: u, secure: secure}
+	host, port := u.Hostname(), u.Port()
+	if host == "" {
+		host = "localhost"
 	}
-	r.host = u.Hostname()
-	if r.host == "" {
-		r.host = "localhost"
+	if port == "" {
+		port = "5672"
+		if u.Scheme == secure {
+			port = "5671"
+		}
 	}
-	if p := u.Port(); p != "" {
-		port = p
+	if u.Scheme == secure {
+		r.TLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
 	}
-	r.Addr = net.JoinHostPort(r.host, port)
+	r.Addr = net.JoinHostPort(host, port)
 	if u.User != nil {
 		r.Username = u.User.Username()
 		r.Password, _ = u.User.Password()
@@ -69,52 +63,18 @@ func Parse(rawURL, name, plain, secure string) (*URL, error) {
 	return r, nil
 }
 
-// Options calls set with each query option but the TLS ones, in the order of their
-// names, until set returns an error; an option given more than once is an error. The TLS
-// options certfile, keyfile, cacertfile and serverName (named as the backend names it)
-// configure u.TLS, and need the TLS scheme.
-func (u *URL) Options(serverName string, set func(key, value string) error) error {
-	var certFile, keyFile, caFile, server string
-	for _, key := range slices.Sorted(maps.Keys(u.query)) {
-		if n := len(u.query[key]); n != 1 {
-			return backend.Errorf(backend.Invalid, "%s: URL option %q is given %d times", u.name, key, n)
-		}
-		v := u.query[key][0]
-		switch key {
-		case "certfile":
-			certFile = v
-		case "keyfile":
-			keyFile = v
-		case "cacertfile":
-			caFile = v
-		case serverName:
-			server = v
-		default:
-			if err := set(key, v); err != nil {
-				return err
-			}
-		}
+// Read reads the query options with opts and the TLS options (certfile, keyfile,
+// cacertfile, server_name), which configure u.TLS and need the TLS scheme.
+func (u *URL) Read(opts ...brokerurl.Option) error {
+	opts = append(opts, u.TLSOptions.Options()...)
+	if err := u.u.Read(brokerurl.Query{Options: opts}); err != nil {
+		return err
 	}
-	if u.TLS == nil {
-		if certFile != "" || keyFile != "" || caFile != "" || server != "" {
-			return backend.Errorf(backend.Invalid, "%s: URL options certfile, keyfile, cacertfile and %s need the %s scheme", u.name, serverName, u.secure)
-		}
-		return nil
-	}
-	u.TLS.ServerName = u.host
-	if server != "" {
-		u.TLS.ServerName = server
-	}
-	if err := tlsfiles.Load(u.TLS, certFile, keyFile, caFile); err != nil {
-		return backend.Errorf(backend.Invalid, "%s: %w", u.name, err)
-	}
-	return nil
+	return u.TLSOptions.Apply(u.u, u.TLS, u.secure)
 }
 
-// Bad returns the error for a bad value v of option key, saying what is wanted.
-func (u *URL) Bad(key, v, want string) error {
-	return backend.Errorf(backend.Invalid, "%s: URL option %s=%q: want %s", u.name, key, v, want)
-}
+// Errorf returns an error of code Invalid whose text starts with the backend's name.
+func (u *URL) Errorf(format string, args ...any) error { return u.u.Errorf(format, args...) }
 
 // String formats an AMQP URL without its user info.
 func String(scheme, addr, vhost string) string {

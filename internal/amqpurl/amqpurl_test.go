@@ -10,8 +10,11 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/carrot-go/carrot/internal/brokerurl"
 )
 
 // pemFiles writes a self-signed certificate and its key, and returns their paths.
@@ -47,14 +50,15 @@ func TestTLSOptions(t *testing.T) {
 		query, serverName string
 	}{
 		{"", "rabbit"},
-		{"?sni=other&certfile=" + cert + "&keyfile=" + key + "&cacertfile=" + cert + "&x=1", "other"},
+		{"?server_name=other&certfile=" + cert + "&keyfile=" + key + "&cacertfile=" + cert + "&x=1", "other"},
 	} {
 		u, err := Parse("amqps://rabbit"+tc.query, "test", "amqp", "amqps")
 		if err != nil {
 			t.Fatal(err)
 		}
 		var others []string
-		if err := u.Options("sni", func(key, v string) error { others = append(others, key+"="+v); return nil }); err != nil {
+		x := brokerurl.Option{Name: "x", Set: func(v string) error { others = append(others, "x="+v); return nil }}
+		if err := u.Read(x); err != nil {
 			t.Fatalf("%q: %v", tc.query, err)
 		}
 		if u.Addr != "rabbit:5671" || u.TLS == nil || u.TLS.ServerName != tc.serverName {
@@ -69,5 +73,15 @@ func TestTLSOptions(t *testing.T) {
 		if len(others) != 1 || others[0] != "x=1" {
 			t.Errorf("%q: the backend was given %q, want only x=1", tc.query, others)
 		}
+	}
+}
+
+func TestTLSOptionsNeedTheScheme(t *testing.T) {
+	u, err := Parse("amqp://rabbit/?server_name=other", "test", "amqp", "amqps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Read(); err == nil || !strings.Contains(err.Error(), "need the amqps scheme") {
+		t.Errorf("server_name on amqp: %v, want an error saying it needs amqps", err)
 	}
 }

@@ -9,6 +9,11 @@
 //
 // Redact shows a URL without its user info and with the values of secret options (see
 // [Secret]) masked; it shows nothing of a URL that does not parse but its scheme.
+//
+// ParseFor and [URL.Read] are the part every backend's ParseURL shares: the scheme
+// check, each option read once and in the order of their names, unknown options and bad
+// values refused with an error that names the option and lists the known ones, deprecated
+// names, and the TLS options ([TLSOptions]).
 package brokerurl
 
 import (
