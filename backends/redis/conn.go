@@ -104,6 +104,7 @@ type Conn struct {
 	lifetime.Ending             // Done and Err
 
 	foreignReply atomic.Value  // the first bytes of a server that does not speak RESP
+	sendingLarge atomic.Int32  // publishes of a batch with a body Redis may refuse, under way
 	stop         chan struct{} // closed by Close: the background goroutines end
 	delayed      chan struct{} // a delayed message was published: the promoter looks again
 	wg           sync.WaitGroup

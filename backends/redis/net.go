@@ -16,7 +16,9 @@ import (
 // watches its network connections itself: one that fails (reset, closed by the other
 // side) ends the Conn, and carrot recovers it as it recovers every backend's. A read or
 // write that times out (a call's context ended) does not: the monitor finds out whether
-// Redis answers.
+// Redis answers. Nor does a failure while a batch holding a body larger than Redis may take
+// is being sent: Redis resets the connection of such a request, and publishBatch tells
+// that refusal from a lost connection (it asks Redis for its limit on another one).
 
 // dialer returns the go-redis dialer of c: base, or go-redis's own when nil (with TLS
 // when tlsConfig is set), with each connection watched.
@@ -84,6 +86,9 @@ func (w *watchedConn) Close() error {
 func (w *watchedConn) failed(err error) {
 	if w.closed.Load() || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
 		return
+	}
+	if w.c.sendingLarge.Load() > 0 {
+		return // publishBatch tells a refused large message from a lost connection
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {

@@ -381,7 +381,16 @@ func (c *Conn) publishBatch(a *scriptArgs, batch []*pubReq) {
 		}
 		cmd := goredis.NewCmd(ctx, a.args...)
 		cmd.SetFirstKeyPos(3)
+		large := hasLarge(batch)
+		if large {
+			// Redis resets the network connection of a request with an argument over its
+			// proto-max-bulk-len: that is for this call to judge, not the watcher.
+			c.sendingLarge.Add(1)
+		}
 		err := c.rdb.Process(ctx, cmd)
+		if large {
+			c.sendingLarge.Add(-1)
+		}
 		if err != nil && !loaded && goredis.HasErrorPrefix(err, "NOSCRIPT") {
 			// Redis lost its scripts (it restarted, or SCRIPT FLUSH): load it, once.
 			loaded = true
