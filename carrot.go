@@ -398,3 +398,40 @@ func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
 	})
 	return n, err
 }
+
+// List returns the exchanges (but the default one) and the queues the broker holds, each
+// sorted by name, as they were declared, where the backend can list them (see
+// [backend.Lister]: memory:// and redis:// can; RabbitMQ names them only through its
+// management tools); elsewhere it returns an [ErrUnsupported] error. A queue's Exchange,
+// RoutingKey and Bindings are left empty.
+func (c *Conn) List(ctx context.Context) ([]Exchange, []Queue, error) {
+	const op = "list exchanges and queues"
+	var bxs []backend.Exchange
+	var bqs []backend.Queue
+	err := c.do(ctx, op, false, func(g *generation) error {
+		l, ok := g.b.(backend.Lister)
+		if !ok {
+			return unsupportedf(op, "the backend of %s cannot list what its broker holds", c.name)
+		}
+		var err error
+		bxs, bqs, err = l.List(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	xs := make([]Exchange, len(bxs))
+	for i, x := range bxs {
+		xs[i] = Exchange{Name: x.Name, Kind: x.Kind, Transient: !x.Durable, AutoDelete: x.AutoDelete, Args: Table(x.Args)}
+	}
+	qs := make([]Queue, len(bqs))
+	for i, q := range bqs {
+		qs[i] = Queue{
+			Name: q.Name, Transient: !q.Durable, Exclusive: q.Exclusive, AutoDelete: q.AutoDelete,
+			MessageTTL: q.MessageTTL, MaxLength: q.MaxLength, MaxPriority: q.MaxPriority,
+			DeadLetterExchange: q.DeadLetterExchange, DeadLetterRoutingKey: q.DeadLetterRoutingKey,
+			Args: Table(q.Args),
+		}
+	}
+	return xs, qs, nil
+}

@@ -183,6 +183,14 @@ type PublishWarmer interface {
 	WarmPublish(ctx context.Context) error
 }
 
+// A Lister is a Conn that can list the exchanges and queues its broker holds. For a Conn
+// that does not implement it, carrot's List is an Unsupported error.
+type Lister interface {
+	// List returns the exchanges (but the default one) and the queues the broker holds,
+	// each sorted by name, as they were declared. It may be called concurrently.
+	List(ctx context.Context) ([]Exchange, []Queue, error)
+}
+
 // A Subscription delivers messages from one queue, in the order the broker hands them out.
 type Subscription interface {
 	// Receive blocks until a message arrives, ctx is done, or the subscription fails. It

@@ -863,3 +863,23 @@ func (d *delivery) Settle(ctx context.Context, o backend.Outcome) error {
 	}
 	return nil
 }
+
+// List returns the broker's exchanges (its built-in amq.* ones too) and queues, sorted by
+// name.
+func (c *Conn) List(ctx context.Context) ([]backend.Exchange, []backend.Queue, error) {
+	if err := c.lock(ctx); err != nil {
+		return nil, nil, err
+	}
+	defer c.b.mu.Unlock()
+	xs := make([]backend.Exchange, 0, len(c.b.exchanges))
+	for _, x := range c.b.exchanges {
+		xs = append(xs, x.def)
+	}
+	qs := make([]backend.Queue, 0, len(c.b.queues))
+	for _, q := range c.b.queues {
+		qs = append(qs, q.def)
+	}
+	slices.SortFunc(xs, func(a, b backend.Exchange) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(qs, func(a, b backend.Queue) int { return cmp.Compare(a.Name, b.Name) })
+	return xs, qs, nil
+}

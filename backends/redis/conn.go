@@ -738,3 +738,24 @@ func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
 
 // String describes the connection, without the password.
 func (c *Conn) String() string { return fmt.Sprint(c.opts) }
+
+// List returns the namespace's exchanges and queues, sorted by name, from the topology
+// as Redis holds it now. Everything in Redis is as durable as Redis's persistence makes it:
+// all are listed durable.
+func (c *Conn) List(ctx context.Context) ([]backend.Exchange, []backend.Queue, error) {
+	s, err := c.reload(ctx, c.topo.Load())
+	if err != nil {
+		return nil, nil, err
+	}
+	xs := make([]backend.Exchange, 0, len(s.exchanges))
+	for name, x := range s.exchanges {
+		xs = append(xs, backend.Exchange{Name: name, Kind: x.Kind, Durable: true})
+	}
+	qs := make([]backend.Queue, 0, len(s.queues))
+	for name, q := range s.queues {
+		qs = append(qs, backend.Queue{Name: name, Durable: true, MessageTTL: q.ttl, DeadLetterExchange: q.dlx, DeadLetterRoutingKey: q.dlk})
+	}
+	slices.SortFunc(xs, func(a, b backend.Exchange) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(qs, func(a, b backend.Queue) int { return strings.Compare(a.Name, b.Name) })
+	return xs, qs, nil
+}

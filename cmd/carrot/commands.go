@@ -616,6 +616,32 @@ func runPurge(ctx context.Context, c *cli, args []string) error {
 	return nil
 }
 
+func runList(ctx context.Context, c *cli, args []string) error {
+	fs, rawURL := c.flags("list", "", `Lists the exchanges and then the queues the broker holds, one a line: "exchange",
+its name and kind, then "queue" and its name, with "transient" for what does not
+survive a broker restart. Backends that cannot list (RabbitMQ names its queues only
+through its management tools, such as rabbitmqctl list_queues) make it fail.`)
+	if _, err := c.parse(fs, args, 0); err != nil {
+		return err
+	}
+	conn, err := c.open(ctx, *rawURL, "list", true)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	xs, qs, err := conn.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, x := range xs {
+		fmt.Fprintf(c.stdout, "exchange\t%s\t%s%s\n", x.Name, x.Kind, map[bool]string{true: "\ttransient"}[x.Transient])
+	}
+	for _, q := range qs {
+		fmt.Fprintf(c.stdout, "queue\t%s%s\n", q.Name, map[bool]string{true: "\ttransient"}[q.Transient])
+	}
+	return nil
+}
+
 func runDeclare(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("declare", "", `Declares an exchange (--exchange), a queue (--queue), or both, bound with each
 --key. Exchanges and queues are durable unless --transient is given.`)

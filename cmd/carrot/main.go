@@ -15,6 +15,7 @@
 //	declare   declare an exchange, a queue, and bindings between them
 //	unbind    remove bindings between an exchange and a queue
 //	delete    delete a queue, an exchange, or both
+//	list      list the exchanges and queues, where the broker can say
 //	bench     measure publish and consume rates on a queue of its own
 //	backends  list the URL schemes carrot knows
 //	version   print carrot's version and the Go version that built it
@@ -73,6 +74,7 @@ var commands = []command{
 	{"declare", "declare an exchange, a queue, and bindings between them", runDeclare},
 	{"unbind", "remove bindings between an exchange and a queue", runUnbind},
 	{"delete", "delete a queue, an exchange, or both", runDelete},
+	{"list", "list the exchanges and queues, where the broker can say", runList},
 	{"bench", "measure publish and consume rates on a queue of its own", runBench},
 	{"backends", "list the URL schemes carrot knows", runBackends},
 	{"version", "print carrot's version and the Go version that built it", runVersion},

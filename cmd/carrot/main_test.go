@@ -542,3 +542,19 @@ func TestBench(t *testing.T) {
 		t.Errorf("bench --size 4: exit %d, stderr %q; want a usage error naming --size", code, errOut)
 	}
 }
+
+// TestList lists what declare made, on memory://, and says plainly when the backend
+// cannot list.
+func TestList(t *testing.T) {
+	url := "memory://" + t.Name()
+	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--exchange", "logs", "--kind", "topic", "--queue", "errors", "--key", "*.error"); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	code, out, errOut := runTool(t, "", "list", "--url", url)
+	if code != 0 || !strings.Contains(out, "exchange\tlogs\ttopic\n") || !strings.Contains(out, "queue\terrors\n") {
+		t.Errorf("list: exit %d, stdout %q, stderr %q; want the exchange logs (topic) and the queue errors", code, out, errOut)
+	}
+	if strings.Index(out, "queue\t") < strings.LastIndex(out, "exchange\t") {
+		t.Errorf("list printed queues before exchanges: %q", out)
+	}
+}
