@@ -54,7 +54,7 @@ func (a *acker) settle(tag uint64, o backend.Outcome) error {
 		return backend.Errorf(backend.Closed, "carrot/amqp091: the consumer closed; RabbitMQ requeued the message")
 	}
 	if a.ch.IsClosed() {
-		return errChannelGone
+		return settleErr(amqp.ErrClosed)
 	}
 	var err error
 	switch o {
@@ -70,20 +70,13 @@ func (a *acker) settle(tag uint64, o backend.Outcome) error {
 				a.timer.Reset(a.delay)
 			}
 		}
-	case backend.Requeue, backend.Reject:
-		if err = a.ch.Reject(tag, o == backend.Requeue); err == nil {
+	default:
+		if err = send(a.ch, tag, o); err == nil {
 			a.settled(tag)
 		}
-	default:
-		return backend.Errorf(backend.Invalid, "carrot/amqp091: unknown outcome %v", o)
 	}
-	if err != nil && channelGone(err) {
-		return errChannelGone
-	}
-	return err
+	return settleErr(err)
 }
-
-var errChannelGone = backend.Errorf(backend.Unavailable, "carrot/amqp091: the channel that delivered the message closed; RabbitMQ requeued it")
 
 // settled records that tag is settled, moving the floor past it and any spans it joins.
 func (a *acker) settled(tag uint64) {

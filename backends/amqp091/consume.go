@@ -155,7 +155,7 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 			if ok {
 				var st *settler
 				if !s.opts.AutoAck {
-					st = &settler{c: s.c, ch: s.ch, tag: d.DeliveryTag, acks: s.acks}
+					st = &settler{c: s.c, tag: d.DeliveryTag, acks: s.acks}
 				}
 				return delivery(&d, st), nil
 			}
@@ -195,9 +195,9 @@ func (s *subscription) Close() error {
 // once for a get, through the channel's acker for a subscription.
 type settler struct {
 	c    *Conn
-	ch   *amqp.Channel
+	ch   *amqp.Channel // of a get
 	tag  uint64
-	acks *acker // nil for gets
+	acks *acker // of a subscription's channel, nil for gets
 }
 
 func (s *settler) Settle(ctx context.Context, o backend.Outcome) error {
@@ -207,18 +207,24 @@ func (s *settler) Settle(ctx context.Context, o backend.Outcome) error {
 	if s.acks != nil {
 		return s.acks.settle(s.tag, o)
 	}
-	var err error
-	multiple := false
+	return settleErr(send(s.ch, s.tag, o))
+}
+
+// send sends outcome o of the delivery with tag on ch, an ack for that delivery alone.
+func send(ch *amqp.Channel, tag uint64, o backend.Outcome) error {
 	switch o {
 	case backend.Ack:
-		err = s.ch.Ack(s.tag, multiple)
-	case backend.Requeue:
-		err = s.ch.Reject(s.tag, true)
-	case backend.Reject:
-		err = s.ch.Reject(s.tag, false)
-	default:
-		return backend.Errorf(backend.Invalid, "carrot/amqp091: unknown outcome %v", o)
+		multiple := false
+		return ch.Ack(tag, multiple)
+	case backend.Requeue, backend.Reject:
+		return ch.Reject(tag, o == backend.Requeue)
 	}
+	return backend.Errorf(backend.Invalid, "carrot/amqp091: unknown outcome %v", o)
+}
+
+// settleErr classifies the error of settling on a channel: one that closed is Unavailable,
+// since RabbitMQ requeued what it delivered.
+func settleErr(err error) error {
 	if err != nil && channelGone(err) {
 		return backend.Errorf(backend.Unavailable, "carrot/amqp091: the channel that delivered the message closed; RabbitMQ requeued it: %w", err)
 	}
