@@ -50,12 +50,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	empty := func(b *testing.B, n int) {
-		if left, err := conn.Purge(b.Context(), q); err != nil || left != 0 {
-			b.Fatalf("the queue held %d messages before the round (%v)", left, err)
-		}
-	}
-	benchtest.SideBySideWith(b, benchtest.Options{Rounds: benchtest.MinRounds, PeakRSS: true}, empty, []benchtest.Contestant{
+	benchtest.SideBySideWith(b, benchtest.Options{Rounds: benchtest.MinRounds, PeakRSS: true}, benchtest.Filled(conn, q, nil), []benchtest.Contestant{
 		{Name: "raw", Run: rawEndToEnd(body, memory.DefaultMaxDepth)},
 		{Name: "carrot", Run: carrotEndToEnd(conn, q, body, window)},
 	}, [2]string{"carrot", "raw"})

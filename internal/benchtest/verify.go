@@ -25,7 +25,7 @@ func Published(conn *carrot.Conn, queue string) func(b *testing.B, n int) {
 
 // Filled returns a prepare function for consuming benchmarks: it checks that queue is
 // empty, every message of the last run consumed and acked, then puts n messages in it
-// with fill.
+// with fill (nil for runs that publish their own).
 func Filled(conn *carrot.Conn, queue string, fill Side) func(b *testing.B, n int) {
 	return func(b *testing.B, n int) {
 		left, err := conn.Purge(b.Context(), queue)
@@ -35,7 +35,7 @@ func Filled(conn *carrot.Conn, queue string, fill Side) func(b *testing.B, n int
 		if left != 0 {
 			b.Fatalf("%d messages left in the queue after a run that should have acked them all", left)
 		}
-		if n > 0 {
+		if n > 0 && fill != nil {
 			fill(b, n)
 		}
 	}
