@@ -31,6 +31,7 @@ type acker struct {
 	unsent []uint64 // acked, not yet sent
 	timer  *time.Timer
 	closed bool // the subscription closed: no more settling
+	ended  bool // the channel is being closed: settling is an Unavailable error
 }
 
 // span is the tags from lo to hi, both included.
@@ -53,7 +54,7 @@ func (a *acker) settle(tag uint64, o backend.Outcome) error {
 	if a.closed {
 		return backend.Errorf(backend.Closed, "carrot/amqp091: the consumer closed; RabbitMQ requeued the message")
 	}
-	if a.ch.IsClosed() {
+	if a.ended || a.ch.IsClosed() {
 		return settleErr(amqp.ErrClosed)
 	}
 	var err error
@@ -151,11 +152,20 @@ func (a *acker) flushLocked() error {
 	return err
 }
 
-// close sends the waiting acks and refuses further settling; the caller closes the
-// channel next.
-func (a *acker) close() {
+// close sends the waiting acks and refuses further settling, as the subscription closes;
+// the caller closes the channel next.
+func (a *acker) close() { a.stop(func() { a.closed = true }) }
+
+// end sends the waiting acks and makes further settling an Unavailable error, as the
+// channel goes while the subscription lives on; the caller closes the channel next.
+func (a *acker) end() { a.stop(func() { a.ended = true }) }
+
+// stop sends the waiting acks and then marks the acker with mark, under its lock: no ack
+// reaches the channel after that, for RabbitMQ ends the whole connection when a frame
+// comes on a channel it has closed.
+func (a *acker) stop(mark func()) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.flushLocked()
-	a.closed = true
+	mark()
 }

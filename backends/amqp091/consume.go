@@ -160,8 +160,15 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 				return delivery(&d, st), nil
 			}
 			// Closed by the broker (a queue deleted), or with the connection: the old
-			// channel's unsettled messages are requeued.
-			go s.ch.Close()
+			// channel's unsettled messages are requeued. Its acks waiting are sent first,
+			// and none after the close.
+			ch, acks := s.ch, s.acks
+			go func() {
+				if acks != nil {
+					acks.end()
+				}
+				ch.Close()
+			}()
 			s.ch, s.deliveries, s.acks = nil, nil, nil
 			if s.c.conn.IsClosed() {
 				return nil, s.c.lostUnder(func(*malformed) bool { return s.poisoned.Load() })
