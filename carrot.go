@@ -89,7 +89,12 @@ func (d *Dialer) Open(ctx context.Context, rawURL string) (*Conn, error) {
 			Err:  fmt.Errorf("%q is not registered (registered: %s); is the backend's package imported?", scheme, strings.Join(Backends(), ", ")),
 		}
 	}
-	connector, err := drv.OpenConnector(rawURL)
+	var connector backend.Connector
+	if cd, ok := drv.(backend.ConfigDriver); ok {
+		connector, err = cd.OpenConnectorConfig(rawURL, backend.Config{Logger: d.logger()})
+	} else {
+		connector, err = drv.OpenConnector(rawURL)
+	}
 	if err != nil {
 		kind := ErrInvalid
 		if code := backend.CodeOf(err); code != backend.Unknown {
@@ -154,6 +159,9 @@ type Conn struct {
 	name      string
 	url       string // as opened, for scrubbing errors; empty for Connect
 	log       *slog.Logger
+	// attemptLog limits the lines of failed reconnection attempts; used by the supervisor
+	// alone.
+	attemptLog logLimit
 
 	live    atomic.Pointer[generation] // nil while recovering, and after Close
 	caps    atomic.Pointer[Capabilities]

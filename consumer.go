@@ -2,6 +2,7 @@ package carrot
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -79,7 +80,8 @@ type ConsumerOptions struct {
 	// Messages without a content type count as "application/octet-stream".
 	Accept []string
 
-	// Logger receives handler errors and panics; slog.Default() when nil.
+	// Logger receives handler errors and panics, at most a line a second; the Conn's
+	// logger ([Dialer.Logger]) when nil.
 	Logger *slog.Logger
 
 	// Middleware wraps the handlers: the first outermost, so Middleware[0] sees each
@@ -101,11 +103,55 @@ type ConsumerOptions struct {
 	// set; see [RetryPolicy]. The zero policy retries for ever, from 1s up to 1m apart.
 	Retry RetryPolicy
 
+	// OnSettle, when set, is called once for each received message when it is settled,
+	// whoever settled it (a handler, AutoSettle, the retry policy or Fetch's caller), with
+	// how and the settling call's error (nil when the backend took it). ctx is the
+	// settling call's. It is not called for messages consumed with NoAck, nor for those
+	// the Consumer's Close puts back in their queues. It is called from the goroutine that
+	// settles, must return quickly and must not settle the message; it is meant for
+	// metrics and tracing.
+	OnSettle func(ctx context.Context, m *Message, o Outcome, err error)
+
 	// StallWarning is how long a message handed to the handlers may stay unsettled after
 	// they returned before the consumer logs a warning, once, naming the queue: held
 	// messages count against the prefetch, and a consumer that holds its whole prefetch
 	// receives nothing more. One minute when zero; negative turns the warning off.
 	StallWarning time.Duration
+}
+
+// An Outcome says how a received message was settled; see [ConsumerOptions.OnSettle].
+type Outcome int
+
+const (
+	// Acked: the message was handled and left its queue.
+	Acked Outcome = iota + 1
+	// Requeued: the message went back to its queue.
+	Requeued
+	// Rejected: the message left its queue unhandled; the broker dead-letters it if the
+	// queue has a dead-letter exchange.
+	Rejected
+	// Retried: its handlers failed, and the [RetryPolicy] published it again with a delay
+	// and acked this delivery, or requeued it after the backoff.
+	Retried
+	// DeadLettered: its handlers failed for the last time, and the [RetryPolicy] published
+	// it to the dead-letter exchange and acked this delivery.
+	DeadLettered
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Acked:
+		return "ack"
+	case Requeued:
+		return "requeue"
+	case Rejected:
+		return "reject"
+	case Retried:
+		return "retry"
+	case DeadLettered:
+		return "dead_letter"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
 }
 
 // chain calls handlers in order, stopping at the first error.
@@ -199,21 +245,23 @@ func (c *Consumer) watchHeld(ctx context.Context, r *run, after time.Duration) {
 	}
 }
 
-// logLimit lets through one log line a second, counting those it holds back.
+// logLimit lets through one log line per period (a second when zero), counting those it
+// holds back.
 type logLimit struct {
+	period     time.Duration
 	next       time.Time
 	suppressed int
 }
 
 // allow reports whether to log now, and how many lines were held back since the last.
-// The caller holds the run's mu.
+// The caller serializes the calls.
 func (l *logLimit) allow(now time.Time) (bool, int) {
 	if now.Before(l.next) {
 		l.suppressed++
 		return false, 0
 	}
 	n := l.suppressed
-	l.next, l.suppressed = now.Add(time.Second), 0
+	l.next, l.suppressed = now.Add(cmp.Or(l.period, time.Second)), 0
 	return true, n
 }
 
@@ -313,10 +361,7 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 			return nil, invalidf(op, "middleware %d is nil", i)
 		}
 	}
-	cons := &Consumer{conn: c, opts: opts, log: opts.Logger, fetched: make(map[*Message]int)}
-	if cons.log == nil {
-		cons.log = slog.Default()
-	}
+	cons := &Consumer{conn: c, opts: opts, log: cmp.Or(opts.Logger, c.log), fetched: make(map[*Message]int)}
 	if len(opts.Accept) > 0 {
 		cons.accept = make(map[string]bool, len(opts.Accept))
 		for _, ct := range opts.Accept {
@@ -578,7 +623,7 @@ func (s *subscription) receive(ctx context.Context) (*Message, error) {
 		d, err := s.sub.Receive(ctx)
 		if err == nil {
 			s.malformed, s.failed = 0, 0
-			return received(conn, s.g, d, s.queue, c.accept, nil), nil
+			return received(conn, s.g, d, s.queue, c.accept, nil, c.opts.OnSettle), nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -719,7 +764,7 @@ func (c *Consumer) Fetch(ctx context.Context) (*Message, error) {
 		if d == nil {
 			continue
 		}
-		m := received(c.conn, from, d, q, c.accept, c.forget)
+		m := received(c.conn, from, d, q, c.accept, c.forget, c.opts.OnSettle)
 		if c.opts.NoAck {
 			return m, nil
 		}
@@ -820,7 +865,7 @@ func (c *Consumer) Close() error {
 			ctx, cancel := context.WithTimeout(context.Background(), closeRequeueTimeout)
 			for _, m := range ms {
 				m.d.returned.Store(true)
-				m.settle(ctx, backend.Requeue)
+				m.settle(ctx, backend.Requeue, 0) // not reported to OnSettle
 			}
 			cancel()
 		}

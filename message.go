@@ -73,8 +73,9 @@ type delivery struct {
 	gen         *generation     // the connection that delivered it
 	accept      map[string]bool // nil accepts every registered codec
 	settled     atomic.Bool
-	returned    atomic.Bool    // requeued by its consumer's Close, not by the caller
-	onSettle    func(*Message) // bookkeeping of the consumer that received it, may be nil
+	returned    atomic.Bool                                     // requeued by its consumer's Close, not by the caller
+	onSettle    func(*Message)                                  // bookkeeping of the consumer that received it, may be nil
+	observe     func(context.Context, *Message, Outcome, error) // ConsumerOptions.OnSettle, may be nil
 }
 
 // Exchange returns the exchange a received message was published to.
@@ -121,17 +122,21 @@ func (m *Message) DeliveryCount() int {
 // the consumer's next read, within its block time): an Ack that returned nil is applied at the latest when the Consumer's Close or
 // Shutdown returns. An ack that a lost connection took with it is never applied, and its
 // message comes again, flagged redelivered: it is never lost.
-func (m *Message) Ack(ctx context.Context) error { return m.settle(ctx, backend.Ack) }
+func (m *Message) Ack(ctx context.Context) error { return m.settle(ctx, backend.Ack, Acked) }
 
 // Requeue puts a received message back in its queue, to be delivered again with the
 // redelivered flag set.
-func (m *Message) Requeue(ctx context.Context) error { return m.settle(ctx, backend.Requeue) }
+func (m *Message) Requeue(ctx context.Context) error {
+	return m.settle(ctx, backend.Requeue, Requeued)
+}
 
 // Reject removes a received message from its queue without handling it: the broker
 // dead-letters it if the queue has a dead-letter exchange, and drops it otherwise.
-func (m *Message) Reject(ctx context.Context) error { return m.settle(ctx, backend.Reject) }
+func (m *Message) Reject(ctx context.Context) error { return m.settle(ctx, backend.Reject, Rejected) }
 
-func (m *Message) settle(ctx context.Context, o backend.Outcome) error {
+// settle settles m with o, and reports it to the consumer's OnSettle as out, unless out
+// is zero.
+func (m *Message) settle(ctx context.Context, o backend.Outcome, out Outcome) error {
 	op := o.String()
 	if m.d == nil {
 		return invalidf(op, "message was not received from a queue")
@@ -151,12 +156,17 @@ func (m *Message) settle(ctx context.Context, o backend.Outcome) error {
 	if m.d.onSettle != nil {
 		m.d.onSettle(m)
 	}
-	g := m.d.gen
-	if g.done() {
+	var err error
+	if g := m.d.gen; g.done() {
 		// The broker took the message back with the connection: it delivers it again.
-		return &Error{Op: op, Kind: ErrUnavailable, Err: fmt.Errorf("the connection that delivered the message was lost; the broker delivers it again: %w", g.b.Err())}
+		err = &Error{Op: op, Kind: ErrUnavailable, Err: fmt.Errorf("the connection that delivered the message was lost; the broker delivers it again: %w", g.b.Err())}
+	} else {
+		err = m.d.conn.wrap(ctx, op, g, m.d.settler.Settle(ctx, o))
 	}
-	return m.d.conn.wrap(ctx, op, g, m.d.settler.Settle(ctx, o))
+	if m.d.observe != nil && out != 0 {
+		m.d.observe(ctx, m, out, err)
+	}
+	return err
 }
 
 // isSettled reports whether the message was settled by its handler or the broker.
@@ -194,7 +204,7 @@ func (m *Message) As(target any) bool {
 }
 
 // received turns a backend delivery from the connection g into a Message.
-func received(c *Conn, g *generation, d *backend.Delivery, queue string, accept map[string]bool, onSettle func(*Message)) *Message {
+func received(c *Conn, g *generation, d *backend.Delivery, queue string, accept map[string]bool, onSettle func(*Message), observe func(context.Context, *Message, Outcome, error)) *Message {
 	mode := Transient
 	if d.Persistent {
 		mode = Persistent
@@ -229,6 +239,7 @@ func received(c *Conn, g *generation, d *backend.Delivery, queue string, accept 
 		gen:         g,
 		accept:      accept,
 		onSettle:    onSettle,
+		observe:     observe,
 	}
 	restoreRetried(&r.m)
 	return &r.m

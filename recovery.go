@@ -46,9 +46,17 @@ type Dialer struct {
 	// return quickly and must not close the Conn.
 	OnEvent func(Event)
 
-	// Logger receives the same events; slog.Default() when nil.
+	// Logger receives what the Conn logs: these events (failed reconnection attempts at
+	// most once every 30 seconds after the first), and what its Publishers and Consumers
+	// log unless given a logger of their own. It is passed to the backend too, for its
+	// own logs and its client library's, when the backend takes it (see
+	// [backend.ConfigDriver]; the backends of this module do). slog.Default() when nil.
+	// No line shows a password.
 	Logger *slog.Logger
 }
+
+// logger returns the Dialer's logger, or the default one.
+func (d *Dialer) logger() *slog.Logger { return cmp.Or(d.Logger, slog.Default()) }
 
 // An Event is a change of a Conn's connection, reported to [Dialer.OnEvent].
 type Event struct {
@@ -195,18 +203,16 @@ func (d *Dialer) connect(ctx context.Context, connector backend.Connector, name,
 		}
 		return nil, &Error{Op: op, Kind: kind, Err: err, url: rawURL}
 	}
-	log := d.Logger
-	if log == nil {
-		log = slog.Default()
-	}
+	log := d.logger()
 	c := &Conn{
-		dialer:    *d,
-		connector: connector,
-		name:      name,
-		url:       rawURL,
-		log:       log,
-		changed:   make(chan struct{}),
-		children:  make(map[closer]struct{}),
+		dialer:     *d,
+		connector:  connector,
+		name:       name,
+		url:        rawURL,
+		log:        log,
+		changed:    make(chan struct{}),
+		attemptLog: logLimit{period: attemptLogPeriod},
+		children:   make(map[closer]struct{}),
 	}
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
 	g := &generation{b: b, caps: b.Capabilities(), born: time.Now()}
@@ -442,6 +448,9 @@ func (c *Conn) replay(ctx context.Context, b backend.Conn, lostAt time.Time) err
 	return nil
 }
 
+// attemptLogPeriod is the least time between two log lines of failed reconnection attempts.
+const attemptLogPeriod = 30 * time.Second
+
 // exclusiveGrace is how long after a loss recovery waits for the broker to release the
 // exclusive queues of the lost connection, which it does once it notices the loss.
 const exclusiveGrace = time.Minute
@@ -461,8 +470,16 @@ func (c *Conn) event(e Event) {
 	case EventLost:
 		c.log.LogAttrs(context.Background(), slog.LevelWarn, "carrot: connection lost; reconnecting", slog.String("broker", c.name), slog.String("error", c.scrub(e.Err)))
 	case EventAttemptFailed:
-		c.log.LogAttrs(context.Background(), slog.LevelWarn, "carrot: reconnection failed", slog.String("broker", c.name), slog.Int("attempt", e.Attempt), slog.String("error", c.scrub(e.Err)))
+		// Attempts go on every few seconds while a broker is down: one line in 30 s.
+		if ok, suppressed := c.attemptLog.allow(time.Now()); ok {
+			attrs := []slog.Attr{slog.String("broker", c.name), slog.Int("attempt", e.Attempt), slog.String("error", c.scrub(e.Err))}
+			if suppressed > 0 {
+				attrs = append(attrs, slog.Int("failures_not_logged", suppressed))
+			}
+			c.log.LogAttrs(context.Background(), slog.LevelWarn, "carrot: reconnection failed", attrs...)
+		}
 	case EventRestored:
+		c.attemptLog = logLimit{period: attemptLogPeriod}
 		c.log.LogAttrs(context.Background(), slog.LevelInfo, "carrot: connection restored", slog.String("broker", c.name), slog.Int("attempts", e.Attempt))
 	case EventReplayRefused:
 		c.log.LogAttrs(context.Background(), slog.LevelError, "carrot: could not declare again after reconnecting", slog.String("broker", c.name), slog.String("error", c.scrub(e.Err)))

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/carrot-go/carrot/backend"
 )
 
 // RetryPolicy says what a [Consumer] does with a message whose handlers failed (returned
@@ -110,7 +112,7 @@ func (c *Consumer) retry(ctx context.Context, m *Message, cause error) (string, 
 		if err := c.publishCopy(ctx, x, out); err != nil {
 			return c.requeueLater(m, p.backoff(n), fmt.Sprintf("dead-lettering to exchange %q failed (%v)", x, err))
 		}
-		return fmt.Sprintf("dead-lettered to exchange %q after %d deliveries", x, n), m.Ack(ctx)
+		return fmt.Sprintf("dead-lettered to exchange %q after %d deliveries", x, n), m.settle(ctx, backend.Ack, DeadLettered)
 	}
 	out.RoutingKey = m.Queue()
 	out.Delay = p.backoff(n)
@@ -118,7 +120,7 @@ func (c *Consumer) retry(ctx context.Context, m *Message, cause error) (string, 
 	if err := c.publishCopy(ctx, "", out); err != nil {
 		return c.requeueLater(m, out.Delay, fmt.Sprintf("publishing the retry failed (%v)", err))
 	}
-	return fmt.Sprintf("retried in %v (delivery %d)", out.Delay.Round(time.Millisecond), n), m.Ack(ctx)
+	return fmt.Sprintf("retried in %v (delivery %d)", out.Delay.Round(time.Millisecond), n), m.settle(ctx, backend.Ack, Retried)
 }
 
 // requeueLater keeps m, unsettled, for d, then requeues it: a retry where the message
@@ -128,7 +130,7 @@ func (c *Consumer) requeueLater(m *Message, d time.Duration, why string) (string
 	time.AfterFunc(d, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		m.Requeue(ctx) // after Close or a loss, the broker has it back already
+		m.settle(ctx, backend.Requeue, Retried) // after Close or a loss, the broker has it back already
 	})
 	outcome := fmt.Sprintf("to be requeued in %v", d.Round(time.Millisecond))
 	if why != "" {

@@ -44,6 +44,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -54,6 +55,25 @@ type Driver interface {
 	// options are the driver's to define, and unknown options must be an error classified
 	// as Invalid. Errors must not contain the URL's password.
 	OpenConnector(rawURL string) (Connector, error)
+}
+
+// A ConfigDriver is a Driver that also takes settings from the program that opens a URL,
+// beside those in the URL, such as the logger of a carrot.Dialer. carrot calls
+// OpenConnectorConfig instead of OpenConnector when a driver has it; a driver without it
+// is opened with OpenConnector and logs where it likes.
+type ConfigDriver interface {
+	Driver
+	// OpenConnectorConfig is OpenConnector, with cfg's settings for the connector and the
+	// connections it opens.
+	OpenConnectorConfig(rawURL string, cfg Config) (Connector, error)
+}
+
+// Config holds the settings a program gives a backend beside its URL; see [ConfigDriver].
+type Config struct {
+	// Logger receives what the backend logs, and what its client library logs where the
+	// backend can route it. Never nil. A backend logs failures at most about once a
+	// second each, and never a password.
+	Logger *slog.Logger
 }
 
 // A Connector opens connections to one broker with fixed settings, as a
