@@ -24,6 +24,7 @@ func handlerCases() []testCase {
 		{name: "HandlerFailuresLogLimited", doc: "handler failures are logged at most about once a second, saying how many were not", run: testHandlerFailuresLogLimited},
 		{name: "PublishWarm", doc: "Warm checks a publisher's exchange (ErrNotFound if missing) and readies it; publishing after works", run: testPublishWarm},
 		{name: "PublishWindow", doc: "with MaxInFlight, PublishAsync keeps no more messages in flight than that, waiting for answers, in order", run: testPublishWindow},
+		{name: "HandlerOnSettle", doc: "OnSettle reports each settlement once with its outcome, whoever settled: handler, AutoSettle, the retry policy, a fetch's caller", run: testHandlerOnSettle},
 		{name: "HandlerPublishHooks", doc: "publish hooks see each message before it is sent, may add headers, and see the broker's outcome after", run: testHandlerPublishHooks},
 	}
 }
@@ -374,4 +375,95 @@ func testPublishWarm(e *env) {
 	if err := p.Warm(e.ctx); !errors.Is(err, carrot.ErrClosed) {
 		e.t.Errorf("Warm after Close = %v, want ErrClosed", err)
 	}
+}
+
+func testHandlerOnSettle(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	for _, id := range []string{"ack", "requeue", "reject", "fail", "auto"} {
+		e.publishMessage("", &carrot.Message{RoutingKey: q, MessageID: id})
+	}
+	type settlement struct {
+		id      string
+		outcome carrot.Outcome
+	}
+	var (
+		mu  sync.Mutex
+		got = map[settlement]int{}
+	)
+	onSettle := func(ctx context.Context, m *carrot.Message, o carrot.Outcome, err error) {
+		if err != nil {
+			e.t.Errorf("settling %s (%v): %v", m.MessageID, o, err)
+		}
+		mu.Lock()
+		got[settlement{m.MessageID, o}]++
+		mu.Unlock()
+	}
+	c := e.consumerOn(e.conn, carrot.ConsumerOptions{
+		AutoSettle: true,
+		Retry:      carrot.RetryPolicy{MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
+		OnSettle:   onSettle,
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			switch m.MessageID {
+			case "ack":
+				return m.Ack(ctx)
+			case "requeue":
+				if !m.Redelivered() {
+					return m.Requeue(ctx)
+				}
+				return m.Ack(ctx)
+			case "reject":
+				return m.Reject(ctx)
+			case "fail":
+				if m.DeliveryCount() <= 1 && !m.Redelivered() {
+					return errors.New("failing once, on purpose")
+				}
+			}
+			return nil
+		}),
+	}, q)
+	r := e.start(c)
+	want := map[settlement]int{
+		{"ack", carrot.Acked}:        1,
+		{"requeue", carrot.Requeued}: 1,
+		{"requeue", carrot.Acked}:    1,
+		{"reject", carrot.Rejected}:  1,
+		{"fail", carrot.Retried}:     1,
+		{"fail", carrot.Acked}:       1, // by AutoSettle, on its second delivery
+		{"auto", carrot.Acked}:       1,
+	}
+	total := func(m map[settlement]int) (n int) {
+		for _, v := range m {
+			n += v
+		}
+		return n
+	}
+	e.eventually("every message settled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return total(got) >= total(want)
+	})
+	e.stop(r)
+	// A fetched message is reported when its caller settles it, once.
+	e.publishMessage("", &carrot.Message{RoutingKey: q, MessageID: "fetched"})
+	m := e.fetchFrom(e.consumerOn(e.conn, carrot.ConsumerOptions{OnSettle: onSettle}, q))
+	if err := m.Ack(e.ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	want[settlement{"fetched", carrot.Acked}] = 1
+	if err := m.Requeue(e.ctx); !errors.Is(err, carrot.ErrAlreadySettled) {
+		e.t.Errorf("requeue after ack = %v, want ErrAlreadySettled", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for k, n := range want {
+		if got[k] != n {
+			e.t.Errorf("message %s settled with %v %d times, want %d", k.id, k.outcome, got[k], n)
+		}
+	}
+	for k, n := range got {
+		if want[k] == 0 {
+			e.t.Errorf("message %s settled with %v %d times, want never", k.id, k.outcome, n)
+		}
+	}
+	e.expectEmpty(q)
 }
