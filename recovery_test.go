@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -385,5 +386,84 @@ func TestBackoffStaysCapped(t *testing.T) {
 				t.Errorf("backoff(%v, %v, %d) = %v, want between %v and %v", tc.lo, tc.hi, tc.n, got, tc.want/2, tc.want)
 			}
 		}
+	}
+}
+
+// lines is a slog.Handler that keeps the records' messages.
+type lines struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *lines) Enabled(context.Context, slog.Level) bool { return true }
+func (l *lines) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = append(l.msgs, r.Message)
+	return nil
+}
+func (l *lines) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *lines) WithGroup(string) slog.Handler      { return l }
+
+func (l *lines) count(substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if strings.Contains(m, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestDialerLogger: the Dialer's logger receives the connection's lines and its
+// consumers', and an outage with many failed attempts logs one line of them, not one
+// each.
+func TestDialerLogger(t *testing.T) {
+	ctx := t.Context()
+	var log lines
+	link := new(memory.Link)
+	d := carrot.Dialer{MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond, Logger: slog.New(&log)}
+	conn, err := d.Connect(ctx, memory.NewConnector(&memory.Options{Name: t.Name(), Link: link}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	link.Block()
+	until(t, "many reconnection attempts failed", func() bool { return conn.State().Attempts >= 20 })
+	link.Unblock()
+	until(t, "the connection is restored", func() bool { return conn.State().Connected })
+	until(t, "the restored line", func() bool { return log.count("connection restored") == 1 })
+	if n := log.count("connection lost"); n != 1 {
+		t.Errorf("%d lines say the connection was lost, want 1", n)
+	}
+	if n := log.count("reconnection failed"); n != 1 {
+		t.Errorf("%d lines for 20 or more failed attempts within a second, want 1", n)
+	}
+
+	if _, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: "q"}}, Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+		stop()
+		m.Reject(ctx)
+		return errors.New("refused")
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Run(runCtx)
+	if n := log.count("handler failed"); n != 1 {
+		t.Errorf("%d handler failures logged to the Dialer's logger, want 1", n)
 	}
 }
