@@ -60,6 +60,16 @@
 // handlers in progress finish; [Consumer.Close] stops at once. Messages not settled when a
 // consumer or connection closes go back to their queue, flagged redelivered.
 //
+// # Observability
+//
+// [Dialer.Logger] receives what a connection, its consumers and its backend log (failures
+// rate-limited, never a password); [ConsumerOptions.Middleware] wraps the handlers,
+// [PublisherOptions.Hooks] are called around each publish, [ConsumerOptions.OnSettle]
+// tells how each received message was settled ([Outcome]), and [Dialer.OnEvent] and
+// [Conn.State] tell how the connection fares. Package
+// [github.com/carrot-go/carrot/otelcarrot], a module of its own, builds OpenTelemetry
+// traces and metrics on these hooks, for every backend.
+//
 // # Errors
 //
 // Errors wrap a sentinel error, such as [ErrNotFound], [ErrUnroutable] or [ErrClosed],
