@@ -20,28 +20,18 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
-func open(t *testing.T, url string) *carrot.Conn {
-	t.Helper()
-	conn, err := carrot.Open(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
 // TestTraceMemory: a trace started around a publish continues in the consumer of the
 // message, on another connection to the same in-process broker.
 func TestTraceMemory(t *testing.T) {
 	url := "memory://" + t.Name()
-	tracecheck.Check(t, open(t, url), open(t, url), tracecheck.Systems{Pub: "memory", Sub: "memory"})
+	tracecheck.Check(t, tracecheck.Open(t, url), tracecheck.Open(t, url), tracecheck.Systems{Pub: "memory", Sub: "memory"})
 }
 
 // TestFailedSpans: a handler's error and a publish the broker cannot route end their spans
 // with error.type and an error status.
 func TestFailedSpans(t *testing.T) {
 	ctx := t.Context()
-	conn := open(t, "memory://"+t.Name())
+	conn := tracecheck.Open(t, "memory://"+t.Name())
 	exporter := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
 	tel, err := otelcarrot.New(otelcarrot.Options{TracerProvider: tp})

@@ -4,7 +4,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/carrot-go/carrot"
 	_ "github.com/carrot-go/carrot/backends/amqp091"
 	_ "github.com/carrot-go/carrot/backends/amqp10"
 	_ "github.com/carrot-go/carrot/backends/redis"
@@ -14,16 +13,6 @@ import (
 
 func TestMain(m *testing.M) { testbroker.Main(m) }
 
-func open(t *testing.T, url string) *carrot.Conn {
-	t.Helper()
-	conn, err := carrot.Open(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
 // TestTraceAcrossProtocols: a span started around a publish over AMQP 0-9-1 continues in
 // the consumer that receives the message over AMQP 1.0 from the same RabbitMQ 4, and the
 // other way round: the trace context crosses RabbitMQ's conversion between the protocols
@@ -31,7 +20,7 @@ func open(t *testing.T, url string) *carrot.Conn {
 func TestTraceAcrossProtocols(t *testing.T) {
 	url10 := testbroker.URL(t, testbroker.RabbitMQ4)
 	url091 := "amqp" + strings.TrimPrefix(url10, "amqp10") // the same broker and port, AMQP 0-9-1
-	c091, c10 := open(t, url091), open(t, url10)
+	c091, c10 := tracecheck.Open(t, url091), tracecheck.Open(t, url10)
 	t.Run("amqp091 to amqp10", func(t *testing.T) {
 		tracecheck.Check(t, c091, c10, tracecheck.Systems{Pub: "rabbitmq", Sub: "amqp"})
 	})
@@ -43,11 +32,11 @@ func TestTraceAcrossProtocols(t *testing.T) {
 // TestTraceRedis: the trace context crosses Redis in the stream entry's fields.
 func TestTraceRedis(t *testing.T) {
 	url := testbroker.URL(t, testbroker.Redis)
-	tracecheck.Check(t, open(t, url), open(t, url), tracecheck.Systems{Pub: "redis", Sub: "redis"})
+	tracecheck.Check(t, tracecheck.Open(t, url), tracecheck.Open(t, url), tracecheck.Systems{Pub: "redis", Sub: "redis"})
 }
 
 // TestTraceRabbitMQ: the trace context crosses RabbitMQ 3.10 in AMQP 0-9-1 headers.
 func TestTraceRabbitMQ(t *testing.T) {
 	url := testbroker.URL(t, testbroker.RabbitMQ)
-	tracecheck.Check(t, open(t, url), open(t, url), tracecheck.Systems{Pub: "rabbitmq", Sub: "rabbitmq"})
+	tracecheck.Check(t, tracecheck.Open(t, url), tracecheck.Open(t, url), tracecheck.Systems{Pub: "rabbitmq", Sub: "rabbitmq"})
 }

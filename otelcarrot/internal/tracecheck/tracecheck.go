@@ -19,6 +19,17 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
+// Open opens url for t, and closes it when t ends.
+func Open(t *testing.T, url string) *carrot.Conn {
+	t.Helper()
+	conn, err := carrot.Open(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 // Systems are the messaging.system values expected of the publishing and the consuming
 // connection.
 type Systems struct{ Pub, Sub string }
