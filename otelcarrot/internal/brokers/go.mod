@@ -13,7 +13,6 @@ replace (
 )
 
 require (
-	github.com/carrot-go/carrot v0.0.0-00010101000000-000000000000
 	github.com/carrot-go/carrot/backends/amqp091 v0.0.0-00010101000000-000000000000
 	github.com/carrot-go/carrot/backends/amqp10 v0.0.0-00010101000000-000000000000
 	github.com/carrot-go/carrot/backends/redis v0.0.0-00010101000000-000000000000
@@ -26,6 +25,7 @@ require (
 	github.com/Azure/go-amqp v1.7.0 // indirect
 	github.com/Azure/go-ansiterm v0.0.0-20261006220739-8c912ac31dd4 // indirect
 	github.com/Microsoft/go-winio v0.6.2 // indirect
+	github.com/carrot-go/carrot v0.0.0-00010101000000-000000000000 // indirect
 	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/containerd/errdefs v1.0.0 // indirect
