@@ -262,7 +262,7 @@ func (t *Telemetry) Middleware(conn *carrot.Conn) func(carrot.Handler) carrot.Ha
 	})
 	return func(next carrot.Handler) carrot.Handler {
 		return carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
-			ctx = t.prop.Extract(ctx, headers(m.Headers))
+			ctx = t.Extract(ctx, m)
 			q := m.Queue()
 			attrs := slices.Concat(base, []attribute.KeyValue{
 				semconv.MessagingDestinationName(m.Exchange()),
@@ -304,6 +304,13 @@ func (t *Telemetry) Middleware(conn *carrot.Conn) func(carrot.Handler) carrot.Ha
 			return err
 		})
 	}
+}
+
+// Extract returns ctx with the trace context that m carries, for a message received
+// outside a consumer's handlers (with [carrot.Consumer.Fetch]): spans started from it are
+// children of the span that published m.
+func (t *Telemetry) Extract(ctx context.Context, m *carrot.Message) context.Context {
+	return t.prop.Extract(ctx, headers(m.Headers))
 }
 
 // OnSettle returns a [carrot.ConsumerOptions].OnSettle for conn: it counts each settled

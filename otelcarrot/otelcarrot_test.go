@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // TestTraceMemory: a trace started around a publish continues in the consumer of the
@@ -59,6 +60,16 @@ func TestFailedSpans(t *testing.T) {
 	m, err := cons.Fetch(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// A fetched message's context continues the publisher's trace.
+	var published tracetest.SpanStub
+	for _, s := range exporter.GetSpans() {
+		if s.Name == "publish" && s.Status.Code.String() == "Unset" {
+			published = s
+		}
+	}
+	if sc := trace.SpanContextFromContext(tel.Extract(ctx, m)); sc.SpanID() != published.SpanContext.SpanID() || !sc.IsRemote() {
+		t.Errorf("Extract gave span %v, want the publish span %v, remote", sc.SpanID(), published.SpanContext.SpanID())
 	}
 	// Fetch has no handlers: run the middleware by hand, as Run would.
 	h := tel.Middleware(conn)(carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
