@@ -22,7 +22,9 @@
 // RabbitMQ's two protocols. Each message a consumer's handlers receive is a span of kind
 // consumer, "process QUEUE", a child of the publish span whose context the message
 // carries; how the message was then settled is an event on it ("settle", with
-// carrot.outcome) when the handler settles it.
+// carrot.outcome) when the handler settles it. For a message fetched with
+// [carrot.Consumer.Fetch], [Telemetry.Extract] gives the context that continues its
+// trace.
 //
 // Spans follow the OpenTelemetry messaging semantic conventions: messaging.system,
 // messaging.operation.type ("send", "process") and messaging.operation.name ("publish",
