@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"strconv"
@@ -29,12 +30,22 @@ func init() {
 // Driver opens amqp:// and amqps:// URLs. It is registered with carrot under both schemes.
 type Driver struct{}
 
-// OpenConnector parses rawURL with [ParseURL] and returns a Connector for it.
-func (Driver) OpenConnector(rawURL string) (backend.Connector, error) {
+var _ backend.ConfigDriver = Driver{}
+
+// OpenConnector parses rawURL with [ParseURL] and returns a Connector for it, whose
+// connections log to slog.Default().
+func (d Driver) OpenConnector(rawURL string) (backend.Connector, error) {
+	return d.OpenConnectorConfig(rawURL, backend.Config{Logger: slog.Default()})
+}
+
+// OpenConnectorConfig parses rawURL with [ParseURL] and returns a Connector for it, whose
+// connections log to cfg.Logger. carrot calls it with the Logger of a carrot.Dialer.
+func (Driver) OpenConnectorConfig(rawURL string, cfg backend.Config) (backend.Connector, error) {
 	o, err := ParseURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
+	o.Logger = cfg.Logger
 	return NewConnector(o), nil
 }
 

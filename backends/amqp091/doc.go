@@ -130,6 +130,17 @@
 // drops the expiration of what it dead-letters): that is an ErrUnsupported error. The
 // delay queues stay on the broker, empty, once used.
 //
+// # Logging
+//
+// A connection logs the broker's flow control: a warning when RabbitMQ blocks publishers
+// (connection.blocked, a memory or disk alarm, with its reason) and when it lets them go
+// on (connection.unblocked). Both are logged each time, as the broker sends them only when
+// an alarm goes off or clears. The lines go to the Logger of the carrot.Dialer that opened
+// the URL (the driver takes it through OpenConnectorConfig), to [Options.Logger] for a
+// Connector made with [NewConnector], and to slog.Default() otherwise; they name the
+// broker without the user name and password. amqp091-go's own logger (amqp091.SetLogger,
+// for the whole process, silent by default) is left as it is.
+//
 // # Capabilities
 //
 // Confirms and Mandatory (unless confirms=false), DeadLetter, Expiration, QueueMessageTTL,

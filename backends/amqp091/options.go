@@ -60,7 +60,9 @@ type Options struct {
 	// refusal from the broker lowers it for the connection.
 	MaxBodySize int64
 
-	// Logger receives the broker's flow control notices; slog.Default() when nil.
+	// Logger receives what the connections log: the broker's flow control notices (see
+	// Logging in the package documentation). slog.Default() when nil. A carrot.Dialer
+	// passes its own through [Driver.OpenConnectorConfig].
 	Logger *slog.Logger
 }
 

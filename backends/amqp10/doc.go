@@ -124,6 +124,12 @@
 // Other AMQP 1.0 brokers (ActiveMQ Artemis, Azure Service Bus) address and declare things
 // their own way and are not supported yet.
 //
+// # Logging
+//
+// The backend logs nothing, and go-amqp logs only when built with its debug tag: the lines
+// a carrot.Dialer's Logger receives about an amqp10:// connection are carrot's own, and the
+// driver takes no logger.
+//
 // # Capabilities
 //
 // Confirms, Mandatory, DeadLetter, Expiration, QueueMessageTTL, MaxLength, Priority, Exclusive

@@ -23,6 +23,7 @@ import (
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/lifetime"
+	"github.com/carrot-go/carrot/internal/loglimit"
 	"github.com/carrot-go/carrot/internal/route"
 )
 
@@ -36,13 +37,24 @@ func init() {
 // the three schemes.
 type Driver struct{}
 
-// OpenConnector parses rawURL with [ParseURL] and returns a Connector for it.
-func (Driver) OpenConnector(rawURL string) (backend.Connector, error) {
+var _ backend.ConfigDriver = Driver{}
+
+// OpenConnector parses rawURL with [ParseURL] and returns a Connector for it, whose
+// connections log to slog.Default().
+func (d Driver) OpenConnector(rawURL string) (backend.Connector, error) {
+	return d.OpenConnectorConfig(rawURL, backend.Config{Logger: slog.Default()})
+}
+
+// OpenConnectorConfig parses rawURL with [ParseURL] and returns a Connector for it, whose
+// connections, and go-redis's lines while they are open, log to cfg.Logger (see Logging
+// in the package documentation). carrot calls it with the Logger of a carrot.Dialer.
+func (Driver) OpenConnectorConfig(rawURL string, cfg backend.Config) (backend.Connector, error) {
 	o, err := ParseURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	return NewConnector(o), nil
+	o.Logger = cfg.Logger
+	return newConnector(o, rawURL), nil
 }
 
 // Connector connects to Redis as its Options say. It implements [backend.Connector]; use
@@ -50,7 +62,11 @@ func (Driver) OpenConnector(rawURL string) (backend.Connector, error) {
 // messages, and hands those messages back to their queues when it next connects, so that
 // they are delivered again at once rather than after the visibility timeout.
 type Connector struct {
-	opts Options
+	opts    Options
+	secrets []string // URLs whose secrets no log line shows
+
+	// goredisLines limits the lines of go-redis that reach the Connector's logger.
+	goredisLines loglimit.Limiter
 
 	mu      sync.Mutex
 	orphans []orphan
@@ -59,9 +75,17 @@ type Connector struct {
 // orphan is a consumer of a lost connection that may hold messages.
 type orphan struct{ stream, consumer string }
 
-// NewConnector returns a Connector for opts.
+// NewConnector returns a Connector for opts. The first Connector made in a process makes
+// go-redis log through carrot (see Logging in the package documentation).
 func NewConnector(opts *Options) *Connector {
-	return &Connector{opts: opts.withDefaults()}
+	return newConnector(opts, "")
+}
+
+// newConnector returns a Connector for opts, made from rawURL if not empty.
+func newConnector(opts *Options, rawURL string) *Connector {
+	routeGoredisLines()
+	o := opts.withDefaults()
+	return &Connector{opts: o, secrets: secretURLs(&o, rawURL)}
 }
 
 // String describes where the Connector connects, without the password.
@@ -81,6 +105,7 @@ type Conn struct {
 	k          *Connector
 	opts       Options
 	rdb        goredis.UniversalClient
+	untrack    func() // counts rdb as closed, for go-redis's lines
 	log        *slog.Logger
 	prefix     string // "{namespace}:"
 	versionKey string
@@ -108,7 +133,8 @@ type Conn struct {
 	stop         chan struct{} // closed by Close: the background goroutines end
 	delayed      chan struct{} // a delayed message was published: the promoter looks again
 	wg           sync.WaitGroup
-	ackDone      chan struct{} // closed when the ack loop has stopped
+	ackDone      chan struct{}    // closed when the ack loop has stopped
+	failures     loglimit.Limiter // the lines of failures in the background
 }
 
 // hold is a message delivered and not yet settled.
@@ -151,9 +177,10 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 	}
 	c.versionKey = c.prefix + "version"
 	ro.Dialer = c.dialer(ro.Dialer, ro.TLSConfig)
+	c.untrack = lines.track(k)
 	c.rdb = goredis.NewUniversalClient(&ro)
 	if err := scriptInit.Run(ctx, c.rdb, []string{c.versionKey}, c.prefix).Err(); err != nil {
-		c.rdb.Close()
+		c.closeClient()
 		if cerr := ctx.Err(); cerr != nil {
 			return nil, backend.Errorf(backend.Unavailable, "carrot/redis: connect to %s: %w", o, cerr)
 		}
@@ -168,7 +195,7 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 	}
 	c.caps = c.capabilities(ctx)
 	if err := c.releaseOrphans(ctx); err != nil {
-		c.rdb.Close()
+		c.closeClient()
 		return nil, err
 	}
 	free, answers := make(chan []*pubReq, pubBuffers), make(chan []*pubReq, pubBuffers)
@@ -515,9 +542,17 @@ func (c *Conn) Close() error {
 	close(c.stop)
 	c.wg.Wait()
 	<-c.ackDone
-	if cerr := c.rdb.Close(); err == nil && cerr != nil && !errors.Is(cerr, goredis.ErrClosed) {
+	if cerr := c.closeClient(); err == nil && cerr != nil && !errors.Is(cerr, goredis.ErrClosed) {
 		err = cerr
 	}
+	return err
+}
+
+// closeClient closes the go-redis client; from then on, go-redis's lines no longer go to
+// the Connector's logger on its account.
+func (c *Conn) closeClient() error {
+	err := c.rdb.Close()
+	c.untrack()
 	return err
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -133,8 +134,8 @@ func (c *Conn) delivery(e *entry, st *settler) (*backend.Delivery, error) {
 // expire dead-letters (or drops) an expired message the consumer holds.
 func (c *Conn) expire(ctx context.Context, queue, consumer string, e *entry) {
 	if err := c.deadLetter(ctx, queue, consumer, e.id, e.fields); err != nil && !errors.Is(err, errLost) {
-		c.log.Warn("carrot/redis: could not dead-letter an expired message; it will be retried after the visibility timeout",
-			"queue", queue, "id", e.id, "error", err)
+		c.logFailure("carrot/redis: could not dead-letter an expired message; it will be retried after the visibility timeout",
+			err, slog.String("queue", queue), slog.String("id", e.id))
 	}
 }
 
@@ -788,7 +789,7 @@ func (c *Conn) ackBatch(batch []ackReq, failed *error) {
 		err := scriptAck.Run(ctx, c.rdb, []string{c.versionKey}, args...).Err()
 		cancel()
 		if err != nil {
-			c.log.Warn("carrot/redis: acknowledgements failed; the messages will be delivered again", "error", err)
+			c.logFailure("carrot/redis: acknowledgements failed; the messages will be delivered again", err)
 			if *failed == nil {
 				*failed = backend.Errorf(backend.Unavailable, "carrot/redis: acknowledgements failed; the messages will be delivered again: %w", err)
 			}

@@ -148,6 +148,29 @@
 // persistence allows.
 // A queue deleted meanwhile does not get it, and Purge does not remove it.
 //
+// # Logging
+//
+// A connection logs, as warnings, the failures of the work it does in the background: an
+// expired message it could not dead-letter, acknowledgements that failed. It logs the
+// same failure at most once a second; the next line says in its failures_not_logged
+// attribute how many were held back. The lines go to the Logger of the carrot.Dialer that
+// opened the URL (the driver takes it through [Driver.OpenConnectorConfig]), to
+// [Options.Logger] for a Connector made with [NewConnector], and to slog.Default()
+// otherwise. No line shows a password.
+//
+// go-redis has one logger for the whole process, which writes to stderr (several lines for
+// one refused dial). carrot replaces it, with goredis.SetLogger, when the first Connector
+// of this package is made, by carrot.Open or NewConnector (importing the package changes
+// nothing). From then on, each line of go-redis goes to the loggers of the Connectors that
+// have a connection open (or being opened), each logger once, or to slog.Default() when
+// none has: go-redis does not say which client a line is about. It is a warning with the
+// message "carrot/redis: go-redis logged" and go-redis's text in the attribute line,
+// without the user info and secret options of those Connectors' URLs. Each Connector takes
+// a line of the same format at most once a second; the next one says in lines_not_logged
+// how many were held back. A Connector whose connections are all closed gets no more
+// lines. A program that wants go-redis's lines elsewhere calls goredis.SetLogger after
+// opening its first connection.
+//
 // # Capabilities
 //
 // Confirms, Mandatory, DeadLetter, Expiration, QueueMessageTTL, DeliveryCount, Delay and SharedAcross;

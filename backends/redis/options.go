@@ -50,8 +50,10 @@ type Options struct {
 	// Prefetch is the prefetch limit of consumers that do not set one (DefaultPrefetch).
 	Prefetch int
 
-	// Logger receives background errors (a janitor that could not expire messages); slog.Default()
-	// when nil.
+	// Logger receives what the connections log: the failures of their background work,
+	// and go-redis's lines while they are open (see Logging in the package
+	// documentation). slog.Default() when nil. A carrot.Dialer passes its own through
+	// [Driver.OpenConnectorConfig].
 	Logger *slog.Logger
 }
 

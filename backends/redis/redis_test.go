@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 		crashHelper(url, os.Getenv("CARROT_CRASH_HELPER_QUEUE"))
 		return
 	}
+	if addr := os.Getenv(goredisLogHelperEnv); addr != "" {
+		goredisLogHelper(addr)
+		return
+	}
 	testbroker.Main(m)
 }
 

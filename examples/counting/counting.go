@@ -54,13 +54,33 @@ func (d *Driver) Requeued() int64 { return d.requeued.Load() }
 // Rejected returns how many deliveries were rejected.
 func (d *Driver) Rejected() int64 { return d.rejected.Load() }
 
+var _ backend.ConfigDriver = (*Driver)(nil)
+
 // OpenConnector opens the inner backend's URL and wraps its connector.
 func (d *Driver) OpenConnector(rawURL string) (backend.Connector, error) {
+	return d.open(rawURL, d.Inner.OpenConnector)
+}
+
+// OpenConnectorConfig is OpenConnector, passing cfg on to the inner backend when it takes
+// it (its driver is a backend.ConfigDriver), so that what the inner backend logs goes to
+// the logger of the carrot.Dialer that opened the URL.
+func (d *Driver) OpenConnectorConfig(rawURL string, cfg backend.Config) (backend.Connector, error) {
+	inner, ok := d.Inner.(backend.ConfigDriver)
+	if !ok {
+		return d.OpenConnector(rawURL)
+	}
+	return d.open(rawURL, func(rest string) (backend.Connector, error) {
+		return inner.OpenConnectorConfig(rest, cfg)
+	})
+}
+
+// open opens the inner backend's URL in rawURL with openInner and wraps its connector.
+func (d *Driver) open(rawURL string, openInner func(string) (backend.Connector, error)) (backend.Connector, error) {
 	_, rest, ok := strings.Cut(rawURL, "+")
 	if !ok || !strings.HasPrefix(rest, d.InnerScheme+":") {
 		return nil, backend.Errorf(backend.Invalid, "counting: URL must start with counting+%s:", d.InnerScheme)
 	}
-	inner, err := d.Inner.OpenConnector(rest)
+	inner, err := openInner(rest)
 	if err != nil {
 		return nil, err
 	}

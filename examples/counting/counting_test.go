@@ -3,9 +3,12 @@ package counting_test
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"sync"
 	"testing"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/backends/memory"
 	"github.com/carrot-go/carrot/conformance"
 	"github.com/carrot-go/carrot/examples/counting"
@@ -88,5 +91,47 @@ func TestBadURL(t *testing.T) {
 	_, err := carrot.Open(context.Background(), "counting+memory://x?bogus=1")
 	if !errors.Is(err, carrot.ErrInvalid) {
 		t.Errorf("open with an unknown option = %v, want ErrInvalid", err)
+	}
+}
+
+// configured opens memory:// URLs, as a backend.ConfigDriver, and keeps the Config it is
+// given.
+type configured struct {
+	mu  sync.Mutex
+	cfg backend.Config
+}
+
+func (d *configured) OpenConnector(rawURL string) (backend.Connector, error) {
+	return memory.Driver{}.OpenConnector(rawURL)
+}
+
+func (d *configured) OpenConnectorConfig(rawURL string, cfg backend.Config) (backend.Connector, error) {
+	d.mu.Lock()
+	d.cfg = cfg
+	d.mu.Unlock()
+	return d.OpenConnector(rawURL)
+}
+
+var withConfig = &configured{}
+
+func init() {
+	carrot.Register("counting-config+memory", &counting.Driver{Inner: withConfig, InnerScheme: "memory"})
+}
+
+// TestConfigPassedOn checks that the counting driver hands the Config of a carrot.Dialer,
+// its logger, on to an inner driver that takes one.
+func TestConfigPassedOn(t *testing.T) {
+	logger := slog.New(slog.DiscardHandler)
+	d := carrot.Dialer{Logger: logger}
+	conn, err := d.Open(context.Background(), "counting-config+memory://"+t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	withConfig.mu.Lock()
+	got := withConfig.cfg.Logger
+	withConfig.mu.Unlock()
+	if got != logger {
+		t.Errorf("the inner driver got logger %p, want the Dialer's, %p", got, logger)
 	}
 }
