@@ -12,6 +12,7 @@ import (
 
 	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/brokerurl"
+	"github.com/carrot-go/carrot/internal/loglimit"
 )
 
 // EnvURL is the environment variable [OpenEnv] reads the broker URL from.
@@ -161,7 +162,7 @@ type Conn struct {
 	log       *slog.Logger
 	// attemptLog limits the lines of failed reconnection attempts; used by the supervisor
 	// alone.
-	attemptLog logLimit
+	attemptLog *loglimit.Limiter
 
 	live    atomic.Pointer[generation] // nil while recovering, and after Close
 	caps    atomic.Pointer[Capabilities]

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/loglimit"
 )
 
 // A Handler receives messages from a [Consumer]. It is the Go form of carrot 0.4's
@@ -195,10 +196,10 @@ type run struct {
 	waiters atomic.Int64 // calls of wait waiting for busy to drop, under mu
 
 	mu      sync.Mutex
-	workers map[uint64]bool // the goroutines that call handlers, by goroutine id
-	idle    *sync.Cond      // signalled when busy drops, if wait waits
-	held    []held          // handed to handlers that returned without settling them
-	failLog logLimit        // handler failures logged
+	workers map[uint64]bool  // the goroutines that call handlers, by goroutine id
+	idle    *sync.Cond       // signalled when busy drops, if wait waits
+	held    []held           // handed to handlers that returned without settling them
+	failLog loglimit.Limiter // handler failures logged
 }
 
 // held is a message its handlers returned without settling.
@@ -243,26 +244,6 @@ func (c *Consumer) watchHeld(ctx context.Context, r *run, after time.Duration) {
 				slog.String("queue", oldest.m.Queue()), slog.Int("held", n), slog.Duration("oldest", time.Since(oldest.since)))
 		}
 	}
-}
-
-// logLimit lets through one log line per period (a second when zero), counting those it
-// holds back.
-type logLimit struct {
-	period     time.Duration
-	next       time.Time
-	suppressed int
-}
-
-// allow reports whether to log now, and how many lines were held back since the last.
-// The caller serializes the calls.
-func (l *logLimit) allow(now time.Time) (bool, int) {
-	if now.Before(l.next) {
-		l.suppressed++
-		return false, 0
-	}
-	n := l.suppressed
-	l.next, l.suppressed = now.Add(cmp.Or(l.period, time.Second)), 0
-	return true, n
 }
 
 // worker registers the calling goroutine as one that calls handlers.
@@ -716,15 +697,13 @@ func (c *Consumer) handle(ctx context.Context, r *run, h Handler, m *Message) {
 // logFailure logs a failure with a message, at most one line a second per Run: the
 // line says how many were held back before it.
 func (c *Consumer) logFailure(ctx context.Context, r *run, msg string, m *Message, err error) {
-	r.mu.Lock()
-	ok, suppressed := r.failLog.allow(time.Now())
-	r.mu.Unlock()
+	ok, suppressed := r.failLog.Allow("handler", time.Now())
 	if !ok {
 		return
 	}
 	attrs := []slog.Attr{slog.String("queue", m.Queue()), slog.String("message_id", m.MessageID), slog.Any("error", err)}
 	if suppressed > 0 {
-		attrs = append(attrs, slog.Int("failures_not_logged", suppressed))
+		attrs = append(attrs, slog.Int(loglimit.HeldFailures, suppressed))
 	}
 	c.log.LogAttrs(ctx, slog.LevelError, msg, attrs...)
 }

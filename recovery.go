@@ -13,6 +13,7 @@ import (
 
 	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/brokerurl"
+	"github.com/carrot-go/carrot/internal/loglimit"
 )
 
 // Recovery: a Conn holds one backend connection at a time, a generation. When it ends, the
@@ -211,7 +212,7 @@ func (d *Dialer) connect(ctx context.Context, connector backend.Connector, name,
 		url:        rawURL,
 		log:        log,
 		changed:    make(chan struct{}),
-		attemptLog: logLimit{period: attemptLogPeriod},
+		attemptLog: &loglimit.Limiter{Period: attemptLogPeriod},
 		children:   make(map[closer]struct{}),
 	}
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
@@ -471,15 +472,15 @@ func (c *Conn) event(e Event) {
 		c.log.LogAttrs(context.Background(), slog.LevelWarn, "carrot: connection lost; reconnecting", slog.String("broker", c.name), slog.String("error", c.scrub(e.Err)))
 	case EventAttemptFailed:
 		// Attempts go on every few seconds while a broker is down: one line in 30 s.
-		if ok, suppressed := c.attemptLog.allow(time.Now()); ok {
+		if ok, suppressed := c.attemptLog.Allow("attempt", time.Now()); ok {
 			attrs := []slog.Attr{slog.String("broker", c.name), slog.Int("attempt", e.Attempt), slog.String("error", c.scrub(e.Err))}
 			if suppressed > 0 {
-				attrs = append(attrs, slog.Int("failures_not_logged", suppressed))
+				attrs = append(attrs, slog.Int(loglimit.HeldFailures, suppressed))
 			}
 			c.log.LogAttrs(context.Background(), slog.LevelWarn, "carrot: reconnection failed", attrs...)
 		}
 	case EventRestored:
-		c.attemptLog = logLimit{period: attemptLogPeriod}
+		c.attemptLog = &loglimit.Limiter{Period: attemptLogPeriod}
 		c.log.LogAttrs(context.Background(), slog.LevelInfo, "carrot: connection restored", slog.String("broker", c.name), slog.Int("attempts", e.Attempt))
 	case EventReplayRefused:
 		c.log.LogAttrs(context.Background(), slog.LevelError, "carrot: could not declare again after reconnecting", slog.String("broker", c.name), slog.String("error", c.scrub(e.Err)))
