@@ -1,8 +1,8 @@
-// Package loglimit holds back log lines that repeat, for carrot and its backends: a line of one key
-// (such as one failure, or one format string of a client library) at most once a period,
-// about a second, and the next line logged says how many were held back. A broker that
-// is down makes the same failure happen many times a second; its log should say so once
-// a second, with the count, not flood.
+// Package loglimit holds back log lines that repeat, for carrot and its backends: a line
+// of one key (such as one failure, or one format string of a client library) at most once
+// a period, about a second, and the next line logged says how many were held back. A
+// broker that is down makes the same failure happen many times a second; its log should
+// say so once a second, with the count, not flood.
 package loglimit
 
 import (
