@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -144,12 +146,14 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"declare", "--queue", "q", "--dead-letter-key", "k"}, []string{"--dead-letter-key would be ignored", "give --dead-letter-exchange too"}},
 		{[]string{"declare", "--queue", "q", "--key", "k"}, []string{"--key binds --queue to --exchange"}},
 		{[]string{"publish", "--lines", "body"}, []string{"--lines reads standard input"}},
+		{[]string{"consume", "--queue", "q", "--progress", "1ms"}, []string{"--progress 1ms: too often", "0 (no progress lines)"}},
 		// Durations, for every duration flag.
 		{[]string{"publish", "--expiration", "1", "x"}, []string{`--expiration "1"`, duration}},
 		{[]string{"publish", "--expiration=10 s", "x"}, []string{`--expiration "10 s"`, duration}},
 		{[]string{"publish", "--expiration", "-1s", "x"}, []string{"--expiration -1s", duration, "not a negative one"}},
 		{[]string{"declare", "--queue", "q", "--ttl", "1"}, []string{`--ttl "1"`, duration}},
 		{[]string{"demo", "--timeout", "soon"}, []string{`--timeout "soon"`, duration}},
+		{[]string{"consume", "--queue", "q", "--progress", "-1s"}, []string{"--progress -1s", "not a negative one"}},
 		// Other values.
 		{[]string{"consume", "--queue", "q", "--count", "x"}, []string{`--count "x"`, "want a whole number"}},
 		{[]string{"publish", "--priority", "-1", "x"}, []string{`--priority "-1"`, "0 or more"}},
@@ -561,5 +565,231 @@ func TestList(t *testing.T) {
 	}
 	if strings.Index(out, "queue\t") < strings.LastIndex(out, "exchange\t") {
 		t.Errorf("list printed queues before exchanges: %q", out)
+	}
+}
+
+// matching returns the lines written so far that re matches, and when.
+func (r *lineRecorder) matching(re *regexp.Regexp) (lines []string, at []time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, l := range r.lines {
+		if re.MatchString(l) {
+			lines = append(lines, l)
+			at = append(at, r.at[i])
+		}
+	}
+	return lines, at
+}
+
+// all returns everything written so far.
+func (r *lineRecorder) all() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.lines, "")
+}
+
+// background runs the tool in process until it returns or ctx ends, with its standard
+// error recorded line by line as it comes; wait returns its exit status and standard
+// output once it has returned.
+func background(ctx context.Context, args ...string) (errOut *lineRecorder, wait func() (int, string)) {
+	errOut = &lineRecorder{}
+	var out bytes.Buffer // written by the tool alone, read once it returned
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, args, strings.NewReader(""), &out, errOut) }()
+	return errOut, func() (int, string) { return <-done, out.String() }
+}
+
+// awaitLine waits until the tool of background has written a line that re matches on
+// standard error, and returns it; it fails t if the tool returns first, or after 30 s.
+func awaitLine(t *testing.T, errOut *lineRecorder, re *regexp.Regexp) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if lines, _ := errOut.matching(re); len(lines) > 0 {
+			return lines[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line matching %q on standard error in 30 s; it has %q", re, errOut.all())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// memoryNote matches the note that memory:// lives in one process.
+var memoryNote = regexp.MustCompile(`(?m)^carrot \w+: note: memory://\S* lives in this process only.*\n`)
+
+// summaryLine matches the summary consume prints when it ends.
+var summaryLine = regexp.MustCompile(`^carrot consume: (\d+) received in \S+ \([\d.]+/s on average\)(.*)\n$`)
+
+// TestConsumeSummary checks on every backend that consume ends with a summary on
+// standard error that counts the messages received and how they were settled, from the
+// consumer's middleware and settle hook, and that --progress 0 leaves it out.
+func TestConsumeSummary(t *testing.T) {
+	eachBackend(t, func(t *testing.T, url string) {
+		queue := fmt.Sprintf("carrot-test.consume-summary.%d", time.Now().UnixNano())
+		if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue, "--transient"); code != 0 {
+			t.Fatalf("declare: exit %d, %s", code, errOut)
+		}
+		t.Cleanup(func() {
+			if conn, err := carrot.Open(context.Background(), url); err == nil {
+				conn.DeleteQueue(context.Background(), queue)
+				conn.Close()
+			}
+		})
+		publish := func(n int) string {
+			t.Helper()
+			var lines strings.Builder
+			for i := range n {
+				fmt.Fprintf(&lines, "m%d\n", i)
+			}
+			if code, _, errOut := runTool(t, lines.String(), "publish", "--url", url, "--key", queue, "--lines"); code != 0 {
+				t.Fatalf("publish: exit %d, %s", code, errOut)
+			}
+			return lines.String()
+		}
+		for _, tc := range []struct {
+			n    int
+			args []string
+			want string // after the count received, or nothing but the messages with --progress 0
+		}{
+			{20, nil, ", 20 acked, 0 requeued, 0 rejected"},
+			{3, []string{"--requeue"}, ", 0 acked, 3 requeued, 0 rejected"},
+			{3, []string{"--progress", "0"}, ""}, // the three requeued
+		} {
+			sent := "m0\nm1\nm2\n" // the three requeued before
+			if len(tc.args) == 0 || tc.args[0] != "--progress" {
+				sent = publish(tc.n)
+			}
+			args := append([]string{"consume", "--url", url, "--queue", queue, "--count", fmt.Sprint(tc.n)}, tc.args...)
+			code, out, errOut := runTool(t, "", args...)
+			if code != 0 || !sameLines(out, sent) {
+				t.Fatalf("carrot %q: exit %d, stdout %q, stderr %q; want exit 0, stdout %q", args, code, out, errOut, sent)
+			}
+			errOut = memoryNote.ReplaceAllString(errOut, "")
+			if tc.want == "" {
+				if errOut != "" {
+					t.Errorf("carrot %q: stderr %q; want nothing", args, errOut)
+				}
+				continue
+			}
+			m := summaryLine.FindStringSubmatch(errOut)
+			if m == nil || m[1] != fmt.Sprint(tc.n) || m[2] != tc.want {
+				t.Errorf("carrot %q: stderr %q; want only the summary, %d received in so long%s", args, errOut, tc.n, tc.want)
+			}
+		}
+		if code, _, _ := runTool(t, "", "fetch", "--url", url, "--queue", queue); code != exitEmpty {
+			t.Errorf("the queue holds messages after consume took them all")
+		}
+	})
+}
+
+// sameLines reports whether a and b hold the same lines, in any order: requeued messages
+// need not come again in the order they were published.
+func sameLines(a, b string) bool {
+	la, lb := strings.Split(a, "\n"), strings.Split(b, "\n")
+	slices.Sort(la)
+	slices.Sort(lb)
+	return slices.Equal(la, lb)
+}
+
+// TestConsumeProgress checks that consume prints progress lines, once messages arrive,
+// with the counts so far; leaves out a line that would repeat the one before, but for one
+// every waitingEvery; says no more that it is waiting once progress lines took over; and
+// ends with the summary.
+func TestConsumeProgress(t *testing.T) {
+	after, every := waitingAfter, waitingEvery
+	waitingAfter, waitingEvery = 20*time.Millisecond, 150*time.Millisecond
+	t.Cleanup(func() { waitingAfter, waitingEvery = after, every })
+
+	url := "memory://" + t.Name()
+	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", "q"); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	publish := func(from, to int) {
+		t.Helper()
+		var lines strings.Builder
+		for i := from; i < to; i++ {
+			fmt.Fprintf(&lines, "%d\n", i)
+		}
+		if code, _, errOut := runTool(t, lines.String(), "publish", "--url", url, "--key", "q", "--lines"); code != 0 {
+			t.Fatalf("publish: exit %d, %s", code, errOut)
+		}
+	}
+	publish(0, 10)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	errOut, wait := background(ctx, "consume", "--url", url, "--queue", "q", "--count", "20", "--progress", "20ms")
+
+	// Ten arrive, then nothing: a line says so, with all ten settled, and then lines as
+	// quiet come only every waitingEvery.
+	quiet := regexp.MustCompile(`^carrot consume: 10 received \(0/s now, [\d.]+/s on average\), 10 acked, 0 requeued, 0 rejected, 0 in flight\n$`)
+	awaitLine(t, errOut, quiet)
+	for {
+		if lines, _ := errOut.matching(quiet); len(lines) >= 3 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("consume wrote %q; want three lines of 10 received and none now", errOut.all())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	publish(10, 20)
+	code, out := wait()
+	var want strings.Builder
+	for i := range 20 {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	if code != 0 || out != want.String() {
+		t.Fatalf("consume --count 20: exit %d, stdout %q, stderr %q; want exit 0 and the 20 messages", code, out, errOut.all())
+	}
+
+	progress := regexp.MustCompile(`^carrot consume: (\d+) received \([\d.]+/s now, [\d.]+/s on average\), (\d+) acked, 0 requeued, 0 rejected, (\d+) in flight\n$`)
+	lines, at := errOut.matching(progress)
+	var received int
+	for _, l := range lines {
+		var n [3]int
+		for i, m := range progress.FindStringSubmatch(l)[1:] {
+			n[i], _ = strconv.Atoi(m)
+		}
+		if n[0] < received || n[0] != n[1]+n[2] || n[0] > 20 {
+			t.Errorf("progress line %q after one of %d received; want no fewer, and all acked or in flight", l, received)
+		}
+		received = n[0]
+	}
+	_, quietAt := errOut.matching(quiet)
+	for i := 1; i < len(quietAt); i++ {
+		// The recorder stamps each line a little after consume decided to write it.
+		if gap := quietAt[i].Sub(quietAt[i-1]); gap < waitingEvery*3/4 {
+			t.Errorf("lines that repeat each other %v apart; want at least %v between them", gap, waitingEvery)
+		}
+	}
+	if waiting, waitingAt := errOut.waiting(); len(waiting) > 0 && waitingAt[len(waitingAt)-1].After(at[0]) {
+		t.Errorf("consume said it was waiting after the first progress line: %q", errOut.all())
+	}
+	all := strings.Split(strings.TrimSuffix(errOut.all(), "\n"), "\n")
+	last := all[len(all)-1] + "\n"
+	if m := summaryLine.FindStringSubmatch(last); m == nil || m[1] != "20" || m[2] != ", 20 acked, 0 requeued, 0 rejected" {
+		t.Errorf("last line %q; want the summary: 20 received, 20 acked, 0 requeued, 0 rejected", last)
+	}
+	if strings.Contains(out, "received") {
+		t.Errorf("progress on standard output: %q", out)
+	}
+}
+
+func TestRecovering(t *testing.T) {
+	since := time.Date(2025, 3, 1, 14, 2, 11, 0, time.Local)
+	lost := errors.New("connection reset")
+	for _, tc := range []struct {
+		st   carrot.State
+		want string
+	}{
+		{carrot.State{Connected: true, Since: since}, ""},
+		{carrot.State{Closed: true, Since: since, Err: lost}, ""},
+		{carrot.State{Since: since, Err: lost}, "; recovering since 14:02:11: connection reset"},
+		{carrot.State{Since: since, Attempts: 3, Err: lost}, "; recovering since 14:02:11 (attempt 3): connection reset"},
+	} {
+		if got := recovering(tc.st); got != tc.want {
+			t.Errorf("recovering(%+v) = %q, want %q", tc.st, got, tc.want)
+		}
 	}
 }
