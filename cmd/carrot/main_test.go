@@ -146,6 +146,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"declare", "--queue", "q", "--dead-letter-key", "k"}, []string{"--dead-letter-key would be ignored", "give --dead-letter-exchange too"}},
 		{[]string{"declare", "--queue", "q", "--key", "k"}, []string{"--key binds --queue to --exchange"}},
 		{[]string{"publish", "--lines", "body"}, []string{"--lines reads standard input"}},
+		{[]string{"stats"}, []string{"--exchange is required"}},
+		{[]string{"stats", "--exchange", "x", "--count", "-1"}, []string{"--count cannot be negative"}},
+		{[]string{"stats", "--exchange", "x", "--interval", "5ms"}, []string{"--interval 5ms: too often", "0 (no progress lines)"}},
 		{[]string{"consume", "--queue", "q", "--progress", "1ms"}, []string{"--progress 1ms: too often", "0 (no progress lines)"}},
 		// Durations, for every duration flag.
 		{[]string{"publish", "--expiration", "1", "x"}, []string{`--expiration "1"`, duration}},
@@ -153,6 +156,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"publish", "--expiration", "-1s", "x"}, []string{"--expiration -1s", duration, "not a negative one"}},
 		{[]string{"declare", "--queue", "q", "--ttl", "1"}, []string{`--ttl "1"`, duration}},
 		{[]string{"demo", "--timeout", "soon"}, []string{`--timeout "soon"`, duration}},
+		{[]string{"stats", "--exchange", "x", "--for", "soon"}, []string{`--for "soon"`, duration}},
 		{[]string{"consume", "--queue", "q", "--progress", "-1s"}, []string{"--progress -1s", "not a negative one"}},
 		// Other values.
 		{[]string{"consume", "--queue", "q", "--count", "x"}, []string{`--count "x"`, "want a whole number"}},
@@ -790,6 +794,242 @@ func TestRecovering(t *testing.T) {
 	} {
 		if got := recovering(tc.st); got != tc.want {
 			t.Errorf("recovering(%+v) = %q, want %q", tc.st, got, tc.want)
+		}
+	}
+}
+
+// statsTest is an exchange of a test's own, on a backend, for carrot stats to watch.
+type statsTest struct {
+	t        *testing.T
+	url      string
+	exchange string
+}
+
+func newStatsTest(t *testing.T, url string) *statsTest {
+	s := &statsTest{t: t, url: url, exchange: fmt.Sprintf("carrot-test.stats.%d", time.Now().UnixNano())}
+	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--exchange", s.exchange, "--kind", "topic", "--transient"); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	t.Cleanup(func() {
+		if conn, err := carrot.Open(context.Background(), url); err == nil {
+			conn.DeleteExchange(context.Background(), s.exchange)
+			conn.Close()
+		}
+	})
+	return s
+}
+
+// publish publishes n messages with key and body to the exchange.
+func (s *statsTest) publish(key, body string, n int) {
+	s.t.Helper()
+	code, _, errOut := runTool(s.t, strings.Repeat(body+"\n", n), "publish", "--url", s.url, "--exchange", s.exchange, "--key", key, "--lines", "--allow-unroutable")
+	if code != 0 {
+		s.t.Fatalf("publish: exit %d, %s", code, errOut)
+	}
+}
+
+// start starts carrot stats on the exchange, with args, and waits until it watches.
+func (s *statsTest) start(ctx context.Context, args ...string) (errOut *lineRecorder, wait func() (int, string)) {
+	s.t.Helper()
+	errOut, wait = background(ctx, append([]string{"stats", "--url", s.url, "--exchange", s.exchange}, args...)...)
+	awaitLine(s.t, errOut, regexp.MustCompile(`^carrot stats: watching exchange `))
+	return errOut, wait
+}
+
+// report returns what stats --json printed, failing the test unless it exited 0.
+func (s *statsTest) report(code int, out string, errOut *lineRecorder) statsReport {
+	s.t.Helper()
+	var r statsReport
+	if code != 0 {
+		s.t.Fatalf("stats: exit %d, stdout %q, stderr %q", code, out, errOut.all())
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		s.t.Fatalf("stats --json printed %q: %v", out, err)
+	}
+	if r.Exchange != s.exchange || !strings.HasPrefix(r.Queue, "carrot-stats.") {
+		s.t.Errorf("stats reported exchange %q and queue %q; want %q and carrot-stats.<random>", r.Exchange, r.Queue, s.exchange)
+	}
+	return r
+}
+
+// gone checks that the queue stats made is gone, by declaring it passively and, where
+// the backend can list, with carrot list.
+func (s *statsTest) gone(queue string) {
+	s.t.Helper()
+	conn, err := carrot.Open(context.Background(), s.url)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.DeclareQueue(context.Background(), carrot.Queue{Name: queue, Passive: true}); !errors.Is(err, carrot.ErrNotFound) {
+		s.t.Errorf("after stats, declaring its queue %q passively: %v; want it not found", queue, err)
+	}
+	_, qs, err := conn.List(context.Background())
+	if errors.Is(err, carrot.ErrUnsupported) {
+		return // RabbitMQ
+	}
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, q := range qs {
+		if q.Name == queue {
+			s.t.Errorf("after stats, List shows its queue %q", queue)
+		}
+	}
+}
+
+// TestStats checks on every backend that carrot stats counts the messages through an
+// exchange by routing key, with the keys it was given, until --count, --for or an
+// interrupt, and leaves no queue behind.
+func TestStats(t *testing.T) {
+	eachBackend(t, func(t *testing.T, url string) {
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		defer cancel()
+		t.Run("count", func(t *testing.T) {
+			s := newStatsTest(t, url)
+			errOut, wait := s.start(ctx, "--count", "10", "--json")
+			s.publish("a.x", "aaaa", 5)
+			s.publish("b.y", "bb", 3)
+			s.publish("", "c", 2) // "#" matches the empty key too
+			code, out := wait()
+			r := s.report(code, out, errOut)
+			want := []keyStats{{"a.x", 5, 20, 0.5}, {"b.y", 3, 6, 0.3}, {"", 2, 2, 0.2}}
+			if r.Messages != 10 || r.Bytes != 28 || !slices.Equal(r.RoutingKeys, want) || r.Other != nil || !slices.Equal(r.BindingKeys, []string{"#"}) {
+				t.Errorf("stats --count 10 reported %+v; want 10 messages, 28 bytes, by key %+v", r, want)
+			}
+			s.gone(r.Queue)
+		})
+		t.Run("keys", func(t *testing.T) {
+			s := newStatsTest(t, url)
+			errOut, wait := s.start(ctx, "--count", "3", "--json", "--key", "a.*", "--key", "c")
+			s.publish("b.y", "b", 4) // not watched, and sent first: counting it would end the count early
+			s.publish("a.x", "a", 2)
+			s.publish("c", "c", 1)
+			code, out := wait()
+			r := s.report(code, out, errOut)
+			want := []keyStats{{"a.x", 2, 2, 2.0 / 3}, {"c", 1, 1, 1.0 / 3}}
+			if r.Messages != 3 || !slices.Equal(r.RoutingKeys, want) || !slices.Equal(r.BindingKeys, []string{"a.*", "c"}) {
+				t.Errorf("stats --key a.* --key c reported %+v; want %+v", r, want)
+			}
+			s.gone(r.Queue)
+		})
+		t.Run("interrupt", func(t *testing.T) {
+			s := newStatsTest(t, url)
+			ctx, interrupt := context.WithCancel(ctx)
+			defer interrupt()
+			errOut, wait := s.start(ctx, "--interval", "20ms", "--json")
+			s.publish("a.x", "aaaa", 4)
+			awaitLine(t, errOut, regexp.MustCompile(`^carrot stats: 4 messages, 16 B \(`))
+			interrupt()
+			code, out := wait()
+			r := s.report(code, out, errOut)
+			if want := []keyStats{{"a.x", 4, 16, 1}}; r.Messages != 4 || !slices.Equal(r.RoutingKeys, want) {
+				t.Errorf("stats interrupted reported %+v; want %+v", r, want)
+			}
+			if !regexp.MustCompile(`(?m)^carrot stats: 4 messages, 16 B in \S+ \([\d.]+/s on average\)$`).MatchString(errOut.all()) {
+				t.Errorf("stats interrupted: stderr %q; want a summary of 4 messages, 16 B", errOut.all())
+			}
+			s.gone(r.Queue)
+		})
+	})
+}
+
+// TestStatsFor checks that stats --for stops on its own, after that long, and prints the
+// table.
+func TestStatsFor(t *testing.T) {
+	s := newStatsTest(t, "memory://"+t.Name())
+	start := time.Now()
+	code, out, errOut := runTool(t, "", "stats", "--url", s.url, "--exchange", s.exchange, "--for", "200ms", "--interval", "0")
+	if took := time.Since(start); code != 0 || took < 200*time.Millisecond {
+		t.Errorf("stats --for 200ms: exit %d after %v, stderr %q; want exit 0 after 200ms", code, took, errOut)
+	}
+	const want = "ROUTING KEY  MESSAGES  BYTES  SHARE\n(total)             0      0   0.0%\n"
+	if out != want {
+		t.Errorf("stats --for 200ms printed %q, want %q", out, want)
+	}
+	if strings.Contains(errOut, "0 messages") {
+		t.Errorf("stats --interval 0 printed a summary on standard error: %q", errOut)
+	}
+}
+
+// TestStatsMissingExchange checks on every backend that stats refuses an exchange that
+// does not exist, saying so, and declares nothing.
+func TestStatsMissingExchange(t *testing.T) {
+	eachBackend(t, func(t *testing.T, url string) {
+		missing := fmt.Sprintf("carrot-test.no-such-exchange.%d", time.Now().UnixNano())
+		code, out, errOut := runTool(t, "", "stats", "--url", url, "--exchange", missing, "--for", "1s")
+		if want := fmt.Sprintf("carrot stats: exchange %q does not exist", missing); code != exitError || out != "" || !strings.Contains(errOut, want) {
+			t.Errorf("stats of a missing exchange: exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, exitError, want)
+		}
+		if code, out, _ := runTool(t, "", "list", "--url", url); code == 0 && strings.Contains(out, missing) {
+			t.Errorf("stats of a missing exchange declared it: %q", out)
+		}
+	})
+	url := "memory://" + t.Name()
+	if code, out, errOut := runTool(t, "", "list", "--url", url); code != 0 || strings.Contains(out, "carrot-stats.") {
+		t.Errorf("after stats of a missing exchange, list: exit %d, stdout %q, stderr %q; want no queue of stats'", code, out, errOut)
+	}
+}
+
+func TestStatsTable(t *testing.T) {
+	k := &keyCounts{max: 5, m: map[string]*keyCount{}}
+	for _, m := range []struct {
+		key  string
+		n    int
+		size int
+	}{{"b.y", 2, 10}, {"a.x", 2, 5}, {"", 1, 0}, {"(total)", 3, 1}, {"c d", 1, 1}, {"e", 1, 1}, {"f", 1, 1}} {
+		for range m.n {
+			k.add(m.key, m.size)
+		}
+	}
+	r := statsReport{Messages: 11, Bytes: 36}
+	r.RoutingKeys, r.Other = k.report(r.Messages)
+	var out bytes.Buffer
+	if err := r.table(&out); err != nil {
+		t.Fatal(err)
+	}
+	const want = `ROUTING KEY     MESSAGES  BYTES   SHARE
+"(total)"              3      3   27.3%
+a.x                    2     10   18.2%
+b.y                    2     20   18.2%
+""                     1      0    9.1%
+"c d"                  1      1    9.1%
+(2 other keys)         2      2   18.2%
+(total)               11     36  100.0%
+`
+	if out.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", out.String(), want)
+	}
+
+	// Beyond max keys apart, as many again are counted to say how many others there were.
+	k = &keyCounts{max: 1, m: map[string]*keyCount{}}
+	for _, key := range []string{"a", "b", "b", "c"} {
+		k.add(key, 1)
+	}
+	_, other := k.report(4)
+	if want := (otherKeys{Keys: 1, AtLeast: true, Messages: 3, Bytes: 3, Share: 0.75}); other == nil || *other != want {
+		t.Errorf("other keys %+v, want %+v", other, want)
+	}
+}
+
+func TestFormat(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{formatRate(0), "0"},
+		{formatRate(1510.4), "1510"},
+		{formatRate(12.54), "12.5"},
+		{formatRate(0.25), "0.25"},
+		{formatBytes(0), "0 B"},
+		{formatBytes(1023), "1023 B"},
+		{formatBytes(1536), "1.5 KiB"},
+		{formatBytes(3 << 20), "3.0 MiB"},
+		{formatBytes(5 << 40), "5120.0 GiB"},
+		{formatDuration(123456789 * time.Nanosecond), "123ms"},
+		{formatDuration(234567 * time.Nanosecond), "235µs"},
+		{formatDuration(1234567890 * time.Nanosecond), "1.23s"},
+		{formatDuration(83*time.Second + 400*time.Millisecond), "1m23s"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
 		}
 	}
 }

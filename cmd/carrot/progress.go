@@ -13,14 +13,15 @@ import (
 )
 
 // tally counts what a consumer receives, through its middleware, and how each message is
-// settled, through its OnSettle hook. The progress lines and summaries of consume are
-// printed from it, and it is safe for concurrent use.
+// settled, through its OnSettle hook. The progress lines and summaries of consume and
+// stats are printed from it, and it is safe for concurrent use.
 type tally struct {
 	start    time.Time // set before the consumer runs
 	received atomic.Int64
 	bytes    atomic.Int64                 // of the bodies received
 	settled  [maxOutcome + 1]atomic.Int64 // by carrot.Outcome, settled without error
 	failed   atomic.Int64                 // settling calls that returned an error
+	keys     *keyCounts                   // per routing key, when set
 }
 
 // maxOutcome is the highest carrot.Outcome a tally counts; an Outcome it does not know
@@ -32,6 +33,9 @@ func (t *tally) middleware(next carrot.Handler) carrot.Handler {
 	return carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
 		t.received.Add(1)
 		t.bytes.Add(int64(len(m.Body)))
+		if t.keys != nil {
+			t.keys.add(m.RoutingKey, len(m.Body))
+		}
 		return next.Receive(ctx, m)
 	})
 }
@@ -106,6 +110,21 @@ func formatRate(r float64) string {
 	default:
 		return strconv.FormatFloat(r, 'f', 2, 64)
 	}
+}
+
+// formatBytes writes a number of bytes in B, KiB, MiB or GiB.
+func formatBytes(n float64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatFloat(n, 'f', 0, 64) + " B"
+	}
+	for _, u := range []string{"KiB", "MiB", "GiB"} {
+		n /= unit
+		if n < unit || u == "GiB" {
+			return strconv.FormatFloat(n, 'f', 1, 64) + " " + u
+		}
+	}
+	panic("unreachable")
 }
 
 // formatDuration rounds a run's duration to what is worth reading.
