@@ -415,14 +415,24 @@ func jsonValue(v any) any {
 
 func runConsume(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("consume", "", `Receives messages from a queue and prints them, acking each once printed, until
-interrupted (Ctrl-C) or until --count messages have arrived. While nothing arrives, it
-says so on standard error every so often; standard output has only the messages.`)
+interrupted (Ctrl-C) or until --count messages have arrived. Standard output has only
+the messages; standard error has the rest. Until the first message arrives, consume says
+every so often that it is waiting; from then on, every --progress, it prints a progress
+line: the messages received, the rate over the last interval and since the start, how
+many were acked, requeued and rejected, how many are in flight (received and not yet
+settled), and whether the connection is being recovered. A line that would only repeat
+the one before is left out, but for one every 30s. When consume ends it prints a summary:
+the messages received, in how long, at what rate, and how they were settled.`)
 	qf := addQueueFlags(fs)
 	count := fs.Int("count", 0, "stop after handling exactly this many messages, holding no more than that at once (0: until interrupted)")
 	prefetch := fs.Int("prefetch", 0, "prefetch limit, at most --count (0: the backend's default, or --count)")
 	noAck := fs.Bool("no-ack", false, "let the broker settle messages on delivery (a message is lost if carrot fails before printing it)")
 	requeue := fs.Bool("requeue", false, "requeue messages instead of acking them (they will come again)")
+	progress := fs.Duration("progress", 10*time.Second, "print a progress line on standard error this often, once messages arrive (0: no progress lines, no summary, and the waiting line whenever nothing arrives)")
 	if _, err := c.parse(fs, args, 0); err != nil {
+		return err
+	}
+	if err := checkInterval("progress", *progress); err != nil {
 		return err
 	}
 	spec, out, err := qf.parsed(c.stdout)
@@ -450,7 +460,17 @@ says so on standard error every so often; standard output has only the messages.
 	if *count > 0 && *prefetch == 0 {
 		*prefetch = *count // hold no more than it will handle
 	}
-	consumer, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{spec}, Prefetch: *prefetch, NoAck: *noAck})
+	t := &tally{}
+	opts := carrot.ConsumerOptions{
+		Queues:     []carrot.Queue{spec},
+		Prefetch:   *prefetch,
+		NoAck:      *noAck,
+		Middleware: []func(carrot.Handler) carrot.Handler{t.middleware},
+	}
+	if !*noAck {
+		opts.OnSettle = t.onSettle
+	}
+	consumer, err := conn.NewConsumer(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -458,10 +478,28 @@ says so on standard error every so often; standard output has only the messages.
 	defer stop()
 	var seen atomic.Int64
 	var printErr error
-	w := c.waiting(spec.Name, *count, &seen)
+	t.start = time.Now()
+	w := c.waiting(spec.Name, *count, &seen, conn.State, *progress > 0)
 	defer w.stop()
+	if *progress > 0 {
+		r := t.report(c.stderr, *progress, conn.State, func(s, prev snapshot) string {
+			if s.received == 0 {
+				return "" // until the first message, the waiting line speaks
+			}
+			return fmt.Sprintf("carrot consume: %d received (%s/s now, %s/s on average)%s%s\n", s.received,
+				formatRate(perSecond(s.received-prev.received, s.at.Sub(prev.at))), formatRate(perSecond(s.received, t.elapsed(s))),
+				settledCounts(s.counts, *noAck, false), recovering(s.state))
+		})
+		defer r.stop()
+		defer func() {
+			r.stop() // before the summary
+			s := t.snapshot(nil)
+			fmt.Fprintf(c.stderr, "carrot consume: %d received in %s (%s/s on average)%s\n", s.received,
+				formatDuration(t.elapsed(s)), formatRate(perSecond(s.received, t.elapsed(s))), settledCounts(s.counts, *noAck, true))
+		}()
+	}
 	consumer.Register(func(ctx context.Context, m *carrot.Message) error {
-		w.arrived()
+		w.arrive()
 		if err := out.print(m); err != nil {
 			// Nothing more can be printed: give the message back and stop.
 			printErr = err
@@ -484,7 +522,7 @@ says so on standard error every so often; standard output has only the messages.
 		return err
 	})
 	err = consumer.Run(runCtx)
-	w.stop() // before run reports an error on standard error
+	w.stop() // before the summary, and before run reports an error on standard error
 	if printErr != nil {
 		return printErr
 	}
@@ -492,6 +530,34 @@ says so on standard error every so often; standard output has only the messages.
 		return nil // --count reached, or interrupted
 	}
 	return err
+}
+
+// settledCounts says, after the count of messages received, how they were settled: the
+// acked, requeued and rejected always, the retried, dead-lettered and those whose
+// settling failed when there are any, and those in flight (on a progress line) or left
+// unsettled (in the summary, when there are any). Nothing with noAck: the broker settled
+// each as it delivered it.
+func settledCounts(c counts, noAck, final bool) string {
+	if noAck {
+		return ""
+	}
+	s := fmt.Sprintf(", %d acked, %d requeued, %d rejected", c.settled[carrot.Acked], c.settled[carrot.Requeued], c.settled[carrot.Rejected])
+	if n := c.settled[carrot.Retried]; n > 0 {
+		s += fmt.Sprintf(", %d retried", n)
+	}
+	if n := c.settled[carrot.DeadLettered]; n > 0 {
+		s += fmt.Sprintf(", %d dead-lettered", n)
+	}
+	if c.failed > 0 {
+		s += fmt.Sprintf(", %d failed to settle", c.failed)
+	}
+	switch n := c.inFlight(); {
+	case !final:
+		s += fmt.Sprintf(", %d in flight", n)
+	case n > 0:
+		s += fmt.Sprintf(", %d unsettled", n)
+	}
+	return s
 }
 
 // How long consume waits without a message before it says on standard error that it is
@@ -504,16 +570,19 @@ var (
 // waiter says on standard error that consume is waiting, when no message has arrived for
 // waitingAfter, and again at most every waitingEvery while none comes.
 type waiter struct {
-	start time.Time
-	last  atomic.Int64 // when the last message arrived, as time since start
-	done  chan struct{}
-	ended chan struct{}
-	once  sync.Once
+	start   time.Time
+	last    atomic.Int64 // when the last message arrived, as time since start
+	arrived atomic.Bool  // a message has arrived
+	done    chan struct{}
+	ended   chan struct{}
+	once    sync.Once
 }
 
 // waiting starts a waiter for consume of queue, which has handled seen of count messages
-// (count 0: no limit). Its stop must be called.
-func (c *cli) waiting(queue string, count int, seen *atomic.Int64) *waiter {
+// (count 0: no limit), on a connection in the state that state returns. With
+// firstOnly, it falls silent once the first message has arrived: progress lines take
+// over. Its stop must be called.
+func (c *cli) waiting(queue string, count int, seen *atomic.Int64, state func() carrot.State, firstOnly bool) *waiter {
 	w := &waiter{start: time.Now(), done: make(chan struct{}), ended: make(chan struct{})}
 	go func() {
 		defer close(w.ended)
@@ -525,6 +594,9 @@ func (c *cli) waiting(queue string, count int, seen *atomic.Int64) *waiter {
 			case <-w.done:
 				return
 			case <-timer.C:
+			}
+			if firstOnly && w.arrived.Load() {
+				return
 			}
 			now := time.Since(w.start)
 			next := time.Duration(w.last.Load()) + waitingAfter // when the quiet is long enough
@@ -539,7 +611,7 @@ func (c *cli) waiting(queue string, count int, seen *atomic.Int64) *waiter {
 			if count > 0 {
 				so = fmt.Sprintf("%d of %d so far; ", seen.Load(), count)
 			}
-			fmt.Fprintf(c.stderr, "carrot consume: waiting for messages on queue %q (%sCtrl-C to stop)\n", queue, so)
+			fmt.Fprintf(c.stderr, "carrot consume: waiting for messages on queue %q (%sCtrl-C to stop)%s\n", queue, so, recovering(state()))
 			printed = now
 			timer.Reset(waitingEvery)
 		}
@@ -547,8 +619,11 @@ func (c *cli) waiting(queue string, count int, seen *atomic.Int64) *waiter {
 	return w
 }
 
-// arrived records that a message arrived: the quiet starts again.
-func (w *waiter) arrived() { w.last.Store(int64(time.Since(w.start))) }
+// arrive records that a message arrived: the quiet starts again.
+func (w *waiter) arrive() {
+	w.last.Store(int64(time.Since(w.start)))
+	w.arrived.Store(true)
+}
 
 // stop stops the waiter and waits until it can print no more.
 func (w *waiter) stop() {

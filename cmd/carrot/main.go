@@ -1,5 +1,6 @@
 // Command carrot publishes, consumes, fetches and purges messages on any broker carrot
-// has a backend for, declares and deletes topology, and runs carrot 0.4's feed-import demo.
+// has a backend for, watches the traffic through an exchange, declares and deletes
+// topology, and runs carrot 0.4's feed-import demo.
 //
 // Usage:
 //
@@ -16,6 +17,7 @@
 //	unbind    remove bindings between an exchange and a queue
 //	delete    delete a queue, an exchange, or both
 //	list      list the exchanges and queues, where the broker can say
+//	stats     watch the traffic through an exchange: rates, and counts by routing key
 //	bench     measure publish and consume rates on a queue of its own
 //	backends  list the URL schemes carrot knows
 //	version   print carrot's version and the Go version that built it
@@ -75,6 +77,7 @@ var commands = []command{
 	{"unbind", "remove bindings between an exchange and a queue", runUnbind},
 	{"delete", "delete a queue, an exchange, or both", runDelete},
 	{"list", "list the exchanges and queues, where the broker can say", runList},
+	{"stats", "watch the traffic through an exchange: rates, and counts by routing key", runStats},
 	{"bench", "measure publish and consume rates on a queue of its own", runBench},
 	{"backends", "list the URL schemes carrot knows", runBackends},
 	{"version", "print carrot's version and the Go version that built it", runVersion},

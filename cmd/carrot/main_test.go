@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -144,12 +146,18 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"declare", "--queue", "q", "--dead-letter-key", "k"}, []string{"--dead-letter-key would be ignored", "give --dead-letter-exchange too"}},
 		{[]string{"declare", "--queue", "q", "--key", "k"}, []string{"--key binds --queue to --exchange"}},
 		{[]string{"publish", "--lines", "body"}, []string{"--lines reads standard input"}},
+		{[]string{"stats"}, []string{"--exchange is required"}},
+		{[]string{"stats", "--exchange", "x", "--count", "-1"}, []string{"--count cannot be negative"}},
+		{[]string{"stats", "--exchange", "x", "--interval", "5ms"}, []string{"--interval 5ms: too often", "0 (no progress lines)"}},
+		{[]string{"consume", "--queue", "q", "--progress", "1ms"}, []string{"--progress 1ms: too often", "0 (no progress lines)"}},
 		// Durations, for every duration flag.
 		{[]string{"publish", "--expiration", "1", "x"}, []string{`--expiration "1"`, duration}},
 		{[]string{"publish", "--expiration=10 s", "x"}, []string{`--expiration "10 s"`, duration}},
 		{[]string{"publish", "--expiration", "-1s", "x"}, []string{"--expiration -1s", duration, "not a negative one"}},
 		{[]string{"declare", "--queue", "q", "--ttl", "1"}, []string{`--ttl "1"`, duration}},
 		{[]string{"demo", "--timeout", "soon"}, []string{`--timeout "soon"`, duration}},
+		{[]string{"stats", "--exchange", "x", "--for", "soon"}, []string{`--for "soon"`, duration}},
+		{[]string{"consume", "--queue", "q", "--progress", "-1s"}, []string{"--progress -1s", "not a negative one"}},
 		// Other values.
 		{[]string{"consume", "--queue", "q", "--count", "x"}, []string{`--count "x"`, "want a whole number"}},
 		{[]string{"publish", "--priority", "-1", "x"}, []string{`--priority "-1"`, "0 or more"}},
@@ -479,65 +487,70 @@ func TestConsumeStopsWhenOutputFails(t *testing.T) {
 
 func TestMain(m *testing.M) { testbroker.Main(m) }
 
-// everyBackend returns a URL for each backend, by backend name: a memory broker of the
-// test's own, and the test brokers.
-func everyBackend(t *testing.T) map[string]string {
-	urls := map[string]string{"memory": "memory://" + t.Name()}
-	for name, kind := range map[string]testbroker.Kind{"amqp091": testbroker.RabbitMQ, "amqp10": testbroker.RabbitMQ4, "redis": testbroker.Redis} {
-		urls[name] = testbroker.URL(t, kind)
+// eachBackend runs test in a subtest per backend, named after it, with its URL: a memory
+// broker of the test's own, and the test brokers. A broker that is not to be had skips
+// its own subtest only, not the others.
+func eachBackend(t *testing.T, test func(t *testing.T, url string)) {
+	memory := "memory://" + t.Name()
+	for _, b := range []struct {
+		name string
+		kind testbroker.Kind
+	}{{name: "memory"}, {"amqp091", testbroker.RabbitMQ}, {"amqp10", testbroker.RabbitMQ4}, {"redis", testbroker.Redis}} {
+		t.Run(b.name, func(t *testing.T) {
+			url := memory
+			if b.name != "memory" {
+				url = testbroker.URL(t, b.kind)
+			}
+			test(t, url)
+		})
 	}
-	return urls
 }
 
 // TestConsumeCount checks on every backend that consume --count 1, with two messages
 // waiting, handles exactly one and leaves the other, several times over: the broker may
 // have delivered both before the first was handled.
 func TestConsumeCount(t *testing.T) {
-	for name, url := range everyBackend(t) {
-		t.Run(name, func(t *testing.T) {
-			queue := fmt.Sprintf("carrot-test.consume-count.%d", time.Now().UnixNano())
-			if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue); code != 0 {
-				t.Fatalf("declare: exit %d, %s", code, errOut)
-			}
-			t.Cleanup(func() {
-				if conn, err := carrot.Open(context.Background(), url); err == nil {
-					conn.DeleteQueue(context.Background(), queue)
-					conn.Close()
-				}
-			})
-			for try := range 5 {
-				if code, _, errOut := runTool(t, "first\nsecond\n", "publish", "--url", url, "--key", queue, "--lines"); code != 0 {
-					t.Fatalf("publish: exit %d, %s", code, errOut)
-				}
-				if code, out, errOut := runTool(t, "", "consume", "--url", url, "--queue", queue, "--count", "1"); code != 0 || out != "first\n" {
-					t.Errorf("try %d: consume --count 1: exit %d, stdout %q, stderr %q; want %q", try, code, out, errOut, "first\n")
-				}
-				if code, out, errOut := runTool(t, "", "fetch", "--url", url, "--queue", queue); code != 0 || out != "second\n" {
-					t.Errorf("try %d: fetch after it: exit %d, stdout %q, stderr %q; want %q", try, code, out, errOut, "second\n")
-				}
-				if code, _, _ := runTool(t, "", "fetch", "--url", url, "--queue", queue); code != exitEmpty {
-					t.Fatalf("try %d: the queue holds more than it should", try)
-				}
+	eachBackend(t, func(t *testing.T, url string) {
+		queue := fmt.Sprintf("carrot-test.consume-count.%d", time.Now().UnixNano())
+		if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue); code != 0 {
+			t.Fatalf("declare: exit %d, %s", code, errOut)
+		}
+		t.Cleanup(func() {
+			if conn, err := carrot.Open(context.Background(), url); err == nil {
+				conn.DeleteQueue(context.Background(), queue)
+				conn.Close()
 			}
 		})
-	}
+		for try := range 5 {
+			if code, _, errOut := runTool(t, "first\nsecond\n", "publish", "--url", url, "--key", queue, "--lines"); code != 0 {
+				t.Fatalf("publish: exit %d, %s", code, errOut)
+			}
+			if code, out, errOut := runTool(t, "", "consume", "--url", url, "--queue", queue, "--count", "1"); code != 0 || out != "first\n" {
+				t.Errorf("try %d: consume --count 1: exit %d, stdout %q, stderr %q; want %q", try, code, out, errOut, "first\n")
+			}
+			if code, out, errOut := runTool(t, "", "fetch", "--url", url, "--queue", queue); code != 0 || out != "second\n" {
+				t.Errorf("try %d: fetch after it: exit %d, stdout %q, stderr %q; want %q", try, code, out, errOut, "second\n")
+			}
+			if code, _, _ := runTool(t, "", "fetch", "--url", url, "--queue", queue); code != exitEmpty {
+				t.Fatalf("try %d: the queue holds more than it should", try)
+			}
+		}
+	})
 }
 
 // TestBench runs carrot bench on every backend: every message published is consumed and
 // acked once, and the run says so with both rates.
 func TestBench(t *testing.T) {
-	for name, url := range everyBackend(t) {
-		t.Run(name, func(t *testing.T) {
-			code, out, errOut := runTool(t, "", "bench", "--url", url, "--count", "3000", "--window", "64", "--prefetch", "32")
-			if code != 0 {
-				t.Fatalf("bench: exit %d, stdout %q, stderr %q", code, out, errOut)
-			}
-			lines := strings.Split(strings.TrimSpace(out), "\n")
-			if len(lines) != 3 || !strings.HasPrefix(lines[1], "publish  3000 in ") || !strings.HasPrefix(lines[2], "consume  3000 in ") || !strings.Contains(lines[2], " msg/s ") {
-				t.Errorf("bench printed %q; want a header, then the publish and consume rates of 3000 messages", out)
-			}
-		})
-	}
+	eachBackend(t, func(t *testing.T, url string) {
+		code, out, errOut := runTool(t, "", "bench", "--url", url, "--count", "3000", "--window", "64", "--prefetch", "32")
+		if code != 0 {
+			t.Fatalf("bench: exit %d, stdout %q, stderr %q", code, out, errOut)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 3 || !strings.HasPrefix(lines[1], "publish  3000 in ") || !strings.HasPrefix(lines[2], "consume  3000 in ") || !strings.Contains(lines[2], " msg/s ") {
+			t.Errorf("bench printed %q; want a header, then the publish and consume rates of 3000 messages", out)
+		}
+	})
 	if code, _, errOut := runTool(t, "", "bench", "--size", "4"); code != exitUsage || !strings.Contains(errOut, "--size") {
 		t.Errorf("bench --size 4: exit %d, stderr %q; want a usage error naming --size", code, errOut)
 	}
@@ -556,5 +569,467 @@ func TestList(t *testing.T) {
 	}
 	if strings.Index(out, "queue\t") < strings.LastIndex(out, "exchange\t") {
 		t.Errorf("list printed queues before exchanges: %q", out)
+	}
+}
+
+// matching returns the lines written so far that re matches, and when.
+func (r *lineRecorder) matching(re *regexp.Regexp) (lines []string, at []time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, l := range r.lines {
+		if re.MatchString(l) {
+			lines = append(lines, l)
+			at = append(at, r.at[i])
+		}
+	}
+	return lines, at
+}
+
+// all returns everything written so far.
+func (r *lineRecorder) all() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.lines, "")
+}
+
+// background runs the tool in process until it returns or ctx ends, with its standard
+// error recorded line by line as it comes; wait returns its exit status and standard
+// output once it has returned.
+func background(ctx context.Context, args ...string) (errOut *lineRecorder, wait func() (int, string)) {
+	errOut = &lineRecorder{}
+	var out bytes.Buffer // written by the tool alone, read once it returned
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, args, strings.NewReader(""), &out, errOut) }()
+	return errOut, func() (int, string) { return <-done, out.String() }
+}
+
+// awaitLine waits until the tool of background has written a line that re matches on
+// standard error, and returns it; it fails t if the tool returns first, or after 30 s.
+func awaitLine(t *testing.T, errOut *lineRecorder, re *regexp.Regexp) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if lines, _ := errOut.matching(re); len(lines) > 0 {
+			return lines[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line matching %q on standard error in 30 s; it has %q", re, errOut.all())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// memoryNote matches the note that memory:// lives in one process.
+var memoryNote = regexp.MustCompile(`(?m)^carrot \w+: note: memory://\S* lives in this process only.*\n`)
+
+// summaryLine matches the summary consume prints when it ends.
+var summaryLine = regexp.MustCompile(`^carrot consume: (\d+) received in \S+ \([\d.]+/s on average\)(.*)\n$`)
+
+// TestConsumeSummary checks on every backend that consume ends with a summary on
+// standard error that counts the messages received and how they were settled, from the
+// consumer's middleware and settle hook, and that --progress 0 leaves it out.
+func TestConsumeSummary(t *testing.T) {
+	eachBackend(t, func(t *testing.T, url string) {
+		queue := fmt.Sprintf("carrot-test.consume-summary.%d", time.Now().UnixNano())
+		if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue, "--transient"); code != 0 {
+			t.Fatalf("declare: exit %d, %s", code, errOut)
+		}
+		t.Cleanup(func() {
+			if conn, err := carrot.Open(context.Background(), url); err == nil {
+				conn.DeleteQueue(context.Background(), queue)
+				conn.Close()
+			}
+		})
+		publish := func(n int) string {
+			t.Helper()
+			var lines strings.Builder
+			for i := range n {
+				fmt.Fprintf(&lines, "m%d\n", i)
+			}
+			if code, _, errOut := runTool(t, lines.String(), "publish", "--url", url, "--key", queue, "--lines"); code != 0 {
+				t.Fatalf("publish: exit %d, %s", code, errOut)
+			}
+			return lines.String()
+		}
+		for _, tc := range []struct {
+			n    int
+			args []string
+			want string // after the count received, or nothing but the messages with --progress 0
+		}{
+			{20, nil, ", 20 acked, 0 requeued, 0 rejected"},
+			{3, []string{"--requeue"}, ", 0 acked, 3 requeued, 0 rejected"},
+			{3, []string{"--progress", "0"}, ""}, // the three requeued
+		} {
+			sent := "m0\nm1\nm2\n" // the three requeued before
+			if len(tc.args) == 0 || tc.args[0] != "--progress" {
+				sent = publish(tc.n)
+			}
+			args := append([]string{"consume", "--url", url, "--queue", queue, "--count", fmt.Sprint(tc.n)}, tc.args...)
+			code, out, errOut := runTool(t, "", args...)
+			if code != 0 || !sameLines(out, sent) {
+				t.Fatalf("carrot %q: exit %d, stdout %q, stderr %q; want exit 0, stdout %q", args, code, out, errOut, sent)
+			}
+			errOut = memoryNote.ReplaceAllString(errOut, "")
+			if tc.want == "" {
+				if errOut != "" {
+					t.Errorf("carrot %q: stderr %q; want nothing", args, errOut)
+				}
+				continue
+			}
+			m := summaryLine.FindStringSubmatch(errOut)
+			if m == nil || m[1] != fmt.Sprint(tc.n) || m[2] != tc.want {
+				t.Errorf("carrot %q: stderr %q; want only the summary, %d received in so long%s", args, errOut, tc.n, tc.want)
+			}
+		}
+		if code, _, _ := runTool(t, "", "fetch", "--url", url, "--queue", queue); code != exitEmpty {
+			t.Errorf("the queue holds messages after consume took them all")
+		}
+	})
+}
+
+// sameLines reports whether a and b hold the same lines, in any order: requeued messages
+// need not come again in the order they were published.
+func sameLines(a, b string) bool {
+	la, lb := strings.Split(a, "\n"), strings.Split(b, "\n")
+	slices.Sort(la)
+	slices.Sort(lb)
+	return slices.Equal(la, lb)
+}
+
+// TestConsumeProgress checks that consume prints progress lines, once messages arrive,
+// with the counts so far; leaves out a line that would repeat the one before, but for one
+// every waitingEvery; says no more that it is waiting once progress lines took over; and
+// ends with the summary.
+func TestConsumeProgress(t *testing.T) {
+	after, every := waitingAfter, waitingEvery
+	waitingAfter, waitingEvery = 20*time.Millisecond, 150*time.Millisecond
+	t.Cleanup(func() { waitingAfter, waitingEvery = after, every })
+
+	url := "memory://" + t.Name()
+	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", "q"); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	publish := func(from, to int) {
+		t.Helper()
+		var lines strings.Builder
+		for i := from; i < to; i++ {
+			fmt.Fprintf(&lines, "%d\n", i)
+		}
+		if code, _, errOut := runTool(t, lines.String(), "publish", "--url", url, "--key", "q", "--lines"); code != 0 {
+			t.Fatalf("publish: exit %d, %s", code, errOut)
+		}
+	}
+	publish(0, 10)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	errOut, wait := background(ctx, "consume", "--url", url, "--queue", "q", "--count", "20", "--progress", "20ms")
+
+	// Ten arrive, then nothing: a line says so, with all ten settled, and then lines as
+	// quiet come only every waitingEvery.
+	quiet := regexp.MustCompile(`^carrot consume: 10 received \(0/s now, [\d.]+/s on average\), 10 acked, 0 requeued, 0 rejected, 0 in flight\n$`)
+	awaitLine(t, errOut, quiet)
+	for {
+		if lines, _ := errOut.matching(quiet); len(lines) >= 3 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("consume wrote %q; want three lines of 10 received and none now", errOut.all())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	publish(10, 20)
+	code, out := wait()
+	var want strings.Builder
+	for i := range 20 {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	if code != 0 || out != want.String() {
+		t.Fatalf("consume --count 20: exit %d, stdout %q, stderr %q; want exit 0 and the 20 messages", code, out, errOut.all())
+	}
+
+	progress := regexp.MustCompile(`^carrot consume: (\d+) received \([\d.]+/s now, [\d.]+/s on average\), (\d+) acked, 0 requeued, 0 rejected, (\d+) in flight\n$`)
+	lines, at := errOut.matching(progress)
+	var received int
+	for _, l := range lines {
+		var n [3]int
+		for i, m := range progress.FindStringSubmatch(l)[1:] {
+			n[i], _ = strconv.Atoi(m)
+		}
+		if n[0] < received || n[0] != n[1]+n[2] || n[0] > 20 {
+			t.Errorf("progress line %q after one of %d received; want no fewer, and all acked or in flight", l, received)
+		}
+		received = n[0]
+	}
+	_, quietAt := errOut.matching(quiet)
+	for i := 1; i < len(quietAt); i++ {
+		// The recorder stamps each line a little after consume decided to write it.
+		if gap := quietAt[i].Sub(quietAt[i-1]); gap < waitingEvery*3/4 {
+			t.Errorf("lines that repeat each other %v apart; want at least %v between them", gap, waitingEvery)
+		}
+	}
+	if waiting, waitingAt := errOut.waiting(); len(waiting) > 0 && waitingAt[len(waitingAt)-1].After(at[0]) {
+		t.Errorf("consume said it was waiting after the first progress line: %q", errOut.all())
+	}
+	all := strings.Split(strings.TrimSuffix(errOut.all(), "\n"), "\n")
+	last := all[len(all)-1] + "\n"
+	if m := summaryLine.FindStringSubmatch(last); m == nil || m[1] != "20" || m[2] != ", 20 acked, 0 requeued, 0 rejected" {
+		t.Errorf("last line %q; want the summary: 20 received, 20 acked, 0 requeued, 0 rejected", last)
+	}
+	if strings.Contains(out, "received") {
+		t.Errorf("progress on standard output: %q", out)
+	}
+}
+
+func TestRecovering(t *testing.T) {
+	since := time.Date(2025, 3, 1, 14, 2, 11, 0, time.Local)
+	lost := errors.New("connection reset")
+	for _, tc := range []struct {
+		st   carrot.State
+		want string
+	}{
+		{carrot.State{Connected: true, Since: since}, ""},
+		{carrot.State{Closed: true, Since: since, Err: lost}, ""},
+		{carrot.State{Since: since, Err: lost}, "; recovering since 14:02:11: connection reset"},
+		{carrot.State{Since: since, Attempts: 3, Err: lost}, "; recovering since 14:02:11 (attempt 3): connection reset"},
+	} {
+		if got := recovering(tc.st); got != tc.want {
+			t.Errorf("recovering(%+v) = %q, want %q", tc.st, got, tc.want)
+		}
+	}
+}
+
+// statsTest is an exchange of a test's own, on a backend, for carrot stats to watch.
+type statsTest struct {
+	t        *testing.T
+	url      string
+	exchange string
+}
+
+func newStatsTest(t *testing.T, url string) *statsTest {
+	s := &statsTest{t: t, url: url, exchange: fmt.Sprintf("carrot-test.stats.%d", time.Now().UnixNano())}
+	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--exchange", s.exchange, "--kind", "topic", "--transient"); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	t.Cleanup(func() {
+		if conn, err := carrot.Open(context.Background(), url); err == nil {
+			conn.DeleteExchange(context.Background(), s.exchange)
+			conn.Close()
+		}
+	})
+	return s
+}
+
+// publish publishes n messages with key and body to the exchange.
+func (s *statsTest) publish(key, body string, n int) {
+	s.t.Helper()
+	code, _, errOut := runTool(s.t, strings.Repeat(body+"\n", n), "publish", "--url", s.url, "--exchange", s.exchange, "--key", key, "--lines", "--allow-unroutable")
+	if code != 0 {
+		s.t.Fatalf("publish: exit %d, %s", code, errOut)
+	}
+}
+
+// start starts carrot stats on the exchange, with args, and waits until it watches.
+func (s *statsTest) start(ctx context.Context, args ...string) (errOut *lineRecorder, wait func() (int, string)) {
+	s.t.Helper()
+	errOut, wait = background(ctx, append([]string{"stats", "--url", s.url, "--exchange", s.exchange}, args...)...)
+	awaitLine(s.t, errOut, regexp.MustCompile(`^carrot stats: watching exchange `))
+	return errOut, wait
+}
+
+// report returns what stats --json printed, failing the test unless it exited 0.
+func (s *statsTest) report(code int, out string, errOut *lineRecorder) statsReport {
+	s.t.Helper()
+	var r statsReport
+	if code != 0 {
+		s.t.Fatalf("stats: exit %d, stdout %q, stderr %q", code, out, errOut.all())
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		s.t.Fatalf("stats --json printed %q: %v", out, err)
+	}
+	if r.Exchange != s.exchange || !strings.HasPrefix(r.Queue, "carrot-stats.") {
+		s.t.Errorf("stats reported exchange %q and queue %q; want %q and carrot-stats.<random>", r.Exchange, r.Queue, s.exchange)
+	}
+	return r
+}
+
+// gone checks that the queue stats made is gone, by declaring it passively and, where
+// the backend can list, with carrot list.
+func (s *statsTest) gone(queue string) {
+	s.t.Helper()
+	conn, err := carrot.Open(context.Background(), s.url)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.DeclareQueue(context.Background(), carrot.Queue{Name: queue, Passive: true}); !errors.Is(err, carrot.ErrNotFound) {
+		s.t.Errorf("after stats, declaring its queue %q passively: %v; want it not found", queue, err)
+	}
+	_, qs, err := conn.List(context.Background())
+	if errors.Is(err, carrot.ErrUnsupported) {
+		return // RabbitMQ
+	}
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, q := range qs {
+		if q.Name == queue {
+			s.t.Errorf("after stats, List shows its queue %q", queue)
+		}
+	}
+}
+
+// TestStats checks on every backend that carrot stats counts the messages through an
+// exchange by routing key, with the keys it was given, until --count, --for or an
+// interrupt, and leaves no queue behind.
+func TestStats(t *testing.T) {
+	eachBackend(t, func(t *testing.T, url string) {
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		defer cancel()
+		t.Run("count", func(t *testing.T) {
+			s := newStatsTest(t, url)
+			errOut, wait := s.start(ctx, "--count", "10", "--json")
+			s.publish("a.x", "aaaa", 5)
+			s.publish("b.y", "bb", 3)
+			s.publish("", "c", 2) // "#" matches the empty key too
+			code, out := wait()
+			r := s.report(code, out, errOut)
+			want := []keyStats{{"a.x", 5, 20, 0.5}, {"b.y", 3, 6, 0.3}, {"", 2, 2, 0.2}}
+			if r.Messages != 10 || r.Bytes != 28 || !slices.Equal(r.RoutingKeys, want) || r.Other != nil || !slices.Equal(r.BindingKeys, []string{"#"}) {
+				t.Errorf("stats --count 10 reported %+v; want 10 messages, 28 bytes, by key %+v", r, want)
+			}
+			s.gone(r.Queue)
+		})
+		t.Run("keys", func(t *testing.T) {
+			s := newStatsTest(t, url)
+			errOut, wait := s.start(ctx, "--count", "3", "--json", "--key", "a.*", "--key", "c")
+			s.publish("b.y", "b", 4) // not watched, and sent first: counting it would end the count early
+			s.publish("a.x", "a", 2)
+			s.publish("c", "c", 1)
+			code, out := wait()
+			r := s.report(code, out, errOut)
+			want := []keyStats{{"a.x", 2, 2, 2.0 / 3}, {"c", 1, 1, 1.0 / 3}}
+			if r.Messages != 3 || !slices.Equal(r.RoutingKeys, want) || !slices.Equal(r.BindingKeys, []string{"a.*", "c"}) {
+				t.Errorf("stats --key a.* --key c reported %+v; want %+v", r, want)
+			}
+			s.gone(r.Queue)
+		})
+		t.Run("interrupt", func(t *testing.T) {
+			s := newStatsTest(t, url)
+			ctx, interrupt := context.WithCancel(ctx)
+			defer interrupt()
+			errOut, wait := s.start(ctx, "--interval", "20ms", "--json")
+			s.publish("a.x", "aaaa", 4)
+			awaitLine(t, errOut, regexp.MustCompile(`^carrot stats: 4 messages, 16 B \(`))
+			interrupt()
+			code, out := wait()
+			r := s.report(code, out, errOut)
+			if want := []keyStats{{"a.x", 4, 16, 1}}; r.Messages != 4 || !slices.Equal(r.RoutingKeys, want) {
+				t.Errorf("stats interrupted reported %+v; want %+v", r, want)
+			}
+			if !regexp.MustCompile(`(?m)^carrot stats: 4 messages, 16 B in \S+ \([\d.]+/s on average\)$`).MatchString(errOut.all()) {
+				t.Errorf("stats interrupted: stderr %q; want a summary of 4 messages, 16 B", errOut.all())
+			}
+			s.gone(r.Queue)
+		})
+	})
+}
+
+// TestStatsFor checks that stats --for stops on its own, after that long, and prints the
+// table.
+func TestStatsFor(t *testing.T) {
+	s := newStatsTest(t, "memory://"+t.Name())
+	start := time.Now()
+	code, out, errOut := runTool(t, "", "stats", "--url", s.url, "--exchange", s.exchange, "--for", "200ms", "--interval", "0")
+	if took := time.Since(start); code != 0 || took < 200*time.Millisecond {
+		t.Errorf("stats --for 200ms: exit %d after %v, stderr %q; want exit 0 after 200ms", code, took, errOut)
+	}
+	const want = "ROUTING KEY  MESSAGES  BYTES  SHARE\n(total)             0      0   0.0%\n"
+	if out != want {
+		t.Errorf("stats --for 200ms printed %q, want %q", out, want)
+	}
+	if strings.Contains(errOut, "0 messages") {
+		t.Errorf("stats --interval 0 printed a summary on standard error: %q", errOut)
+	}
+}
+
+// TestStatsMissingExchange checks on every backend that stats refuses an exchange that
+// does not exist, saying so, and declares nothing.
+func TestStatsMissingExchange(t *testing.T) {
+	eachBackend(t, func(t *testing.T, url string) {
+		missing := fmt.Sprintf("carrot-test.no-such-exchange.%d", time.Now().UnixNano())
+		code, out, errOut := runTool(t, "", "stats", "--url", url, "--exchange", missing, "--for", "1s")
+		if want := fmt.Sprintf("carrot stats: exchange %q does not exist", missing); code != exitError || out != "" || !strings.Contains(errOut, want) {
+			t.Errorf("stats of a missing exchange: exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, exitError, want)
+		}
+		if code, out, _ := runTool(t, "", "list", "--url", url); code == 0 && strings.Contains(out, missing) {
+			t.Errorf("stats of a missing exchange declared it: %q", out)
+		}
+	})
+	url := "memory://" + t.Name()
+	if code, out, errOut := runTool(t, "", "list", "--url", url); code != 0 || strings.Contains(out, "carrot-stats.") {
+		t.Errorf("after stats of a missing exchange, list: exit %d, stdout %q, stderr %q; want no queue of stats'", code, out, errOut)
+	}
+}
+
+func TestStatsTable(t *testing.T) {
+	k := &keyCounts{max: 5, m: map[string]*keyCount{}}
+	for _, m := range []struct {
+		key  string
+		n    int
+		size int
+	}{{"b.y", 2, 10}, {"a.x", 2, 5}, {"", 1, 0}, {"(total)", 3, 1}, {"c d", 1, 1}, {"e", 1, 1}, {"f", 1, 1}} {
+		for range m.n {
+			k.add(m.key, m.size)
+		}
+	}
+	r := statsReport{Messages: 11, Bytes: 36}
+	r.RoutingKeys, r.Other = k.report(r.Messages)
+	var out bytes.Buffer
+	if err := r.table(&out); err != nil {
+		t.Fatal(err)
+	}
+	const want = `ROUTING KEY     MESSAGES  BYTES   SHARE
+"(total)"              3      3   27.3%
+a.x                    2     10   18.2%
+b.y                    2     20   18.2%
+""                     1      0    9.1%
+"c d"                  1      1    9.1%
+(2 other keys)         2      2   18.2%
+(total)               11     36  100.0%
+`
+	if out.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", out.String(), want)
+	}
+
+	// Beyond max keys apart, as many again are counted to say how many others there were.
+	k = &keyCounts{max: 1, m: map[string]*keyCount{}}
+	for _, key := range []string{"a", "b", "b", "c"} {
+		k.add(key, 1)
+	}
+	_, other := k.report(4)
+	if want := (otherKeys{Keys: 1, AtLeast: true, Messages: 3, Bytes: 3, Share: 0.75}); other == nil || *other != want {
+		t.Errorf("other keys %+v, want %+v", other, want)
+	}
+}
+
+func TestFormat(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{formatRate(0), "0"},
+		{formatRate(1510.4), "1510"},
+		{formatRate(12.54), "12.5"},
+		{formatRate(0.25), "0.25"},
+		{formatBytes(0), "0 B"},
+		{formatBytes(1023), "1023 B"},
+		{formatBytes(1536), "1.5 KiB"},
+		{formatBytes(3 << 20), "3.0 MiB"},
+		{formatBytes(5 << 40), "5120.0 GiB"},
+		{formatDuration(123456789 * time.Nanosecond), "123ms"},
+		{formatDuration(234567 * time.Nanosecond), "235µs"},
+		{formatDuration(1234567890 * time.Nanosecond), "1.23s"},
+		{formatDuration(83*time.Second + 400*time.Millisecond), "1m23s"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
 	}
 }
