@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"runtime"
@@ -36,7 +37,10 @@ func (c *cli) open(ctx context.Context, rawURL, command string, warnMemory bool)
 	if warnMemory && strings.HasPrefix(strings.ToLower(rawURL), "memory://") {
 		fmt.Fprintf(c.stderr, "carrot %s: note: %s lives in this process only; use --url to reach a broker other commands can see\n", command, carrot.Redact(rawURL))
 	}
-	return carrot.Open(ctx, rawURL)
+	// What the connection and its backend log (a lost connection, a refused reconnection
+	// attempt) goes to the command's standard error, beside its own lines.
+	d := carrot.Dialer{Logger: slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	return d.Open(ctx, rawURL)
 }
 
 const feedURL = "http://cnn.com/rss/edition.rss"
