@@ -237,7 +237,7 @@ func key(name string, set attribute.Set) string {
 	var parts []string
 	for _, k := range []attribute.Key{"carrot.outcome", "carrot.event", "error.type"} {
 		if v, ok := set.Value(k); ok {
-			parts = append(parts, string(k)+"="+v.Emit())
+			parts = append(parts, string(k)+"="+v.String())
 		}
 	}
 	if len(parts) == 0 {

@@ -155,7 +155,7 @@ func Check(t *testing.T, pub, sub *carrot.Conn, want Systems) {
 	})
 	for _, a := range slices.Concat(publish.Attributes(), process.Attributes()) {
 		if a.Key == "error.type" {
-			t.Errorf("error.type %q on a span that did not fail", a.Value.Emit())
+			t.Errorf("error.type %q on a span that did not fail", a.Value.String())
 		}
 	}
 	settled := false
