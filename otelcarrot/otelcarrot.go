@@ -352,10 +352,9 @@ func (t *Telemetry) Dialer(d carrot.Dialer) carrot.Dialer {
 // OnEvent counts a connection event. [Telemetry.Dialer] sets it.
 func (t *Telemetry) OnEvent(e carrot.Event) {
 	name := strings.ReplaceAll(e.Kind.String(), " ", "_")
+	// No error.type: an event's error is the backend's own, which carrot does not
+	// classify; carrot.event says what happened.
 	attrs := []attribute.KeyValue{semconv.MessagingSystemKey.String(t.endpoint(e.Conn).system), eventKey.String(name)}
-	if e.Err != nil {
-		attrs = append(attrs, semconv.ErrorTypeKey.String(errorType(e.Err)))
-	}
 	t.connEvents.Add(context.Background(), 1, metric.WithAttributes(attrs...))
 }
 

@@ -204,16 +204,16 @@ func TestMetrics(t *testing.T) {
 	// Deliveries to handlers: the 7 published, the requeued one again, and the retried
 	// and dead-lettered ones' copies (3 of them failed: retry once, dead twice).
 	want := map[string]int64{
-		"messaging.client.sent.messages":                               int64(len(ids)),
-		"messaging.client.consumed.messages":                           10,
-		"carrot.consumer.settled.messages carrot.outcome=ack":          5,
-		"carrot.consumer.settled.messages carrot.outcome=requeue":      1,
-		"carrot.consumer.settled.messages carrot.outcome=reject":       1,
-		"carrot.consumer.settled.messages carrot.outcome=retry":        2,
-		"carrot.consumer.settled.messages carrot.outcome=dead_letter":  1,
-		"carrot.consumer.in_flight":                                    0,
-		"carrot.connection.events carrot.event=lost error.type=_OTHER": 1,
-		"carrot.connection.events carrot.event=restored":               1,
+		"messaging.client.sent.messages":                              int64(len(ids)),
+		"messaging.client.consumed.messages":                          10,
+		"carrot.consumer.settled.messages carrot.outcome=ack":         5,
+		"carrot.consumer.settled.messages carrot.outcome=requeue":     1,
+		"carrot.consumer.settled.messages carrot.outcome=reject":      1,
+		"carrot.consumer.settled.messages carrot.outcome=retry":       2,
+		"carrot.consumer.settled.messages carrot.outcome=dead_letter": 1,
+		"carrot.consumer.in_flight":                                   0,
+		"carrot.connection.events carrot.event=lost":                  1,
+		"carrot.connection.events carrot.event=restored":              1,
 	}
 	if diff := cmp.Diff(want, sums); diff != "" {
 		t.Errorf("counters (-want +got):\n%s", diff)
