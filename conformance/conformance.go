@@ -137,11 +137,16 @@ func Run(t *testing.T, h Harness) {
 	defer admin.Close()
 
 	run := &runner{h: h, admin: admin, caps: admin.Capabilities(), id: randomID()}
-	for _, c := range slices.Concat(cases(), handlerCases(), delayCases(), retryCases(), ackCases(), recoverCases()) {
-		run.run(t, c)
+	for _, c := range allCases() {
+		run.run(goT{t}, c)
 	}
 	t.Logf("conformance: %d subtests run: %d passed, %d failed, %d skipped by capability%s",
 		run.total.Load(), run.total.Load()-run.failed.Load()-run.skipped.Load(), run.failed.Load(), run.skipped.Load(), run.skippedList())
+}
+
+// allCases returns every behaviour of the suite, in the order they run.
+func allCases() []testCase {
+	return slices.Concat(cases(), handlerCases(), delayCases(), retryCases(), ackCases(), recoverCases())
 }
 
 type runner struct {
@@ -164,8 +169,8 @@ func (r *runner) skippedList() string {
 }
 
 // run runs one case as a subtest, counting it.
-func (r *runner) run(t *testing.T, c testCase) {
-	t.Run(c.name, func(t *testing.T) {
+func (r *runner) run(t tb, c testCase) bool {
+	return t.run(c.name, func(t tb) {
 		r.total.Add(1)
 		if c.needs != nil {
 			if capability, ok := c.needs(r.caps); !ok {
@@ -188,7 +193,7 @@ func (r *runner) run(t *testing.T, c testCase) {
 // env is what a subtest works with: a connection of its own and helpers that fail the
 // test on error.
 type env struct {
-	t      *testing.T
+	t      tb
 	r      *runner
 	ctx    context.Context // ends after the harness timeout
 	conn   *carrot.Conn
@@ -196,7 +201,7 @@ type env struct {
 	prefix string
 }
 
-func (r *runner) env(t *testing.T) *env {
+func (r *runner) env(t tb) *env {
 	ctx, cancel := context.WithTimeout(t.Context(), r.h.Timeout)
 	t.Cleanup(cancel)
 	e := &env{t: t, r: r, ctx: ctx, caps: r.caps}
@@ -207,7 +212,7 @@ func (r *runner) env(t *testing.T) *env {
 
 // sub runs a nested subtest with an env of its own, counting it.
 func (e *env) sub(name string, f func(e *env)) {
-	e.t.Run(name, func(t *testing.T) {
+	e.t.run(name, func(t tb) {
 		e.r.total.Add(1)
 		defer func() {
 			if t.Failed() {
