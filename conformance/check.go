@@ -56,6 +56,9 @@ type Result struct {
 
 // A Report is what [Check] found of a broker.
 type Report struct {
+	// RunID is in the name of every exchange and queue the run declared, after
+	// "carrot-test.", so that what it may have left can be told from the rest.
+	RunID        string              `json:"run_id"`
 	Capabilities carrot.Capabilities `json:"capabilities"`
 	Results      []Result            `json:"results"`
 	Passed       int                 `json:"passed"`
@@ -103,6 +106,7 @@ func Check(ctx context.Context, h Harness, opts CheckOptions) (*Report, error) {
 
 	rep := &Report{Capabilities: admin.Capabilities()}
 	run := &runner{h: h, admin: admin, caps: rep.Capabilities, id: randomID()}
+	rep.RunID = run.id
 	root := &checkT{name: "", ctx: ctx, hard: 2 * h.Timeout}
 	for _, c := range allCases() {
 		if opts.Match != nil && !opts.Match.MatchString(c.name) {

@@ -127,8 +127,9 @@
 // survives a broker restart. It is routed when it is due, so the mandatory check cannot
 // apply to where it goes then (RabbitMQ drops it if nothing matches); it arrives with
 // RabbitMQ's x-death header. A delayed message cannot also have an expiration (RabbitMQ
-// drops the expiration of what it dead-letters): that is an ErrUnsupported error. The
-// delay queues stay on the broker, empty, once used.
+// drops the expiration of what it dead-letters): that is an ErrUnsupported error. Deleting
+// an exchange deletes the delay exchanges and queues of it that this process declared;
+// others stay on the broker, empty once their messages have expired.
 //
 // # Logging
 //

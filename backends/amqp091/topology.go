@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/delayq"
 )
 
 func declareExchange(ch *amqp.Channel, x backend.Exchange) error {
@@ -86,6 +87,20 @@ func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
 		return err
 	}
 	c.known.Delete(name)
+	// The delay exchanges and queues that deliver to it, which this process declared, go
+	// with it: they could only drop what they hold.
+	for _, d := range delayq.Forget(c.opts.String(), name) {
+		err := c.control(ctx, func(ch *amqp.Channel) error {
+			if _, err := ch.QueueDelete(d, false, false, false); err != nil {
+				return err
+			}
+			return ch.ExchangeDelete(d, false, false)
+		})
+		if err != nil && c.ErrorCode(err) != backend.NotFound {
+			return err
+		}
+		c.known.Delete(d)
+	}
 	return nil
 }
 

@@ -33,6 +33,7 @@ func (c *Conn) delayed(ctx context.Context, p *backend.Publishing) (*backend.Pub
 			return nil, err
 		}
 		c.delays.Store(name, true)
+		delayq.Remember(c.opts.String(), p.Exchange, name)
 	}
 	return delayq.Redirect(p, name), nil
 }

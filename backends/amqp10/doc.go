@@ -116,7 +116,8 @@
 // to two significant digits) and are then dead-lettered to the exchange X with their
 // routing key. RabbitMQ delivers a dead-lettered message as not its first acquisition, so
 // a delayed message arrives flagged redelivered. A delayed message cannot also expire
-// (ErrUnsupported).
+// (ErrUnsupported). Deleting an exchange deletes the delay exchanges and queues of it that
+// this process declared.
 //
 // RabbitMQ 3.x's AMQP 1.0 plugin has its own addresses (/exchange/X/KEY to send,
 // /amq/queue/Q to receive), cannot declare topology over AMQP 1.0 and ends the session on

@@ -12,6 +12,7 @@ import (
 	amqp "github.com/Azure/go-amqp"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/delayq"
 )
 
 // RabbitMQ 4 declares topology over AMQP 1.0 itself: "HTTP over AMQP" requests on a pair
@@ -316,6 +317,24 @@ func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
 }
 
 func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
+	if err := c.deleteExchange(ctx, name); err != nil {
+		return err
+	}
+	// The delay exchanges and queues that deliver to it, which this process declared, go
+	// with it: they could only drop what they hold.
+	for _, d := range delayq.Forget(c.opts.String(), name) {
+		if err := c.DeleteQueue(ctx, d); err != nil && c.ErrorCode(err) != backend.NotFound {
+			return err
+		}
+		if err := c.deleteExchange(ctx, d); err != nil && c.ErrorCode(err) != backend.NotFound {
+			return err
+		}
+		c.delays.Delete(d)
+	}
+	return nil
+}
+
+func (c *Conn) deleteExchange(ctx context.Context, name string) error {
 	path := "/exchanges/" + escape(name)
 	r, err := c.request(ctx, "DELETE", path, nil)
 	if err != nil {

@@ -19,6 +19,7 @@
 //	list      list the exchanges and queues, where the broker can say
 //	stats     watch the traffic through an exchange: rates, and counts by routing key
 //	bench     measure publish and consume rates on a queue of its own
+//	check     certify a live broker: run the conformance suite on it, and report
 //	backends  list the URL schemes carrot knows
 //	version   print carrot's version and the Go version that built it
 //
@@ -79,6 +80,7 @@ var commands = []command{
 	{"list", "list the exchanges and queues, where the broker can say", runList},
 	{"stats", "watch the traffic through an exchange: rates, and counts by routing key", runStats},
 	{"bench", "measure publish and consume rates on a queue of its own", runBench},
+	{"check", "certify a live broker: run the conformance suite on it, and report", runCheck},
 	{"backends", "list the URL schemes carrot knows", runBackends},
 	{"version", "print carrot's version and the Go version that built it", runVersion},
 }

@@ -6,13 +6,19 @@
 // rounded up to two significant digits, so that a few queues serve every delay, each
 // expiring its messages in order. A name longer than 255 bytes ends with a hash of X
 // instead. Both backends use the same names, so they share the queues on one broker.
+// Deleting exchange X deletes the delay exchanges and queues of X that this process
+// declared (see Remember); those that other processes declared stay, empty once their
+// messages have expired.
 package delayq
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"maps"
 	"math"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/carrot-go/carrot/backend"
@@ -64,4 +70,37 @@ func Redirect(p *backend.Publishing, name string) *backend.Publishing {
 	d.Exchange = name
 	d.Delay = 0
 	return &d
+}
+
+// declared holds the delay exchanges and queues declared in this process, by broker and
+// by the exchange they deliver to, so that deleting that exchange deletes them too.
+var declared struct {
+	sync.Mutex
+	m map[[2]string]map[string]bool // {broker, exchange} → names
+}
+
+// Remember records that the delay exchange and queue name, which deliver to exchange,
+// were declared on broker (a key naming the broker, such as its redacted URL).
+func Remember(broker, exchange, name string) {
+	declared.Lock()
+	defer declared.Unlock()
+	if declared.m == nil {
+		declared.m = make(map[[2]string]map[string]bool)
+	}
+	k := [2]string{broker, exchange}
+	if declared.m[k] == nil {
+		declared.m[k] = make(map[string]bool)
+	}
+	declared.m[k][name] = true
+}
+
+// Forget returns the names of the delay exchanges and queues declared in this process on
+// broker for exchange, sorted, and forgets them: their exchange is being deleted.
+func Forget(broker, exchange string) []string {
+	declared.Lock()
+	defer declared.Unlock()
+	k := [2]string{broker, exchange}
+	names := slices.Sorted(maps.Keys(declared.m[k]))
+	delete(declared.m, k)
+	return names
 }

@@ -49,10 +49,20 @@ func startWith(t testing.TB, k Kind, image string, cleanup func(func()), logger 
 		wait.ForListeningPort(k.port).WithStartupTimeout(startupTimeout),
 	)
 	// Run pulls the image only if it is missing, and dockerUsable made sure it is not.
+	ports := []string{k.port}
+	bindings := network.PortMap{port: {{HostIP: loopback}}}
+	if k.extra != "" {
+		ep, err := network.ParsePort(k.extra)
+		if err != nil {
+			t.Fatalf("testbroker: %s: bad port %q: %v", k.Name, k.extra, err)
+		}
+		ports = append(ports, k.extra)
+		bindings[ep] = []network.PortBinding{{HostIP: loopback}}
+	}
 	ctr, err := testcontainers.Run(ctx, image,
-		testcontainers.WithExposedPorts(k.port),
+		testcontainers.WithExposedPorts(ports...),
 		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
-			hc.PortBindings = network.PortMap{port: {{HostIP: loopback}}}
+			hc.PortBindings = bindings
 		}),
 		ready,
 		testcontainers.WithLogger(logger),
@@ -83,8 +93,16 @@ func startWith(t testing.TB, k Kind, image string, cleanup func(func()), logger 
 		t.Fatalf("testbroker: %s container: published port of %s: %v", k.Name, k.port, err)
 	}
 	c := &Container{
-		URL: fmt.Sprintf(k.urlFormat, net.JoinHostPort(loopback.String(), mapped.Port())),
-		ctr: ctr,
+		URL:   fmt.Sprintf(k.urlFormat, net.JoinHostPort(loopback.String(), mapped.Port())),
+		ctr:   ctr,
+		addrs: map[string]string{},
+	}
+	if k.extra != "" {
+		m, err := ctr.MappedPort(ctx, k.extra)
+		if err != nil {
+			t.Fatalf("testbroker: %s container: published port of %s: %v", k.Name, k.extra, err)
+		}
+		c.addrs[k.extra] = net.JoinHostPort(loopback.String(), m.Port())
 	}
 	u, err := url.Parse(c.URL)
 	if err != nil {

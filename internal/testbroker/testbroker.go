@@ -33,6 +33,7 @@ type Kind struct {
 	DefaultImage string
 
 	port      string // the broker's port in the container, such as "5672/tcp"
+	extra     string // another port published, such as RabbitMQ's management API; "" for none
 	readyLog  string // what the broker logs once it accepts clients
 	urlFormat string // the broker's URL, with %s for host:port
 }
@@ -46,6 +47,7 @@ var (
 		ImageEnv:     "CARROT_TEST_RABBITMQ_IMAGE",
 		DefaultImage: "rabbitmq:3.10",
 		port:         "5672/tcp",
+		extra:        "15672/tcp", // the management API, where the image has it
 		readyLog:     "Server startup complete",
 		urlFormat:    "amqp://guest:guest@%s/",
 	}
@@ -143,7 +145,16 @@ type Container struct {
 	// URL is the broker's URL, on 127.0.0.1 and the port that Docker published.
 	URL string
 
+	addrs map[string]string // the other published ports' host:port, by container port
+
 	ctr *testcontainers.DockerContainer
+}
+
+// Addr returns the loopback host:port where Docker published the container's port (such
+// as "15672/tcp" for RabbitMQ's management API), and whether the kind publishes it.
+func (c *Container) Addr(port string) (string, bool) {
+	a, ok := c.addrs[port]
+	return a, ok
 }
 
 // Exec runs the command cmd (a program and its arguments, without a shell) in the
