@@ -272,7 +272,9 @@ func (c *Conn) stream(queue string) (string, string) {
 	return c.prefix + "s:" + queue, c.prefix + "q:" + queue
 }
 
-// checkName refuses names with a NUL byte, which separates names in binding keys.
+// checkName refuses exchange and queue names with a NUL byte. A binding is stored as the
+// name of its queue (or exchange) and its key with a NUL between them, and read back by
+// cutting at the first NUL: names never hold one, so keys may, and do not need escaping.
 func checkName(what, name string) error {
 	if strings.IndexByte(name, 0) >= 0 {
 		return backend.Errorf(backend.Invalid, "carrot/redis: %s %q contains a NUL byte", what, name)
@@ -749,10 +751,9 @@ func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 	return c.topology(ctx, scriptDeleteQueue, name)
 }
 
+// Bind binds a queue to an exchange with a key, which may hold any byte, NUL included, as
+// the routing keys of the messages published may.
 func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
-	if err := checkName("routing key", b.Key); err != nil {
-		return err
-	}
 	return c.topology(ctx, scriptBind, b.Exchange, b.Queue, b.Key, "1")
 }
 

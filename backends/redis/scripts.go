@@ -21,6 +21,9 @@ import goredis "github.com/redis/go-redis/v9"
 //	due              their schedule: a sorted set of delayed's entry ids, scored by the
 //	                 time (ms) each is due
 //
+// Exchange and queue names never hold a NUL byte (declaring one is refused), so a binding's
+// field or member is cut at its first NUL, and its key, after it, may hold any byte.
+//
 // A message is a stream entry whose fields codec.go lists. A message in flight is pending in the group, owned by the consumer that received it;
 // acknowledged, it leaves the group's pending list, and scriptTake trims it off the stream
 // once no older message is pending (with XTRIM MINID ~, which is far cheaper than XDEL
