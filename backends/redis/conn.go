@@ -109,6 +109,7 @@ type Conn struct {
 	log        *slog.Logger
 	prefix     string // "{namespace}:"
 	versionKey string
+	connsKey   string // the namespace's open connections
 	id         string // this connection's part of consumer names
 	caps       backend.Capabilities
 
@@ -176,10 +177,11 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		ackDone:   make(chan struct{}),
 	}
 	c.versionKey = c.prefix + "version"
+	c.connsKey = c.prefix + "connections"
 	ro.Dialer = c.dialer(ro.Dialer, ro.TLSConfig)
 	c.untrack = lines.track(k)
 	c.rdb = goredis.NewUniversalClient(&ro)
-	if err := scriptInit.Run(ctx, c.rdb, []string{c.versionKey}, c.prefix).Err(); err != nil {
+	if err := scriptInit.Run(ctx, c.rdb, []string{c.versionKey, c.connsKey}, c.prefix, c.id, connLease.Milliseconds()).Err(); err != nil {
 		c.closeClient()
 		if cerr := ctx.Err(); cerr != nil {
 			return nil, backend.Errorf(backend.Unavailable, "carrot/redis: connect to %s: %w", o, cerr)
@@ -272,7 +274,9 @@ func (c *Conn) stream(queue string) (string, string) {
 	return c.prefix + "s:" + queue, c.prefix + "q:" + queue
 }
 
-// checkName refuses names with a NUL byte, which separates names in binding keys.
+// checkName refuses exchange and queue names with a NUL byte. A binding is stored as the
+// name of its queue (or exchange) and its key with a NUL between them, and read back by
+// cutting at the first NUL: names never hold one, so keys may, and do not need escaping.
 func checkName(what, name string) error {
 	if strings.IndexByte(name, 0) >= 0 {
 		return backend.Errorf(backend.Invalid, "carrot/redis: %s %q contains a NUL byte", what, name)
@@ -305,7 +309,7 @@ func (c *Conn) try(ctx context.Context, fn func() error) error {
 
 var (
 	errClosed    = backend.Errorf(backend.Closed, "carrot/redis: connection closed")
-	errStateLost = errors.New("the Redis server lost the namespace's data (a restart without persistence?): the topology is declared again")
+	errStateLost = errors.New("the namespace's data is gone from the Redis server (a restart without persistence, or DeleteNamespace?): the topology is declared again")
 )
 
 // lose ends the connection because of err.
@@ -341,8 +345,25 @@ func (c *Conn) checkState(ctx context.Context) error {
 	return err
 }
 
+// beat renews the connection's lease in the namespace's connections, and checks that
+// Redis still has the namespace; if not, Redis lost its data, and the connection ends so
+// that carrot declares the topology again.
+func (c *Conn) beat(ctx context.Context) error {
+	res, err := scriptBeat.Run(ctx, c.rdb, []string{c.versionKey, c.connsKey}, c.id, connLease.Milliseconds()).Text()
+	if err == nil && res == "LOST" {
+		c.lose(errStateLost)
+		return c.gone()
+	}
+	return err
+}
+
+// connLease is how long a connection counts as open in its namespace's connections after
+// its last beat: DeleteNamespace refuses while one does. Beats come every
+// monitorInterval, and take at most monitorTimeout, or the connection ends.
+const connLease = 10 * time.Second
+
 // monitor checks, once a second, that Redis answers and still has the namespace, so that
-// a connection that nobody uses notices a restart too.
+// a connection that nobody uses notices a restart too, and renews the connection's lease.
 func (c *Conn) monitor() {
 	tick := time.NewTicker(monitorInterval)
 	defer tick.Stop()
@@ -355,7 +376,7 @@ func (c *Conn) monitor() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), monitorTimeout)
-		err := c.checkState(ctx)
+		err := c.beat(ctx)
 		switch {
 		case err == nil || c.gone() != nil:
 		case ctx.Err() != nil:
@@ -412,7 +433,10 @@ func (c *Conn) promoter() {
 }
 
 // ErrorCode classifies the errors of go-redis, of Redis and of the scripts.
-func (c *Conn) ErrorCode(err error) backend.Code {
+func (c *Conn) ErrorCode(err error) backend.Code { return errorCode(err) }
+
+// errorCode classifies the errors of go-redis, of Redis and of the scripts.
+func errorCode(err error) backend.Code {
 	if code := backend.CodeOf(err); code != backend.Unknown {
 		return code
 	}
@@ -525,6 +549,7 @@ func (c *Conn) Close() error {
 			stream, _ := c.stream(q)
 			c.rdb.XGroupDelConsumer(ctx, stream, "carrot", c.getConsumer()) // it holds nothing now
 		}
+		c.rdb.ZRem(ctx, c.connsKey, c.id) // else its lease ends on its own
 		cancel()
 	} else {
 		c.mu.Lock()
@@ -749,10 +774,9 @@ func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 	return c.topology(ctx, scriptDeleteQueue, name)
 }
 
+// Bind binds a queue to an exchange with a key, which may hold any byte, NUL included, as
+// the routing keys of the messages published may.
 func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
-	if err := checkName("routing key", b.Key); err != nil {
-		return err
-	}
 	return c.topology(ctx, scriptBind, b.Exchange, b.Queue, b.Key, "1")
 }
 

@@ -16,9 +16,9 @@
 // HOST defaults to localhost, PORT to 6379, DB to 0. Options, each given at most once but
 // addr and sentinel; an unknown option or a bad value is an error naming it:
 //
-//   - namespace: the prefix of every key carrot makes (default carrot). Connections with
-//     the same namespace share exchanges, queues and bindings; different namespaces never
-//     meet.
+//   - namespace: the prefix of every key carrot makes (default carrot), without { or }.
+//     Connections with the same namespace share exchanges, queues and bindings; different
+//     namespaces never meet (see Key layout).
 //   - visibility_timeout: how long a message delivered to a consumer that stopped
 //     answering (its process died) stays with it before other consumers get it (default
 //     30s). Live connections extend it for the messages they hold, a few times per
@@ -50,13 +50,62 @@
 // [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
 // for [carrot.Connect] without the registry. Errors never show the password.
 //
-// # Keys, and Redis Cluster
+// # Key layout
 //
-// Every key starts with "{NAMESPACE}:", so that all the keys of a namespace hash to one
-// Redis Cluster slot and every script touches a single slot: the backend
-// runs unchanged on a Cluster. The trade-off is that one namespace lives on one shard, its
-// load on one node; spread load over a Cluster by giving independent applications (or
-// independent parts of one) namespaces of their own. The keys are listed in scripts.go.
+// Every key carrot makes starts with "{NAMESPACE}:", NAMESPACE being the namespace option
+// (which holds no { or }), so that all the keys of a namespace hash to one Redis Cluster
+// slot and every script touches a single slot: the backend runs unchanged on a Cluster.
+// The trade-off is that one namespace lives on one shard, its load on one node; spread
+// load over a Cluster by giving independent applications (or independent parts of one)
+// namespaces of their own. A namespace is nothing but its keys, which nothing outside it
+// refers to; a key without such a prefix is not carrot's. To see a namespace's keys:
+//
+//	redis-cli --scan --pattern '{carrot}:*'
+//
+// After the prefix, each key is one of these, names written as they are:
+//
+//	version      string  a counter, increased by every change of the topology; a
+//	                     connection that finds it gone takes the namespace for lost
+//	connections  zset    the ids of the open connections, each scored by the time
+//	                     (Unix ms, Redis's clock) its lease ends; each connection renews
+//	                     its own every second and removes it when closed
+//	exchanges    set     the names of the exchanges (amq.direct, amq.fanout and
+//	                     amq.topic are made by each connection that misses them)
+//	x:EXCHANGE   hash    an exchange: kind (direct, fanout or topic) and durable (1 or 0)
+//	b:EXCHANGE   hash    the exchange's bindings: fields QUEUE \0 KEY, of value 1
+//	queues       set     the names of the queues
+//	q:QUEUE      hash    a queue: durable, ttl (its MessageTTL in ms, 0 for none), dlx and
+//	                     dlk (its dead-letter exchange and routing key)
+//	qb:QUEUE     set     the bindings to the queue: members EXCHANGE \0 KEY
+//	s:QUEUE      stream  the queue's messages (acknowledged ones until they are trimmed),
+//	                     read through the consumer group "carrot"
+//	delayed      stream  the messages published with a delay, an entry for each queue
+//	                     a message goes to, whose first field, "to", is that queue's
+//	                     stream key (s:QUEUE with the prefix)
+//	due          zset    the ids of delayed's entries, scored by the time (Unix ms) each
+//	                     is due
+//
+// \0 is a NUL byte. Exchange and queue names cannot hold one (declaring one is an error
+// wrapping carrot.ErrInvalid), so a binding's field or member is cut at its first NUL,
+// and what follows, the binding's key, may hold any byte, a NUL too, as a routing key
+// may: nothing is escaped.
+//
+// So a queue is its member of queues, q:QUEUE, qb:QUEUE and s:QUEUE, with a field of
+// b:EXCHANGE for each of its bindings; an exchange is its member of exchanges, x:EXCHANGE
+// and b:EXCHANGE, with a member of qb:QUEUE for each binding; a binding is that field and
+// that member. A message is an entry of the stream of each queue it went to, whose fields
+// codec.go lists (b the body, k the routing key, x the exchange, exp when it expires in
+// that queue, and its properties); an entry whose field "carrot" is "nudge" carries no
+// message, and wakes blocked readers. A message delivered and not yet settled is pending
+// in the group, owned by a consumer named ID:N (a consumer of the connection ID), ID:get
+// (what the connection fetched) or ~janitor (an expired message being dead-lettered); a
+// requeued one by ~released. A delayed message is an entry of delayed and a member of due
+// until it is due, then an entry of s:QUEUE. A dead-lettered message leaves its queue's
+// stream for the streams of the queues its dead-letter exchange routes it to, in one
+// script: dead letters have no key of their own.
+//
+// [DeleteNamespace] deletes every key of a namespace (with SCAN, on a Cluster too), and
+// refuses while a connection holds a lease in its connections.
 //
 // # Delivery semantics
 //
@@ -117,9 +166,10 @@
 // consumer cuts short (CLIENT UNBLOCK) rather than waiting for the block time. go-redis's
 // own retries are off, and a network connection of the pool that breaks (reset, closed by
 // Redis) ends the carrot connection, as does Redis losing the namespace's data (a restart
-// without persistence, seen by the missing version key): carrot then connects again,
-// declares its topology again and resumes its consumers, as it does for every backend. A
-// monitor reads the version key every second, so that an idle connection notices too.
+// without persistence, or [DeleteNamespace], seen by the missing version key): carrot then
+// connects again, declares its topology again and resumes its consumers, as it does for
+// every backend. A monitor checks the version key every second, so that an idle
+// connection notices too, in the script that renews the connection's lease.
 // The messages that the consumers of a lost connection held go back to their queues when
 // the next connection of the same Connector is made (or after the visibility timeout, if
 // none is), flagged redelivered; acks accepted by a lost connection and not yet sent are
@@ -160,16 +210,16 @@
 //
 // go-redis has one logger for the whole process, which writes to stderr (several lines for
 // one refused dial). carrot replaces it, with goredis.SetLogger, when the first Connector
-// of this package is made, by carrot.Open or NewConnector (importing the package changes
-// nothing). From then on, each line of go-redis goes to the loggers of the Connectors that
-// have a connection open (or being opened), each logger once, or to slog.Default() when
-// none has: go-redis does not say which client a line is about. It is a warning with the
-// message "carrot/redis: go-redis logged" and go-redis's text in the attribute line,
-// without the user info and secret options of those Connectors' URLs. Each Connector takes
-// a line of the same format at most once a second; the next one says in lines_not_logged
-// how many were held back. A Connector whose connections are all closed gets no more
-// lines. A program that wants go-redis's lines elsewhere calls goredis.SetLogger after
-// opening its first connection.
+// of this package is made, by carrot.Open, NewConnector or DeleteNamespace (importing the
+// package changes nothing). From then on, each line of go-redis goes to the loggers of the
+// Connectors that have a connection open (or being opened), each logger once, or to
+// slog.Default() when none has: go-redis does not say which client a line is about. It is
+// a warning with the message "carrot/redis: go-redis logged" and go-redis's text in the
+// attribute line, without the user info and secret options of those Connectors' URLs. Each
+// Connector takes a line of the same format at most once a second; the next one says in
+// lines_not_logged how many were held back. A Connector whose connections are all closed
+// gets no more lines. A program that wants go-redis's lines elsewhere calls
+// goredis.SetLogger after opening its first connection.
 //
 // # Capabilities
 //

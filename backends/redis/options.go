@@ -34,8 +34,9 @@ type Options struct {
 	Redis goredis.UniversalOptions
 
 	// Namespace prefixes every key carrot makes, in braces, so that all of them hash to
-	// one Redis Cluster slot (DefaultNamespace when empty). Connections with the same
-	// namespace share exchanges, queues and bindings.
+	// one Redis Cluster slot (DefaultNamespace when empty); it holds no { or }.
+	// Connections with the same namespace share exchanges, queues and bindings.
+	// [DeleteNamespace] deletes all of its keys.
 	Namespace string
 
 	// VisibilityTimeout is how long a message delivered to a consumer that stops

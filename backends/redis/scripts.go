@@ -6,25 +6,12 @@ import goredis "github.com/redis/go-redis/v9"
 // a script touches starts with the namespace's prefix "{NAMESPACE}:", passed as ARGV[1] or
 // in KEYS, so that all of them hash to one Redis Cluster slot; KEYS[1] routes the call.
 //
-// Keys, after the prefix:
+// The keys, after the prefix, are listed under Key layout in doc.go.
 //
-//	version          a counter, increased by every change of topology
-//	exchanges        a set of exchange names
-//	x:NAME           an exchange: a hash of kind and durable
-//	b:EXCHANGE       its bindings: a hash whose fields are QUEUE \0 KEY
-//	queues           a set of queue names
-//	q:NAME           a queue: a hash of durable, ttl (ms), dlx and dlk
-//	qb:QUEUE         the bindings to the queue: a set of EXCHANGE \0 KEY
-//	s:QUEUE          the queue's messages: a stream, read through the consumer group "carrot"
-//	delayed          messages published with a delay: a stream of entries whose first
-//	                 field "to" names the queue's stream, the others the message's
-//	due              their schedule: a sorted set of delayed's entry ids, scored by the
-//	                 time (ms) each is due
-//
-// A message is a stream entry whose fields codec.go lists. A message in flight is pending in the group, owned by the consumer that received it;
-// acknowledged, it leaves the group's pending list, and scriptTake trims it off the stream
-// once no older message is pending (with XTRIM MINID ~, which is far cheaper than XDEL
-// per message).
+// A message is a stream entry whose fields codec.go lists. A message in flight is pending
+// in the group, owned by the consumer that received it; acknowledged, it leaves the
+// group's pending list, and scriptTake trims it off the stream once no older message is
+// pending (with XTRIM MINID ~, which is far cheaper than XDEL per message).
 // A requeued message is handed to the consumer "~released", which readers take from
 // first, oldest first, and a nudge entry (field carrot=nudge) wakes blocked readers.
 // Errors a script raises start with NOTFOUND, MISMATCH, INVALID or STALE, which ErrorCode
@@ -45,13 +32,20 @@ local function owner(s, id)
   if p[1] then return p[1][2], p[1][4] end
   return nil, 0
 end
+local function lease(k, id, ms)
+  local now = now_ms()
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  redis.call('ZADD', k, now + tonumber(ms), id)
+end
 `
 
 // scriptInit creates the namespace's version and the exchanges RabbitMQ has from the
-// start. KEYS[1] version; ARGV[1] prefix.
-var scriptInit = goredis.NewScript(`
+// start, and gives the connection a lease in connections. KEYS[1] version, KEYS[2]
+// connections; ARGV prefix, the connection's id, the lease (ms).
+var scriptInit = goredis.NewScript(luaHelpers + `
 local p = ARGV[1]
 redis.call('SETNX', KEYS[1], '1')
+lease(KEYS[2], ARGV[2], ARGV[3])
 local made = false
 for _, x in ipairs({{'amq.direct', 'direct'}, {'amq.fanout', 'fanout'}, {'amq.topic', 'topic'}}) do
   if redis.call('EXISTS', p .. 'x:' .. x[1]) == 0 then
@@ -62,6 +56,27 @@ for _, x in ipairs({{'amq.direct', 'direct'}, {'amq.fanout', 'fanout'}, {'amq.to
 end
 if made then redis.call('INCR', KEYS[1]) end
 return 'OK'
+`)
+
+// scriptBeat renews a connection's lease in connections, and drops the leases that ended,
+// if the namespace's version is there; if it is gone, Redis lost the namespace's data, and
+// it answers LOST. KEYS[1] version, KEYS[2] connections; ARGV the connection's id, the
+// lease (ms).
+var scriptBeat = goredis.NewScript(luaHelpers + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'LOST' end
+lease(KEYS[2], ARGV[1], ARGV[2])
+return 'OK'
+`)
+
+// scriptDropNamespace deletes the namespace's version, the first key DeleteNamespace
+// deletes, unless a connection has a lease in connections that has not ended. It returns
+// the number of such connections, and of keys it deleted. KEYS[1] version, KEYS[2]
+// connections.
+var scriptDropNamespace = goredis.NewScript(luaHelpers + `
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms())
+local open = redis.call('ZCARD', KEYS[2])
+if open > 0 then return {open, 0} end
+return {0, redis.call('DEL', KEYS[1])}
 `)
 
 // scriptDeclareExchange: KEYS[1] version; ARGV prefix, name, kind, durable, passive.

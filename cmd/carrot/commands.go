@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -23,24 +24,36 @@ import (
 	"unicode/utf8"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/backends/redis"
 )
 
 // open connects to the URL of --url, $CARROT_URL or memory://, and warns on standard
 // error when the broker is one that dies with the process.
 func (c *cli) open(ctx context.Context, rawURL, command string, warnMemory bool) (*carrot.Conn, error) {
+	rawURL = urlOrDefault(rawURL)
+	if warnMemory && strings.HasPrefix(strings.ToLower(rawURL), "memory://") {
+		fmt.Fprintf(c.stderr, "carrot %s: note: %s lives in this process only; use --url to reach a broker other commands can see\n", command, carrot.Redact(rawURL))
+	}
+	// What the connection and its backend log (a lost connection, a refused reconnection
+	// attempt) goes to the command's standard error, beside its own lines.
+	d := carrot.Dialer{Logger: c.logger()}
+	return d.Open(ctx, rawURL)
+}
+
+// urlOrDefault returns rawURL, the URL of --url, or if empty $CARROT_URL, or memory://.
+func urlOrDefault(rawURL string) string {
 	if rawURL == "" {
 		rawURL = os.Getenv(carrot.EnvURL)
 	}
 	if rawURL == "" {
 		rawURL = "memory://"
 	}
-	if warnMemory && strings.HasPrefix(strings.ToLower(rawURL), "memory://") {
-		fmt.Fprintf(c.stderr, "carrot %s: note: %s lives in this process only; use --url to reach a broker other commands can see\n", command, carrot.Redact(rawURL))
-	}
-	// What the connection and its backend log (a lost connection, a refused reconnection
-	// attempt) goes to the command's standard error, beside its own lines.
-	d := carrot.Dialer{Logger: slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
-	return d.Open(ctx, rawURL)
+	return rawURL
+}
+
+// logger is the logger of what connections log: to the command's standard error.
+func (c *cli) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 const feedURL = "http://cnn.com/rss/edition.rss"
@@ -810,14 +823,23 @@ func kindOrDirect(k carrot.ExchangeKind) carrot.ExchangeKind {
 func runDelete(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("delete", "", `Deletes a queue (--queue) with its messages and bindings, an exchange (--exchange)
 with its bindings, or both, queue first. Deleting one that does not exist is not an
-error.`)
+error. With --namespace, deletes every key of the namespace of a Redis URL (its
+namespace option, default carrot): all its exchanges, queues, bindings and messages;
+refused while a connection is open on it.`)
 	exchange := fs.String("exchange", "", "exchange to delete")
 	queue := fs.String("queue", "", "queue to delete, with the messages in it")
+	namespace := fs.Bool("namespace", false, "delete the whole namespace of the Redis URL (redis, rediss, unix)")
 	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
+	if *namespace {
+		if *exchange != "" || *queue != "" {
+			return usageError{"--namespace deletes every exchange and queue: give it without --exchange and --queue"}
+		}
+		return c.deleteNamespace(ctx, urlOrDefault(*rawURL))
+	}
 	if *exchange == "" && *queue == "" {
-		return usageError{"give --exchange, --queue or both"}
+		return usageError{"give --exchange, --queue or both, or --namespace"}
 	}
 	conn, err := c.open(ctx, *rawURL, "delete", true)
 	if err != nil {
@@ -836,6 +858,27 @@ error.`)
 		}
 		fmt.Fprintf(c.stdout, "deleted exchange %q\n", *exchange)
 	}
+	return nil
+}
+
+// deleteNamespace deletes the namespace of a Redis URL.
+func (c *cli) deleteNamespace(ctx context.Context, rawURL string) error {
+	scheme, _, _ := strings.Cut(rawURL, "://")
+	switch strings.ToLower(scheme) {
+	case "redis", "rediss", "unix":
+	default:
+		return usageError{fmt.Sprintf("--namespace is for Redis URLs (redis://, rediss://, unix://), not %s", carrot.Redact(rawURL))}
+	}
+	opts, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return err
+	}
+	opts.Logger = c.logger()
+	n, err := redis.DeleteNamespace(ctx, opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "deleted namespace %q: %d keys\n", cmp.Or(opts.Namespace, redis.DefaultNamespace), n)
 	return nil
 }
 

@@ -15,6 +15,7 @@ replace (
 require (
 	github.com/carrot-go/carrot v0.0.0-00010101000000-000000000000
 	github.com/carrot-go/carrot/backends/all v0.0.0-00010101000000-000000000000
+	github.com/carrot-go/carrot/backends/redis v0.0.0-00010101000000-000000000000
 	github.com/carrot-go/carrot/internal/testbroker v0.0.0-00010101000000-000000000000
 	github.com/rabbitmq/amqp091-go v1.16.0
 	github.com/redis/go-redis/v9 v9.23.0
@@ -27,7 +28,6 @@ require (
 	github.com/Microsoft/go-winio v0.6.2 // indirect
 	github.com/carrot-go/carrot/backends/amqp091 v0.0.0-00010101000000-000000000000 // indirect
 	github.com/carrot-go/carrot/backends/amqp10 v0.0.0-00010101000000-000000000000 // indirect
-	github.com/carrot-go/carrot/backends/redis v0.0.0-00010101000000-000000000000 // indirect
 	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/containerd/errdefs v1.0.0 // indirect

@@ -15,7 +15,7 @@
 //	purge     remove the messages waiting in a queue and print how many
 //	declare   declare an exchange, a queue, and bindings between them
 //	unbind    remove bindings between an exchange and a queue
-//	delete    delete a queue, an exchange, or both
+//	delete    delete a queue, an exchange, or both; or a whole Redis namespace
 //	list      list the exchanges and queues, where the broker can say
 //	stats     watch the traffic through an exchange: rates, and counts by routing key
 //	bench     measure publish and consume rates on a queue of its own
@@ -76,7 +76,7 @@ var commands = []command{
 	{"purge", "remove the messages waiting in a queue and print how many", runPurge},
 	{"declare", "declare an exchange, a queue, and bindings between them", runDeclare},
 	{"unbind", "remove bindings between an exchange and a queue", runUnbind},
-	{"delete", "delete a queue, an exchange, or both", runDelete},
+	{"delete", "delete a queue, an exchange, or both; or a whole Redis namespace", runDelete},
 	{"list", "list the exchanges and queues, where the broker can say", runList},
 	{"stats", "watch the traffic through an exchange: rates, and counts by routing key", runStats},
 	{"bench", "measure publish and consume rates on a queue of its own", runBench},

@@ -166,6 +166,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"publish", "---key", "k"}, []string{"bad flag syntax: ---key"}},
 		{[]string{"publish", "-x"}, []string{"unknown flag --x"}},
 		{[]string{"delete"}, []string{"give --exchange, --queue or both"}},
+		{[]string{"delete", "--namespace", "--queue", "q"}, []string{"give it without --exchange and --queue"}},
+		{[]string{"delete", "--namespace", "--url", "amqp://u:secret@h/"}, []string{"--namespace is for Redis URLs", "amqp://h/"}},
 		{[]string{"unbind", "--exchange", "x"}, []string{"--exchange and --queue are required"}},
 		{[]string{"version", "--url", "memory://"}, []string{"unknown flag --url"}},
 		{[]string{"version", "extra"}, []string{`unexpected argument "extra"`}},
@@ -267,6 +269,48 @@ func TestDeleteUnbind(t *testing.T) {
 	mustRun("deleted queue \"all\"\n", "delete", "--queue", "all")
 	mustRun("deleted queue \"all\"\n", "delete", "--queue", "all") // what does not exist is no error
 	mustRun("deleted exchange \"logs\"\n", "delete", "--exchange", "logs")
+}
+
+// TestDeleteNamespace deletes a Redis namespace, refused while a connection is open on
+// it: then its queues and exchanges are gone, and the built-in exchanges made again.
+func TestDeleteNamespace(t *testing.T) {
+	base := testbroker.URL(t, testbroker.Redis)
+	ns := fmt.Sprintf("carrot-test-cli-delete-%d", time.Now().UnixNano())
+	url := base + "?namespace=" + ns
+	if strings.Contains(base, "?") {
+		url = base + "&namespace=" + ns
+	}
+	t.Cleanup(func() { runTool(t, "", "delete", "--namespace", "--url", url) })
+	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--exchange", "logs", "--kind", "topic", "--queue", "errors", "--key", "*.error"); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	if code, _, errOut := runTool(t, "", "publish", "--url", url, "--exchange", "logs", "--key", "db.error", "m"); code != 0 {
+		t.Fatalf("publish: exit %d, %s", code, errOut)
+	}
+	conn, err := carrot.Open(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := runTool(t, "", "delete", "--namespace", "--url", url); code != exitError || out != "" || !strings.Contains(errOut, "a connection is open on it") {
+		t.Errorf("delete --namespace with a connection open: exit %d, stdout %q, stderr %q; want exit %d, saying why", code, out, errOut, exitError)
+	}
+	conn.Close()
+	code, out, errOut := runTool(t, "", "delete", "--url", url, "--namespace")
+	if code != 0 || !regexp.MustCompile(`^deleted namespace "`+ns+`": [1-9][0-9]* keys\n$`).MatchString(out) {
+		t.Fatalf("delete --namespace: exit %d, stdout %q, stderr %q; want it deleted", code, out, errOut)
+	}
+	conn, err = carrot.Open(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	xs, qs, err := conn.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(qs) != 0 || len(xs) != 3 {
+		t.Errorf("after delete --namespace: exchanges %v, queues %v; want only the built-in exchanges", xs, qs)
+	}
 }
 
 func TestVersion(t *testing.T) {
