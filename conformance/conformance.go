@@ -44,6 +44,13 @@
 // or anything else that can cut, block and stall the backend's connections, such as the
 // memory backend's Link.
 //
+// # Checking a live broker
+//
+// [Check] runs the same behaviours without go test, against a broker in service, and
+// returns a [Report]: each behaviour passed, failed with its reasons, skipped for a
+// capability, or not run within a time budget. [ProxiedHarness] builds the harness of a
+// broker reached over TCP from its URL. The carrot command's check runs it.
+//
 // The suite publishes with carrot's defaults, which need the Confirms and Mandatory
 // capabilities: a backend without them cannot pass it.
 //
