@@ -562,7 +562,7 @@ func TestBench(t *testing.T) {
 // TestList lists what declare made, with the queues' counts, on the backends that can
 // list (memory://, redis://), and says plainly when the backend cannot list.
 func TestList(t *testing.T) {
-	url := "memory://" + t.Name()
+	url := fmt.Sprintf("memory://%s-%d", t.Name(), time.Now().UnixNano()) // a broker of this run's own, with -count too
 	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--exchange", "logs", "--kind", "topic", "--queue", "errors", "--key", "*.error"); code != 0 {
 		t.Fatalf("declare: exit %d, %s", code, errOut)
 	}
