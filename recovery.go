@@ -216,7 +216,7 @@ func (d *Dialer) connect(ctx context.Context, connector backend.Connector, name,
 		children:   make(map[closer]struct{}),
 	}
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
-	g := &generation{b: b, caps: b.Capabilities(), born: time.Now()}
+	g := &generation{b: b, caps: capabilities(b), born: time.Now()}
 	c.caps.Store(&g.caps)
 	c.live.Store(g)
 	c.state = State{Connected: true, Since: g.born}
@@ -389,7 +389,7 @@ func (c *Conn) recover(lostAt time.Time, streak int) *generation {
 			c.event(Event{Kind: EventAttemptFailed, Attempt: attempt, Err: err})
 			continue
 		}
-		g := &generation{b: b, caps: b.Capabilities(), born: time.Now()}
+		g := &generation{b: b, caps: capabilities(b), born: time.Now()}
 		c.mu.Lock()
 		if c.closed.Load() {
 			c.mu.Unlock()

@@ -392,6 +392,10 @@ type Capabilities struct {
 	Delay          bool
 	MaxDelay       time.Duration // the longest delay; 0 for no limit
 	DelayPrecision time.Duration // how much later than its delay a message may be delivered
+
+	// InspectQueue: the counts of a queue the Conn's [Inspector] reports; empty when it
+	// cannot inspect queues.
+	InspectQueue QueueCounts
 }
 
 // Code classifies a backend error.

@@ -25,6 +25,7 @@ func cases() []testCase {
 		{name: "Unroutable", doc: "a message that matches no queue is an ErrUnroutable error, unless allowed", needs: need("Mandatory", func(c carrot.Capabilities) bool { return c.Mandatory }), run: testUnroutable},
 		{name: "PublishAsync", doc: "PublishAsync keeps many publishes in flight, in order, each with its own outcome", run: testPublishAsync},
 		{name: "MissingExchange", doc: "publishing to an exchange that does not exist is an ErrNotFound error", run: testMissingExchange},
+		{name: "InspectQueue", doc: "InspectQueue counts a queue's ready and unacknowledged messages and its consumers, taking nothing", needs: need("InspectQueue", func(c carrot.Capabilities) bool { return c.InspectQueue != 0 }), run: testInspectQueue},
 		{name: "List", doc: "List shows what was declared, sorted by name, or says with ErrUnsupported that the backend cannot list", run: testList},
 		{name: "SeveralQueues", doc: "one consumer reads several queues, as carrot 0.4's ConsumerSet", run: testSeveralQueues},
 		{name: "CompetingConsumers", doc: "consumers of one queue each get distinct messages", run: testCompetingConsumers},

@@ -407,6 +407,8 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		Delay:          true,
 		MaxDelay:       delayq.Max,
 		DelayPrecision: 100 * time.Millisecond, // beyond the rounding to two significant digits
+
+		InspectQueue: backend.ReadyCount | backend.ConsumerCount, // no unacked count in AMQP 0-9-1
 	}
 }
 

@@ -152,6 +152,14 @@
 // is off, because classic queues do not count deliveries; quorum queues do, and their
 // messages' DeliveryCount is x-delivery-count plus one.
 //
+// InspectQueue reports ready messages and consumers (ReadyCount and ConsumerCount), from a
+// passive queue.declare on the control channel, whose declare-ok carries both; a missing
+// queue is an ErrNotFound error. Not unacknowledged messages: AMQP 0-9-1 has no count of
+// them, only RabbitMQ's management plugin (its HTTP API, rabbitmqctl list_queues
+// messages_unacknowledged) does, so Unacked is -1. Consumers counts basic.consume
+// subscriptions of every connection (basic.get is not one); a quorum queue's counts may
+// lag a moment behind its deliveries.
+//
 // # As
 //
 // [carrot.Conn.As] takes a **amqp091.Connection (the current connection, which changes

@@ -307,6 +307,8 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		Delay:          true,
 		MaxDelay:       delayq.Max,
 		DelayPrecision: 100 * time.Millisecond, // beyond the rounding to two significant digits
+
+		InspectQueue: backend.ReadyCount | backend.ConsumerCount, // the management node counts no unacked messages
 	}
 }
 

@@ -139,6 +139,14 @@
 // go-amqp carries it). DeliveryCount is off, because classic queues do not count deliveries;
 // quorum queues do, and their messages' DeliveryCount is set.
 //
+// InspectQueue reports ready messages and consumers (ReadyCount and ConsumerCount), from
+// the management node's GET /queues/NAME (message_count and consumer_count); a missing
+// queue is an ErrNotFound error. Not unacknowledged messages, which RabbitMQ 4's
+// management node does not count: Unacked is -1. RabbitMQ counts as a consumer the
+// receiver that a connection keeps attached to a queue it fetched from (Fetch, above):
+// the inspecting connection leaves its own out, but counts those of others. A quorum
+// queue's counts may lag a moment behind its deliveries.
+//
 // # As
 //
 // [carrot.Conn.As] takes a **amqp.Conn (the current connection, which changes when

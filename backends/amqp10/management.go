@@ -388,24 +388,30 @@ func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
 	return count(r.body), nil
 }
 
-// count reads message_count from a management response.
+// count reads message_count from a management response; 0 if there is none.
 func count(body any) int {
+	n, _ := field(body, "message_count")
+	return int(n)
+}
+
+// field reads a number from a management response, and reports whether there was one.
+func field(body any, name string) (int64, bool) {
 	var v any
 	switch m := body.(type) {
 	case map[string]any:
-		v = m["message_count"]
+		v = m[name]
 	case map[any]any:
-		v = m["message_count"]
+		v = m[name]
 	}
 	switch n := v.(type) {
 	case uint64:
-		return int(n)
+		return int64(n), true
 	case int64:
-		return int(n)
+		return n, true
 	case uint32:
-		return int(n)
+		return int64(n), true
 	case int32:
-		return int(n)
+		return int64(n), true
 	}
-	return 0
+	return 0, false
 }

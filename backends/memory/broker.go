@@ -109,6 +109,10 @@ type queue struct {
 	deleted     atomic.Bool     // set under the broker's mutex, read without it by Receive
 	waiters     []*subscription // waiting in Receive for the queue to change
 	timer       *time.Timer     // fires when the message at a head expires
+
+	// For InspectQueue:
+	subs    map[*subscription]struct{} // its open subscriptions
+	fetched int                        // messages got without auto-ack and not settled
 }
 
 // forget drops the references of an entry that left the broker to what may be large:

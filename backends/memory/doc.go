@@ -81,6 +81,11 @@
 // auto-delete queues, delays, and MaxBodySize from the URL. Queue and exchange Args are
 // not supported: use the fields of [carrot.Queue].
 //
+// InspectQueue reports every count (AllCounts), exactly: the messages ready in the queue
+// (not those still delayed), the messages delivered to consumers (those a consumer took
+// in its batch and has not handed out yet included) and got by fetches without being
+// settled, and the queue's subscriptions.
+//
 // A delayed message is routed when it is published (an unroutable one is an error then)
 // and enters each of its queues when its delay has passed, by a timer of the broker: to
 // the millisecond, give or take the scheduler. Purge does not remove messages still

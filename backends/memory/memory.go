@@ -167,6 +167,7 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		MaxBodySize:     c.opts.MaxBodySize,
 		Delay:           true,
 		DelayPrecision:  10 * time.Millisecond,
+		InspectQueue:    backend.AllCounts,
 	}
 }
 
@@ -440,6 +441,7 @@ func (c *Conn) Get(ctx context.Context, queueName string, autoAck bool) (*backen
 	}
 	d.state.Store(out)
 	c.pending[d] = struct{}{}
+	q.fetched++
 	return d.handOut(true), nil
 }
 
@@ -458,6 +460,10 @@ func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backen
 	s := &subscription{c: c, q: q, opts: opts, wake: make(chan struct{}, 1)}
 	q.consumers++
 	q.hadConsumer = true
+	if q.subs == nil {
+		q.subs = make(map[*subscription]struct{})
+	}
+	q.subs[s] = struct{}{}
 	c.subs[s] = struct{}{}
 	return s, nil
 }
@@ -508,6 +514,7 @@ func (c *Conn) end(why error) {
 	for d := range c.pending {
 		byQueue[d.q] = append(byQueue[d.q], d)
 		delete(c.pending, d)
+		d.q.fetched--
 	}
 	var clk clock
 	for q, ds := range byQueue {
@@ -764,6 +771,7 @@ func (s *subscription) closeLocked() {
 	var clk clock
 	s.c.b.giveBack(s.q, s.pending[s.head:], &clk)
 	s.q.consumers--
+	delete(s.q.subs, s)
 	if s.q.def.AutoDelete && s.q.consumers == 0 && s.q.hadConsumer {
 		s.c.b.deleteQueue(s.q)
 	}
@@ -844,7 +852,10 @@ func (d *delivery) Settle(ctx context.Context, o backend.Outcome) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if sub == nil {
-		delete(c.pending, d)
+		if _, ok := c.pending[d]; ok {
+			delete(c.pending, d)
+			q.fetched--
+		}
 		d.state.Store(settled)
 	}
 	var clk clock

@@ -229,6 +229,29 @@
 // connection, or one deleted with its last consumer, needs a broker that knows when a
 // client goes away, which Redis does not. Queues and exchanges take no Args.
 //
+// InspectQueue reports every count (AllCounts), in one script that changes nothing; a
+// missing queue is an ErrNotFound error:
+//
+//   - Ready: the stream's entries not yet delivered to the group, plus the requeued
+//     messages the consumer "~released" holds; not the delayed messages still waiting in
+//     "delayed". The group's lag (XINFO GROUPS) says how many entries are undelivered;
+//     when it says 32 or fewer, the script reads them, to leave the nudges of requeues
+//     out; beyond, it takes the lag as it is, which may then count a nudge for each
+//     requeue (or consumer closed holding messages) since a consumer last read the
+//     queue. After a Purge, while the stream still holds messages delivered before it and
+//     no consumer has read past the purged entries, Redis cannot reckon the lag: with
+//     more than 32 entries undelivered, Ready is then -1 (as always on Redis before 7.0,
+//     which has no lag).
+//   - Unacked: the group's pending entries but the requeued ones: the messages delivered
+//     to consumers and fetches of every connection, those of a process that died included,
+//     until the visibility timeout hands them to another consumer.
+//   - Consumers: the group's consumers that subscriptions made (not those that fetch, nor
+//     carrot's own "~released" and "~janitor") and that were active within the visibility
+//     timeout (or twice the block time, if longer) of the inspecting connection: a
+//     consumer reads at least once per block time, or has its messages claimed again by
+//     its connection's heartbeat. The consumer of a process that died stays in the group,
+//     and stops counting once that time has passed.
+//
 // # As
 //
 // [carrot.Conn.As] takes a *goredis.UniversalClient, and a **goredis.Client or a

@@ -709,10 +709,13 @@ func runPurge(ctx context.Context, c *cli, args []string) error {
 }
 
 func runList(ctx context.Context, c *cli, args []string) error {
-	fs, rawURL := c.flags("list", "", `Lists the exchanges and then the queues the broker holds, one a line: "exchange",
-its name and kind, then "queue" and its name, with "transient" for what does not
-survive a broker restart. Backends that cannot list (RabbitMQ names its queues only
-through its management tools, such as rabbitmqctl list_queues) make it fail.`)
+	fs, rawURL := c.flags("list", "", `Lists the exchanges and then the queues the broker holds, one a line, the fields
+separated by tabs: "exchange", its name and kind; "queue", its name, its messages ready
+to be delivered, those delivered and not yet acknowledged, and its consumers ("-" for
+what the backend cannot tell); then "transient" for what does not survive a broker
+restart. Backends that cannot list (RabbitMQ names its queues only through its
+management tools, such as rabbitmqctl list_queues) make it fail; carrot stats --queue
+shows the counts of a queue on every backend.`)
 	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -728,8 +731,20 @@ through its management tools, such as rabbitmqctl list_queues) make it fail.`)
 	for _, x := range xs {
 		fmt.Fprintf(c.stdout, "exchange\t%s\t%s%s\n", x.Name, x.Kind, map[bool]string{true: "\ttransient"}[x.Transient])
 	}
+	inspect := conn.Capabilities().InspectQueue != 0
 	for _, q := range qs {
-		fmt.Fprintf(c.stdout, "queue\t%s%s\n", q.Name, map[bool]string{true: "\ttransient"}[q.Transient])
+		counts := "-\t-\t-"
+		if inspect {
+			st, err := conn.InspectQueue(ctx, q.Name)
+			switch {
+			case errors.Is(err, carrot.ErrNotFound):
+				continue // deleted since it was listed
+			case err != nil:
+				return err
+			}
+			counts = fmt.Sprintf("%s\t%s\t%s", formatCount(known(st.Ready)), formatCount(known(st.Unacked)), formatCount(known(int64(st.Consumers))))
+		}
+		fmt.Fprintf(c.stdout, "queue\t%s\t%s%s\n", q.Name, counts, map[bool]string{true: "\ttransient"}[q.Transient])
 	}
 	return nil
 }

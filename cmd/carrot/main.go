@@ -1,6 +1,6 @@
 // Command carrot publishes, consumes, fetches and purges messages on any broker carrot
-// has a backend for, watches the traffic through an exchange, declares and deletes
-// topology, and runs carrot 0.4's feed-import demo.
+// has a backend for, watches the traffic through an exchange and the depth of a queue,
+// declares, lists and deletes topology, and runs carrot 0.4's feed-import demo.
 //
 // Usage:
 //
@@ -16,8 +16,8 @@
 //	declare   declare an exchange, a queue, and bindings between them
 //	unbind    remove bindings between an exchange and a queue
 //	delete    delete a queue, an exchange, or both; or a whole Redis namespace
-//	list      list the exchanges and queues, where the broker can say
-//	stats     watch the traffic through an exchange: rates, and counts by routing key
+//	list      list exchanges, and queues with their counts, where the broker can say
+//	stats     watch the traffic through an exchange, or the depth of a queue
 //	bench     measure publish and consume rates on a queue of its own
 //	check     certify a live broker: run the conformance suite on it, and report
 //	backends  list the URL schemes carrot knows
@@ -77,8 +77,8 @@ var commands = []command{
 	{"declare", "declare an exchange, a queue, and bindings between them", runDeclare},
 	{"unbind", "remove bindings between an exchange and a queue", runUnbind},
 	{"delete", "delete a queue, an exchange, or both; or a whole Redis namespace", runDelete},
-	{"list", "list the exchanges and queues, where the broker can say", runList},
-	{"stats", "watch the traffic through an exchange: rates, and counts by routing key", runStats},
+	{"list", "list exchanges, and queues with their counts, where the broker can say", runList},
+	{"stats", "watch the traffic through an exchange, or the depth of a queue", runStats},
 	{"bench", "measure publish and consume rates on a queue of its own", runBench},
 	{"check", "certify a live broker: run the conformance suite on it, and report", runCheck},
 	{"backends", "list the URL schemes carrot knows", runBackends},

@@ -146,7 +146,10 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"declare", "--queue", "q", "--dead-letter-key", "k"}, []string{"--dead-letter-key would be ignored", "give --dead-letter-exchange too"}},
 		{[]string{"declare", "--queue", "q", "--key", "k"}, []string{"--key binds --queue to --exchange"}},
 		{[]string{"publish", "--lines", "body"}, []string{"--lines reads standard input"}},
-		{[]string{"stats"}, []string{"--exchange is required"}},
+		{[]string{"stats"}, []string{"give --exchange or --queue"}},
+		{[]string{"stats", "--exchange", "x", "--queue", "q"}, []string{"--exchange and --queue exclude each other"}},
+		{[]string{"stats", "--queue", "q", "--key", "k"}, []string{"--key would be ignored", "--exchange"}},
+		{[]string{"stats", "--queue", "q", "--interval", "0"}, []string{"--interval 0s with --queue", "at least 10ms"}},
 		{[]string{"stats", "--exchange", "x", "--count", "-1"}, []string{"--count cannot be negative"}},
 		{[]string{"stats", "--exchange", "x", "--interval", "5ms"}, []string{"--interval 5ms: too often", "0 (no progress lines)"}},
 		{[]string{"consume", "--queue", "q", "--progress", "1ms"}, []string{"--progress 1ms: too often", "0 (no progress lines)"}},
@@ -600,20 +603,108 @@ func TestBench(t *testing.T) {
 	}
 }
 
-// TestList lists what declare made, on memory://, and says plainly when the backend
-// cannot list.
+// TestList lists what declare made, with the queues' counts, on the backends that can
+// list (memory://, redis://), and says plainly when the backend cannot list.
 func TestList(t *testing.T) {
-	url := "memory://" + t.Name()
+	url := fmt.Sprintf("memory://%s-%d", t.Name(), time.Now().UnixNano()) // a broker of this run's own, with -count too
 	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--exchange", "logs", "--kind", "topic", "--queue", "errors", "--key", "*.error"); code != 0 {
 		t.Fatalf("declare: exit %d, %s", code, errOut)
 	}
+	if code, _, errOut := runTool(t, "a\nb\n", "publish", "--url", url, "--exchange", "logs", "--key", "db.error", "--lines"); code != 0 {
+		t.Fatalf("publish: exit %d, %s", code, errOut)
+	}
 	code, out, errOut := runTool(t, "", "list", "--url", url)
-	if code != 0 || !strings.Contains(out, "exchange\tlogs\ttopic\n") || !strings.Contains(out, "queue\terrors\n") {
-		t.Errorf("list: exit %d, stdout %q, stderr %q; want the exchange logs (topic) and the queue errors", code, out, errOut)
+	if code != 0 || !strings.Contains(out, "exchange\tlogs\ttopic\n") || !strings.Contains(out, "queue\terrors\t2\t0\t0\n") {
+		t.Errorf("list: exit %d, stdout %q, stderr %q; want the exchange logs (topic) and the queue errors with 2 messages ready", code, out, errOut)
 	}
 	if strings.Index(out, "queue\t") < strings.LastIndex(out, "exchange\t") {
 		t.Errorf("list printed queues before exchanges: %q", out)
 	}
+
+	t.Run("redis", func(t *testing.T) {
+		url := testbroker.URL(t, testbroker.Redis)
+		queue := fmt.Sprintf("carrot-test.list.%d", time.Now().UnixNano())
+		if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue, "--transient"); code != 0 {
+			t.Fatalf("declare: exit %d, %s", code, errOut)
+		}
+		t.Cleanup(func() { runTool(t, "", "delete", "--url", url, "--queue", queue) })
+		if code, _, errOut := runTool(t, "a\nb\nc\n", "publish", "--url", url, "--key", queue, "--lines"); code != 0 {
+			t.Fatalf("publish: exit %d, %s", code, errOut)
+		}
+		code, out, errOut := runTool(t, "", "list", "--url", url)
+		if want := "queue\t" + queue + "\t3\t0\t0\n"; code != 0 || !strings.Contains(out, want) { // Redis keeps every queue: none is transient
+			t.Errorf("list: exit %d, stdout %q, stderr %q; want %q", code, out, errOut, want)
+		}
+	})
+
+	t.Run("amqp091", func(t *testing.T) {
+		url := testbroker.URL(t, testbroker.RabbitMQ)
+		code, out, errOut := runTool(t, "", "list", "--url", url)
+		if code != exitError || out != "" || !strings.Contains(errOut, "cannot list") {
+			t.Errorf("list on RabbitMQ: exit %d, stdout %q, stderr %q; want exit 1 saying the backend cannot list", code, out, errOut)
+		}
+	})
+}
+
+// TestStatsQueue checks on every backend that carrot stats --queue prints a queue's
+// counts, as a table or JSON rows, without taking its messages, and refuses a queue that
+// does not exist.
+func TestStatsQueue(t *testing.T) {
+	eachBackend(t, func(t *testing.T, url string) {
+		queue := fmt.Sprintf("carrot-test.stats-queue.%d", time.Now().UnixNano())
+		if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue, "--transient"); code != 0 {
+			t.Fatalf("declare: exit %d, %s", code, errOut)
+		}
+		t.Cleanup(func() { runTool(t, "", "delete", "--url", url, "--queue", queue) })
+		if code, _, errOut := runTool(t, "a\nb\nc\n", "publish", "--url", url, "--key", queue, "--lines"); code != 0 {
+			t.Fatalf("publish: exit %d, %s", code, errOut)
+		}
+		var caps carrot.Capabilities
+		if conn, err := carrot.Open(t.Context(), url); err == nil {
+			caps = conn.Capabilities()
+			conn.Close()
+		}
+		unacked := "0"
+		if !caps.InspectQueue.Has(carrot.UnackedCount) {
+			unacked = "-" // RabbitMQ
+		}
+
+		code, out, errOut := runTool(t, "", "stats", "--url", url, "--queue", queue, "--count", "2", "--interval", "20ms")
+		rows := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d +3 +`+regexp.QuoteMeta(unacked)+` +0 +(\S+)$`).FindAllStringSubmatch(out, -1)
+		if code != 0 || !strings.HasPrefix(out, "TIME ") || len(rows) != 2 || rows[0][1] != "-" || rows[1][1] != "0" {
+			t.Errorf("stats --queue --count 2: exit %d, stdout %q, stderr %q; want a header and two rows of 3 ready, %s unacked, 0 consumers, the second with a rate of 0", code, out, errOut, unacked)
+		}
+		if !strings.Contains(errOut, fmt.Sprintf("carrot stats: watching queue %q every 20ms", queue)) {
+			t.Errorf("stats --queue: stderr %q; want a line saying what it watches", errOut)
+		}
+
+		code, out, errOut = runTool(t, "", "stats", "--url", url, "--queue", queue, "--count", "1", "--json")
+		var row struct {
+			Queue     string   `json:"queue"`
+			Ready     *int64   `json:"ready"`
+			Unacked   *int64   `json:"unacked"`
+			Consumers *int64   `json:"consumers"`
+			Rate      *float64 `json:"ready_per_second"`
+		}
+		if err := json.Unmarshal([]byte(out), &row); code != 0 || err != nil {
+			t.Fatalf("stats --queue --json: exit %d, stdout %q (%v), stderr %q", code, out, err, errOut)
+		}
+		if row.Queue != queue || row.Ready == nil || *row.Ready != 3 || row.Consumers == nil || *row.Consumers != 0 || row.Rate != nil ||
+			(unacked == "0") != (row.Unacked != nil && *row.Unacked == 0) {
+			t.Errorf("stats --queue --json printed %q; want queue %q, 3 ready, %s unacked, 0 consumers, no rate", out, queue, unacked)
+		}
+
+		// Nothing was taken.
+		if code, out, errOut := runTool(t, "", "consume", "--url", url, "--queue", queue, "--count", "3"); code != 0 || out != "a\nb\nc\n" {
+			t.Errorf("consume after stats --queue: exit %d, stdout %q, stderr %q; want the 3 messages", code, out, errOut)
+		}
+
+		missing := queue + ".missing"
+		code, out, errOut = runTool(t, "", "stats", "--url", url, "--queue", missing, "--count", "1")
+		if want := fmt.Sprintf("carrot stats: queue %q does not exist", missing); code != exitError || out != "" || !strings.Contains(errOut, want) {
+			t.Errorf("stats --queue of a missing queue: exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, exitError, want)
+		}
+	})
 }
 
 // matching returns the lines written so far that re matches, and when.

@@ -24,37 +24,62 @@ import (
 const statsMaxKeys = 10000
 
 func runStats(ctx context.Context, c *cli, args []string) (err error) {
-	fs, rawURL := c.flags("stats", "", `Watches the messages published to an exchange without taking anyone's: it binds a
-queue of its own (carrot-stats.<random>: transient, and exclusive and auto-delete where
-the broker can) to --exchange with each --key, and counts the messages that reach it.
-Every --interval it prints a progress line on standard error: the messages and bytes
-(of the bodies) so far, and the rates over the last interval and since the start. When
-it ends (interrupted with Ctrl-C, after --for, or after --count messages) it prints a
-table on standard output: for each routing key, the messages, bytes and share of the
-messages, the most first (a key that is empty, holds a space, or could be mistaken for a
-row of the table's own is quoted, as in ""). With --json, it prints the report as one
-JSON object instead. It deletes its queue at the end; on a broker without exclusive
-queues (Redis), a stats killed at once (kill -9) leaves it: carrot delete removes it.
+	fs, rawURL := c.flags("stats", "", `Watches the messages published to an exchange (--exchange) without taking anyone's,
+or the depth of a queue (--queue) without taking any of its messages.
+
+With --exchange, it binds a queue of its own (carrot-stats.<random>: transient, and
+exclusive and auto-delete where the broker can) to the exchange with each --key, and
+counts the messages that reach it. Every --interval it prints a progress line on
+standard error: the messages and bytes (of the bodies) so far, and the rates over the
+last interval and since the start. When it ends (interrupted with Ctrl-C, after --for,
+or after --count messages) it prints a table on standard output: for each routing key,
+the messages, bytes and share of the messages, the most first (a key that is empty,
+holds a space, or could be mistaken for a row of the table's own is quoted, as in "").
+With --json, it prints the report as one JSON object instead. It deletes its queue at
+the end; on a broker without exclusive queues (Redis), a stats killed at once (kill -9)
+leaves it: carrot delete removes it.
 
 The exchange must exist. The default --key "#" matches every routing key on a topic
 exchange; a fanout exchange ignores keys and sends everything; but a direct exchange
 routes only the messages whose key is exactly the binding key, and "#" is no pattern
-there: give the keys to watch.`)
-	exchange := fs.String("exchange", "", "exchange to watch (required)")
+there: give the keys to watch.
+
+With --queue, it asks the broker for the queue's counts at once and then every
+--interval, and prints a row for each on standard output: the time, the messages ready
+to be delivered, those delivered and not yet acknowledged, the consumers, and how fast
+the ready messages grew (or, negative, shrank) per second since the row before; "-"
+for what the broker cannot tell (RabbitMQ does not count unacknowledged messages but in
+its management tools). With --json, each row is a JSON object on a line of its own,
+null for what is unknown. It ends when interrupted, after --for, or after --count rows.
+The queue must exist; memory:// and redis:// count all three, amqp:// and amqp10://
+(RabbitMQ) ready messages and consumers.`)
+	exchange := fs.String("exchange", "", "exchange to watch (this or --queue is required)")
+	queue := fs.String("queue", "", "queue whose counts to watch, taking nothing from it")
 	var keys multiFlag
 	fs.Var(&keys, "key", "binding `key` to the exchange (a pattern on a topic exchange); repeatable (default \"#\")")
-	interval := fs.Duration("interval", 5*time.Second, "print a progress line on standard error this often (0: no progress lines, no summary)")
+	interval := fs.Duration("interval", 5*time.Second, "print a progress line on standard error this often (0: no progress lines, no summary);\nwith --queue, a row this often")
 	forDur := fs.Duration("for", 0, "stop after this long (0: until interrupted or --count)")
-	count := fs.Int("count", 0, "stop after this many messages (0: until interrupted or --for)")
-	asJSON := fs.Bool("json", false, "print the report as JSON, with the counts of every routing key, instead of a table")
+	count := fs.Int("count", 0, "stop after this many messages (0: until interrupted or --for); with --queue, rows")
+	asJSON := fs.Bool("json", false, "print the report as JSON, with the counts of every routing key, instead of a table;\nwith --queue, each row as a JSON object")
 	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
 	switch {
-	case *exchange == "":
-		return usageError{"--exchange is required (the default exchange routes by queue name, and cannot be watched)"}
+	case *exchange == "" && *queue == "":
+		return usageError{"give --exchange or --queue (the default exchange routes by queue name, and cannot be watched)"}
+	case *exchange != "" && *queue != "":
+		return usageError{"--exchange and --queue exclude each other: stats watches one exchange or one queue"}
 	case *count < 0:
 		return usageError{"--count cannot be negative"}
+	}
+	if err := unless(given(fs), *exchange != "", "it binds stats' queue to --exchange, and none is given", "key"); err != nil {
+		return err
+	}
+	if *queue != "" {
+		if *interval < minInterval {
+			return usageError{fmt.Sprintf("--interval %v with --queue: want at least %v between rows", *interval, minInterval)}
+		}
+		return c.watchQueue(ctx, *rawURL, *queue, *interval, *forDur, *count, *asJSON)
 	}
 	if err := checkInterval("interval", *interval); err != nil {
 		return err
