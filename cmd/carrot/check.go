@@ -170,6 +170,10 @@ func capabilityList(caps carrot.Capabilities) []string {
 	v := reflect.ValueOf(caps)
 	for i := range v.NumField() {
 		f, name := v.Field(i), v.Type().Field(i).Name
+		if st, ok := f.Interface().(fmt.Stringer); ok && !f.IsZero() && f.Kind() != reflect.Int64 {
+			out = append(out, fmt.Sprintf("%s=%s", name, st))
+			continue
+		}
 		switch {
 		case f.Kind() == reflect.Bool && f.Bool():
 			out = append(out, name)
