@@ -167,6 +167,7 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		MaxBodySize:     c.opts.MaxBodySize,
 		Delay:           true,
 		DelayPrecision:  10 * time.Millisecond,
+		NestedHeaders:   true,
 	}
 }
 
