@@ -250,6 +250,7 @@ func (c *Conn) capabilities(ctx context.Context) backend.Capabilities {
 		MaxBodySize:     512 << 20, // proto-max-bulk-len's default
 		Delay:           true,
 		DelayPrecision:  100 * time.Millisecond,
+		NestedHeaders:   true,
 	}
 	if cfg, err := c.rdb.ConfigGet(ctx, "appendonly").Result(); err == nil && cfg["appendonly"] == "yes" {
 		caps.Persistence = true
