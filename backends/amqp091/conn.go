@@ -407,6 +407,9 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		Delay:          true,
 		MaxDelay:       delayq.Max,
 		DelayPrecision: 100 * time.Millisecond, // beyond the rounding to two significant digits
+
+		NestedHeaders: true,
+		UserID:        c.opts.userID(),
 	}
 }
 
