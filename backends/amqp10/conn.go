@@ -307,6 +307,9 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		Delay:          true,
 		MaxDelay:       delayq.Max,
 		DelayPrecision: 100 * time.Millisecond, // beyond the rounding to two significant digits
+
+		// NestedHeaders is off: AMQP 1.0 application properties hold simple values only.
+		UserID: c.opts.userID(),
 	}
 }
 
