@@ -100,11 +100,11 @@
 // channel are, on a new one). A RabbitMQ user with the impersonator tag, which may publish
 // any user-id, cannot do so through carrot.
 //
-// Header values go out with these field types, which RabbitMQ, py-amqp (Kombu, Celery)
-// and librabbitmq (amqp-tools) all read back as they were:
+// Header values go out with these field types (this package's interop tests check what
+// Debian's Kombu 5.2, with py-amqp 5.1, reads of each, and the other way round):
 //
 //	string          'S' long string
-//	[]byte          'x' byte array (py-amqp reads bytes; librabbitmq a byte array)
+//	[]byte          'x' byte array (bytes in Python)
 //	bool            't'
 //	int64           'I' (signed 32 bits) when it fits in 32 bits, else 'l' (signed 64 bits)
 //	float64         'd'
@@ -114,8 +114,12 @@
 //	[]any           'A' array
 //
 // Integers go out as 'I' when they can because py-amqp reads 'l' as unsigned: an int64 -1
-// sent as 'l' reaches Kombu as 18446744073709551615 (larger negative integers have no
-// other field type every client reads, and arrive so; positive ones arrive as they were).
+// sent as 'l' would reach Kombu as 18446744073709551615. So negative integers beyond 32
+// bits reach Kombu as their unsigned 64-bit values (-2^40 as 2^64-2^40): the 'L' that
+// py-amqp reads as signed is a field type amqp091-go can neither write nor read (see
+// below). Positive ones arrive as they were. From Kombu, bytes arrive as
+// strings (py-amqp writes them as 'S'), decimals as float64, dicts and lists as tables and
+// lists.
 // Received header values are converted to carrot's types: every integer field type
 // ('b', 'B', 's', 'u', 'I', 'i', 'l') to int64, 'f' and 'd' to float64, a decimal 'D' to
 // float64 (its value divided by 10^scale), 'T' to a UTC time.Time, 'S' to a string, 'x' to
