@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/backends/memory"
@@ -169,7 +171,14 @@ func TestInvalidArguments(t *testing.T) {
 		{"negative expiration", p.Publish(ctx, &carrot.Message{Expiration: -1})},
 		{"unknown delivery mode", p.Publish(ctx, &carrot.Message{DeliveryMode: 7})},
 		{"struct header", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": struct{}{}}})},
-		{"map header", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": map[string]any{}}})},
+		{"map header with other keys", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": map[int]any{}}})},
+		{"list of another type", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": []string{"a"}}})},
+		{"struct in a nested table", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": map[string]any{"l": []any{struct{}{}}}}})},
+		{"nested too deep", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": deepTable(33)}})},
+		{"nested key too long", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": carrot.Table{long: 1}}})},
+		{"type too long", p.Publish(ctx, &carrot.Message{Type: long})},
+		{"app id too long", p.Publish(ctx, &carrot.Message{AppID: long})},
+		{"user id not UTF-8", p.Publish(ctx, &carrot.Message{UserID: "\xff"})},
 		{"uint64 header too big", p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"h": uint64(math.MaxUint64)}})},
 		{"NoConfirm without AllowUnroutable", second(conn.NewPublisher(carrot.PublisherOptions{NoConfirm: true}))},
 		{"no queues", second(conn.NewConsumer(ctx, carrot.ConsumerOptions{}))},
@@ -192,6 +201,19 @@ func TestInvalidArguments(t *testing.T) {
 	if m, err := c.Fetch(ctx); !errors.Is(err, carrot.ErrEmpty) {
 		t.Errorf("nothing invalid was published, but Fetch = %v, %v", m, err)
 	}
+}
+
+// deepTable returns a table nested n deep in a header: n tables and lists, alternately.
+func deepTable(n int) any {
+	var v any = "bottom"
+	for i := range n {
+		if i%2 == 0 {
+			v = map[string]any{"t": v}
+		} else {
+			v = []any{v}
+		}
+	}
+	return v
 }
 
 // wrapped opens a connection to a memory broker of the test's own whose backend
@@ -250,6 +272,77 @@ func TestMissingCapabilities(t *testing.T) {
 	}
 	if err := p.Publish(ctx, &carrot.Message{Expiration: time.Second}); !errors.Is(err, carrot.ErrUnsupported) {
 		t.Errorf("expiration without the MessageTTL capability = %v, want ErrUnsupported", err)
+	}
+	for _, h := range []any{map[string]any{"a": 1}, carrot.Table{}, []any{1}} {
+		err := p.Publish(ctx, &carrot.Message{Headers: carrot.Table{"flat": 1, "nested": h}})
+		if !errors.Is(err, carrot.ErrUnsupported) || !strings.Contains(err.Error(), `"nested"`) {
+			t.Errorf("header %T without the NestedHeaders capability = %v, want ErrUnsupported naming it", h, err)
+		}
+	}
+}
+
+// TestUserIDCapability publishes on a backend that takes only the UserID it reports: any
+// other is refused before it reaches the backend, and an empty one is fine.
+func TestUserIDCapability(t *testing.T) {
+	ctx := t.Context()
+	conn := wrapped(t, func(b backend.Conn) backend.Conn {
+		caps := b.Capabilities()
+		caps.UserID = "alice"
+		return capsConn{Conn: b, caps: caps}
+	})
+	if _, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Publish(ctx, &carrot.Message{UserID: "bob"}); !errors.Is(err, carrot.ErrInvalid) || !strings.Contains(err.Error(), `"alice"`) {
+		t.Errorf("UserID bob on alice's connection = %v, want ErrInvalid naming alice", err)
+	}
+	for _, user := range []string{"alice", ""} {
+		if err := p.Publish(ctx, &carrot.Message{UserID: user}); err != nil {
+			t.Errorf("UserID %q on alice's connection: %v", user, err)
+		}
+	}
+}
+
+// TestNestedHeaders publishes tables and lists nested as deep as they may be, of every
+// type, and receives them normalised: integers as int64, tables as map[string]any.
+func TestNestedHeaders(t *testing.T) {
+	ctx := t.Context()
+	conn := open(t)
+	if _, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := time.Date(2025, 1, 2, 3, 4, 5, 600, time.FixedZone("x", 3600))
+	sent := carrot.Table{
+		"table": carrot.Table{"i": int8(-1), "f": float32(0.5), "t": ts, "l": []any{uint16(7), "s", nil, []byte{0}, true}},
+		"list":  []any{map[string]any{"k": "v"}, []any{}, 1.5},
+		"deep":  deepTable(32),
+	}
+	want := carrot.Table{
+		"table": map[string]any{"i": int64(-1), "f": 0.5, "t": ts.UTC().Truncate(time.Second), "l": []any{int64(7), "s", nil, []byte{0}, true}},
+		"list":  []any{map[string]any{"k": "v"}, []any{}, 1.5},
+		"deep":  deepTable(32),
+	}
+	if err := p.Publish(ctx, &carrot.Message{Headers: sent}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: "q", Passive: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.Fetch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, m.Headers); diff != "" {
+		t.Errorf("headers (-want +got):\n%s", diff)
 	}
 }
 

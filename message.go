@@ -15,12 +15,20 @@ import (
 
 // Table holds message headers and declaration arguments.
 //
-// Values are of the types every backend carries unchanged: string, []byte, bool, int64,
-// float64, time.Time and nil. carrot converts the other integer and float types (int,
-// uint8, float32, ...) to int64 and float64 when a message is published, and time.Time to
-// UTC whole seconds, the precision of AMQP 0-9-1; other types, floats that are NaN or
-// infinite (which RabbitMQ cannot read), and keys and strings that are not valid UTF-8
-// (which the AMQP protocols forbid; carry binary data as []byte) are [ErrInvalid] errors.
+// Header values are of the types every backend carries unchanged: string, []byte, bool,
+// int64, float64, time.Time and nil; and, on backends with the NestedHeaders capability
+// (see [Capabilities]), nested tables (map[string]any) and lists ([]any) of values of these
+// types, nested at most 32 deep, as other AMQP 0-9-1 clients send them (Kombu's and
+// Celery's dicts and lists). carrot converts the other integer and float types (int,
+// uint8, float32, ...) to int64 and float64 when a message is published, a nested Table to
+// map[string]any, and time.Time to UTC whole seconds, the precision of AMQP 0-9-1; other
+// types, floats that are NaN or infinite (which RabbitMQ cannot read), and keys and
+// strings that are not valid UTF-8 (which the AMQP protocols forbid; carry binary data as
+// []byte) are [ErrInvalid] errors, and a table or list on a backend without NestedHeaders
+// an [ErrUnsupported] error naming the header. Received messages hold the same types:
+// every integer is an int64, whatever width the publisher gave it (the AMQP backends send
+// integers that fit in 32 bits as signed 32-bit values, which every client reads as they
+// were, and the others as 64-bit ones).
 type Table map[string]any
 
 // DeliveryMode says whether a message is written to disk by the broker.
@@ -52,6 +60,14 @@ type Message struct {
 	CorrelationID   string
 	ReplyTo         string
 	Timestamp       time.Time // carried in whole seconds
+	Type            string    // the message's type name, such as "order.created" (Kombu and Celery set it)
+	AppID           string    // the application that published the message
+
+	// UserID is the user that published the message. RabbitMQ validates it: a message
+	// whose UserID is not the name the connection logged in with is refused, and carrot
+	// refuses it before sending ([ErrInvalid]) where the backend knows that name (see
+	// [Capabilities].UserID); the other backends carry any UserID.
+	UserID string
 
 	// Delay, when publishing, keeps the message out of sight for this long: it is
 	// delivered no sooner, and within the backend's documented precision after. It needs
@@ -226,6 +242,9 @@ func received(c *Conn, g *generation, d *backend.Delivery, queue string, accept 
 		CorrelationID:   d.CorrelationID,
 		ReplyTo:         d.ReplyTo,
 		Timestamp:       d.Timestamp,
+		Type:            d.Type,
+		AppID:           d.AppID,
+		UserID:          d.UserID,
 		d:               &r.d,
 	}
 	r.d = delivery{
@@ -265,10 +284,16 @@ func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
 		{"message id", m.MessageID},
 		{"correlation id", m.CorrelationID},
 		{"reply-to", m.ReplyTo},
+		{"type", m.Type},
+		{"app id", m.AppID},
+		{"user id", m.UserID},
 	} {
 		if err := checkShort(op, s.name, s.v); err != nil {
 			return bm, err
 		}
+	}
+	if u := caps.UserID; u != "" && m.UserID != "" && m.UserID != u {
+		return bm, invalidf(op, "user id %q is not %q, the user the connection logged in as: the broker refuses the message", m.UserID, u)
 	}
 	mode := m.DeliveryMode
 	if mode == 0 {
@@ -297,9 +322,12 @@ func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
 	if m.Expiration > 0 && !caps.Expiration {
 		return bm, unsupportedf(op, "the backend does not support message expiration")
 	}
-	headers, err := normalizeTable(m.Headers)
+	headers, nested, err := normalizeTable(m.Headers)
 	if err != nil {
 		return bm, invalidf(op, "header %w", err)
+	}
+	if nested != "" && !caps.NestedHeaders {
+		return bm, unsupportedf(op, "header %q holds a table or a list, which the backend cannot carry", nested)
 	}
 	bm.Body = m.Body
 	bm.RoutingKey = key
@@ -311,6 +339,9 @@ func (m *Message) backend(op string, p *Publisher) (backend.Message, error) {
 	bm.MessageID = m.MessageID
 	bm.CorrelationID = m.CorrelationID
 	bm.ReplyTo = m.ReplyTo
+	bm.Type = m.Type
+	bm.AppID = m.AppID
+	bm.UserID = m.UserID
 	if !m.Timestamp.IsZero() {
 		bm.Timestamp = m.Timestamp.UTC().Truncate(time.Second)
 	}
@@ -324,27 +355,57 @@ func roundUp(d, unit time.Duration) time.Duration {
 	return d
 }
 
+// maxNesting is how deep tables and lists may nest in headers, the headers table itself
+// not counted: amqp091-go reads no deeper.
+const maxNesting = 32
+
 // normalizeTable returns a copy of t with every value converted to one of the types
-// listed on Table, or an error naming the first key whose value cannot be.
-func normalizeTable(t Table) (map[string]any, error) {
+// listed on Table, or an error naming the first key whose value cannot be. nested is the
+// name of a header that holds a table or a list, if one does.
+func normalizeTable(t Table) (out map[string]any, nested string, err error) {
 	if len(t) == 0 {
-		return nil, nil
+		return nil, "", nil
 	}
-	out := make(map[string]any, len(t))
+	out = make(map[string]any, len(t))
 	for k, v := range t {
-		if len(k) > maxName {
-			return nil, fmt.Errorf("name %.20q... is %d bytes long, more than %d", k, len(k), maxName)
+		if err := checkHeaderName(k); err != nil {
+			return nil, "", err
 		}
-		if !utf8.ValidString(k) {
-			return nil, fmt.Errorf("name %q is not valid UTF-8", k)
-		}
-		nv, err := normalizeValue(v)
+		nv, err := normalizeValue(v, 0)
 		if err != nil {
-			return nil, fmt.Errorf("%q: %w", k, err)
+			return nil, "", fmt.Errorf("%q: %w", k, err)
+		}
+		switch nv.(type) {
+		case map[string]any, []any:
+			if nested == "" || k < nested { // the first in order, for a stable error
+				nested = k
+			}
 		}
 		out[k] = nv
 	}
-	return out, nil
+	return out, nested, nil
+}
+
+// normalizeArgs is normalizeTable for declaration arguments, which take no tables or
+// lists.
+func normalizeArgs(t Table) (map[string]any, error) {
+	out, nested, err := normalizeTable(t)
+	if err == nil && nested != "" {
+		err = fmt.Errorf("%q: a table or a list is not an argument any backend takes", nested)
+	}
+	return out, err
+}
+
+// checkHeaderName validates the name of a header or of an entry of a nested table: a
+// short string of UTF-8.
+func checkHeaderName(k string) error {
+	if len(k) > maxName {
+		return fmt.Errorf("name %.20q... is %d bytes long, more than %d", k, len(k), maxName)
+	}
+	if !utf8.ValidString(k) {
+		return fmt.Errorf("name %q is not valid UTF-8", k)
+	}
+	return nil
 }
 
 // finite returns f, or an error if it is NaN or infinite: RabbitMQ cannot read such a
@@ -356,7 +417,9 @@ func finite(f float64) (any, error) {
 	return f, nil
 }
 
-func normalizeValue(v any) (any, error) {
+// normalizeValue converts v, depth tables or lists deep in the headers, to one of the
+// types listed on Table.
+func normalizeValue(v any, depth int) (any, error) {
 	switch v := v.(type) {
 	case string:
 		if !utf8.ValidString(v) {
@@ -397,6 +460,42 @@ func normalizeValue(v any) (any, error) {
 		return finite(float64(v))
 	case float64:
 		return finite(v)
+	case Table:
+		return normalizeNested(v, depth)
+	case map[string]any:
+		return normalizeNested(v, depth)
+	case []any:
+		if depth >= maxNesting {
+			return nil, fmt.Errorf("tables and lists nest more than %d deep", maxNesting)
+		}
+		out := make([]any, len(v))
+		for i, e := range v {
+			ne, err := normalizeValue(e, depth+1)
+			if err != nil {
+				return nil, fmt.Errorf("[%d]: %w", i, err)
+			}
+			out[i] = ne
+		}
+		return out, nil
 	}
-	return nil, fmt.Errorf("unsupported type %T (want string, []byte, bool, an integer, a float, time.Time or nil)", v)
+	return nil, fmt.Errorf("unsupported type %T (want string, []byte, bool, an integer, a float, time.Time, nil, a table (map[string]any) or a list ([]any))", v)
+}
+
+// normalizeNested converts a table nested depth tables or lists deep in the headers.
+func normalizeNested(t map[string]any, depth int) (any, error) {
+	if depth >= maxNesting {
+		return nil, fmt.Errorf("tables and lists nest more than %d deep", maxNesting)
+	}
+	out := make(map[string]any, len(t))
+	for k, v := range t {
+		if err := checkHeaderName(k); err != nil {
+			return nil, err
+		}
+		nv, err := normalizeValue(v, depth+1)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %w", k, err)
+		}
+		out[k] = nv
+	}
+	return out, nil
 }

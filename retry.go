@@ -26,9 +26,11 @@ import (
 // "carrot-queue", "carrot-exchange", "carrot-routing-key" and "carrot-first-failure" (a
 // time). This needs the backend's Delay capability; without it, or when the
 // copy cannot be published, the failed delivery is kept unsettled for the backoff, then
-// requeued. Headers carrot cannot publish (such as RabbitMQ's x-death, from the broker) are
-// left out of the copy. A body that does not decode ([*DecodeError]) is rejected, not
-// retried.
+// requeued. The copy has the message's properties; headers carrot cannot publish (such as
+// RabbitMQ's x-death, from the broker, and tables and lists on a backend without the
+// NestedHeaders capability) are left out of it, and so is a UserID the broker would refuse
+// from this connection (another user's, see [Message].UserID). A body that does not decode
+// ([*DecodeError]) is rejected, not retried.
 type RetryPolicy struct {
 	// MaxDeliveries is how many deliveries a message gets before a failure dead-letters
 	// it, the first included. Zero retries for ever, never dropping a message.
@@ -98,7 +100,7 @@ func (c *Consumer) retry(ctx context.Context, m *Message, cause error) (string, 
 	if !c.conn.Capabilities().Delay {
 		return c.requeueLater(m, p.backoff(n), "")
 	}
-	out := retryCopy(m, n, cause)
+	out := retryCopy(m, n, cause, c.conn.Capabilities())
 	if p.MaxDeliveries > 0 && n >= p.MaxDeliveries {
 		x, key := p.DeadLetterExchange, m.RoutingKey
 		if x == "" {
@@ -144,14 +146,22 @@ func (c *Consumer) requeueLater(m *Message, d time.Duration, why string) (string
 var brokerHeaders = []string{"x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
 	"x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count", "x-opt-deaths"}
 
-// retryCopy returns a copy of m to publish again, its headers saying where it comes from
-// and why.
-func retryCopy(m *Message, n int, cause error) *Message {
+// retryCopy returns a copy of m to publish again on a connection with caps, its headers
+// saying where it comes from and why.
+func retryCopy(m *Message, n int, cause error, caps Capabilities) *Message {
 	h := make(Table, len(m.Headers)+6)
 	for k, v := range m.Headers {
-		if _, err := normalizeValue(v); err == nil && !slices.Contains(brokerHeaders, k) {
-			h[k] = v // one carrot cannot publish, from another client, is left out
+		nv, err := normalizeValue(v, 0)
+		if err != nil || slices.Contains(brokerHeaders, k) {
+			continue // one carrot cannot publish, from another client, is left out
 		}
+		switch nv.(type) {
+		case map[string]any, []any:
+			if !caps.NestedHeaders {
+				continue
+			}
+		}
+		h[k] = v
 	}
 	h[hdrDeliveries] = int64(n)
 	h[hdrExchange] = m.Exchange()
@@ -165,10 +175,15 @@ func retryCopy(m *Message, n int, cause error) *Message {
 	if _, ok := h[hdrFirstFailure]; !ok {
 		h[hdrFirstFailure] = time.Now()
 	}
+	user := m.UserID
+	if caps.UserID != "" && user != caps.UserID {
+		user = "" // the broker takes no other user's name from this connection
+	}
 	return &Message{
 		Body: m.Body, ContentType: m.ContentType, ContentEncoding: m.ContentEncoding, Headers: h,
 		DeliveryMode: m.DeliveryMode, Priority: m.Priority, MessageID: m.MessageID,
 		CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo, Timestamp: m.Timestamp,
+		Type: m.Type, AppID: m.AppID, UserID: user,
 	}
 }
 

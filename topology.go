@@ -138,7 +138,7 @@ func (x Exchange) backend(op string, caps Capabilities) (backend.Exchange, error
 	if x.AutoDelete && !caps.AutoDelete {
 		return backend.Exchange{}, unsupportedf(op, "the backend does not support auto-delete exchanges")
 	}
-	args, err := normalizeTable(x.Args)
+	args, err := normalizeArgs(x.Args)
 	if err != nil {
 		return backend.Exchange{}, invalidf(op, "argument %w", err)
 	}
@@ -187,7 +187,7 @@ func (q Queue) backend(op string, caps Capabilities) (backend.Queue, []Binding, 
 	if err := checkKey(op, q.DeadLetterRoutingKey); err != nil {
 		return bq, nil, err
 	}
-	args, err := normalizeTable(q.Args)
+	args, err := normalizeArgs(q.Args)
 	if err != nil {
 		return bq, nil, invalidf(op, "argument %w", err)
 	}

@@ -320,7 +320,9 @@ type Binding struct {
 // Message is the content and properties of a message, as published and as delivered.
 //
 // Header values are of the types string, []byte, bool, int64, float64, time.Time (UTC,
-// whole seconds) or nil; carrot converts other integer and float types before they reach a
+// whole seconds) or nil, or, only for a backend with the NestedHeaders capability,
+// map[string]any (a nested table) and []any (a list) holding values of these types, nested
+// at most 32 deep; carrot converts other integer and float types before they reach a
 // backend, and backends return these types on delivery.
 type Message struct {
 	Body            []byte
@@ -335,6 +337,9 @@ type Message struct {
 	CorrelationID   string
 	ReplyTo         string
 	Timestamp       time.Time // whole seconds; zero for none
+	Type            string    // the message's type name, such as "order.created"
+	AppID           string    // the application that published it
+	UserID          string    // the user that published it; see [Capabilities].UserID
 
 	// Delay, when publishing, is how long the message stays out of sight before its
 	// queues deliver it, whole milliseconds; 0 for at once. Only with the Delay capability.
@@ -386,6 +391,18 @@ type Capabilities struct {
 	SharedAcross    bool  // other processes can reach the same broker (false for in-process brokers)
 	MaxBodySize     int64 // the largest body the broker accepts, in bytes; 0 for no known limit
 	MaxPrefetch     int   // the largest prefetch the protocol can carry; 0 for no limit
+
+	// NestedHeaders: header values may be nested tables (map[string]any) and lists ([]any).
+	// Without it carrot refuses them, with an Unsupported error naming the header.
+	NestedHeaders bool
+
+	// UserID, when not empty, is the only Message.UserID the broker takes: the user the
+	// connection authenticated as (RabbitMQ refuses a message claiming another one, closing
+	// the channel or link that carried it). carrot refuses any other UserID before it
+	// reaches the backend. Empty means the backend carries any UserID, or cannot know the
+	// user (a certificate login); the backend then classifies the broker's refusal of the
+	// message as Invalid.
+	UserID string
 
 	// Delay: Message.Delay is honoured, with messages kept out of sight by the broker
 	// (surviving its restart where it persists messages), never in the client's memory.

@@ -41,6 +41,7 @@ func cases() []testCase {
 		{name: "DecodedRejects", doc: "a Decoded handler rejects a message that does not decode instead of retrying it", run: testDecodedRejects},
 		{name: "NoAck", doc: "with NoAck the broker settles messages on delivery", run: testNoAck},
 		{name: "InvalidHeader", doc: "a header of an unsupported type is an ErrInvalid error and nothing is sent", run: testInvalidHeader},
+		{name: "NestedHeadersRefused", doc: "a table or list header on a backend that cannot carry one is an ErrUnsupported error naming it, and nothing is sent", needs: need("no NestedHeaders", func(c carrot.Capabilities) bool { return !c.NestedHeaders }), run: testNestedHeadersRefused},
 		{name: "GeneratedQueueName", doc: "a queue declared without a name gets a unique one", run: testGeneratedQueueName},
 		{name: "DeclareIdempotent", doc: "declaring the same exchange and queue twice is not an error", run: testDeclareIdempotent},
 		{name: "DeclareMismatch", doc: "redeclaring with other properties is an ErrMismatch error", run: testDeclareMismatch},

@@ -69,6 +69,33 @@ func hostileCases() []hostileCase {
 			defer e.expectEmpty(q)
 			return e.publisher(carrot.PublisherOptions{RoutingKey: q}).Publish(e.ctx, &carrot.Message{Body: []byte("x"), CorrelationID: "\xff"})
 		}},
+		{"TypeTooLong", carrot.ErrInvalid, func(e *env) error {
+			q := e.queue(carrot.Queue{Name: "q"})
+			defer e.expectEmpty(q)
+			return e.publisher(carrot.PublisherOptions{RoutingKey: q}).Publish(e.ctx, &carrot.Message{Body: []byte("x"), Type: strings.Repeat("t", 256)})
+		}},
+		{"OtherUserID", nil, func(e *env) error {
+			// Refused before it is sent where the broker takes only the connection's user
+			// (RabbitMQ would close the channel), carried where any is.
+			q := e.queue(carrot.Queue{Name: "q"})
+			other := "not-" + e.userID()
+			err := e.publisher(carrot.PublisherOptions{RoutingKey: q}).Publish(e.ctx, &carrot.Message{Body: []byte("x"), UserID: other})
+			switch {
+			case e.caps.UserID != "" && !errors.Is(err, carrot.ErrInvalid):
+				e.t.Errorf("UserID %q on a backend that takes only %q = %v, want ErrInvalid", other, e.caps.UserID, err)
+			case e.caps.UserID != "":
+				e.expectEmpty(q)
+			case err != nil:
+				e.t.Errorf("UserID %q on a backend that takes any: %v", other, err)
+			default:
+				if m := e.fetch(q); m.UserID != other {
+					e.t.Errorf("UserID = %q, want %q", m.UserID, other)
+				} else {
+					e.ack(m)
+				}
+			}
+			return err
+		}},
 		{"NameTooLong", carrot.ErrInvalid, func(e *env) error {
 			_, err := e.conn.DeclareQueue(e.ctx, carrot.Queue{Name: strings.Repeat("q", 256)})
 			return err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
@@ -28,6 +29,9 @@ type props struct {
 	CorrelationID   string
 	ReplyTo         string
 	Timestamp       time.Time
+	Type            string
+	AppID           string
+	UserID          string
 }
 
 func propsOf(m *carrot.Message) props {
@@ -43,7 +47,18 @@ func propsOf(m *carrot.Message) props {
 		CorrelationID:   m.CorrelationID,
 		ReplyTo:         m.ReplyTo,
 		Timestamp:       m.Timestamp,
+		Type:            m.Type,
+		AppID:           m.AppID,
+		UserID:          m.UserID,
 	}
+}
+
+// userID returns a Message.UserID the backend takes: the one it requires, if it does.
+func (e *env) userID() string {
+	if e.caps.UserID != "" {
+		return e.caps.UserID
+	}
+	return "carrot-conformance-user"
 }
 
 func testRoundTrip(e *env) {
@@ -80,7 +95,10 @@ func testRoundTrip(e *env) {
 					"true":    true,
 					"false":   false,
 					"int":     -42,
+					"minus1":  -1,
 					"int32":   int32(math.MinInt32),
+					"int32+":  int64(math.MaxInt32) + 1, // the smallest that needs 64 bits
+					"int32-":  int64(math.MinInt32) - 1,
 					"uint8":   uint8(200),
 					"max":     int64(math.MaxInt64),
 					"min":     int64(math.MinInt64),
@@ -96,13 +114,23 @@ func testRoundTrip(e *env) {
 				CorrelationID: "correlation-1",
 				ReplyTo:       "reply-queue",
 				Timestamp:     ts.In(time.FixedZone("UTC+3", 3*3600)),
+				Type:          "order.created",
+				AppID:         "carrot-conformance",
+				UserID:        e.userID(),
 			}
 			want := propsOf(published)
 			want.Headers = carrot.Table{
 				"string": "välue 🥕", "empty": "", "bytes": []byte{0, 1, 2, 255}, "true": true, "false": false,
-				"int": int64(-42), "int32": int64(math.MinInt32), "uint8": int64(200),
+				"int": int64(-42), "minus1": int64(-1), "int32": int64(math.MinInt32), "uint8": int64(200),
+				"int32+": int64(math.MaxInt32) + 1, "int32-": int64(math.MinInt32) - 1,
 				"max": int64(math.MaxInt64), "min": int64(math.MinInt64),
 				"float": 3.25, "float32": 0.5, "time": ts, "nil": nil, "ünï": "unicode key",
+			}
+			if e.caps.NestedHeaders {
+				published.Headers["table"] = carrot.Table{"int": int8(-1), "s": "x", "list": []any{uint16(2), nil, []byte{9}, ts}, "empty": carrot.Table{}}
+				published.Headers["list"] = []any{true, 2.5, map[string]any{"k": "v"}, []any{}}
+				want.Headers["table"] = map[string]any{"int": int64(-1), "s": "x", "list": []any{int64(2), nil, []byte{9}, ts}, "empty": map[string]any{}}
+				want.Headers["list"] = []any{true, 2.5, map[string]any{"k": "v"}, []any{}}
 			}
 			if e.caps.Expiration {
 				published.Expiration = time.Hour
@@ -313,6 +341,18 @@ func testInvalidHeader(e *env) {
 	err := p.Publish(e.ctx, &carrot.Message{Body: []byte("x"), Headers: carrot.Table{"bad": struct{}{}}})
 	if !errors.Is(err, carrot.ErrInvalid) {
 		e.t.Errorf("publish with a struct header = %v, want ErrInvalid", err)
+	}
+	e.expectEmpty(q)
+}
+
+func testNestedHeadersRefused(e *env) {
+	q := e.queue(carrot.Queue{Name: "q"})
+	p := e.publisher(carrot.PublisherOptions{RoutingKey: q})
+	for _, v := range []any{carrot.Table{"k": "v"}, []any{"v"}} {
+		err := p.Publish(e.ctx, &carrot.Message{Body: []byte("x"), Headers: carrot.Table{"simple": "v", "nested": v}})
+		if !errors.Is(err, carrot.ErrUnsupported) || !strings.Contains(err.Error(), `"nested"`) {
+			e.t.Errorf("publish with a %T header on a backend without NestedHeaders = %v, want ErrUnsupported naming the header", v, err)
+		}
 	}
 	e.expectEmpty(q)
 }

@@ -94,7 +94,12 @@ func testRetryDeadLetter(e *env) {
 			return m.Ack(context.WithoutCancel(ctx))
 		}),
 	}, q)
-	e.publish("", q, "poison")
+	poisonMsg := &carrot.Message{RoutingKey: q, Body: []byte("poison"), Type: "poison.type", AppID: "poison-app", UserID: e.userID(),
+		MessageID: "poison-1", CorrelationID: "c-1", ContentType: "text/plain", Headers: carrot.Table{"app-header": "kept"}}
+	if e.caps.NestedHeaders {
+		poisonMsg.Headers["nested"] = carrot.Table{"list": []any{int64(1), "two"}}
+	}
+	e.publishMessage("", poisonMsg)
 	const n = 100
 	for i := range n {
 		e.publish("", q, fmt.Sprint(i))
@@ -131,6 +136,13 @@ func testRetryDeadLetter(e *env) {
 	}
 	if _, ok := m.Headers["carrot-first-failure"].(time.Time); !ok || string(m.Body) != "poison" {
 		e.t.Errorf("dead-lettered %q with headers %v, want the failing message with carrot-first-failure", m.Body, m.Headers)
+	}
+	if m.Type != poisonMsg.Type || m.AppID != poisonMsg.AppID || m.UserID != poisonMsg.UserID || m.MessageID != poisonMsg.MessageID ||
+		m.CorrelationID != poisonMsg.CorrelationID || m.ContentType != poisonMsg.ContentType || m.Headers["app-header"] != "kept" {
+		e.t.Errorf("dead-lettered message %+v lost properties or headers of the one published, %+v", m, poisonMsg)
+	}
+	if e.caps.NestedHeaders && fmt.Sprint(m.Headers["nested"]) != "map[list:[1 two]]" {
+		e.t.Errorf("dead-lettered nested header = %#v, want the one published", m.Headers["nested"])
 	}
 	e.ack(m)
 	e.expectEmpty(q)

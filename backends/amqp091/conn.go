@@ -408,7 +408,9 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		MaxDelay:       delayq.Max,
 		DelayPrecision: 100 * time.Millisecond, // beyond the rounding to two significant digits
 
-		InspectQueue: backend.ReadyCount | backend.ConsumerCount, // no unacked count in AMQP 0-9-1
+		InspectQueue:  backend.ReadyCount | backend.ConsumerCount, // no unacked count in AMQP 0-9-1
+		NestedHeaders: true,
+		UserID:        c.opts.userID(),
 	}
 }
 

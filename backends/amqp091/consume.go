@@ -252,6 +252,9 @@ func delivery(d *amqp.Delivery, s *settler) *backend.Delivery {
 			MessageID:       d.MessageId,
 			CorrelationID:   d.CorrelationId,
 			ReplyTo:         d.ReplyTo,
+			Type:            d.Type,
+			AppID:           d.AppId,
+			UserID:          d.UserId,
 		},
 		Exchange:    d.Exchange,
 		Redelivered: d.Redelivered,
@@ -277,12 +280,17 @@ func delivery(d *amqp.Delivery, s *settler) *backend.Delivery {
 }
 
 // headers converts an AMQP table to carrot's header types: every integer to int64, every
-// float to float64, timestamps to UTC; nested tables and arrays, which carrot does not
-// publish but other clients and RabbitMQ itself (x-death) do, are converted inside too.
+// float to float64, timestamps to UTC, decimals to float64, nested tables (such as
+// RabbitMQ's x-death) to map[string]any and arrays to []any, converted inside too.
 func headers(t amqp.Table) map[string]any {
 	if len(t) == 0 {
 		return nil
 	}
+	return nestedTable(t)
+}
+
+// nestedTable converts a table, empty or not, to map[string]any.
+func nestedTable(t amqp.Table) map[string]any {
 	h := make(map[string]any, len(t))
 	for k, v := range t {
 		h[k] = headerValue(v)
@@ -313,7 +321,7 @@ func headerValue(v any) any {
 	case amqp.Decimal:
 		return float64(v.Value) / pow10(v.Scale)
 	case amqp.Table:
-		return headers(v)
+		return nestedTable(v)
 	case []any:
 		out := make([]any, len(v))
 		for i, x := range v {

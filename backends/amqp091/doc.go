@@ -77,10 +77,6 @@
 // queue that does not exist closes it, and RabbitMQ requeues what was got on it and not
 // yet settled.
 //
-// Received header values are converted to carrot's types: every integer to int64, floats
-// to float64, timestamps to UTC; nested tables (such as RabbitMQ's x-death) arrive as
-// map[string]any and arrays as []any.
-//
 // The Conn owns its connection and channels, and drains every notification channel it
 // registers. It is one AMQP connection and never reconnects: when the connection is lost,
 // carrot opens a new Conn, declares its topology again and resumes its consumers (see
@@ -89,6 +85,47 @@
 // at-least-once, and a message may arrive twice. Messages delivered and not acked when
 // the connection was lost come again, flagged redelivered; settling them is an
 // ErrUnavailable error. Close waits at most two seconds for a broker that does not answer.
+//
+// # Properties and headers
+//
+// Each field of carrot.Message is the AMQP 0-9-1 basic property of the same name:
+// content-type, content-encoding, delivery-mode, priority, expiration (milliseconds, as a
+// string), message-id, correlation-id, reply-to, timestamp (seconds), type, app-id and
+// user-id; Headers are the headers table. RabbitMQ refuses a message whose user-id is not
+// the user the connection logged in as, closing the channel (406 PRECONDITION_FAILED):
+// carrot refuses such a UserID before sending, with an error wrapping carrot.ErrInvalid,
+// as Capabilities().UserID is the URL's user. With auth_mechanism=external RabbitMQ
+// derives the user from the certificate, unknown to the Conn: its refusal is then an
+// ErrInvalid error of that publish alone, which is not retried (the others in flight on the
+// channel are, on a new one). A RabbitMQ user with the impersonator tag, which may publish
+// any user-id, cannot do so through carrot.
+//
+// Header values go out with these field types (this package's interop tests check what
+// Debian's Kombu 5.2, with py-amqp 5.1, reads of each, and the other way round):
+//
+//	string          'S' long string
+//	[]byte          'x' byte array (bytes in Python)
+//	bool            't'
+//	int64           'I' (signed 32 bits) when it fits in 32 bits, else 'l' (signed 64 bits)
+//	float64         'd'
+//	time.Time       'T' (seconds)
+//	nil             'V'
+//	map[string]any  'F' nested table
+//	[]any           'A' array
+//
+// Integers go out as 'I' when they can because py-amqp reads 'l' as unsigned: an int64 -1
+// sent as 'l' would reach Kombu as 18446744073709551615. So negative integers beyond 32
+// bits reach Kombu as their unsigned 64-bit values (-2^40 as 2^64-2^40): the 'L' that
+// py-amqp reads as signed is a field type amqp091-go can neither write nor read (see
+// below). Positive ones arrive as they were. From Kombu, bytes arrive as
+// strings (py-amqp writes them as 'S'), decimals as float64, dicts and lists as tables and
+// lists.
+// Received header values are converted to carrot's types: every integer field type
+// ('b', 'B', 's', 'u', 'I', 'i', 'l') to int64, 'f' and 'd' to float64, a decimal 'D' to
+// float64 (its value divided by 10^scale), 'T' to a UTC time.Time, 'S' to a string, 'x' to
+// []byte, 'V' to nil, nested tables 'F' (such as RabbitMQ's x-death) to map[string]any
+// and arrays 'A' to []any, converted inside too. Field types amqp091-go cannot parse,
+// such as the 'L' py-amqp sends for integers beyond 32 bits, are described below.
 //
 // # Refusals
 //
@@ -145,8 +182,9 @@
 // # Capabilities
 //
 // Confirms and Mandatory (unless confirms=false), DeadLetter, Expiration, QueueMessageTTL,
-// MaxLength, Priority, Exclusive, AutoDelete, Persistence, SharedAcross, MaxBodySize from
-// the URL, and Delay (up to 2^32-1 ms). MaxPrefetch is 65535, the most basic.qos carries:
+// MaxLength, Priority, Exclusive, AutoDelete, Persistence, SharedAcross, NestedHeaders,
+// MaxBodySize from the URL, UserID the URL's user (none with auth_mechanism=external),
+// and Delay (up to 2^32-1 ms). MaxPrefetch is 65535, the most basic.qos carries:
 // a larger prefetch is an ErrInvalid error rather than the 16-bit remainder the client
 // would send. DeliveryCount
 // is off, because classic queues do not count deliveries; quorum queues do, and their

@@ -135,6 +135,16 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// userID returns the user name RabbitMQ takes as a message's user-id on connections with
+// o, which their Capabilities report: the one they log in with, or "" when the login is a
+// certificate's (EXTERNAL), whose name RabbitMQ derives itself.
+func (o Options) userID() string {
+	if o.AuthMechanism == "EXTERNAL" {
+		return ""
+	}
+	return o.Username
+}
+
 // String describes where o connects, without the user name and password.
 func (o Options) String() string {
 	scheme := "amqp"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"hash/crc32"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +47,7 @@ type publisher struct {
 type request struct {
 	fp       fingerprint // of the message, to recognize its return
 	size     int         // of its body, to recognize it in a refusal
+	userID   string      // its user-id, to recognize it in a refusal
 	dc       *amqp.DeferredConfirmation
 	done     func(error)
 	answered atomic.Bool
@@ -111,7 +113,7 @@ func (c *Conn) PublishAsync(ctx context.Context, p *backend.Publishing, done fun
 		p = d
 	}
 	msg := publishing(&p.Message)
-	r := &request{done: done, size: len(p.Body)}
+	r := &request{done: done, size: len(p.Body), userID: p.UserID}
 	r.fp.exchange = p.Exchange
 	if p.Mandatory {
 		r.fp = fingerprintOf(p.Exchange, p.RoutingKey, &msg)
@@ -149,11 +151,34 @@ func (c *Conn) check(p *backend.Publishing) error {
 	if len(p.Headers) > maxTableEntries {
 		return backend.Errorf(backend.Invalid, "carrot/amqp091: %d headers: amqp091-go cannot read a table of more than %d", len(p.Headers), maxTableEntries)
 	}
+	for k, v := range p.Headers {
+		if n := largest(v); n > maxTableEntries {
+			return backend.Errorf(backend.Invalid, "carrot/amqp091: header %q holds a table or list of %d entries: amqp091-go cannot read one of more than %d", k, n, maxTableEntries)
+		}
+	}
 	return nil
 }
 
-// maxTableEntries is the most entries amqp091-go reads in a table.
+// maxTableEntries is the most entries amqp091-go reads in a table or an array.
 const maxTableEntries = 8192
+
+// largest returns the number of entries of the largest table or list in v, v included.
+func largest(v any) int {
+	n := 0
+	switch v := v.(type) {
+	case map[string]any:
+		n = len(v)
+		for _, e := range v {
+			n = max(n, largest(e))
+		}
+	case []any:
+		n = len(v)
+		for _, e := range v {
+			n = max(n, largest(e))
+		}
+	}
+	return n
+}
 
 // headerSize returns the size of the content header frame payload amqp091-go writes for
 // m: class, weight, body size, property flags, then the properties.
@@ -169,25 +194,50 @@ func headerSize(m *backend.Message) int {
 	short(m.CorrelationID)
 	short(m.ReplyTo)
 	short(m.MessageID)
+	short(m.Type)
+	short(m.AppID)
+	short(m.UserID)
 	n += 1 + 1 + 8 + 16 // delivery mode, priority, timestamp, expiration
 	if len(m.Headers) > 0 {
-		n += 4
-		for k, v := range m.Headers {
-			n += 1 + len(k) + 1
-			switch v := v.(type) {
-			case string:
-				n += 4 + len(v)
-			case []byte:
-				n += 4 + len(v)
-			case bool:
-				n++
-			case nil:
-			default: // int64, float64, time.Time
-				n += 8
-			}
-		}
+		n += tableSize(m.Headers)
 	}
 	return n
+}
+
+// tableSize returns the size of a field table as amqp091-go writes it (see table).
+func tableSize(t map[string]any) int {
+	n := 4
+	for k, v := range t {
+		n += 1 + len(k) + fieldSize(v)
+	}
+	return n
+}
+
+// fieldSize returns the size of a field value with its type octet.
+func fieldSize(v any) int {
+	switch v := v.(type) {
+	case string:
+		return 1 + 4 + len(v)
+	case []byte:
+		return 1 + 4 + len(v)
+	case bool:
+		return 1 + 1
+	case nil:
+		return 1
+	case int64:
+		if v >= math.MinInt32 && v <= math.MaxInt32 {
+			return 1 + 4
+		}
+	case map[string]any:
+		return 1 + tableSize(v)
+	case []any:
+		n := 1 + 4
+		for _, e := range v {
+			n += fieldSize(e)
+		}
+		return n
+	}
+	return 1 + 8 // int64, float64, time.Time
 }
 
 // write writes one message and hands it to run, or answers it at once if it needs no
@@ -353,6 +403,9 @@ func (pc *publisher) confirm(r *request) {
 			code = backend.TooLarge
 		}
 	}
+	if user, ok := otherUser(cause); ok && r.userID != "" && user == r.userID {
+		code = backend.Invalid
+	}
 	if pc.c.conn.IsClosed() && code == backend.Unavailable {
 		r.answer(pc.c.gone())
 		return
@@ -416,7 +469,7 @@ func (pc *publisher) claimReturn(r *request) (amqp.Return, bool) {
 // publishing converts a message for amqp091-go.
 func publishing(m *backend.Message) amqp.Publishing {
 	p := amqp.Publishing{
-		Headers:         amqp.Table(m.Headers),
+		Headers:         table(m.Headers),
 		ContentType:     m.ContentType,
 		ContentEncoding: m.ContentEncoding,
 		DeliveryMode:    amqp.Transient,
@@ -425,6 +478,9 @@ func publishing(m *backend.Message) amqp.Publishing {
 		ReplyTo:         m.ReplyTo,
 		MessageId:       m.MessageID,
 		Timestamp:       m.Timestamp,
+		Type:            m.Type,
+		AppId:           m.AppID,
+		UserId:          m.UserID,
 		Body:            m.Body,
 	}
 	if m.Persistent {
@@ -434,6 +490,40 @@ func publishing(m *backend.Message) amqp.Publishing {
 		p.Expiration = strconv.FormatInt(int64(m.Expiration/time.Millisecond), 10)
 	}
 	return p
+}
+
+// table converts headers for amqp091-go, which writes each value with the field type of
+// its Go type: integers that fit in 32 bits as int32 ('I', signed), which every client
+// reads as it was sent, where an int64 ('l') is read as unsigned by some (py-amqp, for
+// Kombu and Celery, reads -1 as 2^64-1); nested tables as amqp.Table ('F'), lists as
+// []any ('A'), converted inside too.
+func table(h map[string]any) amqp.Table {
+	if len(h) == 0 {
+		return nil
+	}
+	t := make(amqp.Table, len(h))
+	for k, v := range h {
+		t[k] = fieldValue(v)
+	}
+	return t
+}
+
+func fieldValue(v any) any {
+	switch v := v.(type) {
+	case int64:
+		if v >= math.MinInt32 && v <= math.MaxInt32 {
+			return int32(v)
+		}
+	case map[string]any:
+		return table(v)
+	case []any:
+		l := make([]any, len(v))
+		for i, e := range v {
+			l[i] = fieldValue(e)
+		}
+		return l
+	}
+	return v
 }
 
 // tooLarge reads RabbitMQ's refusal of a body over its max_message_size ("message size N
@@ -459,6 +549,21 @@ func tooLarge(err error) (size, max int, ok bool) {
 	size, err1 := strconv.Atoi(sizeText)
 	max, err2 := strconv.Atoi(maxText)
 	return size, max, err1 == nil && err2 == nil
+}
+
+// otherUser reads RabbitMQ's refusal of a message whose user-id is not the connection's
+// user ("user_id property set to 'U' but authenticated user was 'V'"): U.
+func otherUser(err error) (string, bool) {
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
+		return "", false
+	}
+	_, rest, found := strings.Cut(ae.Reason, "user_id property set to '")
+	if !found {
+		return "", false
+	}
+	user, _, found := strings.Cut(rest, "' but authenticated user was '")
+	return user, found
 }
 
 // learnMaxBody lowers the known body limit to what RabbitMQ said it is.

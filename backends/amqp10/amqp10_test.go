@@ -1,7 +1,6 @@
 package amqp10_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
-	_ "github.com/carrot-go/carrot/backends/amqp091" // for the interop test
 	"github.com/carrot-go/carrot/backends/amqp10"
 	"github.com/carrot-go/carrot/conformance"
 	"github.com/carrot-go/carrot/internal/amqpraw"
@@ -133,82 +131,6 @@ func declare(t *testing.T, conn *carrot.Conn, q carrot.Queue) string {
 
 func uniqueName(t *testing.T) string {
 	return fmt.Sprintf("carrot-test.%s.%d", t.Name(), time.Now().UnixNano())
-}
-
-// TestInterop publishes with the amqp091 backend and consumes with the amqp10 backend on
-// the same RabbitMQ, and the other way round: body, content type and headers arrive
-// intact.
-func TestInterop(t *testing.T) {
-	ctx := t.Context()
-	url10 := testbroker.URL(t, testbroker.RabbitMQ4)
-	url091 := "amqp" + strings.TrimPrefix(url10, "amqp10") // the same broker and port, AMQP 0-9-1
-	c10, c091 := open(t, url10), open(t, url091)
-	ts := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-	sent := &carrot.Message{
-		Body:          []byte{0, 1, 2, 0xff, 'x'},
-		ContentType:   "application/x-interop",
-		Headers:       carrot.Table{"s": "välue", "i": int64(-7), "b": true, "f": 1.5, "y": []byte("raw"), "t": ts},
-		MessageID:     "m-1",
-		CorrelationID: "c-1",
-		ReplyTo:       "replies",
-		Timestamp:     ts,
-		Priority:      3,
-	}
-	for _, dir := range []struct {
-		name     string
-		pub, sub *carrot.Conn
-	}{
-		{"amqp091-to-amqp10", c091, c10},
-		{"amqp10-to-amqp091", c10, c091},
-	} {
-		t.Run(dir.name, func(t *testing.T) {
-			x := uniqueName(t)
-			q := declare(t, dir.sub, carrot.Queue{Name: x, Exchange: carrot.Exchange{Name: x}, RoutingKey: "interop"})
-			p, err := dir.pub.NewPublisher(carrot.PublisherOptions{Exchange: x, RoutingKey: "interop"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := p.Publish(ctx, sent); err != nil {
-				t.Fatal(err)
-			}
-			c, err := dir.sub.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var m *carrot.Message
-			for m == nil { // a fetch may race the message to the queue
-				if m, err = c.Fetch(ctx); errors.Is(err, carrot.ErrEmpty) {
-					time.Sleep(10 * time.Millisecond)
-				} else if err != nil {
-					t.Fatal(err)
-				}
-			}
-			if !bytes.Equal(m.Body, sent.Body) || m.ContentType != sent.ContentType || m.MessageID != sent.MessageID ||
-				m.CorrelationID != sent.CorrelationID || m.ReplyTo != sent.ReplyTo || !m.Timestamp.Equal(ts) ||
-				m.Priority != sent.Priority || m.DeliveryMode != carrot.Persistent || m.RoutingKey != "interop" || m.Exchange() != x {
-				t.Errorf("received %+v (exchange %q)", m, m.Exchange())
-			}
-			for k, want := range sent.Headers {
-				got := m.Headers[k]
-				if b, ok := got.([]byte); ok {
-					got = string(b)
-				}
-				if w, ok := want.([]byte); ok {
-					want = string(w)
-				}
-				if tv, ok := want.(time.Time); ok {
-					if gt, ok := got.(time.Time); !ok || !gt.Equal(tv) {
-						t.Errorf("header %q = %#v, want %v", k, got, tv)
-					}
-					continue
-				}
-				if got != want {
-					t.Errorf("header %q = %#v, want %#v", k, m.Headers[k], want)
-				}
-			}
-			m.Ack(ctx)
-		})
-	}
 }
 
 func TestQuorumQueueDeliveryCount(t *testing.T) {

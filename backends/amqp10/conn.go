@@ -309,6 +309,8 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		DelayPrecision: 100 * time.Millisecond, // beyond the rounding to two significant digits
 
 		InspectQueue: backend.ReadyCount | backend.ConsumerCount, // the management node counts no unacked messages
+		// NestedHeaders is off: AMQP 1.0 application properties hold simple values only.
+		UserID: c.opts.userID(),
 	}
 }
 

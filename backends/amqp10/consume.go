@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -234,10 +235,15 @@ func delivery(m *amqp.Message, st *settler, quorum bool) *backend.Delivery {
 		if p.CreationTime != nil {
 			d.Timestamp = p.CreationTime.UTC()
 		}
+		d.UserID = string(p.UserID)
+		if p.GroupID != nil {
+			d.AppID = *p.GroupID
+		}
 	}
 	if a := m.Annotations; a != nil {
 		d.Exchange, _ = a["x-exchange"].(string)
 		d.RoutingKey, _ = a["x-routing-key"].(string)
+		d.Type, _ = a[annotationType].(string)
 	}
 	if quorum { // quorum queues count earlier deliveries in x-delivery-count, absent at first
 		d.DeliveryCount = int(integer(m.Annotations["x-delivery-count"])) + 1
@@ -295,7 +301,10 @@ func integer(v any) int64 {
 	return 0
 }
 
-// headerValue converts an application property to carrot's header types.
+// headerValue converts an application property to carrot's header types. Maps and lists,
+// which AMQP 1.0 does not allow there but RabbitMQ 4 passes on from other AMQP 1.0
+// clients, become map[string]any (keys that are not strings or symbols formatted) and
+// []any, converted inside too.
 func headerValue(v any) any {
 	switch n := v.(type) {
 	case int8, int16, int32, uint8, uint16, uint32, uint64:
@@ -308,6 +317,28 @@ func headerValue(v any) any {
 		return string(n)
 	case amqp.UUID:
 		return n.String()
+	case map[string]any:
+		t := make(map[string]any, len(n))
+		for k, e := range n {
+			t[k] = headerValue(e)
+		}
+		return t
+	case map[any]any:
+		t := make(map[string]any, len(n))
+		for k, e := range n {
+			key, ok := headerValue(k).(string)
+			if !ok {
+				key = fmt.Sprint(k)
+			}
+			t[key] = headerValue(e)
+		}
+		return t
+	case []any:
+		l := make([]any, len(n))
+		for i, e := range n {
+			l[i] = headerValue(e)
+		}
+		return l
 	}
 	return v
 }

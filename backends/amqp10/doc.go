@@ -58,14 +58,12 @@
 // there, which spares the broker resolving each one's address; the messages of one
 // goroutine keep their order across the switch. A message such a link gets back as
 // released is sent again through the null target, which tells an exchange deleted since
-// from one that routes nowhere. The header carries durable, priority and ttl; the properties message-id,
-// correlation-id, reply-to, content-type, content-encoding and creation-time (milliseconds;
-// carrot sends whole seconds); headers go as application-properties; the body is one data
-// section. Each publish waits for the broker's outcome: accepted is taken, released
-// (RabbitMQ's answer for a message no queue took) is an error wrapping
-// carrot.ErrUnroutable unless the publisher allows unroutable messages, rejected is
-// carrot.ErrNotFound for a missing exchange and carrot.ErrRefused otherwise. PublishAsync
-// returns once the message is sent.
+// from one that routes nowhere. Properties and headers go as the section Properties and
+// headers says; the body is one data section. Each publish waits for the broker's
+// outcome: accepted is taken, released (RabbitMQ's answer for a message no queue took)
+// is an error wrapping carrot.ErrUnroutable unless the publisher allows unroutable
+// messages, rejected is carrot.ErrNotFound for a missing exchange and carrot.ErrRefused
+// otherwise. PublishAsync returns once the message is sent.
 //
 // Each consumer attaches a receiver to /queues/NAME with link credit as its prefetch.
 // Ack is the accepted outcome; requeue is modified with delivery-failed (the message goes
@@ -94,12 +92,9 @@
 // retries; messages delivered and not settled come again, and settling them is an
 // ErrUnavailable error. Close waits at most two seconds for a broker that does not answer.
 //
-// Interoperability with AMQP 0-9-1 on the same broker: a message published by the amqp091
-// backend arrives with its body, content type, properties and headers (those without an
-// "x-" prefix; RabbitMQ turns "x-" headers into message annotations, reachable through
-// As), and the other way round. RabbitMQ 4.0 closes the AMQP 1.0 connection that is to
-// receive a message whose AMQP 0-9-1 headers hold a decimal value (seen with 4.0.5):
-// carrot never publishes one, but other AMQP 0-9-1 clients can. The Conn then ends with a
+// A message whose AMQP 0-9-1 headers hold a decimal value, which other AMQP 0-9-1
+// clients can publish (carrot never does), makes RabbitMQ 4.0 close the AMQP 1.0
+// connection that is to receive it (seen with 4.0.5). The Conn then ends with a
 // Malformed error, and carrot waits longer before each reconnection while such losses go
 // on, so that the message cannot make it reconnect in a hot loop. The broker does not say
 // which receiver the message was for: the Conn tells when only one receiver was attached,
@@ -125,6 +120,67 @@
 // Other AMQP 1.0 brokers (ActiveMQ Artemis, Azure Service Bus) address and declare things
 // their own way and are not supported yet.
 //
+// # Properties and headers
+//
+// The fields of carrot.Message go in these parts of an AMQP 1.0 message, which RabbitMQ 4
+// converts to and from the AMQP 0-9-1 properties of the same meaning, so that a message
+// published with either protocol arrives with every property over the other:
+//
+//	carrot.Message   AMQP 1.0                              AMQP 0-9-1, as RabbitMQ converts
+//	DeliveryMode     header durable                        delivery-mode
+//	Priority         header priority                       priority
+//	Expiration       header ttl                            expiration
+//	MessageID        properties message-id                 message-id
+//	CorrelationID    properties correlation-id             correlation-id
+//	ReplyTo          properties reply-to                   reply-to
+//	ContentType      properties content-type               content-type
+//	ContentEncoding  properties content-encoding           content-encoding
+//	Timestamp        properties creation-time (ms)         timestamp (s)
+//	UserID           properties user-id (binary)           user-id
+//	AppID            properties group-id                   app-id
+//	Type             message annotation x-basic-type       type
+//	Headers          application-properties                headers
+//
+// RabbitMQ refuses a message whose user-id is not the user the connection logged in as,
+// detaching the link that carried it: carrot refuses such a UserID before sending, with
+// an error wrapping carrot.ErrInvalid, as Capabilities().UserID is the URL's user. With
+// auth_mechanism=anonymous or external RabbitMQ derives the user itself, unknown to the
+// Conn: its refusal is then an ErrInvalid error of that publish alone, which is not
+// retried.
+//
+// AMQP 1.0 allows only simple values in application-properties, so the backend has no
+// NestedHeaders capability: a table or list header is an error wrapping
+// carrot.ErrUnsupported that names it, and nothing is sent (RabbitMQ 4.0 would take one,
+// but other AMQP 1.0 clients need not read it). Each header type goes out as below, and
+// arrives so at AMQP 1.0 consumers; the next columns say what RabbitMQ 4 makes of it for
+// AMQP 0-9-1 consumers (carrot's amqp091 backend, Kombu), and what a header published over
+// AMQP 0-9-1 becomes here:
+//
+//	carrot      AMQP 1.0 sent      to AMQP 0-9-1     from AMQP 0-9-1 (field types)
+//	string      string             'S' string        'S' → string, or []byte if it holds NUL
+//	[]byte      binary             'S' string (1)    'x' → []byte
+//	bool        boolean            't'               't' → bool
+//	int64       int (fits 32 bits) 'I'               'b' 'B' 's' 'u' 'I' 'i' 'l' 'L' → int64
+//	            or long            'l' (2)
+//	float64     double             'd'               'f' 'd' → float64
+//	time.Time   timestamp          'T' (seconds)     'T' → time.Time
+//	nil         null               'V'               'V' → nil
+//	table, list refused            -                 'F' 'A': dropped by RabbitMQ (3)
+//	-           -                  -                 'D' decimal: the connection closes (4)
+//
+// (1) RabbitMQ 4.0 gives AMQP 0-9-1 consumers binary values as strings, so a []byte
+// header published here arrives there as a string of its bytes. (2) py-amqp (Kombu,
+// Celery) reads 'l' as unsigned: a negative integer beyond 32 bits reaches it as its
+// unsigned 64-bit value; those that fit in 32 bits go as int so that they arrive as 'I'.
+// (3) RabbitMQ does not convert tables and arrays to AMQP 1.0, and carrot cannot see that
+// they were there: publish such headers to AMQP 0-9-1 consumers with the amqp091 backend.
+// (4) See above: the consumer's Run returns ErrMalformed. Headers whose names begin with
+// "x-" published over AMQP 0-9-1 become message annotations, not application properties:
+// they are not in Headers here, but reachable through [carrot.Message.As]; an "x-" header
+// published here reaches AMQP 0-9-1 consumers as a header. Received maps and lists, which
+// other AMQP 1.0 clients may send and RabbitMQ 4.0 passes on, become map[string]any and
+// []any; symbols become strings, UUIDs their text, and every integer an int64.
+//
 // # Logging
 //
 // The backend logs nothing, and go-amqp logs only when built with its debug tag: the lines
@@ -135,8 +191,9 @@
 //
 // Confirms, Mandatory, DeadLetter, Expiration, QueueMessageTTL, MaxLength, Priority, Exclusive
 // (exclusive to this connection), AutoDelete, Persistence, SharedAcross, MaxBodySize
-// from the URL, Delay (up to 2^32-1 ms), and MaxPrefetch 2147483647 (link credit as
-// go-amqp carries it). DeliveryCount is off, because classic queues do not count deliveries;
+// from the URL, Delay (up to 2^32-1 ms), MaxPrefetch 2147483647 (link credit as go-amqp
+// carries it), and UserID the URL's user (none with anonymous or external logins). Not
+// NestedHeaders (see Properties and headers). DeliveryCount is off, because classic queues do not count deliveries;
 // quorum queues do, and their messages' DeliveryCount is set.
 //
 // InspectQueue reports ready messages and consumers (ReadyCount and ConsumerCount), from

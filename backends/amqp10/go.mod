@@ -15,6 +15,7 @@ require (
 	github.com/carrot-go/carrot/backends/amqp091 v0.0.0-00010101000000-000000000000
 	github.com/carrot-go/carrot/internal/amqpraw v0.0.0-00010101000000-000000000000
 	github.com/carrot-go/carrot/internal/testbroker v0.0.0-00010101000000-000000000000
+	github.com/google/go-cmp v0.7.0
 )
 
 require (
@@ -36,7 +37,6 @@ require (
 	github.com/go-logr/logr v1.4.3 // indirect
 	github.com/go-logr/stdr v1.2.2 // indirect
 	github.com/go-ole/go-ole v1.3.0 // indirect
-	github.com/google/go-cmp v0.7.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/klauspost/compress v1.18.7 // indirect
 	github.com/lufia/plan9stats v0.0.0-20260330125221-c963978e514e // indirect

@@ -50,6 +50,17 @@ type Options struct {
 	MaxBodySize int64
 }
 
+// userID returns the user name RabbitMQ takes as a message's user-id on connections with
+// o, which their Capabilities report: the one they log in with, or "" when RabbitMQ
+// derives it (anonymous, from its anonymous_login_user; external, from the certificate).
+func (o Options) userID() string {
+	switch o.SASL {
+	case "anonymous", "external":
+		return ""
+	}
+	return o.Username
+}
+
 // ParseURL parses an AMQP 1.0 URL,
 //
 //	amqp10://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -188,7 +190,35 @@ func (p *publisher) outcome(c *Conn, w *wait, state amqp.DeliveryState, err erro
 	if _, ok := state.(*amqp.StateAccepted); ok && !w.fixed && err == nil {
 		p.learn(c, w.to)
 	}
+	if err != nil && w.p.UserID != "" && refusedUser(err) == w.p.UserID {
+		// The link closed because of this message: it is not to be sent again.
+		return backend.Errorf(backend.Invalid, "carrot/amqp10: the broker refused the message's user id: %w", err)
+	}
 	return outcome(state, err, w.p.Exchange, w.p.Mandatory)
+}
+
+// refusedUser reads RabbitMQ's refusal of a message whose user-id is not the connection's
+// user, which detaches the link ("user_id property set to 'U' but authenticated user was
+// 'V'", amqp:unauthorized-access): U, or "".
+func refusedUser(err error) string {
+	var remote *amqp.Error
+	if le := (*amqp.LinkError)(nil); errors.As(err, &le) {
+		remote = le.RemoteErr
+	} else {
+		errors.As(err, &remote)
+	}
+	if remote == nil || remote.Condition != amqp.ErrCondUnauthorizedAccess {
+		return ""
+	}
+	_, rest, found := strings.Cut(remote.Description, "user_id property set to '")
+	if !found {
+		return ""
+	}
+	user, _, found := strings.Cut(rest, "' but authenticated user was '")
+	if !found {
+		return ""
+	}
+	return user
 }
 
 // resend sends w's message again through the null-target link and waits for its
@@ -426,19 +456,28 @@ func cachedAddress(exchange, key string) string {
 
 // outgoing is a message for go-amqp with its parts, in one allocation, reused once sent.
 type outgoing struct {
-	m    amqp.Message
-	h    amqp.MessageHeader
-	pr   amqp.MessageProperties
-	to   string
-	data [1][]byte
+	m     amqp.Message
+	h     amqp.MessageHeader
+	pr    amqp.MessageProperties
+	to    string
+	data  [1][]byte
+	uid   []byte           // the user-id property, binary
+	ann   amqp.Annotations // message annotations, reused
+	props map[string]any   // application properties, reused
 }
 
 var outgoings = sync.Pool{New: func() any { return new(outgoing) }}
 
+// annotationType is the message annotation RabbitMQ maps to and from the type property
+// of AMQP 0-9-1.
+const annotationType = "x-basic-type"
+
 // newOutgoing converts a publishing for go-amqp: header durable, priority and ttl;
 // properties message-id, correlation-id, reply-to, content-type, content-encoding,
-// creation-time and to (the address, unless empty: a link whose target is the address
-// needs none); headers as application-properties; the body as one data section.
+// creation-time, user-id, group-id (AppID, as RabbitMQ maps app-id) and to (the address,
+// unless empty: a link whose target is the address needs none); Type as the message
+// annotation x-basic-type; headers as application-properties, integers that fit in 32
+// bits as int; the body as one data section.
 func newOutgoing(p *backend.Publishing, to string) *outgoing {
 	x := outgoings.Get().(*outgoing)
 	x.h = amqp.MessageHeader{Durable: p.Persistent, Priority: p.Priority, TTL: p.Expiration}
@@ -470,14 +509,47 @@ func newOutgoing(p *backend.Publishing, to string) *outgoing {
 	if !p.Timestamp.IsZero() {
 		pr.CreationTime = &p.Timestamp
 	}
+	if p.UserID != "" {
+		x.uid = append(x.uid[:0], p.UserID...)
+		pr.UserID = x.uid
+	}
+	if p.AppID != "" {
+		pr.GroupID = &p.AppID
+	}
+	if p.Type != "" {
+		if x.ann == nil {
+			x.ann = make(amqp.Annotations, 1)
+		}
+		x.ann[annotationType] = p.Type
+		x.m.Annotations = x.ann
+	}
 	if len(p.Headers) > 0 {
-		x.m.ApplicationProperties = p.Headers
+		if x.props == nil {
+			x.props = make(map[string]any, len(p.Headers))
+		}
+		for k, v := range p.Headers {
+			x.props[k] = propertyValue(v)
+		}
+		x.m.ApplicationProperties = x.props
 	}
 	return x
 }
 
+// propertyValue converts a header value for go-amqp: an integer that fits in 32 bits to
+// an int, which RabbitMQ hands AMQP 0-9-1 consumers as 'I' (signed), where it hands a
+// long as 'l', which py-amqp (Kombu, Celery) reads as unsigned.
+func propertyValue(v any) any {
+	if n, ok := v.(int64); ok && n >= math.MinInt32 && n <= math.MaxInt32 {
+		return int32(n)
+	}
+	return v
+}
+
 // release returns x to the pool, holding nothing of its message.
 func (x *outgoing) release() {
-	*x = outgoing{}
+	uid, ann, props := x.uid, x.ann, x.props
+	clear(ann)
+	clear(props)
+	*x = outgoing{uid: uid[:0], ann: ann, props: props}
 	outgoings.Put(x)
 }

@@ -379,12 +379,27 @@ func copyHeaders(h map[string]any) map[string]any {
 	}
 	c := make(map[string]any, len(h))
 	for k, v := range h {
-		if b, ok := v.([]byte); ok {
-			v = bytes.Clone(b)
-		}
-		c[k] = v
+		c[k] = copyValue(v)
 	}
 	return c
+}
+
+// copyValue returns a copy of a header value: byte slices, tables and lists are copied,
+// all the way down.
+func copyValue(v any) any {
+	switch v := v.(type) {
+	case []byte:
+		return bytes.Clone(v)
+	case map[string]any:
+		return copyHeaders(v)
+	case []any:
+		c := make([]any, len(v))
+		for i, e := range v {
+			c[i] = copyValue(e)
+		}
+		return c
+	}
+	return v
 }
 
 // sameArgs compares declaration arguments, treating nil and empty as equal.

@@ -66,8 +66,10 @@
 // connection closes, they go back to the head of the queue as they were: not flagged
 // redelivered, their delivery count unchanged.
 //
-// Bodies and headers are copied on publish and on delivery: neither side sees the other's
-// changes. The broker's copy of a body of up to 64 KiB is used again for another message
+// Every property of carrot.Message, Type, AppID and UserID included, and headers of
+// every type, nested tables and lists included, arrive as they were published; UserID is
+// not checked against anything. Bodies and headers (all the way down) are copied on
+// publish and on delivery: neither side sees the other's changes. The broker's copy of a body of up to 64 KiB is used again for another message
 // once every queue it went to has had it acked, queues keep their messages in blocks they
 // reuse, and consumers reuse the records of settled deliveries: once warm, a message
 // published and consumed costs the broker no allocation but the consumer's copy of the
@@ -78,8 +80,9 @@
 //
 // Every capability but Persistence and SharedAcross: confirms, mandatory, dead-lettering,
 // message and queue TTL, max length, priorities, delivery counts, exclusive and
-// auto-delete queues, delays, and MaxBodySize from the URL. Queue and exchange Args are
-// not supported: use the fields of [carrot.Queue].
+// auto-delete queues, delays, nested headers, and MaxBodySize from the URL; UserID is
+// empty (any is carried). Queue and exchange Args are not supported: use the fields of
+// [carrot.Queue].
 //
 // InspectQueue reports every count (AllCounts), exactly: the messages ready in the queue
 // (not those still delayed), the messages delivered to consumers (those a consumer took

@@ -168,6 +168,7 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		Delay:           true,
 		DelayPrecision:  10 * time.Millisecond,
 		InspectQueue:    backend.AllCounts,
+		NestedHeaders:   true,
 	}
 }
 

@@ -3,6 +3,7 @@ package redis
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -16,12 +17,13 @@ import (
 //	ct  content type      ce  content encoding  h   headers, JSON (see encodeHeaders)
 //	p   "1" if persistent pr  priority          e   expiration, ms
 //	mid message id        cid correlation id    rt  reply-to
-//	ts  timestamp, Unix seconds
+//	ts  timestamp, Unix seconds                 ty  type
+//	app app id            uid user id
 //	exp when the message expires in this queue, Unix ms (written by the scripts)
 
 // pubFields are the names of the fields of a published message, in the order of their
-// bits in pubReq.present and of fieldValue's cases.
-var pubFields = [...]any{"x", "k", "b", "ct", "ce", "h", "p", "pr", "e", "mid", "cid", "rt", "ts"}
+// bits in pubReq.present (16 of them at most) and of fieldValue's cases.
+var pubFields = [...]any{"x", "k", "b", "ct", "ce", "h", "p", "pr", "e", "mid", "cid", "rt", "ts", "ty", "app", "uid"}
 
 const fieldBody = 2 // pubFields[fieldBody] is "b"
 
@@ -85,6 +87,12 @@ func (r *pubReq) field(i int) *string {
 		return &m.ReplyTo
 	case 12:
 		return &r.timestamp
+	case 13:
+		return &m.Type
+	case 14:
+		return &m.AppID
+	case 15:
+		return &m.UserID
 	}
 	return new(string)
 }
@@ -152,6 +160,12 @@ func (e *entry) message() (backend.Message, string, error) {
 			m.ReplyTo = s
 		case "ts":
 			timestamp = s
+		case "ty":
+			m.Type = s
+		case "app":
+			m.AppID = s
+		case "uid":
+			m.UserID = s
 		}
 	}
 	if m.Body == nil {
@@ -181,35 +195,71 @@ func (e *entry) message() (backend.Message, string, error) {
 
 // Headers are a JSON object of name to [type, value], the value a string: "s" string,
 // "y" bytes in base64, "t" bool ("1" or "0"), "i" int64, "f" float64 (shortest exact
-// form), "d" time in Unix seconds, "n" nil (no value).
+// form), "d" time in Unix seconds, "n" nil (no value), "m" a nested table (a JSON object of
+// the same form, as a string), "a" a list (a JSON array of [type, value] pairs, as a
+// string).
 func encodeHeaders(h map[string]any) (string, error) {
-	out := make(map[string][]string, len(h))
-	for k, v := range h {
-		switch v := v.(type) {
-		case nil:
-			out[k] = []string{"n"}
-		case string:
-			out[k] = []string{"s", v}
-		case []byte:
-			out[k] = []string{"y", base64.StdEncoding.EncodeToString(v)}
-		case bool:
-			b := "0"
-			if v {
-				b = "1"
-			}
-			out[k] = []string{"t", b}
-		case int64:
-			out[k] = []string{"i", strconv.FormatInt(v, 10)}
-		case float64:
-			out[k] = []string{"f", strconv.FormatFloat(v, 'g', -1, 64)}
-		case time.Time:
-			out[k] = []string{"d", strconv.FormatInt(v.Unix(), 10)}
-		default:
-			return "", backend.Errorf(backend.Invalid, "carrot/redis: header %q has type %T", k, v)
-		}
+	out, err := encodeTable(h)
+	if err != nil {
+		return "", backend.Errorf(backend.Invalid, "carrot/redis: header %w", err)
 	}
 	b, err := json.Marshal(out)
 	return string(b), err
+}
+
+func encodeTable(h map[string]any) (map[string][]string, error) {
+	out := make(map[string][]string, len(h))
+	for k, v := range h {
+		tv, err := encodeValue(v)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %w", k, err)
+		}
+		out[k] = tv
+	}
+	return out, nil
+}
+
+// encodeValue encodes a header value as a [type, value] pair, or [type] for nil.
+func encodeValue(v any) ([]string, error) {
+	switch v := v.(type) {
+	case nil:
+		return []string{"n"}, nil
+	case string:
+		return []string{"s", v}, nil
+	case []byte:
+		return []string{"y", base64.StdEncoding.EncodeToString(v)}, nil
+	case bool:
+		b := "0"
+		if v {
+			b = "1"
+		}
+		return []string{"t", b}, nil
+	case int64:
+		return []string{"i", strconv.FormatInt(v, 10)}, nil
+	case float64:
+		return []string{"f", strconv.FormatFloat(v, 'g', -1, 64)}, nil
+	case time.Time:
+		return []string{"d", strconv.FormatInt(v.Unix(), 10)}, nil
+	case map[string]any:
+		t, err := encodeTable(v)
+		if err != nil {
+			return nil, err
+		}
+		b, err := json.Marshal(t)
+		return []string{"m", string(b)}, err
+	case []any:
+		l := make([][]string, len(v))
+		for i, e := range v {
+			tv, err := encodeValue(e)
+			if err != nil {
+				return nil, fmt.Errorf("[%d]: %w", i, err)
+			}
+			l[i] = tv
+		}
+		b, err := json.Marshal(l)
+		return []string{"a", string(b)}, err
+	}
+	return nil, fmt.Errorf("type %T", v)
 }
 
 func decodeHeaders(s string) (map[string]any, error) {
@@ -217,35 +267,62 @@ func decodeHeaders(s string) (map[string]any, error) {
 	if err := json.Unmarshal([]byte(s), &in); err != nil {
 		return nil, err
 	}
+	return decodeTable(in)
+}
+
+func decodeTable(in map[string][]string) (map[string]any, error) {
 	h := make(map[string]any, len(in))
 	for k, tv := range in {
-		if len(tv) == 0 || (tv[0] != "n" && len(tv) != 2) {
-			return nil, fmt.Errorf("header %q: malformed", k)
-		}
-		var err error
-		switch tv[0] {
-		case "n":
-			h[k] = nil
-		case "s":
-			h[k] = tv[1]
-		case "y":
-			h[k], err = base64.StdEncoding.DecodeString(tv[1])
-		case "t":
-			h[k] = tv[1] == "1"
-		case "i":
-			h[k], err = strconv.ParseInt(tv[1], 10, 64)
-		case "f":
-			h[k], err = strconv.ParseFloat(tv[1], 64)
-		case "d":
-			var n int64
-			n, err = strconv.ParseInt(tv[1], 10, 64)
-			h[k] = time.Unix(n, 0).UTC()
-		default:
-			err = fmt.Errorf("unknown type %q", tv[0])
-		}
+		v, err := decodeValue(tv)
 		if err != nil {
 			return nil, fmt.Errorf("header %q: %w", k, err)
 		}
+		h[k] = v
 	}
 	return h, nil
+}
+
+// decodeValue decodes a [type, value] pair of encodeValue.
+func decodeValue(tv []string) (any, error) {
+	if len(tv) == 0 || (tv[0] != "n" && len(tv) != 2) {
+		return nil, errors.New("malformed")
+	}
+	switch tv[0] {
+	case "n":
+		return nil, nil
+	case "s":
+		return tv[1], nil
+	case "y":
+		return base64.StdEncoding.DecodeString(tv[1])
+	case "t":
+		return tv[1] == "1", nil
+	case "i":
+		return strconv.ParseInt(tv[1], 10, 64)
+	case "f":
+		return strconv.ParseFloat(tv[1], 64)
+	case "d":
+		n, err := strconv.ParseInt(tv[1], 10, 64)
+		return time.Unix(n, 0).UTC(), err
+	case "m":
+		var in map[string][]string
+		if err := json.Unmarshal([]byte(tv[1]), &in); err != nil {
+			return nil, err
+		}
+		return decodeTable(in)
+	case "a":
+		var in [][]string
+		if err := json.Unmarshal([]byte(tv[1]), &in); err != nil {
+			return nil, err
+		}
+		l := make([]any, len(in))
+		for i, e := range in {
+			v, err := decodeValue(e)
+			if err != nil {
+				return nil, fmt.Errorf("[%d]: %w", i, err)
+			}
+			l[i] = v
+		}
+		return l, nil
+	}
+	return nil, fmt.Errorf("unknown type %q", tv[0])
 }

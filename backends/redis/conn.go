@@ -253,6 +253,7 @@ func (c *Conn) capabilities(ctx context.Context) backend.Capabilities {
 		Delay:           true,
 		DelayPrecision:  100 * time.Millisecond,
 		InspectQueue:    backend.AllCounts,
+		NestedHeaders:   true,
 	}
 	if cfg, err := c.rdb.ConfigGet(ctx, "appendonly").Result(); err == nil && cfg["appendonly"] == "yes" {
 		caps.Persistence = true

@@ -223,8 +223,10 @@
 //
 // # Capabilities
 //
-// Confirms, Mandatory, DeadLetter, Expiration, QueueMessageTTL, DeliveryCount, Delay and SharedAcross;
-// Persistence when the server has appendonly on; MaxBodySize is the server's
+// Confirms, Mandatory, DeadLetter, Expiration, QueueMessageTTL, DeliveryCount, Delay,
+// SharedAcross and NestedHeaders: every property of carrot.Message (UserID as it is, checked
+// against nothing) and headers of every type, tables and lists included, come back as
+// they were published. Persistence when the server has appendonly on; MaxBodySize is the server's
 // proto-max-bulk-len. Not MaxLength, Priority, Exclusive or AutoDelete: a queue of one
 // connection, or one deleted with its last consumer, needs a broker that knows when a
 // client goes away, which Redis does not. Queues and exchanges take no Args.

@@ -141,6 +141,9 @@ published.`)
 	messageID := fs.String("message-id", "", "message id")
 	correlationID := fs.String("correlation-id", "", "correlation id")
 	replyTo := fs.String("reply-to", "", "reply-to address")
+	msgType := fs.String("type", "", "message type, such as order.created")
+	appID := fs.String("app-id", "", "id of the publishing application")
+	userID := fs.String("user-id", "", "user id: RabbitMQ takes only the user the URL logs in as")
 	lines := fs.Bool("lines", false, "publish each line of standard input as a message")
 	allowUnroutable := fs.Bool("allow-unroutable", false, "let the broker drop messages that match no queue")
 	noConfirm := fs.Bool("no-confirm", false, "do not wait for the broker's confirms (implies --allow-unroutable)")
@@ -170,6 +173,7 @@ published.`)
 		RoutingKey: *key, ContentType: *contentType, ContentEncoding: *contentEncoding,
 		DeliveryMode: mode, Priority: uint8(*priority), Expiration: *expiration,
 		MessageID: *messageID, CorrelationID: *correlationID, ReplyTo: *replyTo,
+		Type: *msgType, AppID: *appID, UserID: *userID,
 	}
 	if len(table) > 0 {
 		template.Headers = table
@@ -355,6 +359,9 @@ type jsonMessage struct {
 	CorrelationID   string         `json:"correlation_id,omitempty"`
 	ReplyTo         string         `json:"reply_to,omitempty"`
 	Timestamp       *time.Time     `json:"timestamp,omitempty"`
+	Type            string         `json:"type,omitempty"`
+	AppID           string         `json:"app_id,omitempty"`
+	UserID          string         `json:"user_id,omitempty"`
 	Body            *string        `json:"body,omitempty"`        // when the body is UTF-8
 	BodyBase64      []byte         `json:"body_base64,omitempty"` // otherwise
 }
@@ -370,6 +377,7 @@ func (p *printer) print(m *carrot.Message) error {
 		ContentType: m.ContentType, ContentEncoding: m.ContentEncoding,
 		Persistent: m.DeliveryMode == carrot.Persistent, Priority: m.Priority,
 		MessageID: m.MessageID, CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo,
+		Type: m.Type, AppID: m.AppID, UserID: m.UserID,
 	}
 	if len(m.Headers) > 0 {
 		j.Headers = make(map[string]any, len(m.Headers))

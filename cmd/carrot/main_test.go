@@ -436,7 +436,8 @@ func TestPublishFetchConsumePurge(t *testing.T) {
 	if code, out, errOut := runTool(t, "", "declare", "--url", url, "--exchange", "logs", "--kind", "topic", "--queue", "errors", "--key", "*.error", "--key", "audit.#"); code != 0 {
 		t.Fatalf("declare: exit %d, %s%s", code, out, errOut)
 	}
-	code, _, errOut := runTool(t, "", "publish", "--url", url, "--exchange", "logs", "--key", "db.error", "--header", "host=db1", `{"disk":"full"}`)
+	code, _, errOut := runTool(t, "", "publish", "--url", url, "--exchange", "logs", "--key", "db.error", "--header", "host=db1",
+		"--type", "disk.full", "--app-id", "monitor", "--user-id", "ops", `{"disk":"full"}`)
 	if code != 0 {
 		t.Fatalf("publish: exit %d, %s", code, errOut)
 	}
@@ -453,7 +454,8 @@ func TestPublishFetchConsumePurge(t *testing.T) {
 		t.Fatalf("fetch --format json printed %q: %v", out, err)
 	}
 	if got.Body == nil || *got.Body != `{"disk":"full"}` || got.ContentType != "application/json" || got.RoutingKey != "db.error" ||
-		got.Exchange != "logs" || got.Headers["host"] != "db1" || !got.Persistent {
+		got.Exchange != "logs" || got.Headers["host"] != "db1" || !got.Persistent ||
+		got.Type != "disk.full" || got.AppID != "monitor" || got.UserID != "ops" {
 		t.Errorf("fetched %+v", got)
 	}
 	if code, _, errOut := runTool(t, "", "fetch", "--url", url, "--queue", "errors"); code != exitEmpty {

@@ -28,6 +28,8 @@
 // starts a dedicated container, whatever the environment says, for tests that restart or
 // disturb the broker; [Container.Exec] runs a command in it, such as
 // "rabbitmqctl stop_app". [CanStart] tells, without starting one, whether Start could.
+// [Missing] skips or fails a test the same way for something else it needs, such as
+// another client of the broker (Kombu, amqp-tools) for an interoperability test.
 //
 // # When Docker is usable
 //

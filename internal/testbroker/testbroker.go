@@ -122,6 +122,17 @@ func URL(t testing.TB, k Kind) string {
 	panic("unreachable")
 }
 
+// Missing skips t saying why, or fails it if CARROT_TEST_REQUIRE_BROKERS=1, as [URL] does
+// when it has no broker: for a test that needs something else the machine lacks, such as
+// another client of the broker to check interoperability with. It does not return.
+func Missing(t testing.TB, reason string) {
+	t.Helper()
+	if v := os.Getenv(requireEnv); v != "" && v != "0" && v != "false" {
+		t.Fatalf("%s (%s=%s: failing rather than skipping)", reason, requireEnv, v)
+	}
+	t.Skip(reason)
+}
+
 // Start starts a container of kind k for t alone, and removes it when t ends; unlike [URL],
 // it never uses the kind's URL environment variable. A test that restarts or disturbs the
 // broker uses it so as not to disturb other tests. When Docker is not usable, Start skips or

@@ -362,6 +362,22 @@ func TestURLWithoutDocker(t *testing.T) {
 	}
 }
 
+// TestMissing checks that Missing skips, or fails when brokers are required, saying why.
+func TestMissing(t *testing.T) {
+	for _, required := range []bool{false, true} {
+		t.Run(fmt.Sprintf("required=%v", required), func(t *testing.T) {
+			t.Setenv("CARROT_TEST_REQUIRE_BROKERS", map[bool]string{false: "", true: "1"}[required])
+			f := run(func(tb testing.TB) { Missing(tb, "no kombu here") })
+			if f.skipped == required || f.failed != required || f.returned {
+				t.Errorf("skipped %v, failed %v, returned %v; want skipped %v, failed %v, not returned", f.skipped, f.failed, f.returned, !required, required)
+			}
+			if !strings.Contains(f.msg, "no kombu here") {
+				t.Errorf("message %q does not say why", f.msg)
+			}
+		})
+	}
+}
+
 // fakeTB records how a test would have ended. Methods it does not define panic.
 type fakeTB struct {
 	testing.TB
