@@ -269,6 +269,8 @@ var interopHeaders = []struct {
 	{"bytes", "interop", []byte{0, 1, 0xff}},
 	{"time", "interop", time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)},
 	{"nil", "interop", nil},
+	{"table", "interop", carrot.Table{"k": "v", "n": int64(1)}},
+	{"list", "interop", []any{"a", int64(2)}},
 	{"x- string", "x-interop", "välue"}, // RabbitMQ 4 maps x- headers to message annotations
 }
 
@@ -285,6 +287,8 @@ func interopMessage() *carrot.Message {
 		CorrelationID:   "c-1",
 		ReplyTo:         "replies",
 		Timestamp:       time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
+		Type:            "order.created",
+		AppID:           "carrot-check",
 	}
 }
 
@@ -351,6 +355,7 @@ func interopDirection(ctx context.Context, from, to *carrot.Conn) ([]interopResu
 
 	var out []interopResult
 	sent := interopMessage()
+	sent.UserID = from.Capabilities().UserID // the only one the broker takes from this connection
 	if err := p.Publish(ctx, sent); err != nil {
 		out = append(out, result("properties", "a message with every property", "refused at publish: "+err.Error(), false))
 	} else if got, err := receive(); err != nil {
@@ -372,6 +377,9 @@ func interopDirection(ctx context.Context, from, to *carrot.Conn) ([]interopResu
 			{"correlation id", sent.CorrelationID, got.CorrelationID, sent.CorrelationID == got.CorrelationID},
 			{"reply to", sent.ReplyTo, got.ReplyTo, sent.ReplyTo == got.ReplyTo},
 			{"timestamp", sent.Timestamp, got.Timestamp, sent.Timestamp.Equal(got.Timestamp)},
+			{"type", sent.Type, got.Type, sent.Type == got.Type},
+			{"app id", sent.AppID, got.AppID, sent.AppID == got.AppID},
+			{"user id", sent.UserID, got.UserID, sent.UserID == got.UserID},
 		} {
 			out = append(out, result(f.name, f.sent, f.got, f.equal))
 		}
