@@ -647,7 +647,7 @@ func TestRefusals(t *testing.T) {
 	refuse("refusals", p, "1 MiB header", &carrot.Message{Body: []byte("x"), Headers: carrot.Table{"big": strings.Repeat("h", 1<<20)}}, 0)
 	many := carrot.Table{}
 	for i := range 10000 {
-		many[fmt.Sprint("h", i)] = int64(i)
+		many[fmt.Sprint("h", i)] = int64(i) << 40 // beyond 32 bits: 'l', 9 bytes each, too large for a frame
 	}
 	refuse("refusals", p, "10,000 headers", &carrot.Message{Body: []byte("x"), Headers: many}, 0)
 	finish()
