@@ -1,12 +1,15 @@
 package amqp091
 
 import (
+	"fmt"
 	"math"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/carrot-go/carrot/backend"
 )
 
 // TestTable converts headers for amqp091-go: integers that fit in 32 bits become int32,
@@ -53,5 +56,39 @@ func TestOptionsUserID(t *testing.T) {
 	}
 	if got := (Options{Username: "alice", AuthMechanism: "EXTERNAL"}).userID(); got != "" {
 		t.Errorf("userID() with EXTERNAL = %q, want none", got)
+	}
+}
+
+// TestCheckTableEntries: a message with more headers, or a header holding a larger table
+// or list, than amqp091-go reads back (8192 entries) is refused before it is sent, as an
+// Invalid error, while one at the limit goes.
+func TestCheckTableEntries(t *testing.T) {
+	c := &Conn{maxHead: math.MaxInt}
+	c.maxBody.Store(math.MaxInt64)
+	entries := func(n int) map[string]any {
+		m := make(map[string]any, n)
+		for i := range n {
+			m[fmt.Sprint("h", i)] = int64(i)
+		}
+		return m
+	}
+	for _, tt := range []struct {
+		name    string
+		headers map[string]any
+		refused bool
+	}{
+		{"8192 headers", entries(8192), false},
+		{"8193 headers", entries(8193), true},
+		{"a table of 8193 entries", map[string]any{"t": entries(8193)}, true},
+		{"a list of 8193 elements", map[string]any{"l": make([]any, 8193)}, true},
+		{"a list of 8192 elements", map[string]any{"l": make([]any, 8192)}, false},
+	} {
+		err := c.check(&backend.Publishing{Message: backend.Message{Headers: tt.headers}})
+		switch {
+		case tt.refused && backend.CodeOf(err) != backend.Invalid:
+			t.Errorf("%s: check = %v, want an Invalid error", tt.name, err)
+		case !tt.refused && err != nil:
+			t.Errorf("%s: check = %v, want nil", tt.name, err)
+		}
 	}
 }
