@@ -27,7 +27,7 @@ type checkReport struct {
 	Skipped      int                  `json:"skipped"`
 	NotRun       int                  `json:"not_run"`
 	Seconds      float64              `json:"seconds"`
-	Broker2      *brokerNotes         `json:"semantics,omitempty"`
+	Semantics    *brokerNotes         `json:"semantics,omitempty"`
 	Interop      []interopResult      `json:"interop,omitempty"`
 }
 
@@ -72,9 +72,7 @@ run within --budget.`)
 			return usageError{fmt.Sprintf("--run: %v", err)}
 		}
 	}
-	if *rawURL == "" {
-		*rawURL = cmpOr(envURL(), "memory://")
-	}
+	*rawURL = urlOrDefault(*rawURL)
 	h, err := checkHarness(*rawURL)
 	if err != nil {
 		return err
@@ -115,7 +113,7 @@ run within --budget.`)
 	rep.Seconds = res.Duration.Seconds()
 	if notes != nil {
 		notes.attribute(res.Results)
-		rep.Broker2 = notes
+		rep.Semantics = notes
 	}
 	if *interop != "" {
 		if rep.Interop, err = runInterop(ctx, *rawURL, *interop); err != nil {
@@ -170,25 +168,13 @@ func capabilityList(caps carrot.Capabilities) []string {
 	v := reflect.ValueOf(caps)
 	for i := range v.NumField() {
 		f, name := v.Field(i), v.Type().Field(i).Name
-		if st, ok := f.Interface().(fmt.Stringer); ok && !f.IsZero() && f.Kind() != reflect.Int64 {
-			out = append(out, fmt.Sprintf("%s=%s", name, st))
-			continue
-		}
 		switch {
-		case f.Kind() == reflect.Bool && f.Bool():
+		case f.IsZero():
+		case f.Kind() == reflect.Bool:
 			out = append(out, name)
-		case f.Kind() == reflect.Int64 && f.Type() == reflect.TypeOf(time.Duration(0)) && f.Int() != 0:
-			out = append(out, fmt.Sprintf("%s=%v", name, time.Duration(f.Int())))
-		case (f.Kind() == reflect.Int || f.Kind() == reflect.Int64) && f.Int() != 0:
-			out = append(out, fmt.Sprintf("%s=%d", name, f.Int()))
+		default: // limits and sets: a Duration or QueueCounts by its String, a number as it is
+			out = append(out, fmt.Sprintf("%s=%v", name, f.Interface()))
 		}
 	}
 	return out
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }

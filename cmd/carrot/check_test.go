@@ -176,10 +176,10 @@ func TestCheckPolicy(t *testing.T) {
 	if code == 0 || rep.Failed == 0 {
 		t.Errorf("exit %d, %d failed: a one-message queue cap broke nothing?", code, rep.Failed)
 	}
-	if rep.Broker2 == nil || len(rep.Broker2.Policies) != 1 {
-		t.Fatalf("semantics: %+v, want the one policy", rep.Broker2)
+	if rep.Semantics == nil || len(rep.Semantics.Policies) != 1 {
+		t.Fatalf("semantics: %+v, want the one policy", rep.Semantics)
 	}
-	p := rep.Broker2.Policies[0]
+	p := rep.Semantics.Policies[0]
 	if p.Name != "cap-length" || !slices.Contains(p.Semantics, "max-length") || len(p.Breaks) != rep.Failed {
 		t.Errorf("policy %+v: want cap-length, max-length, and the %d failed behaviours", p, rep.Failed)
 	}

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"reflect"
 	"regexp"
 	"sort"
@@ -25,8 +24,6 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	goredis "github.com/redis/go-redis/v9"
 )
-
-func envURL() string { return os.Getenv(carrot.EnvURL) }
 
 // checkDialer opens connections that log nothing: check breaks them on purpose.
 func checkDialer() *carrot.Dialer {
@@ -79,6 +76,14 @@ type policyNote struct {
 	Definition map[string]any `json:"definition"`
 	Semantics  []string       `json:"semantics"` // the keys of Definition that change what applications see
 	Breaks     []string       `json:"failed_while_applied,omitempty"`
+}
+
+// apiPolicy is a policy as the management API lists it.
+type apiPolicy struct {
+	Name       string         `json:"name"`
+	Pattern    string         `json:"pattern"`
+	ApplyTo    string         `json:"apply-to"`
+	Definition map[string]any `json:"definition"`
 }
 
 // semanticKeys are the policy keys that change what a queue or exchange does with
@@ -148,12 +153,7 @@ func readBrokerNotes(ctx context.Context, rawURL, mgmt string) *brokerNotes {
 		}
 		return json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(v)
 	}
-	var policies, operator []struct {
-		Name       string         `json:"name"`
-		Pattern    string         `json:"pattern"`
-		ApplyTo    string         `json:"apply-to"`
-		Definition map[string]any `json:"definition"`
-	}
+	var policies, operator []apiPolicy
 	esc := url.PathEscape(vhost)
 	if err := get("/api/policies/"+esc, &policies); err != nil {
 		n.Error = "policies not read: " + err.Error()
@@ -161,12 +161,7 @@ func readBrokerNotes(ctx context.Context, rawURL, mgmt string) *brokerNotes {
 	}
 	get("/api/operator-policies/"+esc, &operator) // absent before 3.7: left empty
 	sample := "carrot-test.0123456789ab.1.q"
-	for i, list := range [][]struct {
-		Name       string         `json:"name"`
-		Pattern    string         `json:"pattern"`
-		ApplyTo    string         `json:"apply-to"`
-		Definition map[string]any `json:"definition"`
-	}{policies, operator} {
+	for i, list := range [][]apiPolicy{policies, operator} {
 		for _, p := range list {
 			re, err := regexp.Compile(p.Pattern)
 			if err != nil || !re.MatchString(sample) {
