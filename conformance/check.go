@@ -127,7 +127,7 @@ func Check(ctx context.Context, h Harness, opts CheckOptions) (*Report, error) {
 			switch {
 			case t.failed():
 				res.Status = Failed
-			case t.skipped:
+			case t.wasSkipped():
 				res.Status = Skipped
 			default:
 				res.Status, res.Reasons = Passed, nil
@@ -157,7 +157,6 @@ func Check(ctx context.Context, h Harness, opts CheckOptions) (*Report, error) {
 // after, last first, once its context is canceled.
 type checkT struct {
 	name   string
-	parent *checkT
 	ctx    context.Context
 	cancel context.CancelFunc
 	hard   time.Duration // how long a (sub)test may run before it is given up on
@@ -224,6 +223,12 @@ func (c *checkT) failed() bool {
 	return c.fail
 }
 
+func (c *checkT) wasSkipped() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.skipped
+}
+
 func (c *checkT) reasons() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -238,7 +243,7 @@ func (c *checkT) run(name string, f func(t tb)) bool {
 		full = c.name + "/" + name
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
-	sub := &checkT{name: full, parent: c, ctx: ctx, cancel: cancel, hard: c.hard}
+	sub := &checkT{name: full, ctx: ctx, cancel: cancel, hard: c.hard}
 	c.last = sub
 	done := make(chan struct{})
 	go func() {
@@ -259,11 +264,9 @@ func (c *checkT) run(name string, f func(t tb)) bool {
 		sub.note(true, fmt.Sprintf("did not finish within %v; given up on", c.hard))
 		cancel()
 	}
-	if c.name != "" { // a subtest of a case: its messages are the case's
+	if c.name != "" && sub.failed() { // a subtest of a case: its failures are the case's
 		for _, m := range sub.reasons() {
-			if sub.failed() {
-				c.note(true, name+": "+m)
-			}
+			c.note(true, name+": "+m)
 		}
 	}
 	return !sub.failed()

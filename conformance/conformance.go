@@ -434,6 +434,18 @@ func (e *env) ack(m *carrot.Message) {
 	}
 }
 
+// holding starts a consumer of queue, with prefetch (the backend's default when 0), whose
+// handler hands each message on held, unsettled: in flight until the test settles it.
+// held has room for n messages.
+func (e *env) holding(queue string, prefetch, n int) (held <-chan *carrot.Message, c *carrot.Consumer, r *running) {
+	ch := make(chan *carrot.Message, n)
+	c = e.consumerOn(e.conn, carrot.ConsumerOptions{Prefetch: prefetch, Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+		ch <- m
+		return nil
+	})}, queue)
+	return ch, c, e.start(c)
+}
+
 // running is a consumer's Run in progress.
 type running struct {
 	cancel context.CancelFunc

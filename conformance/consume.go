@@ -87,12 +87,7 @@ func testUnackedAfterConsumerClose(e *env) {
 	q := e.queue(carrot.Queue{Name: "q"})
 	e.publish("", q, "one")
 	e.publish("", q, "two")
-	held := make(chan *carrot.Message, 2)
-	c := e.consumerOn(e.conn, carrot.ConsumerOptions{Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
-		held <- m // kept in flight, never settled
-		return nil
-	})}, q)
-	r := e.start(c)
+	held, c, r := e.holding(q, 0, 2)
 	first, second := wait(e, held), wait(e, held)
 	if err := c.Close(); err != nil {
 		e.t.Fatalf("close consumer: %v", err)
@@ -222,12 +217,7 @@ func testPrefetch(e *env) {
 	for i := range 5 {
 		e.publish("", q, fmt.Sprint(i))
 	}
-	held := make(chan *carrot.Message, 5)
-	c := e.consumerOn(e.conn, carrot.ConsumerOptions{Prefetch: 2, Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
-		held <- m // in flight until the test settles it
-		return nil
-	})}, q)
-	r := e.start(c)
+	held, _, r := e.holding(q, 2, 5)
 	m0, m1 := wait(e, held), wait(e, held)
 	if string(m0.Body) != "0" || string(m1.Body) != "1" {
 		e.t.Fatalf("consumer got %q and %q first, want %q and %q", m0.Body, m1.Body, "0", "1")

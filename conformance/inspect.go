@@ -1,7 +1,6 @@
 package conformance
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -21,12 +20,7 @@ func testInspectQueue(e *env) {
 	e.expectStats(q, "after publishing 5", stats{5, 0, 0})
 	e.expectStats(q, "inspected again: inspecting takes nothing", stats{5, 0, 0})
 
-	held := make(chan *carrot.Message, 5)
-	c := e.consumerOn(e.conn, carrot.ConsumerOptions{Prefetch: 2, Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
-		held <- m // in flight until the test settles it
-		return nil
-	})}, q)
-	r := e.start(c)
+	held, _, r := e.holding(q, 2, 5)
 	m0, m1 := wait(e, held), wait(e, held)
 	e.expectStats(q, "with a consumer holding 2 of them, its prefetch", stats{3, 2, 1})
 	e.ack(m0)
