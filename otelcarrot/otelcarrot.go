@@ -3,7 +3,6 @@ package otelcarrot
 import (
 	"context"
 	"errors"
-	"net"
 	"net/url"
 	"slices"
 	"strconv"
@@ -125,9 +124,6 @@ func (t *Telemetry) endpoint(conn *carrot.Conn) endpoint {
 				e.system = strings.ToLower(u.Scheme)
 			}
 			host, port = u.Hostname(), u.Port()
-			if h, p, err := net.SplitHostPort(u.Host); err == nil && strings.Contains(h, ",") {
-				host, port = h, p // several hosts: as written
-			}
 		}
 	}
 	if t.system != "" {
