@@ -19,6 +19,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backends/amqp091"
+	"github.com/carrot-go/carrot/internal/flowtest"
 	"github.com/carrot-go/carrot/internal/testbroker"
 )
 
@@ -216,7 +217,7 @@ func TestKombuInterop(t *testing.T) {
 	t.Run("kombu-to-carrot", func(t *testing.T) {
 		q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t)})
 		run(t, o, nil, python, script, "publish", q)
-		got := fetchOne(t, conn, q)
+		got := flowtest.FetchAck(t, conn, q)
 		want := &carrot.Message{
 			Body: []byte("\x00kombu body \xff"), RoutingKey: q,
 			ContentType: "application/x-kombu", ContentEncoding: "binary",
@@ -258,32 +259,6 @@ func TestKombuInterop(t *testing.T) {
 	})
 }
 
-// fetchOne fetches one message from q, waiting for it to arrive, and acks it.
-func fetchOne(t *testing.T, conn *carrot.Conn, q string) *carrot.Message {
-	t.Helper()
-	ctx := t.Context()
-	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		m, err := c.Fetch(ctx)
-		if errors.Is(err, carrot.ErrEmpty) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
-}
-
 // TestAmqpToolsInterop publishes with carrot and gets with amqp-get and amqp-consume, and
 // publishes with amqp-publish and gets with carrot: the body, binary included, and the
 // properties and headers amqp-publish can set arrive as they were. (amqp-get and
@@ -321,7 +296,7 @@ func TestAmqpToolsInterop(t *testing.T) {
 			"--content-encoding=x-gzip", "--reply-to=tools-replies", "--header=h1: v1", "--header=h2: välue with: colon",
 			"--body=from amqp-publish")...)
 		run(t, o, body, publish, append(flags, "--routing-key="+q)...) // the body from standard input
-		got := fetchOne(t, conn, q)
+		got := flowtest.FetchAck(t, conn, q)
 		want := &carrot.Message{
 			Body: []byte("from amqp-publish"), RoutingKey: q, ContentType: "text/x-tools", ContentEncoding: "x-gzip",
 			ReplyTo: "tools-replies", DeliveryMode: carrot.Persistent,
@@ -330,7 +305,7 @@ func TestAmqpToolsInterop(t *testing.T) {
 		if diff := cmp.Diff(want, got, cmpopts.IgnoreUnexported(carrot.Message{})); diff != "" {
 			t.Errorf("message from amqp-publish (-want +got):\n%s", diff)
 		}
-		got = fetchOne(t, conn, q)
+		got = flowtest.FetchAck(t, conn, q)
 		want = &carrot.Message{Body: body, RoutingKey: q, DeliveryMode: carrot.Transient}
 		if diff := cmp.Diff(want, got, cmpopts.IgnoreUnexported(carrot.Message{})); diff != "" {
 			t.Errorf("message from amqp-publish's standard input (-want +got):\n%s", diff)

@@ -17,6 +17,7 @@ import (
 	_ "github.com/carrot-go/carrot/backends/amqp091" // the other side of the interop tests
 	"github.com/carrot-go/carrot/backends/amqp10"
 	"github.com/carrot-go/carrot/internal/amqpraw"
+	"github.com/carrot-go/carrot/internal/flowtest"
 	"github.com/carrot-go/carrot/internal/testbroker"
 )
 
@@ -152,32 +153,7 @@ func crossOver(t *testing.T, pub, sub *carrot.Conn, m *carrot.Message) *carrot.M
 	if err := p.Publish(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	return fetch(t, sub, q)
-}
-
-// fetch fetches a message from q with conn, and acks it.
-func fetch(t *testing.T, conn *carrot.Conn, q string) *carrot.Message {
-	t.Helper()
-	ctx := t.Context()
-	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	for { // a fetch may race the message to the queue
-		m, err := c.Fetch(ctx)
-		if errors.Is(err, carrot.ErrEmpty) {
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
+	return flowtest.FetchAck(t, sub, q)
 }
 
 // TestInteropOtherFieldTypes publishes, as other AMQP 0-9-1 clients do, a header of each
@@ -198,7 +174,7 @@ func TestInteropOtherFieldTypes(t *testing.T) {
 	if err := amqpraw.Publish(ctx, url091, "", q, fields, []byte("from another client")); err != nil {
 		t.Fatal(err)
 	}
-	m := fetch(t, conn, q)
+	m := flowtest.FetchAck(t, conn, q)
 	want := carrot.Table{
 		"b": int64(-3), "B": int64(200), "s": int64(-300), "u": int64(60000), "i": int64(4000000000),
 		"L": -int64(1) << 40, "f": 0.25, "T": time.Unix(1700000000, 0).UTC(),
@@ -241,7 +217,7 @@ func TestUserIDRefusedByBroker(t *testing.T) {
 	if err := publish(user); err != nil {
 		t.Errorf("publish as %s after the refusal: %v", user, err)
 	}
-	if m := fetch(t, conn, q); string(m.Body) != user || m.UserID != user {
+	if m := flowtest.FetchAck(t, conn, q); string(m.Body) != user || m.UserID != user {
 		t.Errorf("received %q with UserID %q, want %s's message alone", m.Body, m.UserID, user)
 	}
 	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
