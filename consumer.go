@@ -69,6 +69,14 @@ type ConsumerOptions struct {
 	// an [ErrInvalid] error, never a smaller limit.
 	Prefetch int
 
+	// StreamOffset is where the consumer starts reading its stream queues (see
+	// [StreamQueue]): [FromFirst], [FromLast], [FromNext], [FromOffset] or [FromTime]; the
+	// broker's default, FromNext, when zero. When its connection is lost and recovered,
+	// the consumer reads on from the first message it had not settled (or after the last
+	// it received), not from StreamOffset again. A backend without streams refuses it with
+	// [ErrUnsupported]; a queue declared here with another Type, with [ErrInvalid].
+	StreamOffset StreamOffset
+
 	// Concurrency is how many handlers run at once; 1 when zero, which delivers each
 	// queue's messages in order.
 	Concurrency int
@@ -170,11 +178,12 @@ func (hs chain) Receive(ctx context.Context, m *Message) error {
 // Consumer receives messages from one or more queues, with handlers in a consume loop
 // ([Consumer.Run]) or one at a time ([Consumer.Fetch]). It is safe for concurrent use.
 type Consumer struct {
-	conn   *Conn
-	opts   ConsumerOptions
-	queues []string
-	accept map[string]bool
-	log    *slog.Logger
+	conn    *Conn
+	opts    ConsumerOptions
+	queues  []string
+	streams []string // those declared as streams, which Fetch cannot read
+	accept  map[string]bool
+	log     *slog.Logger
 
 	mu        sync.Mutex
 	handlers  []Handler
@@ -357,6 +366,17 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 		cons.handlers = append(cons.handlers, opts.Handler)
 	}
 	for _, q := range opts.Queues {
+		if err := checkStreamConsumer(op, q, opts, c.Capabilities()); err != nil {
+			return nil, err
+		}
+		if q.Type == StreamQueue {
+			cons.streams = append(cons.streams, q.Name)
+		}
+	}
+	if opts.StreamOffset != (StreamOffset{}) && !c.Capabilities().Streams {
+		return nil, unsupportedf(op, "the backend does not support stream queues, which StreamOffset is for")
+	}
+	for _, q := range opts.Queues {
 		name, err := c.DeclareQueue(ctx, q)
 		if err != nil {
 			return nil, err
@@ -370,6 +390,34 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 		return nil, err
 	}
 	return cons, nil
+}
+
+// checkStreamConsumer refuses what a consumer of q cannot do if q is a stream, and a
+// StreamOffset for a queue of another type.
+func checkStreamConsumer(op string, q Queue, opts ConsumerOptions, caps Capabilities) error {
+	if q.Type != StreamQueue {
+		if q.Type != "" && opts.StreamOffset != (StreamOffset{}) {
+			return invalidf(op, "StreamOffset is for stream queues, and queue %q is of type %s", q.Name, q.Type)
+		}
+		return nil
+	}
+	if opts.NoAck {
+		return invalidf(op, "a stream queue is consumed with acks: NoAck is refused for queue %q", q.Name)
+	}
+	switch o := opts.StreamOffset; o.Kind {
+	case backend.OffsetDefault, backend.OffsetFirst, backend.OffsetLast, backend.OffsetNext:
+	case backend.OffsetAt:
+		if o.Offset < 0 {
+			return invalidf(op, "stream offset %d is negative", o.Offset)
+		}
+	case backend.OffsetTime:
+		if o.Time.IsZero() {
+			return invalidf(op, "stream offset time is zero")
+		}
+	default:
+		return invalidf(op, "unknown stream offset kind %d", o.Kind)
+	}
+	return nil
 }
 
 // Queues returns the names of the queues the consumer reads, including names generated
@@ -549,6 +597,56 @@ type subscription struct {
 	g         *generation          // sub's connection
 	malformed int                  // failures in a row on a message the backend could not read
 	failed    int                  // failures in a row of a connection that stays up
+	stream    streamPosition       // where to read on, if the queue is a stream
+}
+
+// streamPosition is where a subscription to a stream reads on after a recovery: at its
+// first message not settled on the lost connection, or after the last it received.
+type streamPosition struct {
+	mu        sync.Mutex
+	known     bool
+	next      int64                 // after the last message received
+	unsettled map[int64]*generation // received and not settled, with their connection
+}
+
+// received records a message of the stream received on g.
+func (p *streamPosition) received(offset int64, g *generation) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.unsettled == nil {
+		p.unsettled = make(map[int64]*generation)
+	}
+	p.known, p.next, p.unsettled[offset] = true, offset+1, g
+}
+
+// settled records that m was settled; if its connection is lost, the settling fails and
+// the message is read again.
+func (p *streamPosition) settled(m *Message) {
+	off, ok := m.StreamOffset()
+	if !ok || m.d.gen.done() {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.unsettled[off] == m.d.gen {
+		delete(p.unsettled, off)
+	}
+}
+
+// resume returns where a new subscription reads from: start, unless messages were
+// received before.
+func (p *streamPosition) resume(start StreamOffset) StreamOffset {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.known {
+		return start
+	}
+	from := p.next
+	for off := range p.unsettled {
+		from = min(from, off)
+	}
+	clear(p.unsettled)
+	return FromOffset(from)
 }
 
 // subscribe subscribes on the live connection other than stale, waiting for the Conn to
@@ -561,7 +659,12 @@ func (s *subscription) subscribe(ctx context.Context, stale *generation, cause e
 		if err != nil {
 			return err
 		}
-		sub, err := g.b.Consume(ctx, backend.ConsumeOptions{Queue: s.queue, Prefetch: c.opts.Prefetch, AutoAck: c.opts.NoAck})
+		sub, err := g.b.Consume(ctx, backend.ConsumeOptions{
+			Queue:    s.queue,
+			Prefetch: c.opts.Prefetch,
+			AutoAck:  c.opts.NoAck,
+			Offset:   s.stream.resume(c.opts.StreamOffset),
+		})
 		if err == nil {
 			s.sub, s.g = sub, g
 			conn.topo.subscribed(s.queue, +1, false)
@@ -604,7 +707,11 @@ func (s *subscription) receive(ctx context.Context) (*Message, error) {
 		d, err := s.sub.Receive(ctx)
 		if err == nil {
 			s.malformed, s.failed = 0, 0
-			return received(conn, s.g, d, s.queue, c.accept, nil, c.opts.OnSettle), nil
+			if !d.InStream {
+				return received(conn, s.g, d, s.queue, c.accept, nil, c.opts.OnSettle), nil
+			}
+			s.stream.received(d.Offset, s.g)
+			return received(conn, s.g, d, s.queue, c.accept, s.stream.settled, c.opts.OnSettle), nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -727,6 +834,9 @@ func (c *Consumer) Fetch(ctx context.Context) (*Message, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if len(c.streams) > 0 {
+		return nil, unsupportedf("fetch", "stream queue %q is read by consuming, not by fetching", c.streams[0])
 	}
 	for _, q := range c.queues {
 		var d *backend.Delivery

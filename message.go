@@ -83,6 +83,8 @@ type delivery struct {
 	exchange    string
 	redelivered bool
 	count       int
+	offset      int64 // in its stream, if inStream
+	inStream    bool
 	settler     backend.Settler // nil when delivered with auto-ack
 	raw         any
 	conn        *Conn
@@ -126,6 +128,16 @@ func (m *Message) DeliveryCount() int {
 		return 1 // never delivered before
 	}
 	return m.d.count
+}
+
+// StreamOffset returns the offset of a message received from a stream queue, and
+// whether it came from one: the position to resume at, with [FromOffset], after the
+// messages handled so far.
+func (m *Message) StreamOffset() (int64, bool) {
+	if m.d == nil || !m.d.inStream {
+		return 0, false
+	}
+	return m.d.offset, true
 }
 
 // Ack acknowledges a received message: it was handled and leaves its queue. It returns
@@ -252,6 +264,8 @@ func received(c *Conn, g *generation, d *backend.Delivery, queue string, accept 
 		exchange:    d.Exchange,
 		redelivered: d.Redelivered,
 		count:       d.DeliveryCount,
+		offset:      d.Offset,
+		inStream:    d.InStream,
 		settler:     d.Settler,
 		raw:         d.Raw,
 		conn:        c,

@@ -65,8 +65,99 @@ type Queue struct {
 	DeadLetterExchange   string        // where rejected, expired and dropped messages go
 	DeadLetterRoutingKey string        // their routing key there; empty keeps the original one
 
-	Args Table // backend-specific arguments, such as RabbitMQ's "x-queue-type"
+	// Type is the kind of queue, on a backend that has several (RabbitMQ:
+	// Capabilities().Quorum and Streams); empty for the backend's default. Quorum queues
+	// and streams are replicated on several nodes of a cluster, and always durable, never
+	// exclusive or auto-delete. A backend without the type refuses it with
+	// [ErrUnsupported]; it is never declared as another kind.
+	Type QueueType
+
+	// Replicas is, for a quorum queue or a stream, on how many nodes of the cluster it is
+	// first placed; zero for the broker's default.
+	Replicas int
+
+	// DeliveryLimit is, for a quorum queue, how many times a message may be delivered:
+	// returned once more (requeued, or its consumer gone), it is dead-lettered, or dropped.
+	// Zero is the broker's default: none on RabbitMQ 3, 20 on RabbitMQ 4.
+	DeliveryLimit int
+
+	// DeadLetterStrategy is, for a quorum queue with a DeadLetterExchange, how dead
+	// letters move: [AtMostOnce] (the default) drops one whose move fails; [AtLeastOnce]
+	// keeps it in the queue until the queues it goes to have confirmed it, at the cost
+	// of publishes beyond MaxLength being refused rather than the oldest dropped.
+	DeadLetterStrategy DeadLetterStrategy
+
+	// MaxAge and MaxBytes are a stream's retention: its oldest messages are discarded,
+	// a segment at a time, once older than MaxAge (whole seconds) or beyond MaxBytes in
+	// all. Zero for no limit; RabbitMQ keeps a stream for ever without one.
+	MaxAge   time.Duration
+	MaxBytes int64
+
+	// SingleActiveConsumer makes one consumer of the queue at a time receive its messages,
+	// in order; when it goes, the next one takes over, with the messages it left
+	// unsettled. Capabilities().SingleActiveConsumer says whether the backend can.
+	SingleActiveConsumer bool
+
+	// ConsumerTimeout is how long a message delivered to a consumer may stay unsettled:
+	// past it, the broker ends the consumer's channel and the message goes back to the
+	// queue (carrot's Consumer then subscribes again). Whole milliseconds; zero for the
+	// broker's default (RabbitMQ: 30 minutes). Capabilities().ConsumerTimeout says whether
+	// the backend honours it (RabbitMQ from 3.12).
+	ConsumerTimeout time.Duration
+
+	Args Table // backend-specific arguments, such as RabbitMQ's "x-overflow"
 }
+
+// QueueType is a kind of queue; see [Queue].Type.
+type QueueType = backend.QueueType
+
+// The queue types, of RabbitMQ (see the backends' capabilities).
+const (
+	// ClassicQueue is a queue on one node.
+	ClassicQueue = backend.Classic
+	// QuorumQueue is a queue replicated on several nodes with Raft: a message is
+	// confirmed once a majority has it, and the queue stays available while a majority of
+	// its nodes is.
+	QuorumQueue = backend.Quorum
+	// StreamQueue is a replicated append-only log: consumers read it from an offset
+	// ([ConsumerOptions].StreamOffset) and settling a message does not remove it; its
+	// retention (MaxAge, MaxBytes) does. A stream is read by consuming only (Fetch is
+	// refused), with acks: NoAck is refused, and Requeue and Reject do nothing but
+	// settle.
+	StreamQueue = backend.Stream
+)
+
+// DeadLetterStrategy says how a quorum queue moves its dead letters; see [Queue].
+type DeadLetterStrategy = backend.DeadLetterStrategy
+
+// The dead-letter strategies of quorum queues.
+const (
+	AtMostOnce  = backend.AtMostOnce
+	AtLeastOnce = backend.AtLeastOnce
+)
+
+// StreamOffset is where a consumer starts reading a stream queue; see
+// [ConsumerOptions].StreamOffset.
+type StreamOffset = backend.StreamOffset
+
+// Where to start reading a stream.
+var (
+	// FromFirst starts at the oldest message the stream keeps.
+	FromFirst = StreamOffset{Kind: backend.OffsetFirst}
+	// FromLast starts at the last chunk the stream wrote (a few of the latest messages).
+	FromLast = StreamOffset{Kind: backend.OffsetLast}
+	// FromNext starts at the next message written: the broker's default.
+	FromNext = StreamOffset{Kind: backend.OffsetNext}
+)
+
+// FromOffset starts at the message at offset n of the stream (the first is 0), or at
+// the oldest kept if n has been discarded.
+func FromOffset(n int64) StreamOffset { return StreamOffset{Kind: backend.OffsetAt, Offset: n} }
+
+// FromTime starts at the first message the stream took at t or later; RabbitMQ keeps
+// arrival times per chunk, to the second over AMQP 0-9-1, so a few messages from just
+// before t may come first.
+func FromTime(t time.Time) StreamOffset { return StreamOffset{Kind: backend.OffsetTime, Time: t} }
 
 // Binding routes the messages published to Exchange whose routing key matches Key to
 // Queue: the backend interface's own type.
@@ -175,6 +266,9 @@ func (q Queue) backend(op string, caps Capabilities) (backend.Queue, []Binding, 
 			return bq, nil, unsupportedf(op, "the backend does not support %s", n.what)
 		}
 	}
+	if err := q.checkType(op, caps); err != nil {
+		return bq, nil, err
+	}
 	if q.MessageTTL < 0 || q.MessageTTL%time.Millisecond != 0 {
 		return bq, nil, invalidf(op, "message TTL %v is not a whole, positive number of milliseconds", q.MessageTTL)
 	}
@@ -202,6 +296,14 @@ func (q Queue) backend(op string, caps Capabilities) (backend.Queue, []Binding, 
 		MaxPriority:          q.MaxPriority,
 		DeadLetterExchange:   q.DeadLetterExchange,
 		DeadLetterRoutingKey: q.DeadLetterRoutingKey,
+		Type:                 q.Type,
+		Replicas:             q.Replicas,
+		DeliveryLimit:        q.DeliveryLimit,
+		DeadLetterStrategy:   q.DeadLetterStrategy,
+		MaxAge:               q.MaxAge,
+		MaxBytes:             q.MaxBytes,
+		SingleActiveConsumer: q.SingleActiveConsumer,
+		ConsumerTimeout:      q.ConsumerTimeout,
 		Args:                 args,
 	}
 	if q.Passive {
@@ -221,6 +323,97 @@ func (q Queue) backend(op string, caps Capabilities) (backend.Queue, []Binding, 
 		}
 	}
 	return bq, bindings, nil
+}
+
+// checkType validates q's type and the fields that go with one: each is refused with
+// ErrUnsupported by a backend without it, and with ErrInvalid where the type does not have
+// it, rather than declared as something else.
+func (q Queue) checkType(op string, caps Capabilities) error {
+	switch q.Type {
+	case "":
+	case ClassicQueue:
+		if !caps.Quorum && !caps.Streams {
+			return unsupportedf(op, "the backend has one type of queue: leave Type empty")
+		}
+	case QuorumQueue:
+		if !caps.Quorum {
+			return unsupportedf(op, "the backend does not support quorum queues")
+		}
+	case StreamQueue:
+		if !caps.Streams {
+			return unsupportedf(op, "the backend does not support stream queues")
+		}
+	default:
+		return invalidf(op, "unknown queue type %q (want classic, quorum or stream)", q.Type)
+	}
+	if !caps.SingleActiveConsumer && q.SingleActiveConsumer {
+		return unsupportedf(op, "the backend does not support single active consumer")
+	}
+	if !caps.ConsumerTimeout && q.ConsumerTimeout != 0 {
+		return unsupportedf(op, "the backend does not support a queue consumer timeout")
+	}
+	replicated := q.Type == QuorumQueue || q.Type == StreamQueue
+	if replicated && (q.Transient || q.Exclusive || q.AutoDelete) {
+		return invalidf(op, "a %s queue is durable, never transient, exclusive or auto-delete", q.Type)
+	}
+	only := []struct {
+		set  bool
+		what string
+		typ  QueueType
+	}{
+		{q.Replicas != 0, "Replicas", ""},
+		{q.DeliveryLimit != 0, "DeliveryLimit", QuorumQueue},
+		{q.DeadLetterStrategy != "", "DeadLetterStrategy", QuorumQueue},
+		{q.MaxAge != 0, "MaxAge", StreamQueue},
+		{q.MaxBytes != 0, "MaxBytes", StreamQueue},
+	}
+	for _, o := range only {
+		if o.set && (o.typ == "" && !replicated || o.typ != "" && q.Type != o.typ) {
+			want := "a quorum or stream queue"
+			if o.typ != "" {
+				want = "a " + string(o.typ) + " queue"
+			}
+			return invalidf(op, "%s is for %s, and the queue's type is %q", o.what, want, q.Type)
+		}
+	}
+	if q.Type == StreamQueue {
+		for _, o := range []struct {
+			set  bool
+			what string
+		}{
+			{q.MessageTTL != 0, "MessageTTL (use MaxAge)"},
+			{q.MaxLength != 0, "MaxLength (use MaxBytes)"},
+			{q.MaxPriority != 0, "MaxPriority"},
+			{q.DeadLetterExchange != "" || q.DeadLetterRoutingKey != "", "dead-lettering"},
+			{q.SingleActiveConsumer, "SingleActiveConsumer"},
+		} {
+			if o.set {
+				return invalidf(op, "a stream queue has no %s", o.what)
+			}
+		}
+	}
+	switch {
+	case q.Replicas < 0:
+		return invalidf(op, "Replicas %d is negative", q.Replicas)
+	case q.DeliveryLimit < 0:
+		return invalidf(op, "DeliveryLimit %d is negative", q.DeliveryLimit)
+	case q.MaxBytes < 0:
+		return invalidf(op, "MaxBytes %d is negative", q.MaxBytes)
+	case q.MaxAge < 0 || q.MaxAge%time.Second != 0:
+		return invalidf(op, "MaxAge %v is not a whole, positive number of seconds", q.MaxAge)
+	case q.ConsumerTimeout < 0 || q.ConsumerTimeout%time.Millisecond != 0:
+		return invalidf(op, "ConsumerTimeout %v is not a whole, positive number of milliseconds", q.ConsumerTimeout)
+	}
+	switch q.DeadLetterStrategy {
+	case "", AtMostOnce:
+	case AtLeastOnce:
+		if q.DeadLetterExchange == "" {
+			return invalidf(op, "DeadLetterStrategy %s needs a DeadLetterExchange", q.DeadLetterStrategy)
+		}
+	default:
+		return invalidf(op, "unknown DeadLetterStrategy %q (want %s or %s)", q.DeadLetterStrategy, AtMostOnce, AtLeastOnce)
+	}
+	return nil
 }
 
 // generatedName returns a unique queue name, for queues declared without one.

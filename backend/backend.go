@@ -305,6 +305,18 @@ type Queue struct {
 	DeadLetterExchange   string        // where rejected, expired and dropped messages go
 	DeadLetterRoutingKey string        // their routing key there; empty keeps the original key
 
+	// Type is the kind of queue; empty for the broker's default. The core sends a type, and
+	// the fields below, only to a backend whose Capabilities report them, and has checked
+	// that they fit the type.
+	Type                 QueueType
+	Replicas             int                // quorum and stream: nodes the queue is first placed on; 0 for the broker's default
+	DeliveryLimit        int                // quorum: deliveries after which a returned message is dead-lettered or dropped; 0 for the broker's default
+	DeadLetterStrategy   DeadLetterStrategy // quorum: how dead letters are moved; empty for at-most-once
+	MaxAge               time.Duration      // stream: segments older than this are discarded; whole seconds, 0 for none
+	MaxBytes             int64              // stream: the oldest segments are discarded beyond this size; 0 for none
+	SingleActiveConsumer bool               // one consumer at a time receives; the next takes over when it goes
+	ConsumerTimeout      time.Duration      // a delivery unsettled this long ends its consumer's channel; whole ms, 0 for the broker's default
+
 	// Args holds broker-specific arguments, such as RabbitMQ's "x-queue-type". A backend
 	// returns an error for arguments it does not understand.
 	Args map[string]any
@@ -360,6 +372,8 @@ type Delivery struct {
 	Exchange      string // the exchange it was published to
 	Redelivered   bool   // it may have been delivered before
 	DeliveryCount int    // how many times it has been delivered, this one included; 0 if unknown
+	Offset        int64  // a stream's message: its offset in the stream
+	InStream      bool   // it came from a stream, and Offset is set
 	Settler       Settler
 	Raw           any // the client's own delivery value, for As; may be nil
 }
@@ -370,7 +384,48 @@ type ConsumeOptions struct {
 	Prefetch int  // most unsettled deliveries at a time; 0 for no limit
 	AutoAck  bool // settle messages on delivery; the deliveries have no Settler
 	Tag      string
+
+	// Offset is where a consumer of a stream queue starts reading; the zero value is the
+	// broker's default (next). Set only when Capabilities().Streams.
+	Offset StreamOffset
 }
+
+// QueueType is a kind of queue.
+type QueueType string
+
+// The queue types of RabbitMQ, the only broker with several.
+const (
+	Classic QueueType = "classic" // one node's queue
+	Quorum  QueueType = "quorum"  // replicated on several nodes (Raft)
+	Stream  QueueType = "stream"  // a replicated append-only log read from an offset
+)
+
+// DeadLetterStrategy says how a quorum queue moves its dead letters.
+type DeadLetterStrategy string
+
+const (
+	AtMostOnce  DeadLetterStrategy = "at-most-once"  // a dead letter is dropped if the move fails
+	AtLeastOnce DeadLetterStrategy = "at-least-once" // a dead letter stays until its target queues have it
+)
+
+// StreamOffset is where a consumer starts reading a stream.
+type StreamOffset struct {
+	Kind   OffsetKind
+	Offset int64     // for OffsetAt
+	Time   time.Time // for OffsetTime
+}
+
+// OffsetKind is the kind of a [StreamOffset].
+type OffsetKind uint8
+
+const (
+	OffsetDefault OffsetKind = iota // the broker's default: next
+	OffsetFirst                     // the oldest message the stream keeps
+	OffsetLast                      // the last chunk of messages written
+	OffsetNext                      // the next message written
+	OffsetAt                        // the message at Offset, or the oldest kept if that is gone
+	OffsetTime                      // the first message written at Time or later (to the broker's precision)
+)
 
 // Capabilities is what a connection supports. The zero value supports only what every
 // backend must: direct, fanout and topic exchanges, durable and non-durable queues,
@@ -413,6 +468,14 @@ type Capabilities struct {
 	// InspectQueue: the counts of a queue the Conn's [Inspector] reports; empty when it
 	// cannot inspect queues.
 	InspectQueue QueueCounts
+
+	// Queue types and what comes with them (see [Queue]): Quorum for quorum queues with
+	// Replicas, DeliveryLimit and DeadLetterStrategy; Streams for stream queues with
+	// Replicas, MaxAge, MaxBytes and consumers' Offset; either for the classic type named.
+	Quorum               bool
+	Streams              bool
+	SingleActiveConsumer bool // Queue.SingleActiveConsumer is honoured
+	ConsumerTimeout      bool // Queue.ConsumerTimeout is honoured
 }
 
 // Code classifies a backend error.

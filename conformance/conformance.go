@@ -153,7 +153,7 @@ func Run(t *testing.T, h Harness) {
 
 // allCases returns every behaviour of the suite, in the order they run.
 func allCases() []testCase {
-	return slices.Concat(cases(), handlerCases(), delayCases(), retryCases(), ackCases(), recoverCases())
+	return slices.Concat(cases(), queueTypeCases(), handlerCases(), delayCases(), retryCases(), ackCases(), recoverCases())
 }
 
 type runner struct {

@@ -71,6 +71,7 @@ type Conn struct {
 	watched *watchedConn
 	known   sync.Map     // exchanges known to exist, by name, beside the default one
 	maxBody atomic.Int64 // the largest body RabbitMQ takes, as far as known
+	server  amqp.Table   // the broker's server properties
 	maxHead int          // the largest content header frame payload it takes
 
 	lifetime.Ending // Done and Err
@@ -160,6 +161,7 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 	if conn.Config.FrameSize <= 0 {
 		c.maxHead = 1 << 31
 	}
+	c.server = conn.Properties
 	c.maxBody.Store(o.MaxBodySize)
 	if o.MaxBodySize == 0 {
 		c.maxBody.Store(defaultMaxBody(conn.Properties))
@@ -178,12 +180,26 @@ const frameOverhead = 8
 // defaultMaxBody returns RabbitMQ's default max_message_size for the version it reports:
 // 16 MiB from RabbitMQ 4.0, 128 MiB before.
 func defaultMaxBody(server amqp.Table) int64 {
-	v, _ := server["version"].(string)
-	major, _, _ := strings.Cut(v, ".")
-	if n, err := strconv.Atoi(major); err == nil && n >= 4 {
+	if rabbitAtLeast(server, 4, 0) {
 		return 16 << 20
 	}
 	return DefaultMaxBodySize
+}
+
+// rabbitAtLeast reports whether the server properties are RabbitMQ's, of version
+// major.minor or later.
+func rabbitAtLeast(server amqp.Table, major, minor int) bool {
+	if p, _ := server["product"].(string); p != "RabbitMQ" {
+		return false
+	}
+	v, _ := server["version"].(string)
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	ma, err1 := strconv.Atoi(parts[0])
+	mi, err2 := strconv.Atoi(parts[1])
+	return err1 == nil && err2 == nil && (ma > major || ma == major && mi >= minor)
 }
 
 // classifyDial sorts a failure to connect: refused credentials or vhost are not worth
@@ -411,6 +427,11 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		InspectQueue:  backend.ReadyCount | backend.ConsumerCount, // no unacked count in AMQP 0-9-1
 		NestedHeaders: true,
 		UserID:        c.opts.userID(),
+
+		Quorum:               rabbitAtLeast(c.server, 3, 8),
+		Streams:              rabbitAtLeast(c.server, 3, 9),
+		SingleActiveConsumer: rabbitAtLeast(c.server, 3, 8),
+		ConsumerTimeout:      rabbitAtLeast(c.server, 3, 12), // x-consumer-timeout
 	}
 }
 

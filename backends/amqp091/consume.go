@@ -11,6 +11,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/rabbitargs"
 )
 
 // Get fetches one message with basic.get on a channel kept for gets; its unsettled
@@ -113,8 +114,12 @@ func (s *subscription) subscribe(ctx context.Context) error {
 			}
 		}
 		exclusive, noLocal, noWait := false, false, false
+		var args amqp.Table
+		if v, ok := rabbitargs.Offset(s.opts.Offset); ok {
+			args = amqp.Table{"x-stream-offset": v} // a time.Time goes as a timestamp
+		}
 		var err error
-		deliveries, err = ch.Consume(s.opts.Queue, s.tag, s.opts.AutoAck, exclusive, noLocal, noWait, nil)
+		deliveries, err = ch.Consume(s.opts.Queue, s.tag, s.opts.AutoAck, exclusive, noLocal, noWait, args)
 		return err
 	})
 	if err != nil {
@@ -272,6 +277,10 @@ func delivery(d *amqp.Delivery, s *settler) *backend.Delivery {
 	// Quorum queues count earlier failed deliveries in x-delivery-count.
 	if n, ok := bd.Headers["x-delivery-count"].(int64); ok {
 		bd.DeliveryCount = int(n) + 1
+	}
+	// Streams give each message's offset in x-stream-offset.
+	if n, ok := bd.Headers["x-stream-offset"].(int64); ok {
+		bd.Offset, bd.InStream = n, true
 	}
 	if s != nil {
 		bd.Settler = s

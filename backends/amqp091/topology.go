@@ -3,14 +3,13 @@ package amqp091
 import (
 	"context"
 	"errors"
-	"maps"
 	"strings"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/delayq"
+	"github.com/carrot-go/carrot/internal/rabbitargs"
 )
 
 func declareExchange(ch *amqp.Channel, x backend.Exchange) error {
@@ -27,45 +26,12 @@ func declareQueue(ch *amqp.Channel, q backend.Queue) error {
 		_, err := ch.QueueDeclarePassive(q.Name, q.Durable, q.AutoDelete, q.Exclusive, noWait, nil)
 		return err
 	}
-	args, err := queueArgs(q)
+	args, err := rabbitargs.Queue("carrot/amqp091", q)
 	if err != nil {
 		return err
 	}
-	_, err = ch.QueueDeclare(q.Name, q.Durable, q.AutoDelete, q.Exclusive, noWait, args)
+	_, err = ch.QueueDeclare(q.Name, q.Durable, q.AutoDelete, q.Exclusive, noWait, amqp.Table(args))
 	return err
-}
-
-// queueArgs returns the RabbitMQ arguments for q's fields and its own Args.
-func queueArgs(q backend.Queue) (amqp.Table, error) {
-	args := amqp.Table(maps.Clone(q.Args))
-	set := func(key string, v any) error {
-		if args == nil {
-			args = amqp.Table{}
-		}
-		if _, dup := args[key]; dup {
-			return backend.Errorf(backend.Invalid, "carrot/amqp091: queue %q sets %s both in a field and in Args", q.Name, key)
-		}
-		args[key] = v
-		return nil
-	}
-	for _, a := range []struct {
-		set bool
-		key string
-		v   any
-	}{
-		{q.MessageTTL > 0, "x-message-ttl", int64(q.MessageTTL / time.Millisecond)},
-		{q.MaxLength > 0, "x-max-length", int64(q.MaxLength)},
-		{q.MaxPriority > 0, "x-max-priority", int64(q.MaxPriority)},
-		{q.DeadLetterExchange != "", "x-dead-letter-exchange", q.DeadLetterExchange},
-		{q.DeadLetterRoutingKey != "", "x-dead-letter-routing-key", q.DeadLetterRoutingKey},
-	} {
-		if a.set {
-			if err := set(a.key, a.v); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return args, nil
 }
 
 func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {

@@ -311,6 +311,12 @@ func (c *Conn) Capabilities() backend.Capabilities {
 		InspectQueue: backend.ReadyCount | backend.ConsumerCount, // the management node counts no unacked messages
 		// NestedHeaders is off: AMQP 1.0 application properties hold simple values only.
 		UserID: c.opts.userID(),
+
+		// RabbitMQ 4, the broker whose management API this backend speaks.
+		Quorum:               true,
+		Streams:              true,
+		SingleActiveConsumer: true,
+		ConsumerTimeout:      true,
 	}
 }
 

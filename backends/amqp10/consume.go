@@ -12,6 +12,7 @@ import (
 	amqp "github.com/Azure/go-amqp"
 
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/rabbitargs"
 )
 
 // Consume attaches a receiver to "/queues/NAME" on a session of its own, with link credit
@@ -81,10 +82,15 @@ func (s *subscription) attachLink(ctx context.Context) error {
 		if s.opts.AutoAck {
 			mode = amqp.SenderSettleModeSettled
 		}
+		var filters []amqp.LinkFilter
+		if v, ok := rabbitargs.Offset(s.opts.Offset); ok {
+			filters = append(filters, amqp.NewLinkFilter(streamOffsetFilter, 0, v))
+		}
 		r, err := sess.NewReceiver(ctx, "/queues/"+escape(s.opts.Queue), &amqp.ReceiverOptions{
 			Credit:                    int32(s.opts.Prefetch),
 			RequestedSenderSettleMode: mode.Ptr(),
 			SettlementMode:            amqp.ReceiverSettleModeFirst.Ptr(),
+			Filters:                   filters,
 		})
 		if err != nil {
 			closeQuietly(sess)
@@ -195,6 +201,10 @@ func (st *settler) Settle(ctx context.Context, o backend.Outcome) error {
 	return err
 }
 
+// streamOffsetFilter is the name and descriptor of RabbitMQ's source filter that says
+// where a receiver starts reading a stream.
+const streamOffsetFilter = "rabbitmq:stream-offset-spec"
+
 // delivery converts a received message. RabbitMQ annotates messages with the exchange
 // and routing key they were published with.
 func delivery(m *amqp.Message, st *settler, quorum bool) *backend.Delivery {
@@ -244,6 +254,9 @@ func delivery(m *amqp.Message, st *settler, quorum bool) *backend.Delivery {
 		d.Exchange, _ = a["x-exchange"].(string)
 		d.RoutingKey, _ = a["x-routing-key"].(string)
 		d.Type, _ = a[annotationType].(string)
+		if off, ok := a["x-stream-offset"]; ok { // streams give each message's offset
+			d.Offset, d.InStream = integer(off), true
+		}
 	}
 	if quorum { // quorum queues count earlier deliveries in x-delivery-count, absent at first
 		d.DeliveryCount = int(integer(m.Annotations["x-delivery-count"])) + 1

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strconv"
 	"strings"
 	"time"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/carrot-go/carrot/backend"
 	"github.com/carrot-go/carrot/internal/delayq"
+	"github.com/carrot-go/carrot/internal/rabbitargs"
 )
 
 // RabbitMQ 4 declares topology over AMQP 1.0 itself: "HTTP over AMQP" requests on a pair
@@ -192,34 +192,6 @@ func escape(name string) string {
 	return b.String()
 }
 
-// queueArgs returns the RabbitMQ arguments for q's fields and its own Args.
-func queueArgs(q backend.Queue) (map[string]any, error) {
-	args := maps.Clone(q.Args)
-	if args == nil {
-		args = map[string]any{}
-	}
-	for _, a := range []struct {
-		set bool
-		key string
-		v   any
-	}{
-		{q.MessageTTL > 0, "x-message-ttl", q.MessageTTL.Milliseconds()},
-		{q.MaxLength > 0, "x-max-length", int64(q.MaxLength)},
-		{q.MaxPriority > 0, "x-max-priority", int64(q.MaxPriority)},
-		{q.DeadLetterExchange != "", "x-dead-letter-exchange", q.DeadLetterExchange},
-		{q.DeadLetterRoutingKey != "", "x-dead-letter-routing-key", q.DeadLetterRoutingKey},
-	} {
-		if !a.set {
-			continue
-		}
-		if _, dup := args[a.key]; dup {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: queue %q sets %s both in a field and in Args", q.Name, a.key)
-		}
-		args[a.key] = a.v
-	}
-	return args, nil
-}
-
 func (c *Conn) declareQueue(ctx context.Context, q backend.Queue) error {
 	path := "/queues/" + escape(q.Name)
 	if q.Passive {
@@ -232,7 +204,7 @@ func (c *Conn) declareQueue(ctx context.Context, q backend.Queue) error {
 		}
 		return c.checkOwner(ctx, path, r.body)
 	}
-	args, err := queueArgs(q)
+	args, err := rabbitargs.Queue("carrot/amqp10", q)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,12 +27,18 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // removes it when t ends. It fails t if any of that goes wrong: Docker was found usable.
 func start(t testing.TB, k Kind, image string) *Container {
 	t.Helper()
-	return startWith(t, k, image, t.Cleanup, tclog.TestLogger(t))
+	return startWith(t, k, image, t.Cleanup, tclog.TestLogger(t), nodeOptions{})
 }
 
-// startWith is start with the removal of the container registered with cleanup, and
-// testcontainers-go's messages sent to logger.
-func startWith(t testing.TB, k Kind, image string, cleanup func(func()), logger tclog.Logger) *Container {
+// nodeOptions are what the container of a cluster's node has beyond a lone broker's.
+type nodeOptions struct {
+	hostPort int // publish the broker's port on this loopback port, kept across restarts; 0 for any
+	custom   []testcontainers.ContainerCustomizer
+}
+
+// startWith is start with the removal of the container registered with cleanup,
+// testcontainers-go's messages sent to logger, and the options of a cluster's node.
+func startWith(t testing.TB, k Kind, image string, cleanup func(func()), logger tclog.Logger, node nodeOptions) *Container {
 	t.Helper()
 	// Creating the container takes a little time of its own, before the wait.
 	ctx, cancel := context.WithTimeout(context.Background(), startupTimeout+time.Minute)
@@ -51,6 +58,9 @@ func startWith(t testing.TB, k Kind, image string, cleanup func(func()), logger 
 	// Run pulls the image only if it is missing, and dockerUsable made sure it is not.
 	ports := []string{k.port}
 	bindings := network.PortMap{port: {{HostIP: loopback}}}
+	if node.hostPort != 0 {
+		bindings[port] = []network.PortBinding{{HostIP: loopback, HostPort: strconv.Itoa(node.hostPort)}}
+	}
 	if k.extra != "" {
 		ep, err := network.ParsePort(k.extra)
 		if err != nil {
@@ -59,14 +69,15 @@ func startWith(t testing.TB, k Kind, image string, cleanup func(func()), logger 
 		ports = append(ports, k.extra)
 		bindings[ep] = []network.PortBinding{{HostIP: loopback}}
 	}
-	ctr, err := testcontainers.Run(ctx, image,
+	custom := append([]testcontainers.ContainerCustomizer{
 		testcontainers.WithExposedPorts(ports...),
 		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
 			hc.PortBindings = bindings
 		}),
 		ready,
 		testcontainers.WithLogger(logger),
-	)
+	}, node.custom...)
+	ctr, err := testcontainers.Run(ctx, image, custom...)
 	if ctr != nil {
 		// Run returns the container it created even when waiting for it failed.
 		cleanup(func() {

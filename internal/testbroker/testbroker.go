@@ -374,7 +374,7 @@ func (s *sharedContainers) url(t testing.TB, k Kind, image string) string {
 	if u, ok := s.urls[k.Name]; ok {
 		return u
 	}
-	c := startWith(t, k, image, func(f func()) { s.removers = append(s.removers, f) }, quietLogger{})
+	c := startWith(t, k, image, func(f func()) { s.removers = append(s.removers, f) }, quietLogger{}, nodeOptions{})
 	if s.urls == nil {
 		s.urls = make(map[string]string)
 	}
