@@ -32,7 +32,7 @@ func (h feedHandler) Receive(ctx context.Context, m *carrot.Message) error {
 }
 
 func testConsumeHandler(e *env) {
-	feed := carrot.Queue{Name: "feed", Exchange: carrot.Exchange{Name: e.name("feed")}, RoutingKey: "importer"}
+	feed := e.typed(carrot.Queue{Name: "feed", Exchange: carrot.Exchange{Name: e.name("feed")}, RoutingKey: "importer"})
 	e.queue(feed) // for the cleanup; the consumer declares it again, as carrot 0.4's does
 	feed.Name = e.name(feed.Name)
 	got := make(chan string, 3)
@@ -106,8 +106,8 @@ func testUnackedAfterConsumerClose(e *env) {
 
 func testSeveralQueues(e *env) {
 	x := e.exchange(carrot.Direct, "x")
-	news := carrot.Queue{Name: e.name("news"), Exchange: carrot.Exchange{Name: x}, RoutingKey: "news"}
-	sport := carrot.Queue{Name: e.name("sport"), Exchange: carrot.Exchange{Name: x}, RoutingKey: "sport"}
+	news := e.typed(carrot.Queue{Name: e.name("news"), Exchange: carrot.Exchange{Name: x}, RoutingKey: "news"})
+	sport := e.typed(carrot.Queue{Name: e.name("sport"), Exchange: carrot.Exchange{Name: x}, RoutingKey: "sport"})
 	e.deleteQueueLater(news.Name)
 	e.deleteQueueLater(sport.Name)
 	got := make(chan string, 4)
@@ -386,7 +386,7 @@ func testHandlerPanic(e *env) {
 
 func testDecodedRejects(e *env) {
 	var dlq string
-	q := carrot.Queue{Name: "q"}
+	q := e.typed(carrot.Queue{Name: "q"})
 	if e.caps.DeadLetter {
 		dlx := e.exchange(carrot.Fanout, "dlx")
 		dlq = e.queue(carrot.Queue{Name: "dead", Exchange: carrot.Exchange{Name: dlx, Kind: carrot.Fanout}})
@@ -551,11 +551,11 @@ func testCloseConn(e *env) {
 		{"Send", p.Send(e.ctx, "x")},
 		{"Fetch", second(c.Fetch(e.ctx))},
 		{"Run", c.Run(e.ctx)},
-		{"DeclareQueue", second(conn.DeclareQueue(e.ctx, carrot.Queue{Name: q}))},
+		{"DeclareQueue", second(conn.DeclareQueue(e.ctx, e.typed(carrot.Queue{Name: q})))},
 		{"DeclareExchange", conn.DeclareExchange(e.ctx, carrot.Exchange{Name: e.name("x")})},
 		{"Purge", second(conn.Purge(e.ctx, q))},
 		{"NewPublisher", second(conn.NewPublisher(carrot.PublisherOptions{}))},
-		{"NewConsumer", second(conn.NewConsumer(e.ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q}}}))},
+		{"NewConsumer", second(conn.NewConsumer(e.ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{e.typed(carrot.Queue{Name: q})}}))},
 	}
 	for _, call := range calls {
 		if !errors.Is(call.err, carrot.ErrClosed) {

@@ -223,14 +223,16 @@ func testRequeueRedelivers(e *env) {
 	if err := m.Requeue(e.ctx); err != nil {
 		e.t.Fatalf("requeue: %v", err)
 	}
-	again := e.fetchFrom(c)
-	if string(again.Body) != "one" || !again.Redelivered() {
-		e.t.Errorf("after requeue got %q (redelivered %v), want %q redelivered", again.Body, again.Redelivered(), "one")
+	// Where a requeued message goes back is the queue's: to its head on most, behind
+	// the others on RabbitMQ 3's quorum queues.
+	for range 2 {
+		m := e.fetchFrom(c)
+		if want := string(m.Body) == "one"; m.Redelivered() != want {
+			e.t.Errorf("after requeue got %q with Redelivered() = %v, want %v", m.Body, m.Redelivered(), want)
+		}
+		e.ack(m)
 	}
-	e.ack(again)
-	if got := e.fetchBody(q); got != "two" {
-		e.t.Errorf("then got %q, want %q", got, "two")
-	}
+	e.expectEmpty(q)
 }
 
 func testRejectDrops(e *env) {
@@ -251,7 +253,7 @@ func testRejectDeadLetters(e *env) {
 		e.t.Fatalf("reject: %v", err)
 	}
 	e.expectEmpty(q)
-	m := e.fetch(dlq)
+	m := e.fetchEventually(dlq, "the rejected message is dead-lettered")
 	if string(m.Body) != "one" || m.RoutingKey != q {
 		e.t.Errorf("dead-lettered message: body %q, key %q; want %q, %q", m.Body, m.RoutingKey, "one", q)
 	}
@@ -265,7 +267,7 @@ func testRejectDeadLetters(e *env) {
 		if err := e.fetch(q).Reject(e.ctx); err != nil {
 			e.t.Fatalf("reject: %v", err)
 		}
-		m := e.fetch(dlq)
+		m := e.fetchEventually(dlq, "the rejected message is dead-lettered")
 		if string(m.Body) != "two" || m.RoutingKey != "dead.key" {
 			e.t.Errorf("dead-lettered message: body %q, key %q; want %q, %q", m.Body, m.RoutingKey, "two", "dead.key")
 		}

@@ -215,7 +215,7 @@ func testGeneratedQueueName(e *env) {
 
 func testDeclareIdempotent(e *env) {
 	x := carrot.Exchange{Name: e.name("x"), Kind: carrot.Topic}
-	q := carrot.Queue{Name: "q", Exchange: x, RoutingKey: "a.#"}
+	q := e.typed(carrot.Queue{Name: "q", Exchange: x, RoutingKey: "a.#"})
 	for range 2 {
 		e.queue(q)
 	}

@@ -36,6 +36,17 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestConformanceQuorum runs the suite with every queue it can a quorum queue.
+func TestConformanceQuorum(t *testing.T) {
+	url := testbroker.URL(t, testbroker.RabbitMQ)
+	conformance.Run(t, conformance.Harness{
+		URL:        url,
+		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
+		OpenFaulty: openFaulty(url),
+		QueueType:  carrot.QuorumQueue,
+	})
+}
+
 // openFaulty opens connections to url through a proxy of their own.
 func openFaulty(url string) func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {
 	return func(ctx context.Context) (*carrot.Conn, conformance.Breaker, error) {

@@ -274,13 +274,19 @@ func delivery(d *amqp.Delivery, s *settler) *backend.Delivery {
 	if ms, err := strconv.ParseInt(d.Expiration, 10, 64); err == nil && ms > 0 {
 		bd.Expiration = time.Duration(ms) * time.Millisecond
 	}
-	// Quorum queues count earlier failed deliveries in x-delivery-count.
+	// Quorum queues count earlier failed deliveries in x-delivery-count, and streams
+	// give each message's offset in x-stream-offset: the broker's, not the publisher's
+	// headers, they become DeliveryCount and Offset.
 	if n, ok := bd.Headers["x-delivery-count"].(int64); ok {
 		bd.DeliveryCount = int(n) + 1
+		delete(bd.Headers, "x-delivery-count")
 	}
-	// Streams give each message's offset in x-stream-offset.
 	if n, ok := bd.Headers["x-stream-offset"].(int64); ok {
 		bd.Offset, bd.InStream = n, true
+		delete(bd.Headers, "x-stream-offset")
+	}
+	if len(bd.Headers) == 0 {
+		bd.Headers = nil
 	}
 	if s != nil {
 		bd.Settler = s

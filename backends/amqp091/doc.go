@@ -195,8 +195,36 @@
 // queue is an ErrNotFound error. Not unacknowledged messages: AMQP 0-9-1 has no count of
 // them, only RabbitMQ's management plugin (its HTTP API, rabbitmqctl list_queues
 // messages_unacknowledged) does, so Unacked is -1. Consumers counts basic.consume
-// subscriptions of every connection (basic.get is not one); a quorum queue's counts may
+// subscriptions of every connection (basic.get is not one, but a quorum queue counts
+// the channel of a fetched message until it is settled); a quorum queue's counts may
 // lag a moment behind its deliveries.
+//
+// # Queue types
+//
+// The queue types of carrot.Queue go out as RabbitMQ's arguments: Type as x-queue-type,
+// Replicas as x-quorum-initial-group-size (quorum) or x-initial-cluster-size (stream),
+// DeliveryLimit as x-delivery-limit, DeadLetterStrategy as x-dead-letter-strategy (with
+// x-overflow=reject-publish, which at-least-once needs), MaxAge as x-max-age in seconds,
+// MaxBytes as x-max-length-bytes, SingleActiveConsumer as x-single-active-consumer and
+// ConsumerTimeout as x-consumer-timeout; a field whose argument Args sets too is an
+// ErrInvalid error. The capabilities follow the version the broker reports: Quorum and
+// SingleActiveConsumer from RabbitMQ 3.8, Streams from 3.9, ConsumerTimeout from 3.12
+// (RabbitMQ before it takes the argument and ignores it, so carrot refuses it there).
+// A broker that is not RabbitMQ reports none.
+//
+// A stream is consumed with basic.consume and x-stream-offset (a timestamp for
+// FromTime, which RabbitMQ reads to the second), on a channel with a prefetch, as
+// RabbitMQ requires; each delivery's x-stream-offset header becomes its
+// Message.StreamOffset, and a quorum queue's x-delivery-count its DeliveryCount: those
+// two headers, the broker's, are not in Headers.
+//
+// Quorum queues differ from classic ones in ways carrot cannot hide: a requeued message
+// goes behind the others on RabbitMQ 3 (to its place on classic queues); a queue's
+// dead-lettering happens a moment after the reject; and RabbitMQ may drop acks that
+// reach a channel just before it closes (a channel holds back a quorum queue's
+// settlements while many are in flight, and drops those it holds when it closes), so
+// after a Consumer's Close some messages acked just before may come again, redelivered:
+// delivery stays at least once. The amqp10 backend, on RabbitMQ 4, does not lose them.
 //
 // # As
 //

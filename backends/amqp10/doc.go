@@ -204,6 +204,16 @@
 // the inspecting connection leaves its own out, but counts those of others. A quorum
 // queue's counts may lag a moment behind its deliveries.
 //
+// # Queue types
+//
+// Quorum, Streams, SingleActiveConsumer and ConsumerTimeout: the fields of carrot.Queue go
+// to the management node's PUT /queues/NAME as the same x- arguments the amqp091 backend
+// sends (x-queue-type, x-delivery-limit, x-max-age, ...). A stream's receiver attaches
+// with RabbitMQ's source filter rabbitmq:stream-offset-spec ("first", "last", "next", an
+// offset, or a timestamp, to the millisecond); each message's x-stream-offset annotation
+// becomes its Message.StreamOffset. RabbitMQ 4's quorum queues have a delivery limit of
+// 20 unless DeliveryLimit sets another.
+//
 // # As
 //
 // [carrot.Conn.As] takes a **amqp.Conn (the current connection, which changes when
