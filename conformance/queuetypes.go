@@ -17,6 +17,7 @@ func queueTypeCases() []testCase {
 		{name: "QueueTypesRefused", doc: "a queue type or queue setting the backend does not report is an ErrUnsupported error, and nothing is declared", run: testQueueTypesRefused},
 		{name: "QuorumDeliveryLimit", doc: "a quorum queue dead-letters a message returned more often than its delivery limit", needs: need("Quorum and DeadLetter", func(c carrot.Capabilities) bool { return c.Quorum && c.DeadLetter }), run: testQuorumDeliveryLimit},
 		{name: "StreamOffsets", doc: "a stream is read from its first message, from an offset, from a time, or from the next message, and keeps what was read", needs: need("Streams", func(c carrot.Capabilities) bool { return c.Streams }), run: testStreamOffsets},
+		{name: "StreamRecover", doc: "a stream's consumer whose connection was cut reads on where it was, not from its start offset again", needs: need("Streams", func(c carrot.Capabilities) bool { return c.Streams }), run: testStreamRecover},
 		{name: "SingleActiveConsumer", doc: "one consumer of a single-active-consumer queue receives; the next takes over when it closes, with what it left", needs: need("SingleActiveConsumer", func(c carrot.Capabilities) bool { return c.SingleActiveConsumer }), run: testSingleActiveConsumer},
 	}
 }
@@ -243,4 +244,51 @@ func testSingleActiveConsumer(e *env) {
 		st, err := e.conn.InspectQueue(e.ctx, q)
 		return err != nil || st.Ready == 0
 	})
+}
+
+func testStreamRecover(e *env) {
+	q := e.queue(carrot.Queue{Name: "stream", Type: carrot.StreamQueue})
+	send := func(from, to int) {
+		for i := from; i < to; i++ {
+			e.publish("", q, strconv.Itoa(i))
+		}
+	}
+	send(0, 5)
+	conn, b := e.faulty()
+	got := make(chan string, 100)
+	c, err := conn.NewConsumer(e.ctx, carrot.ConsumerOptions{
+		Queues:       []carrot.Queue{{Name: q, Type: carrot.StreamQueue, Passive: true}},
+		StreamOffset: carrot.FromFirst,
+		Prefetch:     2,
+		Handler: carrot.HandlerFunc(func(ctx context.Context, m *carrot.Message) error {
+			got <- string(m.Body)
+			return m.Ack(ctx) // fails for what the cut connection delivered
+		}),
+	})
+	if err != nil {
+		e.t.Fatalf("new stream consumer: %v", err)
+	}
+	defer c.Close()
+	e.start(c)
+	counts := map[string]int{}
+	for i := range 5 {
+		body := wait(e, got)
+		counts[body]++
+		if body != strconv.Itoa(i) {
+			e.t.Fatalf("before the cut: got %q, want %d", body, i)
+		}
+	}
+	e.cut(conn, b)
+	send(5, 10)
+	for counts["9"] == 0 {
+		counts[wait(e, got)]++
+	}
+	for i := range 10 {
+		if counts[strconv.Itoa(i)] == 0 {
+			e.t.Errorf("message %d never came", i)
+		}
+	}
+	if counts["0"] > 1 {
+		e.t.Errorf("message 0 came %d times: the consumer read the stream from its start offset again", counts["0"])
+	}
 }
