@@ -38,9 +38,11 @@ const clusterCookie = "carrot-test-cluster-cookie"
 // StartRabbitMQCluster starts a cluster of n RabbitMQ 3.10 nodes in containers for t
 // alone, joined into one cluster, and removes them and their network when t ends. The
 // nodes reach each other on the Docker network; the test reaches each through loopback
-// only. When Docker is not usable, it skips or fails t as [Start] does.
+// only. It skips t unless the cluster tests are asked for (see [Clusters]); when Docker is
+// not usable, it skips or fails t as [Start] does.
 func StartRabbitMQCluster(t testing.TB, n int) *RabbitMQCluster {
 	t.Helper()
+	Clusters(t)
 	p := decide(RabbitMQ, os.Getenv, false, dockerUsable)
 	switch {
 	case p.fatal:

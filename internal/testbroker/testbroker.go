@@ -83,7 +83,19 @@ const (
 	ryukDisabledEnv = "TESTCONTAINERS_RYUK_DISABLED"
 	hubPrefixEnv    = "TESTCONTAINERS_HUB_IMAGE_NAME_PREFIX"
 	dockerHostEnv   = "DOCKER_HOST"
+	clustersEnv     = "CARROT_TEST_CLUSTERS"
 )
+
+// Clusters skips t unless CARROT_TEST_CLUSTERS=1: the cluster tests start several
+// brokers and kill their nodes, which takes minutes, so they run when asked for (carrot's
+// CI asks once, not in every run of the packages). A skip of this kind is a choice, not a
+// missing broker: CARROT_TEST_REQUIRE_BROKERS does not turn it into a failure.
+func Clusters(t testing.TB) {
+	t.Helper()
+	if v := os.Getenv(clustersEnv); v == "" || v == "0" || v == "false" {
+		t.Skipf("a cluster test, which runs with %s=1 (it starts several brokers and kills their nodes)", clustersEnv)
+	}
+}
 
 // dockerUpHint tells a developer how to make Docker usable for the tests. The script it
 // names belongs to carrot's build machines, beside the clone, not to this repository.
