@@ -135,4 +135,3 @@ func connectedNode(ctx context.Context, t *testing.T, cluster *testbroker.Rabbit
 		}
 	}
 }
-
