@@ -119,12 +119,14 @@ func connectedNode(ctx context.Context, t *testing.T, cluster *testbroker.Rabbit
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := n.Exec(ctx, "rabbitmqctl", "-q", "list_connections", "--no-table-headers", "node")
+		// A connection's pid, <rabbit@HOST.N.N.N>, names its node (HOST has no dots).
+		out, err := n.Exec(ctx, "rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if nodes := strings.Fields(out); len(nodes) == 1 {
-			if node := cluster.Node(nodes[0]); node != nil {
+		if pids := strings.Fields(out); len(pids) == 1 {
+			name, _, _ := strings.Cut(strings.TrimPrefix(pids[0], "<"), ".")
+			if node := cluster.Node(name); node != nil {
 				return node
 			}
 		}
