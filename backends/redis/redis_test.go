@@ -75,7 +75,7 @@ func TestConformance(t *testing.T) {
 }
 
 func TestConformanceCluster(t *testing.T) {
-	cluster := testbroker.StartRedisCluster(t, 3)
+	cluster := testbroker.StartRedisCluster(t, testbroker.RedisClusterOptions{})
 	url := fmt.Sprintf("redis://%s/?cluster=true&addr=%s&addr=%s&namespace=carrot-test-cluster", cluster.Addrs[0], cluster.Addrs[1], cluster.Addrs[2])
 	conformance.Run(t, conformance.Harness{
 		URL:        url,
