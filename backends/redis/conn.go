@@ -153,6 +153,9 @@ var _ backend.Pinger = (*Conn)(nil)
 // connections held.
 func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 	o := k.opts
+	if err := o.checkWait(); err != nil {
+		return nil, backend.Errorf(backend.Invalid, "carrot/redis: connect to %s: %v", o, err)
+	}
 	ro := o.Redis
 	if ro.PoolSize == 0 {
 		ro.PoolSize = 64
@@ -299,7 +302,7 @@ func (c *Conn) try(ctx context.Context, fn func() error) error {
 	if cerr := ctx.Err(); cerr != nil {
 		return cerr
 	}
-	if c.ErrorCode(err) == backend.Unavailable {
+	if c.broken(err) {
 		c.lose(err)
 		return c.gone()
 	}
@@ -313,6 +316,13 @@ var (
 	errClosed    = backend.Errorf(backend.Closed, "carrot/redis: connection closed")
 	errStateLost = errors.New("the namespace's data is gone from the Redis server (a restart without persistence, or DeleteNamespace?): the topology is declared again")
 )
+
+// broken reports whether err, of a call to Redis, says that the connection is broken, so
+// that it must end: Redis cannot be reached or will not serve (Unavailable), other than
+// for too few replicas, which a later call may have (a waitError).
+func (c *Conn) broken(err error) bool {
+	return c.ErrorCode(err) == backend.Unavailable && !notReplicated(err)
+}
 
 // lose ends the connection because of err.
 func (c *Conn) lose(err error) {
@@ -442,6 +452,9 @@ func errorCode(err error) backend.Code {
 	if code := backend.CodeOf(err); code != backend.Unknown {
 		return code
 	}
+	if notReplicated(err) {
+		return backend.Unavailable
+	}
 	if errors.Is(err, goredis.ErrClosed) {
 		return backend.Closed
 	}
@@ -463,6 +476,7 @@ func errorCode(err error) backend.Code {
 			{"CLUSTERDOWN", backend.Unavailable},
 			{"TRYAGAIN", backend.Unavailable},
 			{"MASTERDOWN", backend.Unavailable},
+			{"MOVED", backend.Unavailable}, // to a call on one node of a Cluster, whose slot moved in a failover
 			{"BUSY", backend.Unavailable},
 			{"NOAUTH", backend.Invalid},
 			{"WRONGPASS", backend.Invalid},
@@ -718,10 +732,15 @@ func parseSnapshot(prefix string, res any) (*snapshot, error) {
 	return s, nil
 }
 
-// topology runs a script that changes the topology, then forgets the known topology.
-func (c *Conn) topology(ctx context.Context, script *goredis.Script, args ...any) error {
+// topology runs a script that changes the topology, or, if passive, only checks it (and
+// so waits for no replica), then forgets the known topology.
+func (c *Conn) topology(ctx context.Context, passive bool, script *goredis.Script, args ...any) error {
+	keys, argv := []string{c.versionKey}, append([]any{c.prefix}, args...)
 	err := c.try(ctx, func() error {
-		return script.Run(ctx, c.rdb, []string{c.versionKey}, append([]any{c.prefix}, args...)...).Err()
+		if passive {
+			return script.Run(ctx, c.rdb, keys, argv...).Err()
+		}
+		return c.run(ctx, script, keys, argv...).Err()
 	})
 	if err == nil {
 		c.topo.Store(nil)
@@ -746,7 +765,7 @@ func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
 	if !x.Passive && strings.HasPrefix(x.Name, "amq.") {
 		// The built-in exchanges exist, and may be declared again; other amq. names are
 		// reserved, as in RabbitMQ.
-		err := c.topology(ctx, scriptDeclareExchange, x.Name, string(x.Kind), flag(x.Durable), "1")
+		err := c.topology(ctx, true, scriptDeclareExchange, x.Name, string(x.Kind), flag(x.Durable), "1")
 		if c.ErrorCode(err) == backend.NotFound {
 			return backend.Errorf(backend.Invalid, "carrot/redis: exchange name %q is reserved (it starts with \"amq.\")", x.Name)
 		}
@@ -754,11 +773,11 @@ func (c *Conn) DeclareExchange(ctx context.Context, x backend.Exchange) error {
 			return err
 		}
 	}
-	return c.topology(ctx, scriptDeclareExchange, x.Name, string(x.Kind), flag(x.Durable), flag(x.Passive))
+	return c.topology(ctx, x.Passive, scriptDeclareExchange, x.Name, string(x.Kind), flag(x.Durable), flag(x.Passive))
 }
 
 func (c *Conn) DeleteExchange(ctx context.Context, name string) error {
-	return c.topology(ctx, scriptDeleteExchange, name)
+	return c.topology(ctx, false, scriptDeleteExchange, name)
 }
 
 func (c *Conn) DeclareQueue(ctx context.Context, q backend.Queue) error {
@@ -769,21 +788,21 @@ func (c *Conn) DeclareQueue(ctx context.Context, q backend.Queue) error {
 		return backend.Errorf(backend.Unsupported, "carrot/redis: queues take no arguments; use the fields of the queue")
 	}
 	ttl := strconv.FormatInt(q.MessageTTL.Milliseconds(), 10)
-	return c.topology(ctx, scriptDeclareQueue, q.Name, flag(q.Durable), ttl, q.DeadLetterExchange, q.DeadLetterRoutingKey, flag(q.Passive))
+	return c.topology(ctx, q.Passive, scriptDeclareQueue, q.Name, flag(q.Durable), ttl, q.DeadLetterExchange, q.DeadLetterRoutingKey, flag(q.Passive))
 }
 
 func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
-	return c.topology(ctx, scriptDeleteQueue, name)
+	return c.topology(ctx, false, scriptDeleteQueue, name)
 }
 
 // Bind binds a queue to an exchange with a key, which may hold any byte, NUL included, as
 // the routing keys of the messages published may.
 func (c *Conn) Bind(ctx context.Context, b backend.Binding) error {
-	return c.topology(ctx, scriptBind, b.Exchange, b.Queue, b.Key, "1")
+	return c.topology(ctx, false, scriptBind, b.Exchange, b.Queue, b.Key, "1")
 }
 
 func (c *Conn) Unbind(ctx context.Context, b backend.Binding) error {
-	return c.topology(ctx, scriptBind, b.Exchange, b.Queue, b.Key, "0")
+	return c.topology(ctx, false, scriptBind, b.Exchange, b.Queue, b.Key, "0")
 }
 
 func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
@@ -791,7 +810,7 @@ func (c *Conn) Purge(ctx context.Context, queue string) (int, error) {
 	var n int64
 	err := c.try(ctx, func() error {
 		var err error
-		n, err = scriptPurge.Run(ctx, c.rdb, []string{s, q}).Int64()
+		n, err = c.run(ctx, scriptPurge, []string{s, q}).Int64()
 		return err
 	})
 	return int(n), err

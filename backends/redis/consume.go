@@ -180,7 +180,7 @@ func (c *Conn) deadLetter(ctx context.Context, queue, consumer, id string, f map
 		var res string
 		err := c.try(ctx, func() error {
 			var err error
-			res, err = scriptDeadLetter.Run(ctx, c.rdb, []string{c.versionKey, stream}, args...).Text()
+			res, err = c.run(ctx, scriptDeadLetter, []string{c.versionKey, stream}, args...).Text()
 			return err
 		})
 		switch {
@@ -211,7 +211,7 @@ func (c *Conn) release(ctx context.Context, queue, consumer string, ids []string
 	var lost []string
 	err := c.try(ctx, func() error {
 		var err error
-		lost, err = scriptRelease.Run(ctx, c.rdb, []string{stream}, args...).StringSlice()
+		lost, err = c.run(ctx, scriptRelease, []string{stream}, args...).StringSlice()
 		return err
 	})
 	if err != nil {
@@ -245,7 +245,7 @@ func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backen
 	var r *reader
 	err = c.try(ctx, func() error {
 		var err error
-		r, err = c.newReader(ctx, stream)
+		r, err = c.newReader(ctx)
 		return err
 	})
 	if err != nil {
@@ -276,19 +276,11 @@ type reader struct {
 	node *goredis.Client // the node it is on
 }
 
-// newReader takes a network connection to the node that holds key.
-func (c *Conn) newReader(ctx context.Context, key string) (*reader, error) {
-	var node *goredis.Client
-	switch rdb := c.rdb.(type) {
-	case *goredis.Client:
-		node = rdb
-	case *goredis.ClusterClient:
-		var err error
-		if node, err = rdb.MasterForKey(ctx, key); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, backend.Errorf(backend.Unsupported, "carrot/redis: a client of type %T", c.rdb)
+// newReader takes a network connection to the master that holds the namespace.
+func (c *Conn) newReader(ctx context.Context) (*reader, error) {
+	node, err := c.master(ctx)
+	if err != nil {
+		return nil, err
 	}
 	conn := node.Conn()
 	id, err := conn.ClientID(ctx).Result()
@@ -365,7 +357,7 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 			if t := s.ackedAt.Load(); t != 0 && time.Since(time.Unix(0, t)) >= c.opts.Block {
 				// Handing out what was read takes long: the acks go now, not with the
 				// next read.
-				if err := s.sendAcks(ctx, nil); err != nil {
+				if err := s.sendAcks(ctx); err != nil && !notReplicated(err) {
 					return nil, err
 				}
 			}
@@ -396,7 +388,7 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 		}
 		if s.needTake.Swap(false) || time.Since(s.lastTake) >= c.opts.Block {
 			s.lastTake = time.Now()
-			if err := s.sendAcks(ctx, nil); err != nil {
+			if err := s.sendAcks(ctx); err != nil && !notReplicated(err) {
 				return nil, err
 			}
 			next, entries, err := c.take(ctx, s.opts.Queue, s.consumer, room, s.opts.AutoAck, false, s.cursor)
@@ -417,10 +409,11 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 	}
 }
 
-// sendAcks acknowledges the messages acked since the last read, in the pipeline p if
-// there is one (the caller runs it), else at once; scriptTake trims them off the stream
-// later. Acks that fail go back to be sent with the next read.
-func (s *subscription) sendAcks(ctx context.Context, p goredis.Pipeliner) error {
+// sendAcks acknowledges the messages acked since the last read, at once; scriptTake trims
+// them off the stream later. Acks that fail go back to be sent with the next read, or on
+// Close: those that too few replicas acknowledged too (a waitError), and the consumer goes
+// on meanwhile.
+func (s *subscription) sendAcks(ctx context.Context) error {
 	s.mu.Lock()
 	ids := s.acks
 	s.acks = nil
@@ -429,18 +422,12 @@ func (s *subscription) sendAcks(ctx context.Context, p goredis.Pipeliner) error 
 	if len(ids) == 0 {
 		return nil
 	}
-	run := p
-	if run == nil {
-		run = s.c.rdb.Pipeline()
+	args := make([]any, 0, 3+len(ids))
+	args = append(args, "xack", s.stream, "carrot")
+	for _, id := range ids {
+		args = append(args, id)
 	}
-	run.XAck(ctx, s.stream, "carrot", ids...)
-	if p != nil {
-		return nil
-	}
-	err := s.c.try(ctx, func() error {
-		_, err := run.Exec(ctx)
-		return err
-	})
+	err := s.c.try(ctx, func() error { return s.c.write(ctx, goredis.NewIntCmd(ctx, args...)) })
 	if err != nil {
 		s.mu.Lock()
 		s.acks = append(ids, s.acks...) // try again with the next read, or on Close
@@ -452,7 +439,9 @@ func (s *subscription) sendAcks(ctx context.Context, p goredis.Pipeliner) error 
 
 // read sends the acks accepted so far, then blocks on the stream until new messages come
 // or the block time passes, in one round trip, as a go-redis program reading and acking
-// batches does, and returns the messages. When ctx ends, the read is cut short.
+// batches does, and returns the messages. When ctx ends, the read is cut short. With
+// Options.Wait, the acks go first, on their own: WAIT counts the writes of its own network
+// connection, and the reader's would then block in its read.
 func (s *subscription) read(ctx context.Context, room int) ([]entry, error) {
 	c := s.c
 	if err := c.gone(); err != nil {
@@ -461,11 +450,18 @@ func (s *subscription) read(ctx context.Context, room int) ([]entry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	acks := s.acks
-	s.acks = nil
-	s.ackedAt.Store(0)
-	s.mu.Unlock()
+	var acks []string
+	if c.opts.Wait > 0 {
+		if err := s.sendAcks(ctx); err != nil && !notReplicated(err) {
+			return nil, err
+		}
+	} else {
+		s.mu.Lock()
+		acks = s.acks
+		s.acks = nil
+		s.ackedAt.Store(0)
+		s.mu.Unlock()
+	}
 	p := s.reader.conn.Pipeline()
 	if len(acks) > 0 {
 		p.XAck(ctx, s.stream, "carrot", acks...)
@@ -572,7 +568,7 @@ func (s *subscription) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	err := s.sendAcks(ctx, nil)
+	err := s.sendAcks(ctx)
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.inflight)+len(s.buf))
 	for id, h := range s.inflight {
@@ -603,7 +599,7 @@ func (s *subscription) Close() error {
 // unsettled, for a Conn that closes while the subscription is open. Messages read ahead
 // and not yet delivered stay pending until their visibility timeout.
 func (s *subscription) giveBack(ctx context.Context) error {
-	err := s.sendAcks(ctx, nil)
+	err := s.sendAcks(ctx)
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.inflight))
 	for id, h := range s.inflight {
@@ -786,14 +782,18 @@ func (c *Conn) ackBatch(batch []ackReq, failed *error) {
 			args = append(args, byQueue[q]...)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
-		err := scriptAck.Run(ctx, c.rdb, []string{c.versionKey}, args...).Err()
+		err := c.run(ctx, scriptAck, []string{c.versionKey}, args...).Err()
 		cancel()
 		if err != nil {
-			c.logFailure("carrot/redis: acknowledgements failed; the messages will be delivered again", err)
-			if *failed == nil {
-				*failed = backend.Errorf(backend.Unavailable, "carrot/redis: acknowledgements failed; the messages will be delivered again: %w", err)
+			what := "carrot/redis: acknowledgements failed; the messages will be delivered again"
+			if notReplicated(err) {
+				what = "carrot/redis: acknowledgements made on the master only" // the error says what follows
 			}
-			if c.ErrorCode(err) == backend.Unavailable {
+			c.logFailure(what, err)
+			if *failed == nil {
+				*failed = backend.Errorf(backend.Unavailable, "%s: %w", what, err)
+			}
+			if c.broken(err) {
 				c.lose(err)
 			}
 		}

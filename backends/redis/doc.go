@@ -26,6 +26,12 @@
 //   - block: how long a consumer's read waits for new messages before it looks for
 //     abandoned ones again (default 1s). It and visibility_timeout are at least 1ms.
 //   - prefetch: the prefetch limit of consumers that do not set one (default 100).
+//   - wait: how many replicas must have each write that a call reports done (a publish,
+//     an ack, a requeue, a reject, a change of the topology, a purge) before it reports
+//     it, by Redis's WAIT after the write (default 0: none); see Replication and failover.
+//   - wait_timeout (with wait): how long a write waits for them (default 1s; at least 1ms,
+//     and shorter than read_timeout, which bounds the answer to WAIT too). If fewer have
+//     it by then, the call fails with an error wrapping carrot.ErrUnavailable.
 //   - cluster=true and addr=HOST:PORT (repeatable): a Redis Cluster, with more seed nodes.
 //   - sentinel=HOST:PORT (repeatable) and master=NAME, with sentinel_username and
 //     sentinel_password: a master found through Redis Sentinel.
@@ -127,7 +133,8 @@
 // error wrapping carrot.ErrNotFound. Consecutive messages of a batch that go to the same
 // queues with the same properties are sent as one run, their shared fields once. Publish
 // returns once Redis has run the script (with Redis's append-only file and appendfsync
-// always, once the messages are on disk), PublishAsync at once.
+// always, once the messages are on disk; with the wait option, once replicas have them
+// too), PublishAsync at once.
 //
 // A consumer reads new messages with XREADGROUP, up to its prefetch limit less the
 // messages it holds; each is pending, owned by the consumer, until settled. Acks are
@@ -197,6 +204,59 @@
 // is, and as soon as one opens otherwise; it survives a restart as the server's
 // persistence allows.
 // A queue deleted meanwhile does not get it, and Purge does not remove it.
+//
+// # Replication and failover
+//
+// Redis replicates asynchronously: a master answers a write before its replicas have it.
+// So, without the wait option, when a master dies and a replica takes over (promoted by
+// Sentinel or by Redis Cluster), the writes that the replica had not got yet are lost,
+// although the calls that made them succeeded: a lost publish is a lost message, that no
+// one will know of; a lost ack, a message delivered again (as is a lost reject or
+// requeue). The master's append-only file does not help once a replica has taken over.
+//
+// With wait=N, each write that a call reports done is followed by WAIT N TIMEOUT on the
+// same network connection (WAIT counts the writes of its own connection; on a Cluster,
+// the connection is one to the node that owns the namespace's slot), and the call
+// succeeds only once N replicas have acknowledged the write: the batch of a publish, for
+// Publish and PublishAsync alike (so a publish is confirmed only once N replicas have
+// it), the acks (which then go on their own, not with a consumer's next read), a requeue,
+// a reject or dead-lettering, a change of the topology, a purge. If fewer replicas
+// acknowledge it within wait_timeout, the call fails with an error wrapping
+// carrot.ErrUnavailable and the connection goes on: the Publisher publishes the message
+// again after a while (so it may arrive twice), a consumer sends its acks again with its
+// next read, Close returns their error. So a failover to a replica that has the write
+// loses nothing a caller was told succeeded: with N equal to the number of replicas,
+// every replica has it; with fewer, the replica promoted has it as long as it is one of
+// the N, which Sentinel and Redis Cluster see to by promoting the replica that has the
+// most of the master's data, as far as they know.
+//
+// WAIT does not make replication synchronous, nor Redis a consensus system. A write whose
+// wait failed is not undone: it is on the master, may still reach the replicas and be
+// delivered (and published again: a duplicate). A write that N replicas acknowledged is
+// still lost if none of them is promoted (all N died with the master, or an operator
+// promoted another); and it is in the replicas' memory, not on their disks (Redis 7.0 has
+// WAIT, not WAITAOF). And it costs time: each of those calls waits for its write to
+// reach the replicas and their answer, a round trip more (the batches of publishes and
+// acks share it); while fewer than N replicas are connected, as after a failover until
+// the old master has come back as a replica, every such call waits the whole
+// wait_timeout and fails, and publishing stops. Choose N no higher than the replicas a
+// master keeps through the failures it must survive. The writes a connection makes for
+// itself do not wait: its lease, moving due delayed messages to their queues, handing
+// back the messages of a lost connection, the reads that make messages pending; losing
+// one delivers a message again, or a little later, and loses none.
+//
+// With a Sentinel URL (sentinel=HOST:PORT, repeated, and master=NAME), go-redis asks the
+// Sentinels for the master's address when it connects; with a Cluster URL (cluster=true,
+// addr=HOST:PORT), it asks the nodes which node owns which slot. When the master dies,
+// the calls on it fail and the connection ends, as when any network connection breaks;
+// carrot connects again, with backoff, and so reaches the master that the Sentinels or
+// the Cluster name once the failover is done (within seconds of down-after-milliseconds
+// or cluster-node-timeout), declares its topology again and resumes its consumers, and
+// the Publisher publishes again the messages whose confirm the failure cut off. The
+// messages that consumers of the lost connection held are handed back to their queues on
+// the new master, and come again flagged redelivered. A master that comes back must come
+// back as a replica of the new one (Sentinel and Redis Cluster make it one, after some
+// seconds); without persistence it comes back empty.
 //
 // # Logging
 //

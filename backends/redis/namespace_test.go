@@ -22,7 +22,7 @@ func TestDeleteNamespace(t *testing.T) {
 }
 
 func TestDeleteNamespaceCluster(t *testing.T) {
-	cluster := testbroker.StartRedisCluster(t, 3)
+	cluster := testbroker.StartRedisCluster(t, testbroker.RedisClusterOptions{})
 	testDeleteNamespace(t, fmt.Sprintf("redis://%s/?cluster=true&addr=%s&addr=%s", cluster.Addrs[0], cluster.Addrs[1], cluster.Addrs[2]))
 }
 

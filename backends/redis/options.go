@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net"
@@ -24,6 +25,7 @@ const (
 	DefaultVisibilityTimeout = 30 * time.Second
 	DefaultBlock             = time.Second
 	DefaultPrefetch          = 100
+	DefaultWaitTimeout       = time.Second
 )
 
 // Options configures a connection to Redis. [ParseURL] makes one from a URL; the zero value
@@ -50,6 +52,19 @@ type Options struct {
 
 	// Prefetch is the prefetch limit of consumers that do not set one (DefaultPrefetch).
 	Prefetch int
+
+	// Wait is how many replicas must have each write that a call reports done (a publish,
+	// an ack, a requeue, a reject, a change of the topology, a purge) before the call
+	// reports it: with Wait above 0, each such write is followed by Redis's WAIT. See
+	// Replication and failover in the package documentation. 0, the default, waits for
+	// none.
+	Wait int
+
+	// WaitTimeout is how long a write waits for Wait replicas (DefaultWaitTimeout); if
+	// fewer have it by then, the call fails with an error classified as Unavailable (the
+	// write stays on the master). It must be shorter than Redis.ReadTimeout, which bounds
+	// the answer to WAIT too.
+	WaitTimeout time.Duration
 
 	// Logger receives what the connections log: the failures of their background work,
 	// and go-redis's lines while they are open (see Logging in the package
@@ -110,6 +125,8 @@ func ParseURL(rawURL string) (*Options, error) {
 			{Name: "visibility_timeout", Set: brokerurl.Duration(&o.VisibilityTimeout, time.Millisecond, math.MaxInt64, atLeast1ms)},
 			{Name: "block", Set: brokerurl.Duration(&o.Block, time.Millisecond, math.MaxInt64, atLeast1ms)},
 			{Name: "prefetch", Set: brokerurl.Int(&o.Prefetch, 1, math.MaxInt, "a number, at least 1")},
+			{Name: "wait", Set: brokerurl.Int(&o.Wait, 0, math.MaxInt32, "a number of replicas, at least 0")},
+			{Name: "wait_timeout", Set: brokerurl.Duration(&o.WaitTimeout, time.Millisecond, math.MaxInt64, atLeast1ms)},
 			{Name: "db", Set: func(v string) error {
 				if u.Scheme != "unix" {
 					return errors.New("db is for unix URLs; put the database in the path")
@@ -193,10 +210,35 @@ func ParseURL(rawURL string) (*Options, error) {
 	if r.IsClusterMode && r.DB != 0 {
 		return nil, u.Errorf("a Redis Cluster has only database 0")
 	}
+	if u.Query.Has("wait_timeout") && o.Wait == 0 {
+		return nil, u.Errorf("URL option wait_timeout needs wait")
+	}
+	if err := o.checkWait(); err != nil {
+		return nil, u.Errorf("URL options: %v", err)
+	}
 	if err := tlsOptions.Apply(u, r.TLSConfig, "rediss"); err != nil {
 		return nil, err
 	}
 	return o, nil
+}
+
+// goredisReadTimeout is go-redis's read timeout when Options.Redis.ReadTimeout is 0.
+const goredisReadTimeout = 5 * time.Second
+
+// checkWait says why o's Wait and WaitTimeout do not work, or returns nil: the read timeout
+// bounds the answer to WAIT, which would end the connection when cut short.
+func (o *Options) checkWait() error {
+	if o.Wait < 0 {
+		return fmt.Errorf("wait %d: want a number of replicas, at least 0", o.Wait)
+	}
+	wait, read := cmp.Or(o.WaitTimeout, DefaultWaitTimeout), cmp.Or(o.Redis.ReadTimeout, goredisReadTimeout)
+	if wait < time.Millisecond { // WAIT counts in ms, and 0 waits for ever
+		return fmt.Errorf("wait_timeout %v: want a duration of at least 1ms", wait)
+	}
+	if o.Wait > 0 && read > 0 && wait >= read {
+		return fmt.Errorf("wait_timeout %v is not shorter than read_timeout %v, which would cut WAIT short", wait, read)
+	}
+	return nil
 }
 
 // universal returns go-redis's options for one server as options for any client: every
@@ -221,6 +263,7 @@ func (o Options) withDefaults() Options {
 	o.VisibilityTimeout = cmp.Or(o.VisibilityTimeout, DefaultVisibilityTimeout)
 	o.Block = cmp.Or(o.Block, DefaultBlock)
 	o.Prefetch = cmp.Or(o.Prefetch, DefaultPrefetch)
+	o.WaitTimeout = cmp.Or(o.WaitTimeout, DefaultWaitTimeout)
 	o.Logger = cmp.Or(o.Logger, slog.Default())
 	return o
 }

@@ -2,6 +2,7 @@ package redis
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"math/bits"
@@ -387,7 +388,7 @@ func (c *Conn) publishBatch(a *scriptArgs, batch []*pubReq) {
 			// proto-max-bulk-len: that is for this call to judge, not the watcher.
 			c.sendingLarge.Add(1)
 		}
-		err := c.rdb.Process(ctx, cmd)
+		err := c.write(ctx, cmd)
 		if large {
 			c.sendingLarge.Add(-1)
 		}
@@ -397,6 +398,10 @@ func (c *Conn) publishBatch(a *scriptArgs, batch []*pubReq) {
 			if err = scriptPublish.Load(ctx, c.rdb).Err(); err == nil {
 				continue
 			}
+		}
+		var short error // the batch ran, but too few replicas acknowledged it (Options.Wait)
+		if notReplicated(err) {
+			short, err = err, nil
 		}
 		if err == nil {
 			res, _ := cmd.Val().(string)
@@ -409,7 +414,7 @@ func (c *Conn) publishBatch(a *scriptArgs, batch []*pubReq) {
 					}
 				}
 				for _, r := range batch {
-					r.settle(r.routed)
+					r.settle(cmp.Or(r.routed, short)) // a message routed nowhere was not written
 				}
 				return
 			case res == "STALE":
@@ -431,9 +436,9 @@ func (c *Conn) publishBatch(a *scriptArgs, batch []*pubReq) {
 			default:
 				err = fmt.Errorf("carrot/redis: unexpected reply %q publishing", res)
 			}
-		} else if code := c.ErrorCode(err); (code == backend.TooLarge || code == backend.Unavailable && ctx.Err() == nil && hasLarge(batch)) && c.refuseLarge(ctx, batch) {
+		} else if code := c.ErrorCode(err); (code == backend.TooLarge || c.broken(err) && ctx.Err() == nil && hasLarge(batch)) && c.refuseLarge(ctx, batch) {
 			continue // the others
-		} else if code == backend.Unavailable && ctx.Err() == nil {
+		} else if c.broken(err) && ctx.Err() == nil {
 			c.lose(err)
 			err = c.gone()
 		} else if code == backend.TooLarge && left > 1 {

@@ -75,7 +75,7 @@ func TestConformance(t *testing.T) {
 }
 
 func TestConformanceCluster(t *testing.T) {
-	cluster := testbroker.StartRedisCluster(t, 3)
+	cluster := testbroker.StartRedisCluster(t, testbroker.RedisClusterOptions{})
 	url := fmt.Sprintf("redis://%s/?cluster=true&addr=%s&addr=%s&namespace=carrot-test-cluster", cluster.Addrs[0], cluster.Addrs[1], cluster.Addrs[2])
 	conformance.Run(t, conformance.Harness{
 		URL:        url,
@@ -170,6 +170,38 @@ func TestParseURLGoRedisOptions(t *testing.T) {
 	}
 }
 
+// The wait options: how many replicas, and for how long, with the read timeout that bounds
+// WAIT's answer longer than the wait.
+func TestParseURLWait(t *testing.T) {
+	for _, tc := range []struct {
+		url     string
+		wait    int
+		timeout time.Duration
+	}{
+		{url: "redis://h/"},
+		{url: "redis://h/?wait=0"},
+		{url: "redis://h/?wait=1", wait: 1},
+		{url: "redis://h/?wait=2&wait_timeout=250ms", wait: 2, timeout: 250 * time.Millisecond},
+		{url: "redis://h/?wait=1&wait_timeout=10s&read_timeout=30s", wait: 1, timeout: 10 * time.Second},
+		{url: "redis://h/?cluster=true&addr=h2:6379&wait=1", wait: 1},
+	} {
+		o, err := redis.ParseURL(tc.url)
+		if err != nil {
+			t.Errorf("ParseURL(%q): %v", tc.url, err)
+			continue
+		}
+		if o.Wait != tc.wait || o.WaitTimeout != tc.timeout {
+			t.Errorf("ParseURL(%q): wait %d, wait timeout %v; want %d, %v", tc.url, o.Wait, o.WaitTimeout, tc.wait, tc.timeout)
+		}
+	}
+	// Options made by hand are checked when connecting.
+	o := &redis.Options{Wait: 1, WaitTimeout: 10 * time.Second}
+	o.Redis.Addrs = []string{"127.0.0.1:1"}
+	if _, err := carrot.Connect(t.Context(), redis.NewConnector(o)); !errors.Is(err, carrot.ErrInvalid) || !strings.Contains(err.Error(), "read_timeout") {
+		t.Errorf("Connect with a wait timeout of 10s and the default read timeout: got %v, want ErrInvalid naming read_timeout", err)
+	}
+}
+
 func TestParseURLErrors(t *testing.T) {
 	for _, tc := range []struct{ url, mentions string }{
 		{"redis://u:s3cret@h/?bogus=1", `unknown URL option "bogus"`},
@@ -194,6 +226,12 @@ func TestParseURLErrors(t *testing.T) {
 		{"redis://u:s3cret@h/?max_retries=3", "retries are off"},
 		{"redis://u:s3cret@h/?connection_timeout=0s", "connection_timeout"},
 		{"redis://u:s3cret@h/?connection_timeout=1s&dial_timeout=2s", "give one of them"},
+		{"redis://u:s3cret@h/?wait=-1", "wait"},
+		{"redis://u:s3cret@h/?wait=x", "wait"},
+		{"redis://u:s3cret@h/?wait_timeout=1s", "needs wait"},
+		{"redis://u:s3cret@h/?wait=1&wait_timeout=500us", "at least 1ms"},
+		{"redis://u:s3cret@h/?wait=1&wait_timeout=5s", "not shorter than read_timeout 5s"},
+		{"redis://u:s3cret@h/?wait=1&wait_timeout=2s&read_timeout=2s", "not shorter than read_timeout"},
 	} {
 		_, err := redis.ParseURL(tc.url)
 		if err == nil || !strings.Contains(err.Error(), tc.mentions) {

@@ -2,6 +2,7 @@ package testbroker
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +25,7 @@ const (
 	redisReadyTimeout    = time.Minute      // from starting redis-server until it answers PING and has loaded its data
 	redisStopTimeout     = 15 * time.Second // from SIGTERM until the process has exited, before SIGKILL
 	redisClusterTimeout  = 2 * time.Minute  // for redis-cli --cluster create, then for every node to say cluster_state:ok
+	redisFailoverTimeout = time.Minute      // for a replica to take over from a master that was killed, or to rejoin
 	redisIOTimeout       = 2 * time.Second  // for one RESP exchange while waiting for a server
 	redisPollInterval    = 20 * time.Millisecond
 	redisPortAttempts    = 5 // fresh ports tried by StartRedis when the one picked is taken meanwhile
@@ -58,11 +61,12 @@ type RedisServer struct {
 
 	t    testing.TB
 	bin  string   // the redis-server executable
-	args []string // its arguments
+	args []string // its arguments, but --replicaof
 
-	mu      sync.Mutex
-	proc    *redisProc   // the running process, nil when stopped
-	started []*redisProc // every process started, for the tests
+	mu        sync.Mutex
+	replicaOf string       // the address of the master it starts as a replica of, or ""
+	proc      *redisProc   // the running process, nil when stopped
+	started   []*redisProc // every process started, for the tests
 }
 
 // redisProc is one run of redis-server.
@@ -86,9 +90,9 @@ type redisProc struct {
 // the server binds it, StartRedis tries other ports). The server is run with
 //
 //	redis-server --port PORT --bind 127.0.0.1 --protected-mode no --save "" \
-//		--dir DIR --logfile DIR/redis.log --daemonize no
+//		--repl-diskless-sync-delay 0 --dir DIR --logfile DIR/redis.log --daemonize no
 //
-// so it writes no snapshot, and, with [RedisOptions.AppendOnly], also with
+// so it writes no snapshot (and a replica's full synchronization starts at once), and, with [RedisOptions.AppendOnly], also with
 // "--appendonly yes --appendfsync always". Its URL is [RedisServer.URL].
 //
 // [RedisServer.Kill] crashes the server (SIGKILL), [RedisServer.Stop] shuts it down
@@ -111,7 +115,7 @@ func StartRedis(t testing.TB, opts RedisOptions) *RedisServer {
 	if opts.AppendOnly {
 		extra = append(extra, "--appendonly", "yes", "--appendfsync", "always")
 	}
-	return startRedisServer(t, bins[0], extra, false)
+	return startRedisServer(t, bins[0], redisSpec{extra: extra})
 }
 
 // URL returns the server's URL, redis://127.0.0.1:PORT/0.
@@ -161,7 +165,9 @@ func (s *RedisServer) Stop() {
 // Start starts the server again, on the same port and in the same directory, so that it
 // reloads its append-only file if it has one, and returns once it answers PING and has
 // finished loading. A cluster node rejoins its cluster from its nodes.conf, but Start does
-// not wait for the cluster to be ok again. Start fails the test if the server is running,
+// not wait for the cluster to be ok again (see [RedisCluster.Rejoin]). A server of a
+// [RedisSentinel] starts with the --replicaof it was last given: what the Sentinels told
+// it since is not kept (see [RedisSentinel.Rejoin]). Start fails the test if the server is running,
 // or does not start; if its port has been taken meanwhile, Start tries again for 2 seconds.
 func (s *RedisServer) Start() {
 	s.t.Helper()
@@ -192,54 +198,81 @@ func (s *RedisServer) Restart() {
 	s.Start()
 }
 
-// RedisCluster is a Redis Cluster of masters without replicas, started by
-// [StartRedisCluster] for one test.
-type RedisCluster struct {
-	// Addrs are the addresses of the masters, 127.0.0.1:PORT, in the order given to
-	// redis-cli --cluster create, which assigns them the hash slots in that order.
-	Addrs []string
-	// Nodes are the masters' servers, in the order of Addrs.
-	Nodes []*RedisServer
+// RedisClusterOptions configures a Redis Cluster started by [StartRedisCluster]; the zero
+// value of each field means its default.
+type RedisClusterOptions struct {
+	// Masters is the number of masters, at least 3 (3 when zero).
+	Masters int
+	// Replicas is the number of replicas of each master (none when zero).
+	Replicas int
+	// NodeTimeout is the cluster-node-timeout, in whole milliseconds (5s when zero): how
+	// long a node may not answer before the others count it as failing, and one of its
+	// replicas, if it has any, takes over its slots.
+	NodeTimeout time.Duration
 }
 
-// StartRedisCluster starts a Redis Cluster of masters redis-server processes for t, without
-// replicas, waits until every node says the cluster is ok, and stops them all when t ends.
-// It needs at least 3 masters, as redis-cli --cluster create does.
+// RedisCluster is a Redis Cluster started by [StartRedisCluster] for one test. Its
+// methods fail that test when they go wrong, so they must be called from its goroutine.
+type RedisCluster struct {
+	// Addrs are the addresses of the nodes, 127.0.0.1:PORT, in the order given to
+	// redis-cli --cluster create: first the masters, which it assigns the hash slots in
+	// that order, then the replicas.
+	Addrs []string
+	// Nodes are the nodes' servers, in the order of Addrs.
+	Nodes []*RedisServer
+
+	t testing.TB
+}
+
+// StartRedisCluster starts a Redis Cluster of redis-server processes for t, as opts says,
+// waits until every node says the cluster is ok and every replica is in sync with its
+// master, and stops them all when t ends.
 //
 // # Redis clusters of a test's own
 //
 // Each node is started as by [StartRedis] without [RedisOptions.AppendOnly] (loopback
 // only, in a directory of its own, no snapshot), and with
 //
-//	--cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 --cluster-port BUSPORT
+//	--cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout MS --cluster-port BUSPORT
 //
-// where BUSPORT, the port of the cluster bus, is a second free port: Redis's default, the
-// client port plus 10000, would be above 65535 for the free ports above 55535, which Linux
-// hands out (its default range is 32768 to 60999). Then StartRedisCluster runs
+// where MS is [RedisClusterOptions.NodeTimeout] in milliseconds and BUSPORT, the port of
+// the cluster bus, is a second free port: Redis's default, the client port plus 10000,
+// would be above 65535 for the free ports above 55535, which Linux hands out (its default
+// range is 32768 to 60999). Then StartRedisCluster runs
 //
-//	redis-cli --cluster create 127.0.0.1:PORT1 ... 127.0.0.1:PORTN --cluster-replicas 0 --cluster-yes
+//	redis-cli --cluster create 127.0.0.1:PORT1 ... 127.0.0.1:PORTN --cluster-replicas REPLICAS --cluster-yes
 //
-// (redis-cli from PATH, with REDISCLI_AUTH removed from its environment), which assigns the
-// 16384 hash slots in equal ranges to the nodes in the order of [RedisCluster.Addrs]. It
-// returns once CLUSTER INFO on every node says cluster_state:ok, cluster_slots_assigned:16384
-// and cluster_known_nodes equal to masters: redis-cli returns before that, while the nodes
-// still say cluster_state:fail.
+// (redis-cli from PATH, with REDISCLI_AUTH removed from its environment), which makes the
+// first [RedisClusterOptions.Masters] nodes of [RedisCluster.Addrs] masters, assigns them
+// the 16384 hash slots in equal ranges in that order, and makes each of the other nodes a
+// replica of one of them, of its choosing. It returns once CLUSTER INFO on every node says
+// cluster_state:ok, cluster_slots_assigned:16384 and cluster_known_nodes equal to the
+// number of nodes (redis-cli returns before that, while the nodes still say
+// cluster_state:fail), and every replica says that its link to its master is up.
 //
 // A node can be killed, stopped and started again through [RedisCluster.Nodes]; it keeps
-// its identity and slots in its nodes.conf, but not its keys, which are kept nowhere.
+// its identity and slots in its nodes.conf, but not its keys, which are kept nowhere. A
+// master that is killed while it has replicas is replaced by one of them, promoted by the
+// cluster once the master has not answered for NodeTimeout, and a little more: see
+// [RedisCluster.MasterOf], [RedisCluster.WaitFailover] and [RedisCluster.Rejoin].
 //
 // When redis-server or redis-cli is not on PATH, StartRedisCluster skips t saying so, or
 // fails it if CARROT_TEST_REQUIRE_BROKERS=1. Any other failure fails t.
-func StartRedisCluster(t testing.TB, masters int) *RedisCluster {
+func StartRedisCluster(t testing.TB, opts RedisClusterOptions) *RedisCluster {
 	t.Helper()
+	masters := cmp.Or(opts.Masters, 3)
 	if masters < 3 {
 		t.Fatalf("testbroker: StartRedisCluster: %d masters: redis-cli --cluster create needs at least 3", masters)
 	}
+	if opts.Replicas < 0 || opts.NodeTimeout < 0 {
+		t.Fatalf("testbroker: StartRedisCluster: %d replicas, node timeout %v: want neither negative", opts.Replicas, opts.NodeTimeout)
+	}
 	bins := redisBinaries(t, "redis-server", "redis-cli")
 	began := time.Now()
-	c := &RedisCluster{}
-	for range masters {
-		s := startRedisServer(t, bins[0], nil, true)
+	c := &RedisCluster{t: t}
+	spec := redisSpec{nodeTimeout: cmp.Or(opts.NodeTimeout, 5*time.Second)}
+	for range masters * (1 + opts.Replicas) {
+		s := startRedisServer(t, bins[0], spec)
 		c.Nodes = append(c.Nodes, s)
 		c.Addrs = append(c.Addrs, s.Addr)
 	}
@@ -247,7 +280,7 @@ func StartRedisCluster(t testing.TB, masters int) *RedisCluster {
 	ctx, cancel := context.WithTimeout(context.Background(), redisClusterTimeout)
 	defer cancel()
 	args := append([]string{"--cluster", "create"}, c.Addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(opts.Replicas), "--cluster-yes")
 	cmd := exec.CommandContext(ctx, bins[1], args...)
 	cmd.Env = withoutEnv(os.Environ(), "REDISCLI_AUTH")
 	cmd.WaitDelay = time.Second
@@ -257,11 +290,16 @@ func StartRedisCluster(t testing.TB, masters int) *RedisCluster {
 	}
 	createdIn := time.Since(created)
 
-	if err := waitRedisClusterOK(ctx, c.Addrs); err != nil {
-		t.Fatalf("testbroker: Redis cluster %s: %v", strings.Join(c.Addrs, " "), err)
+	if err := waitRedisClusterOK(ctx, c.Addrs, len(c.Addrs)); err != nil {
+		t.Fatalf("testbroker: Redis cluster %s: %v%s", strings.Join(c.Addrs, " "), err, redisLogs(c.Nodes))
 	}
-	t.Logf("testbroker: Redis cluster of %d masters at %s ready in %v (redis-cli --cluster create took %v)",
-		masters, strings.Join(c.Addrs, " "), time.Since(began).Round(time.Millisecond), createdIn.Round(time.Millisecond))
+	for _, n := range c.Nodes[masters:] {
+		if err := pollRedis(ctx, func() error { return redisReplicaUp(n.Addr, "") }); err != nil {
+			t.Fatalf("testbroker: Redis cluster %s: replica %s: %v%s", strings.Join(c.Addrs, " "), n.Addr, err, redisLogs(c.Nodes))
+		}
+	}
+	t.Logf("testbroker: Redis cluster of %d masters with %d replicas each at %s ready in %v (redis-cli --cluster create took %v)",
+		masters, opts.Replicas, strings.Join(c.Addrs, " "), time.Since(began).Round(time.Millisecond), createdIn.Round(time.Millisecond))
 	return c
 }
 
@@ -299,13 +337,21 @@ func findRedisBinaries(getenv func(string) string, lookPath func(string) (string
 	return paths, "", false
 }
 
+// redisSpec says what a server started by startRedisServer is, beyond the common arguments.
+type redisSpec struct {
+	extra       []string      // arguments after the common ones
+	nodeTimeout time.Duration // a cluster node's cluster-node-timeout; zero for a server outside a cluster
+	sentinel    bool          // a Sentinel, run with a configuration file of its own
+	replicaOf   string        // the address of the master that a replica replicates, or ""
+}
+
 // startRedisServer starts a redis-server (bin) for t on free ports in a new directory, with
-// the common arguments, then extra, then those of a cluster node if cluster is true. It
-// stops the server when t ends, and fails t if the server does not start.
-func startRedisServer(t testing.TB, bin string, extra []string, cluster bool) *RedisServer {
+// the common arguments and those of spec. It stops the server when t ends, and fails t if
+// the server does not start.
+func startRedisServer(t testing.TB, bin string, spec redisSpec) *RedisServer {
 	t.Helper()
 	nports := 1
-	if cluster {
+	if spec.nodeTimeout > 0 {
 		nports = 2 // and one for the cluster bus
 	}
 	var err error
@@ -317,7 +363,7 @@ func startRedisServer(t testing.TB, bin string, extra []string, cluster bool) *R
 		}
 		// A fresh directory each time: a cluster node that failed to bind its bus port has
 		// already written a nodes.conf with the ports it was given.
-		s := newRedisServer(t, bin, t.TempDir(), ports, extra, cluster)
+		s := newRedisServer(t, bin, t.TempDir(), ports, spec)
 		t.Cleanup(s.cleanup)
 		began := time.Now()
 		s.mu.Lock()
@@ -336,34 +382,48 @@ func startRedisServer(t testing.TB, bin string, extra []string, cluster bool) *R
 	panic("unreachable")
 }
 
+// redisSentinelConf is a Sentinel's configuration file, in its directory: Sentinel refuses
+// to run without one, and writes what it learns to it.
+const redisSentinelConf = "sentinel.conf"
+
 // newRedisServer returns a stopped RedisServer for t that runs bin in dir, on ports[0],
-// with the common arguments, then extra, then, if cluster is true, those of a cluster node
-// with its bus on ports[1].
-func newRedisServer(t testing.TB, bin, dir string, ports []int, extra []string, cluster bool) *RedisServer {
-	args := []string{
+// with the common arguments, then those of spec; a cluster node has its bus on ports[1].
+func newRedisServer(t testing.TB, bin, dir string, ports []int, spec redisSpec) *RedisServer {
+	t.Helper()
+	var args []string
+	if spec.sentinel {
+		conf := filepath.Join(dir, redisSentinelConf)
+		if err := os.WriteFile(conf, nil, 0o644); err != nil {
+			t.Fatalf("testbroker: writing a Sentinel's configuration file: %v", err)
+		}
+		args = append(args, conf, "--sentinel")
+	}
+	args = append(args,
 		"--port", strconv.Itoa(ports[0]),
 		"--bind", "127.0.0.1",
 		"--protected-mode", "no",
 		"--save", "",
+		"--repl-diskless-sync-delay", "0",
 		"--dir", dir,
 		"--logfile", filepath.Join(dir, redisLogFile),
 		"--daemonize", "no",
-	}
-	args = append(args, extra...)
-	if cluster {
+	)
+	args = append(args, spec.extra...)
+	if spec.nodeTimeout > 0 {
 		args = append(args,
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "5000",
+			"--cluster-node-timeout", strconv.FormatInt(spec.nodeTimeout.Milliseconds(), 10),
 			"--cluster-port", strconv.Itoa(ports[1]),
 		)
 	}
 	return &RedisServer{
-		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
-		Dir:  dir,
-		t:    t,
-		bin:  bin,
-		args: args,
+		Addr:      net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+		Dir:       dir,
+		t:         t,
+		bin:       bin,
+		args:      args,
+		replicaOf: spec.replicaOf,
 	}
 }
 
@@ -420,7 +480,8 @@ func (s *RedisServer) startLocked() error {
 	return nil
 }
 
-// launch starts a redis-server process, and a goroutine that waits for it to exit.
+// launch starts a redis-server process, and a goroutine that waits for it to exit. s.mu is
+// held.
 func (s *RedisServer) launch() (*redisProc, error) {
 	p := &redisProc{done: make(chan struct{})}
 	p.logOff = fileSize(filepath.Join(s.Dir, redisLogFile))
@@ -431,7 +492,12 @@ func (s *RedisServer) launch() (*redisProc, error) {
 		return nil, fmt.Errorf("testbroker: starting a Redis server: %w", err)
 	}
 	defer out.Close() // the process has its own copy
-	p.cmd = exec.Command(s.bin, s.args...)
+	args := s.args
+	if s.replicaOf != "" {
+		host, port, _ := net.SplitHostPort(s.replicaOf)
+		args = append(slices.Clip(args), "--replicaof", host, port)
+	}
+	p.cmd = exec.Command(s.bin, args...)
 	p.cmd.Dir = s.Dir
 	p.cmd.Stdout = out
 	p.cmd.Stderr = out
@@ -499,7 +565,7 @@ func redisReady(addr, pid string) error {
 	if got := fields["process_id"]; got != pid {
 		return fmt.Errorf("INFO: process_id is %q, want %s: another process listens there", got, pid)
 	}
-	if got := fields["loading"]; got != "0" {
+	if got := fields["loading"]; got != "0" && fields["redis_mode"] != "sentinel" { // a Sentinel loads no data
 		return fmt.Errorf("INFO: loading is %q, want 0", got)
 	}
 	return nil
@@ -574,6 +640,22 @@ func (s *RedisServer) logTail(p *redisProc) string {
 	return b.String()
 }
 
+// redisLogs returns the last lines of the logs and output of the servers' last processes,
+// each under its address, to show why a group of servers failed.
+func redisLogs(servers []*RedisServer) string {
+	var b strings.Builder
+	for _, s := range servers {
+		s.mu.Lock()
+		if n := len(s.started); n > 0 {
+			if tail := s.logTail(s.started[n-1]); tail != "" {
+				fmt.Fprintf(&b, "\nthe Redis server at %s:%s", s.Addr, strings.ReplaceAll(tail, "\n", "\n\t"))
+			}
+		}
+		s.mu.Unlock()
+	}
+	return b.String()
+}
+
 // lastLines returns the last n lines of the file at path from offset off on.
 func lastLines(path string, off int64, n int) []string {
 	f, err := os.Open(path)
@@ -608,27 +690,35 @@ func fileSize(path string) int64 {
 }
 
 // waitRedisClusterOK waits until CLUSTER INFO on every node at addrs says cluster_state:ok,
-// that all the hash slots are assigned, and that the cluster knows len(addrs) nodes.
-func waitRedisClusterOK(ctx context.Context, addrs []string) error {
+// that all the hash slots are assigned, and that the cluster knows known nodes.
+func waitRedisClusterOK(ctx context.Context, addrs []string, known int) error {
 	want := map[string]string{
 		"cluster_state":          "ok",
 		"cluster_slots_assigned": strconv.Itoa(redisClusterSlots),
-		"cluster_known_nodes":    strconv.Itoa(len(addrs)),
+		"cluster_known_nodes":    strconv.Itoa(known),
 	}
-	var last error
-	for {
-		last = nil
+	return pollRedis(ctx, func() error {
 		for _, addr := range addrs {
-			if last = redisClusterOK(addr, want); last != nil {
-				break
+			if err := redisClusterOK(addr, want); err != nil {
+				return err
 			}
 		}
-		if last == nil {
+		return nil
+	})
+}
+
+// pollRedis calls check every redisPollInterval until it returns nil, and returns nil; or,
+// once ctx ends, an error that says how long it waited and what check last returned.
+func pollRedis(ctx context.Context, check func() error) error {
+	began := time.Now()
+	for {
+		err := check()
+		if err == nil {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("not ok after %v: %v", redisClusterTimeout, last)
+			return fmt.Errorf("still not so after %v: %w", time.Since(began).Round(time.Millisecond), err)
 		case <-time.After(redisPollInterval):
 		}
 	}

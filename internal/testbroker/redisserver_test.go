@@ -110,7 +110,7 @@ func TestStartRedisCluster(t *testing.T) {
 
 	t.Run("ThreeMasters", func(t *testing.T) {
 		const masters = 3
-		c := StartRedisCluster(t, masters)
+		c := StartRedisCluster(t, RedisClusterOptions{})
 		servers = append(servers, c.Nodes...)
 		if len(c.Addrs) != masters || len(c.Nodes) != masters {
 			t.Fatalf("got %d Addrs and %d Nodes, want %d of each", len(c.Addrs), len(c.Nodes), masters)
@@ -197,7 +197,7 @@ func TestStartRedisCluster(t *testing.T) {
 		began := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), redisClusterTimeout)
 		defer cancel()
-		if err := waitRedisClusterOK(ctx, c.Addrs); err != nil {
+		if err := waitRedisClusterOK(ctx, c.Addrs, masters); err != nil {
 			t.Fatalf("after restarting node 1: %v", err)
 		}
 		t.Logf("the cluster was ok again %v after node 1 restarted", time.Since(began).Round(time.Millisecond))
@@ -211,7 +211,7 @@ func TestStartRedisCluster(t *testing.T) {
 
 // TestRedisClusterTooSmall checks that StartRedisCluster refuses fewer than 3 masters.
 func TestRedisClusterTooSmall(t *testing.T) {
-	f := run(func(tb testing.TB) { StartRedisCluster(tb, 2) })
+	f := run(func(tb testing.TB) { StartRedisCluster(tb, RedisClusterOptions{Masters: 2}) })
 	if !f.failed || !strings.Contains(f.msg, "at least 3") {
 		t.Errorf("StartRedisCluster(2): got failed=%v, message %q; want a failure saying it needs at least 3", f.failed, f.msg)
 	}
@@ -270,8 +270,9 @@ func TestRedisServerMissingBinary(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	for _, required := range []bool{false, true} {
 		for name, call := range map[string]func(testing.TB){
-			"StartRedis":        func(tb testing.TB) { StartRedis(tb, RedisOptions{}) },
-			"StartRedisCluster": func(tb testing.TB) { StartRedisCluster(tb, 3) },
+			"StartRedis":         func(tb testing.TB) { StartRedis(tb, RedisOptions{}) },
+			"StartRedisCluster":  func(tb testing.TB) { StartRedisCluster(tb, RedisClusterOptions{}) },
+			"StartRedisSentinel": func(tb testing.TB) { StartRedisSentinel(tb, RedisSentinelOptions{}) },
 		} {
 			t.Run(fmt.Sprintf("%s/required=%v", name, required), func(t *testing.T) {
 				if required {
@@ -317,7 +318,11 @@ func TestRedisServerPortClash(t *testing.T) {
 			if tc.cluster {
 				ports = []int{free[0], takenPort}
 			}
-			s := newRedisServer(t, bin, t.TempDir(), ports, nil, tc.cluster)
+			spec := redisSpec{}
+			if tc.cluster {
+				spec.nodeTimeout = 5 * time.Second
+			}
+			s := newRedisServer(t, bin, t.TempDir(), ports, spec)
 			t.Cleanup(s.cleanup)
 			s.mu.Lock()
 			err = s.startLocked()
