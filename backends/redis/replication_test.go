@@ -29,9 +29,7 @@ const (
 // three Sentinels, and kills the master midway: the replica takes over, publishing and
 // consuming go on, and, with wait=1, no message whose publish was confirmed is lost.
 func TestSentinelFailover(t *testing.T) {
-	if testing.Short() {
-		t.Skip("kills a Redis master; not in -short mode")
-	}
+	testbroker.Clusters(t) // 20,000 messages, twice: once per CI run, not per package run
 	for _, wait := range []int{0, 1} {
 		t.Run(fmt.Sprintf("wait=%d", wait), func(t *testing.T) {
 			r := testbroker.StartRedisSentinel(t, testbroker.RedisSentinelOptions{Replicas: 1})
@@ -49,9 +47,7 @@ func TestSentinelFailover(t *testing.T) {
 // TestClusterFailover is TestSentinelFailover on a Redis Cluster of three masters with a
 // replica each: the master killed is the one that holds the namespace's slot.
 func TestClusterFailover(t *testing.T) {
-	if testing.Short() {
-		t.Skip("kills a Redis master; not in -short mode")
-	}
+	testbroker.Clusters(t) // 20,000 messages, twice: once per CI run, not per package run
 	for _, wait := range []int{0, 1} {
 		t.Run(fmt.Sprintf("wait=%d", wait), func(t *testing.T) {
 			c := testbroker.StartRedisCluster(t, testbroker.RedisClusterOptions{Replicas: 1, NodeTimeout: 2 * time.Second})
