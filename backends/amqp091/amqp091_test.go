@@ -691,3 +691,33 @@ func TestStreamWithCuts(t *testing.T) {
 	flow := &flowtest.Flow{Conn: conn, Queue: q, Total: 20000, Prefetch: 200}
 	flow.Run(ctx, t, flowtest.Cuts(breaker, 5))
 }
+
+// TestFetchFromStream fetches from a stream declared elsewhere, whose type the consumer
+// does not know: RabbitMQ ends the connection rather than answer basic.get, and Fetch
+// returns ErrUnsupported rather than try again on every new connection.
+func TestFetchFromStream(t *testing.T) {
+	url := testbroker.URL(t, testbroker.RabbitMQ)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	conn, err := carrot.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t), Type: carrot.StreamQueue})
+	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Fetch(ctx); !errors.Is(err, carrot.ErrUnsupported) {
+		t.Fatalf("Fetch from a stream = %v, want ErrUnsupported", err)
+	}
+	// The Conn recovers from the broker's close, and works.
+	for err := conn.Ping(ctx); err != nil; err = conn.Ping(ctx) {
+		if ctx.Err() != nil {
+			t.Fatalf("the Conn did not recover after the refused fetch: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

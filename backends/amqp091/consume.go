@@ -49,7 +49,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 			c.get = nil
 		}
 		if c.conn.IsClosed() {
-			return nil, c.lostUnder(func(m *malformed) bool { return m.get })
+			return nil, refusedGet(queue, c.lostUnder(func(m *malformed) bool { return m.get }))
 		}
 		return nil, err
 	}
@@ -81,6 +81,17 @@ func (c *Conn) Consume(ctx context.Context, opts backend.ConsumeOptions) (backen
 		return nil, err
 	}
 	return s, nil
+}
+
+// refusedGet returns the error of a basic.get that the connection ended under: err, or,
+// when RabbitMQ closed the connection with 540 NOT_IMPLEMENTED, as it does for a
+// basic.get from a stream, an Unsupported error, which the core does not retry on the
+// next connection (where the get would end it again).
+func refusedGet(queue string, err error) error {
+	if ae, ok := errors.AsType[*amqp.Error](err); ok && ae.Code == amqp.NotImplemented {
+		return backend.Errorf(backend.Unsupported, "carrot/amqp091: RabbitMQ cannot get a message from queue %q (a stream is read by consuming): %w", queue, ae)
+	}
+	return err
 }
 
 // subscription is a consumer on its own channel.
