@@ -98,7 +98,7 @@ var _ backend.PublishWarmer = (*Conn)(nil)
 
 // Connect opens one connection to RabbitMQ, bounded by ctx: to the first of the hosts
 // that accepts it, trying each once, starting with the one after the host of the previous
-// connection (see Failover in the package documentation).
+// connection (see URLs in the package documentation).
 func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 	c, err := amqpurl.Connect(ctx, k.hosts, k.dial)
 	if err != nil {

@@ -26,7 +26,7 @@ const (
 // value of each field means its default.
 type Options struct {
 	// Addrs are the host:port of the broker, or of each node of a cluster, in the order
-	// the first connection tries them (see Failover in the package documentation);
+	// the first connection tries them (see URLs in the package documentation);
 	// localhost:5672 (5671 with TLS) when empty.
 	Addrs []string
 	// Username and Password authenticate with PLAIN or AMQPLAIN; guest/guest when the URL

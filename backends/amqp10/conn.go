@@ -102,7 +102,7 @@ var _ backend.PublishWarmer = (*Conn)(nil)
 
 // Connect opens one AMQP 1.0 connection, bounded by ctx: to the first of the hosts that
 // accepts it, trying each once, starting with the one after the host of the previous
-// connection (see Failover in the package documentation).
+// connection (see URLs in the package documentation).
 func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 	c, err := amqpurl.Connect(ctx, k.hosts, k.dial)
 	if err != nil {
