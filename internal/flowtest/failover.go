@@ -81,10 +81,9 @@ func Failover(t *testing.T, brokerURL string) {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
 		closed1, closed2 := ClosedPort(t), ClosedPort(t)
-		raw := withHosts(brokerURL, closed1, closed2)
-		u, _ := url.Parse(raw)
+		u, _ := url.Parse(brokerURL)
 		u.User = url.UserPassword("guest", "S3CRet-pw")
-		_, err := carrot.Open(ctx, u.String())
+		_, err := carrot.Open(ctx, withHosts(u.String(), closed1, closed2))
 		if !errors.Is(err, carrot.ErrUnavailable) {
 			t.Fatalf("Open with every host refusing = %v, want ErrUnavailable", err)
 		}
