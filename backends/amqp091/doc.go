@@ -17,8 +17,8 @@
 //
 //   - heartbeat: the heartbeat interval, whole seconds from 1s to 65535s, as AMQP 0-9-1
 //     carries it (default 10s).
-//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes
-//     (default 30s).
+//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes,
+//     with each host (default 30s).
 //   - channel_max, frame_size: channel and frame limits asked of the broker (default: the
 //     broker's).
 //   - prefetch: the prefetch (basic.qos) of consumers that do not set one (default 100).

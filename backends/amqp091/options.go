@@ -43,7 +43,7 @@ type Options struct {
 	AuthMechanism string
 
 	Heartbeat         time.Duration // DefaultHeartbeat when zero
-	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes; DefaultConnectionTimeout when zero
+	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes, with each host; DefaultConnectionTimeout when zero
 	ChannelMax        uint16        // 0 lets the broker choose
 	FrameSize         int           // 0 lets amqp091-go choose
 	ConnectionName    string        // shown by RabbitMQ's management tools

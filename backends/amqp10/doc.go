@@ -19,8 +19,8 @@
 //
 //   - auth_mechanism: the SASL mechanism, plain (the default, with USER and PASSWORD),
 //     anonymous, or external (a TLS client certificate, amqp10s only).
-//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes
-//     (default 30s).
+//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes,
+//     with each host (default 30s).
 //   - idle_timeout: the longest silence accepted from the broker, from 1ms to 49 days
 //     (default 1m).
 //   - max_frame_size: the largest frame accepted, in bytes (default go-amqp's, 65536).

@@ -41,7 +41,7 @@ type Options struct {
 	SASL string
 
 	IdleTimeout       time.Duration // DefaultIdleTimeout when zero
-	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes; DefaultConnectionTimeout when zero
+	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes, with each host; DefaultConnectionTimeout when zero
 	MaxFrameSize      uint32        // go-amqp's default when zero
 	ContainerID       string        // a random one when empty
 
