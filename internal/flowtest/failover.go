@@ -63,7 +63,7 @@ func Failover(t *testing.T, brokerURL string) {
 		if err != nil {
 			t.Fatalf("Open with the first host refusing: %v", err)
 		}
-		defer conn.Close()
+		t.Cleanup(func() { conn.Close() }) // after declare's cleanup, which uses it
 		q := declare(t, conn, carrot.Queue{Name: queueName(t)})
 		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
 		if err != nil {
@@ -97,8 +97,7 @@ func Failover(t *testing.T, brokerURL string) {
 		defer cancel()
 		// Two ways to the broker, as if they were two nodes of a cluster.
 		node1, node2 := conformance.NewProxy(), conformance.NewProxy()
-		defer node1.Close()
-		defer node2.Close()
+		t.Cleanup(func() { node1.Close(); node2.Close() }) // last: the queue is deleted through node 2
 		addr1, err := node1.Forward(broker)
 		if err != nil {
 			t.Fatal(err)
@@ -118,7 +117,7 @@ func Failover(t *testing.T, brokerURL string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer conn.Close()
+		t.Cleanup(func() { conn.Close() }) // after declare's cleanup, which uses it
 		if n1, n2 := node1.Accepted(broker), node2.Accepted(broker); n1 != 1 || n2 != 0 {
 			t.Fatalf("the first connection went through node 1 %d times and node 2 %d times, want node 1 once", n1, n2)
 		}
@@ -255,7 +254,8 @@ func queueName(t *testing.T) string {
 	return fmt.Sprintf("carrot-test.%s.%d", strings.ReplaceAll(t.Name(), "/", "."), time.Now().UnixNano())
 }
 
-// declare declares q with conn, and deletes it when the test ends.
+// declare declares q with conn, and deletes it with conn when the test ends: conn must be
+// open then (closed by a cleanup registered before).
 func declare(t *testing.T, conn *carrot.Conn, q carrot.Queue) string {
 	t.Helper()
 	name, err := conn.DeclareQueue(t.Context(), q)
@@ -265,7 +265,9 @@ func declare(t *testing.T, conn *carrot.Conn, q carrot.Queue) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		conn.DeleteQueue(ctx, name)
+		if err := conn.DeleteQueue(ctx, name); err != nil {
+			t.Errorf("deleting queue %s: %v", name, err)
+		}
 	})
 	return name
 }
