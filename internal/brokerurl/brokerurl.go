@@ -34,7 +34,7 @@ const Mask = "xxxxx"
 
 // Parse parses rawURL, SCHEME://[USER[:PASSWORD]@]HOSTS[/PATH][?OPTIONS], and its options.
 // HOSTS is one host, HOST[:PORT] (an IPv6 address in brackets), or several separated by
-// commas, which the URL's u.Host holds as written and [Hosts] splits. An option given
+// commas, which u.Host holds separated by commas and [Hosts] splits. An option given
 // several times has several values, in order.
 func Parse(rawURL string) (*url.URL, url.Values, error) {
 	for i := 0; i < len(rawURL); i++ {
