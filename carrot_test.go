@@ -124,6 +124,8 @@ func TestRedact(t *testing.T) {
 		"no scheme at all: p@ss":                  "URL",
 		"redis://h/?sentinel_password=S3C&master=m&sentinel=h:1&Password": "redis://h/?sentinel_password=xxxxx&master=m&sentinel=h:1&Password",
 		"amqps://h/%2Fv?keyfile=/etc/key.pem&certfile=c.pem":              "amqps://h/%2Fv?keyfile=/etc/key.pem&certfile=c.pem",
+		"amqp://guest:guest@node1:5672,node2,[::1]:5673/v?heartbeat=5s":   "amqp://node1:5672,node2,[::1]:5673/v?heartbeat=5s",
+		"amqp://guest:guest@node1,,node2/":                                "amqp://…",
 	} {
 		if got := carrot.Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)

@@ -83,11 +83,13 @@ type Config struct {
 // connection left behind).
 type Connector interface {
 	// Connect opens one connection. It makes one attempt, bounded by ctx, and never
-	// retries on its own. An error is classified with [CodeOf]: Invalid when the broker
-	// refused the settings or does not speak the protocol (wrong credentials, an unknown
-	// virtual host, a port that answers in another protocol), so that retrying is pointless;
-	// Unavailable, or no code, when the broker could not be reached. Connect may be called
-	// concurrently with the use of connections it returned before.
+	// retries on its own; an attempt of a Connector with several addresses (the nodes of
+	// a cluster) may try each once, the first that opens giving the connection. An error
+	// is classified with [CodeOf]: Invalid when the broker refused the settings or does
+	// not speak the protocol (wrong credentials, an unknown virtual host, a port that
+	// answers in another protocol), so that retrying is pointless; Unavailable, or no
+	// code, when the broker could not be reached. Connect may be called concurrently with
+	// the use of connections it returned before.
 	Connect(ctx context.Context) (Conn, error)
 }
 

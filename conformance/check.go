@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 )
 
 // CheckOptions configures [Check].
@@ -305,42 +305,62 @@ func (c *checkT) cleanup() {
 // ProxiedHarness returns a Harness for a broker reached over TCP at rawURL: Open opens
 // rawURL with d (the zero Dialer when nil), and OpenFaulty opens it through a [Proxy] of
 // its own, the URL's host and port replaced by the proxy's (and, for a TLS scheme, the
-// server_name option set to the host). It suits URLs that name one host; a backend whose
-// client dials other addresses than the URL's (a Redis Cluster's nodes) needs a harness
-// of its own.
+// server_name option set to the host). A URL of several hosts (a cluster's nodes) gets a
+// listener of the one proxy for each, which breaks them all at once; with a TLS scheme,
+// their names must be one, or the URL must give server_name, since the proxy cannot keep
+// each host's own. Each host must give its port. A backend whose client dials other
+// addresses than the URL's (a Redis Cluster's nodes) needs a harness of its own.
 func ProxiedHarness(d *carrot.Dialer, rawURL string) (Harness, error) {
 	if d == nil {
 		d = new(carrot.Dialer)
 	}
-	u, err := url.Parse(rawURL)
+	u, q, err := brokerurl.Parse(rawURL)
 	if err != nil {
-		return Harness{}, fmt.Errorf("conformance: %s", carrot.Redact(rawURL))
+		return Harness{}, fmt.Errorf("conformance: %s: %w", carrot.Redact(rawURL), err)
 	}
-	if u.Host == "" {
+	hosts := brokerurl.Hosts(u)
+	if len(hosts) == 0 {
 		return Harness{}, fmt.Errorf("conformance: %s names no host to reach through a proxy", carrot.Redact(rawURL))
 	}
-	target := u.Host
-	if u.Port() == "" {
-		return Harness{}, fmt.Errorf("conformance: %s names no port: give it, for the proxy to forward to", carrot.Redact(rawURL))
+	var names []string // the hosts' names, for TLS
+	for _, h := range hosts {
+		if h.Port == "" {
+			return Harness{}, fmt.Errorf("conformance: %s names no port for host %s: give it, for the proxy to forward to", carrot.Redact(rawURL), h)
+		}
+		if net.ParseIP(h.Name) == nil && !slices.Contains(names, h.Name) {
+			names = append(names, h.Name)
+		}
+	}
+	serverName := "" // to set: the certificate names the broker's host, not the proxy's
+	if strings.HasSuffix(u.Scheme, "s") && !q.Has("server_name") {
+		switch len(names) {
+		case 0:
+		case 1:
+			serverName = names[0]
+		default:
+			return Harness{}, fmt.Errorf("conformance: %s names hosts of different names on a TLS scheme: through a proxy, the server_name option must name the one their certificates are checked against", carrot.Redact(rawURL))
+		}
 	}
 	return Harness{
 		URL:  rawURL,
 		Open: func(ctx context.Context) (*carrot.Conn, error) { return d.Open(ctx, rawURL) },
 		OpenFaulty: func(ctx context.Context) (*carrot.Conn, Breaker, error) {
 			proxy := NewProxy()
-			addr, err := proxy.Forward(target)
-			if err != nil {
-				proxy.Close()
-				return nil, nil, err
+			addrs := make([]string, len(hosts))
+			for i, h := range hosts {
+				addr, err := proxy.Forward(h.String())
+				if err != nil {
+					proxy.Close()
+					return nil, nil, err
+				}
+				addrs[i] = addr
 			}
 			v := *u
-			v.Host = addr
-			if h, _, err := net.SplitHostPort(target); err == nil && net.ParseIP(h) == nil && strings.HasSuffix(v.Scheme, "s") {
-				q := v.Query() // TLS: the certificate names the broker's host, not the proxy's
-				if !q.Has("server_name") {
-					q.Set("server_name", h)
-					v.RawQuery = q.Encode()
-				}
+			v.Host = strings.Join(addrs, ",")
+			if serverName != "" {
+				vq := v.Query()
+				vq.Set("server_name", serverName)
+				v.RawQuery = vq.Encode()
 			}
 			conn, err := d.Open(ctx, v.String())
 			if err != nil {

@@ -38,7 +38,10 @@
 // "_OTHER".
 //
 // messaging.system is "rabbitmq" for amqp:// and amqps://, "amqp" for amqp10:// (any
-// AMQP 1.0 broker), "redis" and "memory"; [Options].System overrides it.
+// AMQP 1.0 broker), "redis" and "memory"; [Options].System overrides it. server.address
+// and server.port are the host and port of the connection's URL; of a URL that names
+// several hosts (a cluster's nodes), the first one's, whichever node the connection
+// reached.
 //
 // # Metrics
 //

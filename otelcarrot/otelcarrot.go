@@ -3,13 +3,13 @@ package otelcarrot
 import (
 	"context"
 	"errors"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -113,17 +113,21 @@ type endpoint struct {
 	attrs  []attribute.KeyValue // messaging.system, server.address, server.port
 }
 
-// endpoint returns what spans say of conn.
+// endpoint returns what spans say of conn. server.address and server.port are the host of
+// the conn's URL, or the first host of a URL that names several: which node the current
+// connection reached is not known here.
 func (t *Telemetry) endpoint(conn *carrot.Conn) endpoint {
 	var e endpoint
 	var host, port string
 	if conn != nil {
-		if u, err := url.Parse(conn.String()); err == nil {
+		if u, _, err := brokerurl.Parse(conn.String()); err == nil {
 			e.system = systems[strings.ToLower(u.Scheme)]
 			if e.system == "" {
 				e.system = strings.ToLower(u.Scheme)
 			}
-			host, port = u.Hostname(), u.Port()
+			if hosts := brokerurl.Hosts(u); len(hosts) > 0 {
+				host, port = hosts[0].Name, hosts[0].Port
+			}
 		}
 	}
 	if t.system != "" {

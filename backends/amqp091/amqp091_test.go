@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,8 +55,8 @@ func openFaulty(url string) func(ctx context.Context) (*carrot.Conn, conformance
 		if err != nil {
 			return nil, nil, err
 		}
-		return flowtest.Through(ctx, o.Addr, func(ctx context.Context, addr string) (*carrot.Conn, error) {
-			o.Addr = addr
+		return flowtest.Through(ctx, o.Addrs[0], func(ctx context.Context, addr string) (*carrot.Conn, error) {
+			o.Addrs = []string{addr}
 			return carrot.Connect(ctx, amqp091.NewConnector(o))
 		})
 	}
@@ -66,14 +67,16 @@ func TestParseURL(t *testing.T) {
 		url  string
 		want amqp091.Options // the fields compared below
 	}{
-		{"amqp://", amqp091.Options{Addr: "localhost:5672", Username: "guest", Password: "guest", Vhost: "/"}},
-		{"amqp://u:p@rabbit:5673/", amqp091.Options{Addr: "rabbit:5673", Username: "u", Password: "p", Vhost: "/"}},
-		{"amqp://u:p@rabbit/prod", amqp091.Options{Addr: "rabbit:5672", Username: "u", Password: "p", Vhost: "prod"}},
-		{"amqp://rabbit/%2F", amqp091.Options{Addr: "rabbit:5672", Username: "guest", Password: "guest", Vhost: "/"}},
-		{"amqps://rabbit/v?server_name=other", amqp091.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "v"}},
-		{"amqps://rabbit/v?server_name_indication=other", amqp091.Options{Addr: "rabbit:5671", Username: "guest", Password: "guest", Vhost: "v"}}, // deprecated
+		{"amqp://", amqp091.Options{Addrs: []string{"localhost:5672"}, Username: "guest", Password: "guest", Vhost: "/"}},
+		{"amqp://u:p@rabbit:5673/", amqp091.Options{Addrs: []string{"rabbit:5673"}, Username: "u", Password: "p", Vhost: "/"}},
+		{"amqp://u:p@rabbit/prod", amqp091.Options{Addrs: []string{"rabbit:5672"}, Username: "u", Password: "p", Vhost: "prod"}},
+		{"amqp://rabbit/%2F", amqp091.Options{Addrs: []string{"rabbit:5672"}, Username: "guest", Password: "guest", Vhost: "/"}},
+		{"amqps://rabbit/v?server_name=other", amqp091.Options{Addrs: []string{"rabbit:5671"}, Username: "guest", Password: "guest", Vhost: "v"}},
+		{"amqps://rabbit/v?server_name_indication=other", amqp091.Options{Addrs: []string{"rabbit:5671"}, Username: "guest", Password: "guest", Vhost: "v"}}, // deprecated
+		{"amqp://u:p@node1:5672,node2,[::1]:5673/prod", amqp091.Options{Addrs: []string{"node1:5672", "node2:5672", "[::1]:5673"}, Username: "u", Password: "p", Vhost: "prod"}},
+		{"amqps://node1,node2:6000/v?server_name=other", amqp091.Options{Addrs: []string{"node1:5671", "node2:6000"}, Username: "guest", Password: "guest", Vhost: "v"}},
 		{"amqp://[::1]:5672/?heartbeat=30s&connection_timeout=2s&prefetch=10&confirms=false&max_body_size=1024&channel_max=16&frame_size=8192&connection_name=app&auth_mechanism=amqplain",
-			amqp091.Options{Addr: "[::1]:5672", Username: "guest", Password: "guest", Vhost: "/", Heartbeat: 30 * time.Second, ConnectionTimeout: 2 * time.Second,
+			amqp091.Options{Addrs: []string{"[::1]:5672"}, Username: "guest", Password: "guest", Vhost: "/", Heartbeat: 30 * time.Second, ConnectionTimeout: 2 * time.Second,
 				Prefetch: 10, NoConfirms: true, MaxBodySize: 1024, ChannelMax: 16, FrameSize: 8192, ConnectionName: "app", AuthMechanism: "AMQPLAIN"}},
 	} {
 		got, err := amqp091.ParseURL(tc.url)
@@ -82,7 +85,7 @@ func TestParseURL(t *testing.T) {
 			continue
 		}
 		w := tc.want
-		if got.Addr != w.Addr || got.Username != w.Username || got.Password != w.Password || got.Vhost != w.Vhost ||
+		if !slices.Equal(got.Addrs, w.Addrs) || got.Username != w.Username || got.Password != w.Password || got.Vhost != w.Vhost ||
 			got.Heartbeat != w.Heartbeat || got.ConnectionTimeout != w.ConnectionTimeout || got.Prefetch != w.Prefetch ||
 			got.NoConfirms != w.NoConfirms || got.MaxBodySize != w.MaxBodySize || got.ChannelMax != w.ChannelMax ||
 			got.FrameSize != w.FrameSize || got.ConnectionName != w.ConnectionName || got.AuthMechanism != w.AuthMechanism {
@@ -116,6 +119,8 @@ func TestParseURLErrors(t *testing.T) {
 		{"redis://u:s3cret@host/", "want amqp or amqps"},
 		{"amqps://u:s3cret@host/?server_name=a&server_name_indication=a", "give server_name alone"},
 		{"amqp://u:s3cret@host/?server_name_indication=a", "amqps"},
+		{"amqp://u:s3cret@node1,,node2/", "the URL's hosts have an empty one at byte 23"},
+		{"amqp://u:s3cret@node1,node2:5672x/", "the URL's host at byte 23 has a port that is not a number"},
 	} {
 		_, err := amqp091.ParseURL(tc.url)
 		if err == nil || !strings.Contains(err.Error(), tc.mentions) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/amqpurl"
 	"github.com/carrot-go/carrot/internal/delayq"
 	"github.com/carrot-go/carrot/internal/lifetime"
 )
@@ -52,12 +53,14 @@ func (Driver) OpenConnectorConfig(rawURL string, cfg backend.Config) (backend.Co
 // Connector connects to RabbitMQ as its Options say. It implements [backend.Connector];
 // use it with [carrot.Connect].
 type Connector struct {
-	opts Options
+	opts  Options
+	hosts *amqpurl.Hosts
 }
 
 // NewConnector returns a Connector for opts.
 func NewConnector(opts *Options) *Connector {
-	return &Connector{opts: opts.withDefaults()}
+	o := opts.withDefaults()
+	return &Connector{opts: o, hosts: amqpurl.NewHosts("carrot/amqp091: connect to "+o.String(), o.Addrs)}
 }
 
 // String describes where the Connector connects, without the password.
@@ -94,10 +97,24 @@ var _ backend.Conn = (*Conn)(nil)
 var _ backend.Pinger = (*Conn)(nil)
 var _ backend.PublishWarmer = (*Conn)(nil)
 
-// Connect opens one connection to RabbitMQ, bounded by ctx and the connection_timeout.
+// Connect opens one connection to RabbitMQ, bounded by ctx: to the first of the hosts
+// that accepts it, trying each once, starting with the one after the host of the previous
+// connection (see URLs in the package documentation).
 func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
+	c, err := amqpurl.Connect(ctx, k.hosts, k.dial)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// dial opens one connection to the host at addr, bounded by ctx and the
+// connection_timeout. Its errors do not name the host: Connect does.
+func (k *Connector) dial(ctx context.Context, addr string) (*Conn, error) {
 	o := k.opts
-	url, cfg := o.config() // a config of its own: amqp091-go forgets the password once connected
+	o.Addrs = []string{addr} // the Conn's, which its logs name
+	tlsConfig := amqpurl.TLSFor(o.TLS, addr)
+	cfg := o.config() // a config of its own: amqp091-go forgets the password once connected
 	deadline := time.Now().Add(o.ConnectionTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -115,8 +132,8 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		// No heartbeats yet: the deadline bounds the TLS and AMQP handshakes, and
 		// amqp091-go clears it once connected.
 		nc.SetDeadline(deadline)
-		if o.TLS != nil {
-			tc := tls.Client(nc, o.TLS)
+		if tlsConfig != nil {
+			tc := tls.Client(nc, tlsConfig)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				nc.Close()
 				return nil, backend.Errorf(backend.Invalid, "TLS handshake: %w", err)
@@ -137,19 +154,19 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 			watched.Close()
 		}
 	})
-	conn, err := amqp.DialConfig(url, cfg)
+	conn, err := amqp.DialConfig("amqp://"+addr+"/", cfg)
 	if !stop() && err == nil { // ctx ended as the connection opened
 		conn.Close()
 		err = ctx.Err()
 	}
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, backend.Errorf(backend.Unavailable, "carrot/amqp091: connect to %s: %w", o, cerr)
+			return nil, backend.Errorf(backend.Unavailable, "%w", cerr)
 		}
 		if watched != nil && watched.foreign() {
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp091: connect to %s: the server does not speak AMQP 0-9-1 (it answered as %s): %w", o, watched.foreignProtocol(), err)
+			return nil, backend.Errorf(backend.Invalid, "the server does not speak AMQP 0-9-1 (it answered as %s): %w", watched.foreignProtocol(), err)
 		}
-		return nil, backend.Errorf(classifyDial(err), "carrot/amqp091: connect to %s: %w", o, err)
+		return nil, backend.Errorf(classifyDial(err), "%w", err)
 	}
 	c := &Conn{
 		opts:    o,

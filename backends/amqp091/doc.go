@@ -9,6 +9,7 @@
 //
 //	amqp://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
 //	amqps://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//	amqp://USER:PASSWORD@NODE1:PORT,NODE2:PORT,NODE3/VHOST?OPTIONS
 //
 // USER and PASSWORD default to guest, HOST to localhost, PORT to 5672 (5671 for amqps),
 // and VHOST to "/" (write a vhost named "/" as %2F, other names as they are). Options, each
@@ -16,8 +17,8 @@
 //
 //   - heartbeat: the heartbeat interval, whole seconds from 1s to 65535s, as AMQP 0-9-1
 //     carries it (default 10s).
-//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes
-//     (default 30s).
+//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes,
+//     with each host (default 30s).
 //   - channel_max, frame_size: channel and frame limits asked of the broker (default: the
 //     broker's).
 //   - prefetch: the prefetch (basic.qos) of consumers that do not set one (default 100).
@@ -33,12 +34,35 @@
 //     certificate, amqps only).
 //   - certfile, keyfile, cacertfile, server_name (amqps only): the client certificate and
 //     key, the CAs to trust instead of the system's, and the server name to verify
-//     instead of HOST.
+//     instead of each HOST.
 //
 // The option names are those of every carrot backend: server_name and auth_mechanism
 // mean the same on amqp10://, connection_timeout on amqp10:// and redis://. Deprecated:
 // server_name_indication, the name of RabbitMQ's URI spec and amqp091-go, is still
 // read as server_name; giving both is an error.
+//
+// A URL may name several hosts, the nodes of a RabbitMQ cluster, separated by commas as
+// libpq and MongoDB write them: each with its own port or 5672 (5671 for amqps), an IPv6
+// address in brackets ([::1]:5672), all sharing the URL's user, password, vhost and
+// options. An empty host between two commas or a bad port is an error that says where. A
+// connection tries the hosts in turn, each once, and takes the first that opens: the first
+// connection starts with the first host, and each later one, such as a reconnection, with
+// the host after the one of the previous connection, so that a node that has just failed
+// is tried last. connection_timeout bounds each host, and carrot's dial timeout
+// (carrot.Dialer.DialTimeout, 30s by default) the whole attempt: with several hosts, a
+// shorter connection_timeout lets an attempt get past a node that does not answer. When
+// every host fails, the error names each host and its failure; it wraps
+// carrot.ErrInvalid only when every host refused the settings (such as the password),
+// carrot.ErrUnavailable otherwise. With amqps, each host's certificate is verified
+// against the host's own name, which is also sent for SNI, unless server_name gives one
+// name for all the hosts.
+//
+// Moving to another node is a reconnection like any other: carrot declares the exchanges,
+// queues and bindings it recorded again on the new node and resumes the consumers there;
+// messages delivered and not acked on the lost node come again, flagged redelivered, and
+// publishes whose confirms were lost are sent again (see Delivery semantics). What a node
+// holds is RabbitMQ's to say: a classic queue lives on one node and cannot be used while
+// that node is down, whereas quorum queues (x-queue-type=quorum) are replicated on several.
 //
 // [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
 // for [carrot.Connect] without the registry. Errors and logs never show the password.

@@ -89,7 +89,7 @@ func run(t *testing.T, o *amqp091.Options, stdin []byte, name string, args ...st
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	host, port, err := net.SplitHostPort(o.Addr)
+	host, port, err := net.SplitHostPort(o.Addrs[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func cmpOr(s, def string) string {
 // toolArgs returns the connection flags of amqp-tools for o.
 func toolArgs(t *testing.T, o *amqp091.Options) []string {
 	t.Helper()
-	host, port, err := net.SplitHostPort(o.Addr)
+	host, port, err := net.SplitHostPort(o.Addrs[0])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package amqp091
 import (
 	"cmp"
 	"crypto/tls"
-	"fmt"
 	"log/slog"
 	"math"
 	"time"
@@ -26,21 +25,25 @@ const (
 // Options configures a connection to RabbitMQ. [ParseURL] makes one from a URL; the zero
 // value of each field means its default.
 type Options struct {
-	// Addr is the broker's host:port.
-	Addr string
+	// Addrs are the host:port of the broker, or of each node of a cluster, in the order
+	// the first connection tries them (see URLs in the package documentation);
+	// localhost:5672 (5671 with TLS) when empty.
+	Addrs []string
 	// Username and Password authenticate with PLAIN or AMQPLAIN; guest/guest when the URL
 	// has none, as in amqp091-go.
 	Username, Password string
 	// Vhost is the virtual host; "/" when empty.
 	Vhost string
-	// TLS, when not nil, makes the connection use TLS (the amqps scheme).
+	// TLS, when not nil, makes the connection use TLS (the amqps scheme). When its
+	// ServerName is empty, each host's own name is verified (and sent for SNI), as
+	// tls.Dial does; the URL's server_name sets it for every host.
 	TLS *tls.Config
 	// AuthMechanism is "PLAIN" (the default), "AMQPLAIN" or "EXTERNAL" (TLS client
 	// certificates).
 	AuthMechanism string
 
 	Heartbeat         time.Duration // DefaultHeartbeat when zero
-	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes; DefaultConnectionTimeout when zero
+	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes, with each host; DefaultConnectionTimeout when zero
 	ChannelMax        uint16        // 0 lets the broker choose
 	FrameSize         int           // 0 lets amqp091-go choose
 	ConnectionName    string        // shown by RabbitMQ's management tools
@@ -71,6 +74,7 @@ type Options struct {
 //	amqp://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
 //	amqps://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
 //
+// or with the nodes of a cluster, HOST:PORT,HOST:PORT,..., in place of HOST:PORT, and
 // with the query options listed in the package documentation. Unknown options, options
 // given twice and bad values are errors naming the option.
 func ParseURL(rawURL string) (*Options, error) {
@@ -78,7 +82,7 @@ func ParseURL(rawURL string) (*Options, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &Options{Addr: u.Addr, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
+	o := &Options{Addrs: u.Addrs, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
 	err = u.Read(
 		// AMQP 0-9-1 carries whole seconds in 16 bits; the client would round anything
 		// else, and use the server's interval below a second.
@@ -126,6 +130,7 @@ func ParseURL(rawURL string) (*Options, error) {
 
 // withDefaults returns a copy of o with every zero field set to its default.
 func (o Options) withDefaults() Options {
+	o.Addrs = amqpurl.DefaultAddrs(o.Addrs, o.TLS != nil)
 	o.Vhost = cmp.Or(o.Vhost, "/")
 	o.Heartbeat = cmp.Or(o.Heartbeat, DefaultHeartbeat)
 	o.ConnectionTimeout = cmp.Or(o.ConnectionTimeout, DefaultConnectionTimeout)
@@ -151,11 +156,11 @@ func (o Options) String() string {
 	if o.TLS != nil {
 		scheme = "amqps"
 	}
-	return amqpurl.String(scheme, o.Addr, o.Vhost)
+	return amqpurl.String(scheme, amqpurl.DefaultAddrs(o.Addrs, o.TLS != nil), o.Vhost)
 }
 
-// config returns the amqp091-go configuration for o, and the URL to dial.
-func (o Options) config() (string, amqp.Config) {
+// config returns the amqp091-go configuration for o.
+func (o Options) config() amqp.Config {
 	props := amqp.NewConnectionProperties()
 	if o.ConnectionName != "" {
 		props.SetClientConnectionName(o.ConnectionName)
@@ -177,5 +182,5 @@ func (o Options) config() (string, amqp.Config) {
 		cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: o.Username, Password: o.Password}}
 	}
 	// TLS, when configured, is made by Connect's dialer, below the frame watcher.
-	return fmt.Sprintf("amqp://%s/", o.Addr), cfg
+	return cfg
 }

@@ -35,7 +35,7 @@ func benchBroker(b *testing.B) (*amqp.Session, *carrot.Conn, string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	raw, err := amqp.Dial(b.Context(), "amqp://"+o.Addr, &amqp.ConnOptions{SASLType: amqp.SASLTypePlain(o.Username, o.Password), HostName: "vhost:" + o.Vhost})
+	raw, err := amqp.Dial(b.Context(), "amqp://"+o.Addrs[0], &amqp.ConnOptions{SASLType: amqp.SASLTypePlain(o.Username, o.Password), HostName: "vhost:" + o.Vhost})
 	if err != nil {
 		b.Fatal(err)
 	}

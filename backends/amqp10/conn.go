@@ -16,6 +16,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
+	"github.com/carrot-go/carrot/internal/amqpurl"
 	"github.com/carrot-go/carrot/internal/delayq"
 	"github.com/carrot-go/carrot/internal/lifetime"
 )
@@ -41,7 +42,8 @@ func (Driver) OpenConnector(rawURL string) (backend.Connector, error) {
 // Connector connects to RabbitMQ 4 over AMQP 1.0 as its Options say. It implements
 // [backend.Connector]; use it with [carrot.Connect].
 type Connector struct {
-	opts Options
+	opts  Options
+	hosts *amqpurl.Hosts
 
 	// suspect is set when a connection ended on a message the broker could not convert,
 	// without knowing which receiver it was for: the next connections attach their
@@ -51,7 +53,8 @@ type Connector struct {
 
 // NewConnector returns a Connector for opts.
 func NewConnector(opts *Options) *Connector {
-	return &Connector{opts: opts.withDefaults()}
+	o := opts.withDefaults()
+	return &Connector{opts: o, hosts: amqpurl.NewHosts("carrot/amqp10: connect to "+o.String(), o.Addrs)}
 }
 
 // String describes where the Connector connects, without the password.
@@ -97,35 +100,48 @@ var _ backend.Conn = (*Conn)(nil)
 var _ backend.AsyncPublisher = (*Conn)(nil)
 var _ backend.PublishWarmer = (*Conn)(nil)
 
-// Connect opens one AMQP 1.0 connection, bounded by ctx and the connection_timeout.
+// Connect opens one AMQP 1.0 connection, bounded by ctx: to the first of the hosts that
+// accepts it, trying each once, starting with the one after the host of the previous
+// connection (see URLs in the package documentation).
 func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
+	c, err := amqpurl.Connect(ctx, k.hosts, k.dial)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// dial opens one AMQP 1.0 connection to the host at addr, bounded by ctx and the
+// connection_timeout. Its errors do not name the host: Connect does.
+func (k *Connector) dial(ctx context.Context, addr string) (*Conn, error) {
 	o := k.opts
+	o.Addrs = []string{addr} // the Conn's
 	co := o.connOptions()
 	dctx, cancel := context.WithTimeout(ctx, o.ConnectionTimeout)
 	defer cancel()
 	// unanswered returns the error of a connection cut short by ctx or the timeout.
 	unanswered := func() error {
 		if cerr := ctx.Err(); cerr != nil {
-			return backend.Errorf(backend.Unavailable, "carrot/amqp10: connect to %s: %w", o, cerr)
+			return backend.Errorf(backend.Unavailable, "%w", cerr)
 		}
-		return backend.Errorf(backend.Unavailable, "carrot/amqp10: connect to %s: no answer within connection_timeout %v", o, o.ConnectionTimeout)
+		return backend.Errorf(backend.Unavailable, "no answer within connection_timeout %v", o.ConnectionTimeout)
 	}
 	var d net.Dialer
-	nc, err := d.DialContext(dctx, "tcp", o.Addr)
+	nc, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
 		if dctx.Err() != nil {
 			return nil, unanswered()
 		}
-		return nil, backend.Errorf(backend.Unavailable, "carrot/amqp10: connect to %s: %w", o, err)
+		return nil, backend.Errorf(backend.Unavailable, "%w", err)
 	}
-	if o.TLS != nil {
-		tc := tls.Client(nc, o.TLS)
+	if cfg := amqpurl.TLSFor(o.TLS, addr); cfg != nil {
+		tc := tls.Client(nc, cfg)
 		if err := tc.HandshakeContext(dctx); err != nil {
 			nc.Close()
 			if dctx.Err() != nil {
 				return nil, unanswered()
 			}
-			return nil, backend.Errorf(backend.Invalid, "carrot/amqp10: connect to %s: TLS handshake: %w", o, err)
+			return nil, backend.Errorf(backend.Invalid, "TLS handshake: %w", err)
 		}
 		nc = tc
 	}
@@ -139,7 +155,7 @@ func (k *Connector) Connect(ctx context.Context) (backend.Conn, error) {
 		if msg := err.Error(); strings.Contains(msg, "SASL") || strings.Contains(msg, "unexpected protocol") {
 			code = backend.Invalid // refused credentials, or a server that does not speak AMQP 1.0
 		}
-		return nil, backend.Errorf(code, "carrot/amqp10: connect to %s: %w", o, err)
+		return nil, backend.Errorf(code, "%w", err)
 	}
 	c := &Conn{opts: o, conn: conn, net: nc, getters: make(map[string]*getter), k: k, born: time.Now(), subs: make(map[*subscription]struct{})}
 	if k.suspect.Load() {

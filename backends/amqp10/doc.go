@@ -10,6 +10,7 @@
 //
 //	amqp10://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
 //	amqp10s://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//	amqp10://USER:PASSWORD@NODE1:PORT,NODE2:PORT,NODE3/VHOST?OPTIONS
 //
 // USER and PASSWORD default to guest, HOST to localhost, PORT to 5672 (5671 for
 // amqp10s), VHOST to "/"; the virtual host is sent as the connection's hostname
@@ -18,8 +19,8 @@
 //
 //   - auth_mechanism: the SASL mechanism, plain (the default, with USER and PASSWORD),
 //     anonymous, or external (a TLS client certificate, amqp10s only).
-//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes
-//     (default 30s).
+//   - connection_timeout: the limit on the TCP dial and the TLS and AMQP handshakes,
+//     with each host (default 30s).
 //   - idle_timeout: the longest silence accepted from the broker, from 1ms to 49 days
 //     (default 1m).
 //   - max_frame_size: the largest frame accepted, in bytes (default go-amqp's, 65536).
@@ -30,12 +31,36 @@
 //   - container_id: the connection's container id (default a random one).
 //   - certfile, keyfile, cacertfile, server_name (amqp10s only): the client certificate
 //     and key, the CAs to trust instead of the system's, the server name to verify
-//     instead of HOST.
+//     instead of each HOST.
 //
 // The option names are those of every carrot backend: server_name and auth_mechanism
 // mean the same on amqp://, connection_timeout on amqp:// and redis://. Deprecated:
 // sasl, this backend's first name for auth_mechanism, is still read as auth_mechanism;
 // giving both is an error.
+//
+// A URL may name several hosts, the nodes of a RabbitMQ cluster, separated by commas as
+// libpq and MongoDB write them: each with its own port or 5672 (5671 for amqp10s), an
+// IPv6 address in brackets ([::1]:5672), all sharing the URL's user, password, vhost and
+// options. An empty host between two commas or a bad port is an error that says where. A
+// connection tries the hosts in turn, each once, and takes the first that opens: the first
+// connection starts with the first host, and each later one, such as a reconnection, with
+// the host after the one of the previous connection, so that a node that has just failed
+// is tried last. connection_timeout bounds each host, and carrot's dial timeout
+// (carrot.Dialer.DialTimeout, 30s by default) the whole attempt: with several hosts, a
+// shorter connection_timeout lets an attempt get past a node that does not answer. When
+// every host fails, the error names each host and its failure; it wraps
+// carrot.ErrInvalid only when every host refused the settings (such as the password),
+// carrot.ErrUnavailable otherwise. With amqp10s, each host's certificate is verified
+// against the host's own name, which is also sent for SNI, unless server_name gives one
+// name for all the hosts.
+//
+// Moving to another node is a reconnection like any other: carrot declares the exchanges,
+// queues and bindings it recorded again on the new node, over its management link, and
+// resumes the consumers there; messages delivered and not settled on the lost node come
+// again, and publishes whose outcomes were lost are sent again (see Delivery semantics).
+// What a node holds is RabbitMQ's to say: a classic queue lives on one node and cannot be
+// used while that node is down, whereas quorum queues (x-queue-type=quorum) are replicated on
+// several.
 //
 // [ParseURL] turns a URL into [Options]; [NewConnector] makes a Connector from Options,
 // for [carrot.Connect] without the registry. Errors and logs never show the password.

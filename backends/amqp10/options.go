@@ -23,21 +23,25 @@ const (
 // Options configures a connection to an AMQP 1.0 broker. [ParseURL] makes one from a URL;
 // the zero value of each field means its default.
 type Options struct {
-	// Addr is the broker's host:port.
-	Addr string
+	// Addrs are the host:port of the broker, or of each node of a cluster, in the order
+	// the first connection tries them (see URLs in the package documentation);
+	// localhost:5672 (5671 with TLS) when empty.
+	Addrs []string
 	// Username and Password authenticate with SASL PLAIN; guest/guest when the URL has
 	// none.
 	Username, Password string
 	// Vhost is the RabbitMQ virtual host, sent as the hostname "vhost:NAME"; "/" when empty.
 	Vhost string
-	// TLS, when not nil, makes the connection use TLS (the amqp10s scheme).
+	// TLS, when not nil, makes the connection use TLS (the amqp10s scheme). When its
+	// ServerName is empty, each host's own name is verified (and sent for SNI), as
+	// tls.Dial does; the URL's server_name sets it for every host.
 	TLS *tls.Config
 	// SASL is the SASL mechanism, the URL's auth_mechanism: "plain" (the default),
 	// "anonymous" or "external" (a TLS client certificate).
 	SASL string
 
 	IdleTimeout       time.Duration // DefaultIdleTimeout when zero
-	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes; DefaultConnectionTimeout when zero
+	ConnectionTimeout time.Duration // for the TCP dial, TLS and AMQP handshakes, with each host; DefaultConnectionTimeout when zero
 	MaxFrameSize      uint32        // go-amqp's default when zero
 	ContainerID       string        // a random one when empty
 
@@ -66,6 +70,7 @@ func (o Options) userID() string {
 //	amqp10://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
 //	amqp10s://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
 //
+// or with the nodes of a cluster, HOST:PORT,HOST:PORT,..., in place of HOST:PORT, and
 // with the query options listed in the package documentation. Unknown options, options
 // given twice and bad values are errors naming the option.
 func ParseURL(rawURL string) (*Options, error) {
@@ -73,7 +78,7 @@ func ParseURL(rawURL string) (*Options, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &Options{Addr: u.Addr, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
+	o := &Options{Addrs: u.Addrs, Username: u.Username, Password: u.Password, Vhost: u.Vhost, TLS: u.TLS}
 	mechanism := brokerurl.OneOf(&o.SASL, "plain", "anonymous", "external")
 	err = u.Read(
 		// AMQP 1.0 carries milliseconds in 32 bits.
@@ -97,6 +102,7 @@ func ParseURL(rawURL string) (*Options, error) {
 
 // withDefaults returns a copy of o with every zero field set to its default.
 func (o Options) withDefaults() Options {
+	o.Addrs = amqpurl.DefaultAddrs(o.Addrs, o.TLS != nil)
 	o.Vhost = cmp.Or(o.Vhost, "/")
 	o.IdleTimeout = cmp.Or(o.IdleTimeout, DefaultIdleTimeout)
 	o.ConnectionTimeout = cmp.Or(o.ConnectionTimeout, DefaultConnectionTimeout)
@@ -111,7 +117,7 @@ func (o Options) String() string {
 	if o.TLS != nil {
 		scheme = "amqp10s"
 	}
-	return amqpurl.String(scheme, o.Addr, o.Vhost)
+	return amqpurl.String(scheme, amqpurl.DefaultAddrs(o.Addrs, o.TLS != nil), o.Vhost)
 }
 
 // connOptions returns go-amqp's options for o. TLS is not among them: Connect makes the

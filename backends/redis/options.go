@@ -91,6 +91,9 @@ func ParseURL(rawURL string) (*Options, error) {
 	if u.Scheme == "unix" && (u.Path == "" || u.Host != "") {
 		return nil, u.Errorf("URL must be unix:///PATH/TO/SOCKET?OPTIONS")
 	}
+	if hosts := brokerurl.Hosts(u.URL); len(hosts) > 1 {
+		return nil, u.Errorf("the URL names %d hosts: name one, and the others with addr=HOST:PORT and cluster=true (or with sentinel=HOST:PORT)", len(hosts))
+	}
 	o := &Options{}
 	var (
 		addrs, sentinels                   []string

@@ -205,6 +205,7 @@ func TestParseURLWait(t *testing.T) {
 func TestParseURLErrors(t *testing.T) {
 	for _, tc := range []struct{ url, mentions string }{
 		{"redis://u:s3cret@h/?bogus=1", `unknown URL option "bogus"`},
+		{"redis://u:s3cret@h1:6379,h2:6379/0", "names 2 hosts"},
 		{"redis://u:s3cret@h/?visibility_timeout=30", "visibility_timeout"},
 		{"redis://u:s3cret@h/?block=500us", "at least 1ms"},
 		{"redis://u:s3cret@h/?visibility_timeout=1ns", "at least 1ms"},

@@ -52,7 +52,7 @@ run within --budget.`)
 	match := fs.String("run", "", "run only the behaviours whose names match this regular `expression`")
 	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
 	interop := fs.String("interop", "", "a second `URL` of the same broker: report what crosses between the two")
-	mgmt := fs.String("management", "", "RabbitMQ's management API `URL`, to read policies and alarms (default http://HOST:15672/ with the URL's credentials, for amqp://)")
+	mgmt := fs.String("management", "", "RabbitMQ's management API `URL`, to read policies and alarms (default http://HOST:15672/ with the URL's credentials, for amqp://; of the first of several hosts that answers)")
 	args, err := c.parse(fs, args, 1)
 	if err != nil {
 		return err

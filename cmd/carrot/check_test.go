@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/carrot-go/carrot"
+	"github.com/carrot-go/carrot/internal/flowtest"
 	"github.com/carrot-go/carrot/internal/testbroker"
 )
 
@@ -186,5 +187,22 @@ func TestCheckPolicy(t *testing.T) {
 	_, text, _ := runTool(t, "", "check", "--run", "^RoundTrip$", "--management", "http://"+mgmt+"/", c.URL)
 	if !strings.Contains(text, `policy "cap-length"`) {
 		t.Errorf("the text report does not name the policy:\n%s", text)
+	}
+}
+
+// TestCheckSeveralHosts certifies RabbitMQ through a URL of two hosts, the first refusing
+// connections: check connects through the second, and its faulty connections go through a
+// proxy of each host.
+func TestCheckSeveralHosts(t *testing.T) {
+	u, err := url.Parse(testbroker.URL(t, testbroker.RabbitMQ))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := flowtest.ClosedPort(t)
+	u.Host = closed + "," + u.Host
+	code, rep, _ := checkJSON(t, "--run", "^(RoundTrip|RecoverConsume|RecoverTopology)$", u.String())
+	allPassedSome(t, code, rep)
+	if rep.Passed != 3 || !strings.Contains(rep.Broker, closed+",") || strings.Contains(rep.Broker, "guest") {
+		t.Errorf("report of %d passed for broker %q, want 3, for both hosts without the user info", rep.Passed, rep.Broker)
 	}
 }

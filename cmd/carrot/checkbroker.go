@@ -21,6 +21,7 @@ import (
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/conformance"
+	"github.com/carrot-go/carrot/internal/brokerurl"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -94,8 +95,10 @@ var semanticKeys = []string{"max-length", "max-length-bytes", "overflow", "messa
 
 // readBrokerNotes reads the policies and alarms from RabbitMQ's management API, for an
 // amqp:// URL (or any, with mgmt given). It returns nil when there is nothing to read.
+// Without mgmt, the API is that of the URL's host, or of the first of its hosts whose API
+// answers: policies and alarms are the cluster's, which every node tells alike.
 func readBrokerNotes(ctx context.Context, rawURL, mgmt string) *brokerNotes {
-	u, err := url.Parse(rawURL)
+	u, _, err := brokerurl.Parse(rawURL)
 	if err != nil {
 		return nil
 	}
@@ -103,17 +106,38 @@ func readBrokerNotes(ctx context.Context, rawURL, mgmt string) *brokerNotes {
 	if mgmt == "" && scheme != "amqp" && scheme != "amqps" {
 		return nil
 	}
-	base := mgmt
-	if base == "" {
+	bases := []string{mgmt}
+	if mgmt == "" {
 		proto, port := "http", "15672"
 		if scheme == "amqps" {
 			proto, port = "https", "15671"
 		}
-		base = proto + "://" + net.JoinHostPort(u.Hostname(), port) + "/"
+		hosts := brokerurl.Hosts(u)
+		if len(hosts) == 0 {
+			hosts = []brokerurl.Host{{Name: "localhost"}}
+		}
+		bases = bases[:0]
+		for _, h := range hosts {
+			bases = append(bases, proto+"://"+net.JoinHostPort(h.Name, port)+"/")
+		}
 	}
+	var n *brokerNotes
+	for i, base := range bases {
+		var reached bool
+		n, reached = readNotes(ctx, u, base)
+		if reached || i == len(bases)-1 {
+			break
+		}
+	}
+	return n
+}
+
+// readNotes reads the policies and alarms from the management API at base, for the broker
+// of the URL u, and reports whether the API answered.
+func readNotes(ctx context.Context, u *url.URL, base string) (*brokerNotes, bool) {
 	mu, err := url.Parse(base)
 	if err != nil {
-		return &brokerNotes{Source: "--management", Error: "not a URL"}
+		return &brokerNotes{Source: "--management", Error: "not a URL"}, true
 	}
 	user, pass := "guest", "guest"
 	if mu.User != nil {
@@ -131,6 +155,7 @@ func readBrokerNotes(ctx context.Context, rawURL, mgmt string) *brokerNotes {
 		vhost = v
 	}
 	n := &brokerNotes{Source: mu.String()}
+	reached := true // false when the API does not answer (for the policies, the first read)
 	get := func(path string, v any) error {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
@@ -141,6 +166,7 @@ func readBrokerNotes(ctx context.Context, rawURL, mgmt string) *brokerNotes {
 		req.SetBasicAuth(user, pass)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
+			reached = false
 			var ue *url.Error
 			if errors.As(err, &ue) {
 				err = ue.Err // the URL is said once, in Source
@@ -157,7 +183,7 @@ func readBrokerNotes(ctx context.Context, rawURL, mgmt string) *brokerNotes {
 	esc := url.PathEscape(vhost)
 	if err := get("/api/policies/"+esc, &policies); err != nil {
 		n.Error = "policies not read: " + err.Error()
-		return n
+		return n, reached
 	}
 	get("/api/operator-policies/"+esc, &operator) // absent before 3.7: left empty
 	sample := "carrot-test.0123456789ab.1.q"
@@ -191,7 +217,7 @@ func readBrokerNotes(ctx context.Context, rawURL, mgmt string) *brokerNotes {
 			}
 		}
 	}
-	return n
+	return n, true
 }
 
 // attribute lists, for each policy that changes semantics, the behaviours that failed

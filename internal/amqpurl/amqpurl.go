@@ -1,28 +1,36 @@
 // Package amqpurl parses the URLs RabbitMQ documents for its clients,
 //
 //	SCHEME://USER:PASSWORD@HOST:PORT/VHOST?OPTIONS
+//	SCHEME://USER:PASSWORD@HOST:PORT,HOST:PORT,.../VHOST?OPTIONS
 //
 // for carrot's AMQP 0-9-1 and AMQP 1.0 backends, which differ in their schemes and in
 // most of their options. The URL is parsed strictly, and its options read, by package
 // brokerurl: errors are carrot backend errors of code Invalid, start with the backend's
-// name and never show the password.
+// name and never show the password. A URL may name several hosts, the nodes of a
+// cluster, which share the user info, vhost and options; [Connect] tries them in turn.
 package amqpurl
 
 import (
 	"crypto/tls"
 	"net"
 	"net/url"
+	"strings"
 
 	"github.com/carrot-go/carrot/internal/brokerurl"
 )
 
 // URL is a parsed AMQP URL.
 type URL struct {
-	Addr     string      // HOST:PORT; localhost, and 5672 (5671 with TLS), by default
-	Username string      // guest by default
-	Password string      // guest by default
-	Vhost    string      // "/" by default
-	TLS      *tls.Config // for the TLS scheme (at least TLS 1.2, verifying HOST); nil otherwise
+	// Addrs are the HOST:PORT of each host, in the URL's order; localhost, and 5672
+	// (5671 with TLS), by default.
+	Addrs    []string
+	Username string // guest by default
+	Password string // guest by default
+	Vhost    string // "/" by default
+	// TLS is the TLS configuration for the TLS scheme (at least TLS 1.2), nil for the other.
+	// Its ServerName is set by the server_name option only: when empty, each host's own
+	// name is verified (see [TLSFor]).
+	TLS *tls.Config
 
 	// TLSOptions are the URL's TLS options, which Read applies to TLS.
 	TLSOptions brokerurl.TLSOptions
@@ -39,20 +47,16 @@ func Parse(rawURL, name, plain, secure string) (*URL, error) {
 		return nil, err
 	}
 	r := &URL{Username: "guest", Password: "guest", Vhost: "/", u: u, secure: secure}
-	host, port := u.Hostname(), u.Port()
-	if host == "" {
-		host = "localhost"
-	}
-	if port == "" {
-		port = "5672"
-		if u.Scheme == secure {
-			port = "5671"
-		}
-	}
 	if u.Scheme == secure {
-		r.TLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+		r.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
-	r.Addr = net.JoinHostPort(host, port)
+	hosts := brokerurl.Hosts(u.URL)
+	if len(hosts) == 0 {
+		hosts = []brokerurl.Host{{}}
+	}
+	for _, h := range hosts {
+		r.Addrs = append(r.Addrs, addr(h.Name, h.Port, r.TLS != nil))
+	}
 	if u.User != nil {
 		r.Username = u.User.Username()
 		r.Password, _ = u.User.Password()
@@ -61,6 +65,30 @@ func Parse(rawURL, name, plain, secure string) (*URL, error) {
 		r.Vhost = u.Path[1:]
 	}
 	return r, nil
+}
+
+// addr returns HOST:PORT for a host of a URL, with the defaults: localhost, and 5672, or
+// 5671 with TLS.
+func addr(host, port string, secure bool) string {
+	if host == "" {
+		host = "localhost"
+	}
+	if port == "" {
+		port = "5672"
+		if secure {
+			port = "5671"
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// DefaultAddrs returns addrs, or the default address when it is empty: localhost:5672, or
+// localhost:5671 with TLS. The slice is a copy.
+func DefaultAddrs(addrs []string, secure bool) []string {
+	if len(addrs) == 0 {
+		return []string{addr("", "", secure)}
+	}
+	return append([]string(nil), addrs...)
 }
 
 // Read reads the query options with opts and the TLS options (certfile, keyfile,
@@ -76,12 +104,27 @@ func (u *URL) Read(opts ...brokerurl.Option) error {
 // Errorf returns an error of code Invalid whose text starts with the backend's name.
 func (u *URL) Errorf(format string, args ...any) error { return u.u.Errorf(format, args...) }
 
-// String formats an AMQP URL without its user info.
-func String(scheme, addr, vhost string) string {
+// TLSFor returns cfg for a connection to addr (HOST:PORT): cfg itself if it names the
+// server to verify, otherwise a copy that verifies HOST, as tls.Dial does. Nil stays nil.
+func TLSFor(cfg *tls.Config, addr string) *tls.Config {
+	if cfg == nil || cfg.ServerName != "" {
+		return cfg
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	c := cfg.Clone()
+	c.ServerName = host
+	return c
+}
+
+// String formats an AMQP URL, with each of addrs, without its user info.
+func String(scheme string, addrs []string, vhost string) string {
 	path := "/" + vhost
 	if vhost == "/" {
 		path = "/"
 	}
-	u := url.URL{Scheme: scheme, Host: addr, Path: path}
+	u := url.URL{Scheme: scheme, Host: strings.Join(addrs, ","), Path: path}
 	return u.String()
 }

@@ -7,6 +7,10 @@
 // whose tail would otherwise become the host, path or options). Its errors never quote the
 // URL: they say which part is wrong and where, not what it holds.
 //
+// A URL may name several hosts, separated by commas, as libpq's and MongoDB's do
+// (amqp://u:p@node1:5672,node2:5672,[::1]/vhost): Parse checks each (no empty host, a port
+// from 1 to 65535), and [Hosts] lists them. Which backends take several is theirs to say.
+//
 // Redact shows a URL without its user info and with the values of secret options (see
 // [Secret]) masked; it shows nothing of a URL that does not parse but its scheme.
 //
@@ -19,15 +23,19 @@ package brokerurl
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
 // Mask replaces a secret option's value in [Redact]'s output.
 const Mask = "xxxxx"
 
-// Parse parses rawURL, SCHEME://[USER[:PASSWORD]@]HOST[/PATH][?OPTIONS], and its options.
-// An option given several times has several values, in order.
+// Parse parses rawURL, SCHEME://[USER[:PASSWORD]@]HOSTS[/PATH][?OPTIONS], and its options.
+// HOSTS is one host, HOST[:PORT] (an IPv6 address in brackets), or several separated by
+// commas, which u.Host holds separated by commas and [Hosts] splits. An option given
+// several times has several values, in order.
 func Parse(rawURL string) (*url.URL, url.Values, error) {
 	for i := 0; i < len(rawURL); i++ {
 		if b := rawURL[i]; b < 0x20 || b == 0x7f {
@@ -49,15 +57,104 @@ func Parse(rawURL string) (*url.URL, url.Values, error) {
 	if i := strings.IndexByte(rest, '#'); i >= 0 {
 		return nil, nil, fmt.Errorf("the URL has a fragment ('#' at byte %d): percent-encode '#' as %%23", len(scheme)+3+i+1)
 	}
-	u, err := url.Parse(rawURL)
+	// The hosts follow the user info, which ends at the authority's last '@'.
+	hostsAt := len(scheme) + 3 + strings.LastIndexByte(rest[:hostEnd], '@') + 1
+	hosts := rawURL[hostsAt : len(scheme)+3+hostEnd]
+	parsed, several := rawURL, ""
+	if strings.Contains(hosts, ",") {
+		var err error
+		if several, err = checkHosts(hosts, hostsAt); err != nil {
+			return nil, nil, err
+		}
+		// url.Parse takes one host: give it the first, and the list after.
+		first, _, _ := strings.Cut(hosts, ",")
+		parsed = rawURL[:hostsAt] + first + rawURL[hostsAt+len(hosts):]
+	}
+	u, err := url.Parse(parsed)
 	if err != nil {
 		return nil, nil, why(err)
+	}
+	if err := checkPort(u.Port(), hostsAt); err != nil {
+		return nil, nil, err
+	}
+	if several != "" {
+		u.Host = several
 	}
 	q, err := query(u.RawQuery, len(rawURL)-len(u.RawQuery))
 	if err != nil {
 		return nil, nil, err
 	}
 	return u, q, nil
+}
+
+// checkHosts checks each host of a list of several, HOST[:PORT],HOST[:PORT]..., found at
+// byte offset at of the URL, and returns the list as url.Parse reads each host.
+func checkHosts(list string, at int) (string, error) {
+	var hosts []string
+	for h := range strings.SplitSeq(list, ",") {
+		pos := at + 1
+		at += len(h) + 1
+		if h == "" {
+			return "", fmt.Errorf("the URL's hosts have an empty one at byte %d: separate hosts with one comma", pos)
+		}
+		hu, err := url.Parse("x://" + h)
+		switch {
+		case err != nil && strings.Contains(err.Error(), "invalid port"):
+			return "", fmt.Errorf("the URL's host at byte %d has a port that is not a number", pos)
+		case err != nil:
+			return "", fmt.Errorf("the URL's host at byte %d holds a character not allowed in a host", pos)
+		case hu.Hostname() == "":
+			return "", fmt.Errorf("the URL's host at byte %d has a port but no name", pos)
+		}
+		if err := checkPort(hu.Port(), pos-1); err != nil {
+			return "", err
+		}
+		hosts = append(hosts, hu.Host)
+	}
+	return strings.Join(hosts, ","), nil
+}
+
+// checkPort checks the port of the host found at byte offset at of the URL: none, or a
+// number from 1 to 65535.
+func checkPort(port string, at int) error {
+	if port == "" {
+		return nil
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("the URL's host at byte %d has a port out of range: want 1 to 65535", at+1)
+	}
+	return nil
+}
+
+// A Host is one host of a URL.
+type Host struct {
+	Name string // the host name or address; an IPv6 address without its brackets
+	Port string // "" when the URL gives none
+}
+
+// String returns h as the URL wrote it: NAME or NAME:PORT, an IPv6 address in brackets.
+func (h Host) String() string {
+	if h.Port == "" {
+		if strings.Contains(h.Name, ":") {
+			return "[" + h.Name + "]"
+		}
+		return h.Name
+	}
+	return net.JoinHostPort(h.Name, h.Port)
+}
+
+// Hosts returns the hosts of u, a URL that [Parse] returned, in the URL's order: none when
+// the URL names no host.
+func Hosts(u *url.URL) []Host {
+	if u.Host == "" {
+		return nil
+	}
+	var hosts []Host
+	for h := range strings.SplitSeq(u.Host, ",") {
+		hu := url.URL{Host: h}
+		hosts = append(hosts, Host{Name: hu.Hostname(), Port: hu.Port()})
+	}
+	return hosts
 }
 
 // validScheme reports whether s is a URL scheme: a letter, then letters, digits, '+',
