@@ -759,7 +759,8 @@ shows the counts of a queue on every backend.`)
 
 func runDeclare(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("declare", "", `Declares an exchange (--exchange), a queue (--queue), or both, bound with each
---key. Exchanges and queues are durable unless --transient is given.`)
+--key. Exchanges and queues are durable unless --transient is given. A queue's --type
+has settings of its own; one that the type or the broker does not have is refused.`)
 	exchange := fs.String("exchange", "", "exchange to declare")
 	kind := fs.String("kind", "direct", "kind of --exchange: direct, fanout or topic")
 	queue := fs.String("queue", "", "queue to declare")
@@ -772,6 +773,14 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 	maxPriority := fs.Uint("max-priority", 0, "with --queue: highest message priority the queue orders by, 0-255")
 	dlx := fs.String("dead-letter-exchange", "", "with --queue: exchange for the queue's rejected, expired and dropped messages")
 	dlk := fs.String("dead-letter-key", "", "with --dead-letter-exchange: routing key of dead-lettered messages (default: their own)")
+	qtype := fs.String("type", "", "with --queue: queue type on a broker that has several (RabbitMQ): classic, quorum or stream (default: the broker's)")
+	replicas := fs.Int("replicas", 0, "with --type quorum or stream: how many nodes of the cluster the queue is first placed on (0: the broker's default)")
+	deliveryLimit := fs.Int("delivery-limit", 0, "with --type quorum: how many times a message may be delivered; returned once more, it is dead-lettered or dropped (0: the broker's default)")
+	dlStrategy := fs.String("dead-letter-strategy", "", "with --type quorum and --dead-letter-exchange: at-most-once (a dead letter whose move fails is dropped; the default) or at-least-once (kept until the queues it goes to have it)")
+	maxAge := fs.Duration("max-age", 0, "with --type stream: discard messages older than this, a segment at a time, such as 24h (whole seconds)")
+	maxBytes := fs.Int64("max-bytes", 0, "with --type stream: discard the oldest messages, a segment at a time, beyond this many bytes in all")
+	singleActive := fs.Bool("single-active-consumer", false, "with --queue: deliver to one consumer at a time, in order; when it goes, the next takes over")
+	consumerTimeout := fs.Duration("consumer-timeout", 0, "with --queue: how long a delivered message may stay unsettled before the broker takes it back, such as 1h (whole milliseconds; RabbitMQ 3.12 and later)")
 	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -786,7 +795,8 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	if err := unless(set, *queue != "", "it is a setting of --queue, and none is given: give --queue too",
-		"ttl", "max-length", "max-priority", "dead-letter-exchange", "dead-letter-key"); err != nil {
+		"ttl", "max-length", "max-priority", "dead-letter-exchange", "dead-letter-key", "type", "replicas", "delivery-limit",
+		"dead-letter-strategy", "max-age", "max-bytes", "single-active-consumer", "consumer-timeout"); err != nil {
 		return err
 	}
 	if err := unless(set, *dlx != "", "it is the routing key of the messages dead-lettered to --dead-letter-exchange, and none is given: give --dead-letter-exchange too", "dead-letter-key"); err != nil {
@@ -812,6 +822,10 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 		Name: *queue, Transient: *transient, AutoDelete: *autoDelete,
 		MessageTTL: *ttl, MaxLength: *maxLength, MaxPriority: uint8(*maxPriority),
 		DeadLetterExchange: *dlx, DeadLetterRoutingKey: *dlk,
+		// The core refuses the settings that do not fit the type, or the backend.
+		Type: carrot.QueueType(*qtype), Replicas: *replicas, DeliveryLimit: *deliveryLimit,
+		DeadLetterStrategy: carrot.DeadLetterStrategy(*dlStrategy), MaxAge: *maxAge, MaxBytes: *maxBytes,
+		SingleActiveConsumer: *singleActive, ConsumerTimeout: *consumerTimeout,
 	}
 	if *exchange != "" {
 		q.Exchange = x
@@ -829,7 +843,11 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 	if *exchange != "" {
 		fmt.Fprintf(c.stdout, "declared exchange %q (%s)\n", x.Name, kindOrDirect(x.Kind))
 	}
-	fmt.Fprintf(c.stdout, "declared queue %q\n", q.Name)
+	if q.Type != "" {
+		fmt.Fprintf(c.stdout, "declared queue %q (%s)\n", q.Name, q.Type)
+	} else {
+		fmt.Fprintf(c.stdout, "declared queue %q\n", q.Name)
+	}
 	for _, k := range keys {
 		fmt.Fprintf(c.stdout, "bound queue %q to exchange %q with key %q\n", q.Name, x.Name, k)
 	}

@@ -144,6 +144,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"declare", "--exchange", "x", "--max-priority", "5"}, []string{"--max-priority would be ignored", "give --queue too"}},
 		{[]string{"declare", "--exchange", "x", "--dead-letter-exchange", "dlx"}, []string{"--dead-letter-exchange would be ignored", "give --queue too"}},
 		{[]string{"declare", "--queue", "q", "--dead-letter-key", "k"}, []string{"--dead-letter-key would be ignored", "give --dead-letter-exchange too"}},
+		{[]string{"declare", "--exchange", "x", "--type", "quorum"}, []string{"--type would be ignored", "give --queue too"}},
+		{[]string{"declare", "--exchange", "x", "--max-age", "1h"}, []string{"--max-age would be ignored", "give --queue too"}},
+		{[]string{"declare", "--exchange", "x", "--single-active-consumer"}, []string{"--single-active-consumer would be ignored", "give --queue too"}},
 		{[]string{"declare", "--queue", "q", "--key", "k"}, []string{"--key binds --queue to --exchange"}},
 		{[]string{"publish", "--lines", "body"}, []string{"--lines reads standard input"}},
 		{[]string{"stats"}, []string{"give --exchange or --queue"}},
@@ -158,11 +161,14 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"publish", "--expiration=10 s", "x"}, []string{`--expiration "10 s"`, duration}},
 		{[]string{"publish", "--expiration", "-1s", "x"}, []string{"--expiration -1s", duration, "not a negative one"}},
 		{[]string{"declare", "--queue", "q", "--ttl", "1"}, []string{`--ttl "1"`, duration}},
+		{[]string{"declare", "--queue", "q", "--type", "stream", "--max-age", "1d"}, []string{`--max-age "1d"`, duration}},
+		{[]string{"declare", "--queue", "q", "--consumer-timeout", "-1m"}, []string{"--consumer-timeout -1m", "not a negative one"}},
 		{[]string{"demo", "--timeout", "soon"}, []string{`--timeout "soon"`, duration}},
 		{[]string{"stats", "--exchange", "x", "--for", "soon"}, []string{`--for "soon"`, duration}},
 		{[]string{"consume", "--queue", "q", "--progress", "-1s"}, []string{"--progress -1s", "not a negative one"}},
 		// Other values.
 		{[]string{"consume", "--queue", "q", "--count", "x"}, []string{`--count "x"`, "want a whole number"}},
+		{[]string{"declare", "--queue", "q", "--type", "stream", "--max-bytes", "1G"}, []string{`--max-bytes "1G"`, "want a whole number"}},
 		{[]string{"publish", "--priority", "-1", "x"}, []string{`--priority "-1"`, "0 or more"}},
 		{[]string{"publish", "--lines=maybe"}, []string{`--lines "maybe"`, "want true or false"}},
 		{[]string{"publish", "x", "--key"}, []string{"--key needs a value"}},
@@ -183,6 +189,62 @@ func TestFlagErrors(t *testing.T) {
 			if !strings.Contains(errOut, w) {
 				t.Errorf("carrot %q: stderr %q; want %q in it", tc.args, errOut, w)
 			}
+		}
+	}
+}
+
+// TestDeclareQueueTypes checks that declare passes the settings of queue types to carrot
+// as given, which refuses those that do not fit the queue's type or the broker: on
+// memory://, which has one type of queue and none of their settings.
+func TestDeclareQueueTypes(t *testing.T) {
+	url := "memory://" + t.Name()
+	for _, tc := range []struct {
+		args []string
+		want string // in stderr
+	}{
+		{[]string{"--type", "quorum"}, "the backend does not support quorum queues"},
+		{[]string{"--type", "stream", "--max-age", "1h"}, "the backend does not support stream queues"},
+		{[]string{"--type", "classic"}, "the backend has one type of queue"},
+		{[]string{"--type", "lazy"}, `unknown queue type "lazy" (want classic, quorum or stream)`},
+		{[]string{"--single-active-consumer"}, "the backend does not support single active consumer"},
+		{[]string{"--consumer-timeout", "1m"}, "the backend does not support a queue consumer timeout"},
+		{[]string{"--replicas", "3"}, "Replicas is for a quorum or stream queue"},
+		{[]string{"--delivery-limit", "5"}, "DeliveryLimit is for a quorum queue"},
+		{[]string{"--max-bytes", "1000000"}, "MaxBytes is for a stream queue"},
+		{[]string{"--dead-letter-strategy", "at-least-once"}, "DeadLetterStrategy is for a quorum queue"},
+	} {
+		args := append([]string{"declare", "--url", url, "--queue", "q"}, tc.args...)
+		code, out, errOut := runTool(t, "", args...)
+		if code != exitError || out != "" || !strings.Contains(errOut, tc.want) {
+			t.Errorf("carrot %q: exit %d, stdout %q, stderr %q; want exit %d and %q", args, code, out, errOut, exitError, tc.want)
+		}
+	}
+}
+
+// TestDeclareQuorumQueue declares a quorum queue with a delivery limit on RabbitMQ, and
+// checks that both reached the broker: declaring it again with another limit, or as a
+// classic queue, is refused by the broker, naming the argument.
+func TestDeclareQuorumQueue(t *testing.T) {
+	url := testbroker.URL(t, testbroker.RabbitMQ)
+	queue := fmt.Sprintf("carrot-test.quorum.%d", time.Now().UnixNano())
+	code, out, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue, "--type", "quorum", "--delivery-limit", "3")
+	if want := fmt.Sprintf("declared queue %q (quorum)\n", queue); code != 0 || out != want {
+		t.Fatalf("declare --type quorum --delivery-limit 3: exit %d, stdout %q, stderr %q; want %q", code, out, errOut, want)
+	}
+	t.Cleanup(func() { runTool(t, "", "delete", "--url", url, "--queue", queue) })
+	if code, out, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue, "--type", "quorum", "--delivery-limit", "3"); code != 0 {
+		t.Errorf("declare it again, the same: exit %d, stdout %q, stderr %q; want exit 0", code, out, errOut)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string // the argument the broker names
+	}{
+		{[]string{"--type", "quorum", "--delivery-limit", "4"}, "x-delivery-limit"},
+		{[]string{"--type", "classic"}, "x-queue-type"},
+	} {
+		args := append([]string{"declare", "--url", url, "--queue", queue}, tc.args...)
+		if code, _, errOut := runTool(t, "", args...); code != exitError || !strings.Contains(errOut, "does not match the existing one") || !strings.Contains(errOut, tc.want) {
+			t.Errorf("carrot %q: exit %d, stderr %q; want exit %d, a mismatch naming %s", args, code, errOut, exitError, tc.want)
 		}
 	}
 }
