@@ -275,6 +275,7 @@ type queueFlags struct {
 	exchange *string
 	kind     *string
 	keys     multiFlag
+	qtype    *string
 	format   *string
 }
 
@@ -285,6 +286,7 @@ func addQueueFlags(fs *flag.FlagSet) *queueFlags {
 		declare:  fs.Bool("declare", false, "declare the queue (durable), and --exchange with its bindings, if they do not exist"),
 		exchange: fs.String("exchange", "", "with --declare: exchange to bind the queue to"),
 		kind:     fs.String("kind", "direct", "with --declare and --exchange: kind of --exchange: direct, fanout or topic"),
+		qtype:    fs.String("type", "", "queue type on a broker that has several (RabbitMQ): classic, quorum or stream; with --declare, the type to declare it as, and without, the type it has, so that carrot refuses what that type cannot do, such as fetch from a stream"),
 		format:   fs.String("format", "body", "output: body (the body and a newline) or json (one JSON object per message, with properties; a body that is not UTF-8 as body_base64, byte-string headers in base64, NaN and infinite floats as the strings NaN, +Inf and -Inf)"),
 	}
 	fs.Var(&q.keys, "key", "with --declare and --exchange: binding `key` (pattern for topic exchanges); repeatable")
@@ -319,9 +321,9 @@ func (q *queueFlags) spec() (carrot.Queue, error) {
 		return carrot.Queue{}, err
 	}
 	if !*q.declare {
-		return carrot.Queue{Name: *q.queue, Passive: true}, nil
+		return carrot.Queue{Name: *q.queue, Passive: true, Type: carrot.QueueType(*q.qtype)}, nil
 	}
-	spec := carrot.Queue{Name: *q.queue}
+	spec := carrot.Queue{Name: *q.queue, Type: carrot.QueueType(*q.qtype)}
 	if *q.exchange != "" {
 		spec.Exchange = carrot.Exchange{Name: *q.exchange, Kind: carrot.ExchangeKind(*q.kind)}
 		keys := q.keys
@@ -349,6 +351,7 @@ type jsonMessage struct {
 	RoutingKey      string         `json:"routing_key"`
 	Redelivered     bool           `json:"redelivered"`
 	DeliveryCount   int            `json:"delivery_count,omitempty"`
+	StreamOffset    *int64         `json:"stream_offset,omitempty"` // when it came from a stream
 	ContentType     string         `json:"content_type,omitempty"`
 	ContentEncoding string         `json:"content_encoding,omitempty"`
 	Headers         map[string]any `json:"headers,omitempty"`
@@ -378,6 +381,9 @@ func (p *printer) print(m *carrot.Message) error {
 		Persistent: m.DeliveryMode == carrot.Persistent, Priority: m.Priority,
 		MessageID: m.MessageID, CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo,
 		Type: m.Type, AppID: m.AppID, UserID: m.UserID,
+	}
+	if off, ok := m.StreamOffset(); ok {
+		j.StreamOffset = &off
 	}
 	if len(m.Headers) > 0 {
 		j.Headers = make(map[string]any, len(m.Headers))
@@ -447,12 +453,15 @@ line: the messages received, the rate over the last interval and since the start
 many were acked, requeued and rejected, how many are in flight (received and not yet
 settled), and whether the connection is being recovered. A line that would only repeat
 the one before is left out, but for one every 30s. When consume ends it prints a summary:
-the messages received, in how long, at what rate, and how they were settled.`)
+the messages received, in how long, at what rate, and how they were settled. With
+--offset, the queue is a stream read from that offset on; acked or not, its messages
+stay in it for the next reader.`)
 	qf := addQueueFlags(fs)
 	count := fs.Int("count", 0, "stop after handling exactly this many messages, holding no more than that at once (0: until interrupted)")
 	prefetch := fs.Int("prefetch", 0, "prefetch limit, at most --count (0: the backend's default, or --count)")
 	noAck := fs.Bool("no-ack", false, "let the broker settle messages on delivery (a message is lost if carrot fails before printing it)")
 	requeue := fs.Bool("requeue", false, "requeue messages instead of acking them (they will come again)")
+	offset := fs.String("offset", "", "read the queue as a stream (as with --type stream) from this `offset`: first, last (the last chunk written), next, a message's offset (0 is the first), or a time in RFC 3339, such as 2026-11-30T10:00:00Z")
 	progress := fs.Duration("progress", 10*time.Second, "print a progress line on standard error this often, once messages arrive (0: no progress lines, no summary, and the waiting line whenever nothing arrives)")
 	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
@@ -463,6 +472,17 @@ the messages received, in how long, at what rate, and how they were settled.`)
 	spec, out, err := qf.parsed(c.stdout)
 	if err != nil {
 		return err
+	}
+	var streamOffset carrot.StreamOffset
+	if *offset != "" {
+		from, err := parseOffset(*offset)
+		if err != nil {
+			return err
+		}
+		streamOffset = from
+		if spec.Type == "" {
+			spec.Type = carrot.StreamQueue // so that the core checks what a stream's consumer can do
+		}
 	}
 	set := given(fs)
 	switch {
@@ -487,10 +507,11 @@ the messages received, in how long, at what rate, and how they were settled.`)
 	}
 	t := &tally{}
 	opts := carrot.ConsumerOptions{
-		Queues:     []carrot.Queue{spec},
-		Prefetch:   *prefetch,
-		NoAck:      *noAck,
-		Middleware: []func(carrot.Handler) carrot.Handler{t.middleware},
+		Queues:       []carrot.Queue{spec},
+		Prefetch:     *prefetch,
+		NoAck:        *noAck,
+		StreamOffset: streamOffset,
+		Middleware:   []func(carrot.Handler) carrot.Handler{t.middleware},
 	}
 	if !*noAck {
 		opts.OnSettle = t.onSettle
@@ -555,6 +576,26 @@ the messages received, in how long, at what rate, and how they were settled.`)
 		return nil // --count reached, or interrupted
 	}
 	return err
+}
+
+// parseOffset parses the value of consume --offset: first, last, next, an offset in the
+// stream, or an RFC 3339 time.
+func parseOffset(s string) (carrot.StreamOffset, error) {
+	switch s {
+	case "first":
+		return carrot.FromFirst, nil
+	case "last":
+		return carrot.FromLast, nil
+	case "next":
+		return carrot.FromNext, nil
+	}
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return carrot.FromOffset(n), nil // the core refuses a negative one
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return carrot.FromTime(t), nil
+	}
+	return carrot.StreamOffset{}, usageError{fmt.Sprintf("--offset %q: want first, last, next, an offset (a whole number, 0 for the first message) or a time in RFC 3339, such as 2026-11-30T10:00:00Z", s)}
 }
 
 // settledCounts says, after the count of messages received, how they were settled: the
@@ -759,7 +800,8 @@ shows the counts of a queue on every backend.`)
 
 func runDeclare(ctx context.Context, c *cli, args []string) error {
 	fs, rawURL := c.flags("declare", "", `Declares an exchange (--exchange), a queue (--queue), or both, bound with each
---key. Exchanges and queues are durable unless --transient is given.`)
+--key. Exchanges and queues are durable unless --transient is given. A queue's --type
+has settings of its own; one that the type or the broker does not have is refused.`)
 	exchange := fs.String("exchange", "", "exchange to declare")
 	kind := fs.String("kind", "direct", "kind of --exchange: direct, fanout or topic")
 	queue := fs.String("queue", "", "queue to declare")
@@ -772,6 +814,14 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 	maxPriority := fs.Uint("max-priority", 0, "with --queue: highest message priority the queue orders by, 0-255")
 	dlx := fs.String("dead-letter-exchange", "", "with --queue: exchange for the queue's rejected, expired and dropped messages")
 	dlk := fs.String("dead-letter-key", "", "with --dead-letter-exchange: routing key of dead-lettered messages (default: their own)")
+	qtype := fs.String("type", "", "with --queue: queue type on a broker that has several (RabbitMQ): classic, quorum or stream (default: the broker's)")
+	replicas := fs.Int("replicas", 0, "with --type quorum or stream: how many nodes of the cluster the queue is first placed on (0: the broker's default)")
+	deliveryLimit := fs.Int("delivery-limit", 0, "with --type quorum: how many times a message may be delivered; returned once more, it is dead-lettered or dropped (0: the broker's default)")
+	dlStrategy := fs.String("dead-letter-strategy", "", "with --type quorum and --dead-letter-exchange: at-most-once (a dead letter whose move fails is dropped; the default) or at-least-once (kept until the queues it goes to have it)")
+	maxAge := fs.Duration("max-age", 0, "with --type stream: discard messages older than this, a segment at a time, such as 24h (whole seconds)")
+	maxBytes := fs.Int64("max-bytes", 0, "with --type stream: discard the oldest messages, a segment at a time, beyond this many bytes in all")
+	singleActive := fs.Bool("single-active-consumer", false, "with --queue: deliver to one consumer at a time, in order; when it goes, the next takes over")
+	consumerTimeout := fs.Duration("consumer-timeout", 0, "with --queue: how long a delivered message may stay unsettled before the broker takes it back, such as 1h (whole milliseconds; RabbitMQ 3.12 and later)")
 	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -786,7 +836,8 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	if err := unless(set, *queue != "", "it is a setting of --queue, and none is given: give --queue too",
-		"ttl", "max-length", "max-priority", "dead-letter-exchange", "dead-letter-key"); err != nil {
+		"ttl", "max-length", "max-priority", "dead-letter-exchange", "dead-letter-key", "type", "replicas", "delivery-limit",
+		"dead-letter-strategy", "max-age", "max-bytes", "single-active-consumer", "consumer-timeout"); err != nil {
 		return err
 	}
 	if err := unless(set, *dlx != "", "it is the routing key of the messages dead-lettered to --dead-letter-exchange, and none is given: give --dead-letter-exchange too", "dead-letter-key"); err != nil {
@@ -812,6 +863,10 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 		Name: *queue, Transient: *transient, AutoDelete: *autoDelete,
 		MessageTTL: *ttl, MaxLength: *maxLength, MaxPriority: uint8(*maxPriority),
 		DeadLetterExchange: *dlx, DeadLetterRoutingKey: *dlk,
+		// The core refuses the settings that do not fit the type, or the backend.
+		Type: carrot.QueueType(*qtype), Replicas: *replicas, DeliveryLimit: *deliveryLimit,
+		DeadLetterStrategy: carrot.DeadLetterStrategy(*dlStrategy), MaxAge: *maxAge, MaxBytes: *maxBytes,
+		SingleActiveConsumer: *singleActive, ConsumerTimeout: *consumerTimeout,
 	}
 	if *exchange != "" {
 		q.Exchange = x
@@ -829,7 +884,11 @@ func runDeclare(ctx context.Context, c *cli, args []string) error {
 	if *exchange != "" {
 		fmt.Fprintf(c.stdout, "declared exchange %q (%s)\n", x.Name, kindOrDirect(x.Kind))
 	}
-	fmt.Fprintf(c.stdout, "declared queue %q\n", q.Name)
+	if q.Type != "" {
+		fmt.Fprintf(c.stdout, "declared queue %q (%s)\n", q.Name, q.Type)
+	} else {
+		fmt.Fprintf(c.stdout, "declared queue %q\n", q.Name)
+	}
 	for _, k := range keys {
 		fmt.Fprintf(c.stdout, "bound queue %q to exchange %q with key %q\n", q.Name, x.Name, k)
 	}

@@ -144,6 +144,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"declare", "--exchange", "x", "--max-priority", "5"}, []string{"--max-priority would be ignored", "give --queue too"}},
 		{[]string{"declare", "--exchange", "x", "--dead-letter-exchange", "dlx"}, []string{"--dead-letter-exchange would be ignored", "give --queue too"}},
 		{[]string{"declare", "--queue", "q", "--dead-letter-key", "k"}, []string{"--dead-letter-key would be ignored", "give --dead-letter-exchange too"}},
+		{[]string{"declare", "--exchange", "x", "--type", "quorum"}, []string{"--type would be ignored", "give --queue too"}},
+		{[]string{"declare", "--exchange", "x", "--max-age", "1h"}, []string{"--max-age would be ignored", "give --queue too"}},
+		{[]string{"declare", "--exchange", "x", "--single-active-consumer"}, []string{"--single-active-consumer would be ignored", "give --queue too"}},
 		{[]string{"declare", "--queue", "q", "--key", "k"}, []string{"--key binds --queue to --exchange"}},
 		{[]string{"publish", "--lines", "body"}, []string{"--lines reads standard input"}},
 		{[]string{"stats"}, []string{"give --exchange or --queue"}},
@@ -158,11 +161,16 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"publish", "--expiration=10 s", "x"}, []string{`--expiration "10 s"`, duration}},
 		{[]string{"publish", "--expiration", "-1s", "x"}, []string{"--expiration -1s", duration, "not a negative one"}},
 		{[]string{"declare", "--queue", "q", "--ttl", "1"}, []string{`--ttl "1"`, duration}},
+		{[]string{"declare", "--queue", "q", "--type", "stream", "--max-age", "1d"}, []string{`--max-age "1d"`, duration}},
+		{[]string{"declare", "--queue", "q", "--consumer-timeout", "-1m"}, []string{"--consumer-timeout -1m", "not a negative one"}},
 		{[]string{"demo", "--timeout", "soon"}, []string{`--timeout "soon"`, duration}},
 		{[]string{"stats", "--exchange", "x", "--for", "soon"}, []string{`--for "soon"`, duration}},
 		{[]string{"consume", "--queue", "q", "--progress", "-1s"}, []string{"--progress -1s", "not a negative one"}},
 		// Other values.
 		{[]string{"consume", "--queue", "q", "--count", "x"}, []string{`--count "x"`, "want a whole number"}},
+		{[]string{"declare", "--queue", "q", "--type", "stream", "--max-bytes", "1G"}, []string{`--max-bytes "1G"`, "want a whole number"}},
+		{[]string{"consume", "--queue", "q", "--offset", "yesterday"}, []string{`--offset "yesterday"`, "want first, last, next, an offset", "RFC 3339"}},
+		{[]string{"consume", "--queue", "q", "--offset", "2026-11-30 10:00"}, []string{`--offset "2026-11-30 10:00"`, "such as 2026-11-30T10:00:00Z"}},
 		{[]string{"publish", "--priority", "-1", "x"}, []string{`--priority "-1"`, "0 or more"}},
 		{[]string{"publish", "--lines=maybe"}, []string{`--lines "maybe"`, "want true or false"}},
 		{[]string{"publish", "x", "--key"}, []string{"--key needs a value"}},
@@ -183,6 +191,154 @@ func TestFlagErrors(t *testing.T) {
 			if !strings.Contains(errOut, w) {
 				t.Errorf("carrot %q: stderr %q; want %q in it", tc.args, errOut, w)
 			}
+		}
+	}
+}
+
+// TestDeclareQueueTypes checks that declare passes the settings of queue types to carrot
+// as given, which refuses those that do not fit the queue's type or the broker: on
+// memory://, which has one type of queue and none of their settings.
+func TestDeclareQueueTypes(t *testing.T) {
+	url := "memory://" + t.Name()
+	for _, tc := range []struct {
+		args []string
+		want string // in stderr
+	}{
+		{[]string{"--type", "quorum"}, "the backend does not support quorum queues"},
+		{[]string{"--type", "stream", "--max-age", "1h"}, "the backend does not support stream queues"},
+		{[]string{"--type", "classic"}, "the backend has one type of queue"},
+		{[]string{"--type", "lazy"}, `unknown queue type "lazy" (want classic, quorum or stream)`},
+		{[]string{"--single-active-consumer"}, "the backend does not support single active consumer"},
+		{[]string{"--consumer-timeout", "1m"}, "the backend does not support a queue consumer timeout"},
+		{[]string{"--replicas", "3"}, "Replicas is for a quorum or stream queue"},
+		{[]string{"--delivery-limit", "5"}, "DeliveryLimit is for a quorum queue"},
+		{[]string{"--max-bytes", "1000000"}, "MaxBytes is for a stream queue"},
+		{[]string{"--dead-letter-strategy", "at-least-once"}, "DeadLetterStrategy is for a quorum queue"},
+	} {
+		args := append([]string{"declare", "--url", url, "--queue", "q"}, tc.args...)
+		code, out, errOut := runTool(t, "", args...)
+		if code != exitError || out != "" || !strings.Contains(errOut, tc.want) {
+			t.Errorf("carrot %q: exit %d, stdout %q, stderr %q; want exit %d and %q", args, code, out, errOut, exitError, tc.want)
+		}
+	}
+}
+
+// TestConsumeStreamMemory checks that consume and fetch refuse a stream's offset and
+// type on memory://, which has no streams.
+func TestConsumeStreamMemory(t *testing.T) {
+	url := "memory://" + t.Name()
+	if code, _, errOut := runTool(t, "", "declare", "--url", url, "--queue", "q"); code != 0 {
+		t.Fatalf("declare: exit %d, %s", code, errOut)
+	}
+	for _, args := range [][]string{
+		{"consume", "--url", url, "--queue", "q", "--offset", "first"},
+		{"consume", "--url", url, "--queue", "q", "--type", "stream"},
+		{"fetch", "--url", url, "--queue", "q", "--type", "stream"},
+	} {
+		if code, out, errOut := runTool(t, "", args...); code != exitError || out != "" || !strings.Contains(errOut, "the backend does not support stream queues") {
+			t.Errorf("carrot %q: exit %d, stdout %q, stderr %q; want exit %d, saying the backend has no streams", args, code, out, errOut, exitError)
+		}
+	}
+}
+
+// TestStream declares a stream on RabbitMQ, publishes five messages to it and reads them
+// with consume --offset from the first, from an offset and from a time, as often as
+// asked (a stream keeps what is read), with their offsets in --format json; fetch and
+// --no-ack are refused, as is an offset for a queue of another type.
+func TestStream(t *testing.T) {
+	url := testbroker.URL(t, testbroker.RabbitMQ)
+	stream := fmt.Sprintf("carrot-test.stream.%d", time.Now().UnixNano())
+	code, out, errOut := runTool(t, "", "declare", "--url", url, "--queue", stream, "--type", "stream", "--max-age", "1h")
+	if want := fmt.Sprintf("declared queue %q (stream)\n", stream); code != 0 || out != want {
+		t.Fatalf("declare --type stream --max-age 1h: exit %d, stdout %q, stderr %q; want %q", code, out, errOut, want)
+	}
+	t.Cleanup(func() { runTool(t, "", "delete", "--url", url, "--queue", stream) })
+	before := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339) // the broker is on this machine's clock
+	if code, _, errOut := runTool(t, "m0\nm1\nm2\nm3\nm4\n", "publish", "--url", url, "--key", stream, "--lines"); code != 0 {
+		t.Fatalf("publish: exit %d, %s", code, errOut)
+	}
+
+	for _, tc := range []struct {
+		offset string
+		count  int
+		want   string
+	}{
+		{"first", 5, "m0\nm1\nm2\nm3\nm4\n"},
+		{"first", 5, "m0\nm1\nm2\nm3\nm4\n"}, // again: reading took nothing away
+		{"2", 3, "m2\nm3\nm4\n"},
+		{before, 5, "m0\nm1\nm2\nm3\nm4\n"},
+	} {
+		args := []string{"consume", "--url", url, "--queue", stream, "--offset", tc.offset, "--count", strconv.Itoa(tc.count), "--progress", "0"}
+		if code, out, errOut := runTool(t, "", args...); code != 0 || out != tc.want {
+			t.Errorf("carrot %q: exit %d, stdout %q, stderr %q; want %q", args, code, out, errOut, tc.want)
+		}
+	}
+
+	code, out, errOut = runTool(t, "", "consume", "--url", url, "--queue", stream, "--offset", "3", "--count", "2", "--progress", "0", "--format", "json")
+	if code != 0 {
+		t.Fatalf("consume --offset 3 --format json: exit %d, %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("consume --offset 3 --count 2 --format json printed %q; want two lines", out)
+	}
+	for i, line := range lines {
+		var m jsonMessage
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("consume --format json printed %q: %v", line, err)
+		}
+		want := int64(3 + i)
+		if m.StreamOffset == nil || *m.StreamOffset != want || m.Body == nil || *m.Body != fmt.Sprintf("m%d", want) {
+			t.Errorf("message %d printed %s; want the body m%d with \"stream_offset\":%d", i, line, want, want)
+		}
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want []string // in stderr
+	}{
+		{[]string{"fetch", "--queue", stream, "--type", "stream"}, []string{"unsupported operation", fmt.Sprintf("stream queue %q is read by consuming, not by fetching", stream)}},
+		{[]string{"consume", "--queue", stream, "--offset", "first", "--no-ack"}, []string{"invalid argument", "NoAck is refused"}},
+		{[]string{"consume", "--queue", stream, "--type", "quorum", "--offset", "first"}, []string{"invalid argument", "StreamOffset is for stream queues", "of type quorum"}},
+		{[]string{"consume", "--queue", stream, "--offset", "-1", "--count", "1"}, []string{"invalid argument", "stream offset -1 is negative"}},
+	} {
+		args := append(tc.args, "--url", url)
+		code, out, errOut := runTool(t, "", args...)
+		if code != exitError || out != "" {
+			t.Errorf("carrot %q: exit %d, stdout %q, stderr %q; want exit %d and nothing on stdout", args, code, out, errOut, exitError)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("carrot %q: stderr %q; want %q in it", args, errOut, w)
+			}
+		}
+	}
+}
+
+// TestDeclareQuorumQueue declares a quorum queue with a delivery limit on RabbitMQ, and
+// checks that both reached the broker: declaring it again with another limit, or as a
+// classic queue, is refused by the broker, naming the argument.
+func TestDeclareQuorumQueue(t *testing.T) {
+	url := testbroker.URL(t, testbroker.RabbitMQ)
+	queue := fmt.Sprintf("carrot-test.quorum.%d", time.Now().UnixNano())
+	code, out, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue, "--type", "quorum", "--delivery-limit", "3")
+	if want := fmt.Sprintf("declared queue %q (quorum)\n", queue); code != 0 || out != want {
+		t.Fatalf("declare --type quorum --delivery-limit 3: exit %d, stdout %q, stderr %q; want %q", code, out, errOut, want)
+	}
+	t.Cleanup(func() { runTool(t, "", "delete", "--url", url, "--queue", queue) })
+	if code, out, errOut := runTool(t, "", "declare", "--url", url, "--queue", queue, "--type", "quorum", "--delivery-limit", "3"); code != 0 {
+		t.Errorf("declare it again, the same: exit %d, stdout %q, stderr %q; want exit 0", code, out, errOut)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string // the argument the broker names
+	}{
+		{[]string{"--type", "quorum", "--delivery-limit", "4"}, "x-delivery-limit"},
+		{[]string{"--type", "classic"}, "x-queue-type"},
+	} {
+		args := append([]string{"declare", "--url", url, "--queue", queue}, tc.args...)
+		if code, _, errOut := runTool(t, "", args...); code != exitError || !strings.Contains(errOut, "does not match the existing one") || !strings.Contains(errOut, tc.want) {
+			t.Errorf("carrot %q: exit %d, stderr %q; want exit %d, a mismatch naming %s", args, code, errOut, exitError, tc.want)
 		}
 	}
 }
@@ -455,7 +611,7 @@ func TestPublishFetchConsumePurge(t *testing.T) {
 	}
 	if got.Body == nil || *got.Body != `{"disk":"full"}` || got.ContentType != "application/json" || got.RoutingKey != "db.error" ||
 		got.Exchange != "logs" || got.Headers["host"] != "db1" || !got.Persistent ||
-		got.Type != "disk.full" || got.AppID != "monitor" || got.UserID != "ops" {
+		got.Type != "disk.full" || got.AppID != "monitor" || got.UserID != "ops" || got.StreamOffset != nil {
 		t.Errorf("fetched %+v", got)
 	}
 	if code, _, errOut := runTool(t, "", "fetch", "--url", url, "--queue", "errors"); code != exitEmpty {
