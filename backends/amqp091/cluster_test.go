@@ -81,6 +81,21 @@ func testClusterFailover(t *testing.T, cluster *testbroker.RabbitMQCluster, lead
 		if err := victim.Kill(ctx); err != nil {
 			t.Fatal(err)
 		}
+		if victim == leader {
+			// The queue stays available: the other two members elect a leader.
+			for {
+				now, err := cluster.QueueLeader(ctx, q)
+				if err == nil && now != victim {
+					f.Logf("%s leads the queue now", now.Name)
+					break
+				}
+				select {
+				case <-ctx.Done():
+					t.Fatalf("no new leader for the queue after %s was killed: %v", victim.Name, err)
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}
 		if victim == cluster.Nodes[0] {
 			for conn.State().Recoveries <= before {
 				select {
