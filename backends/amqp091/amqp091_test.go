@@ -690,8 +690,9 @@ func TestStreamWithCuts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer breaker.(*conformance.Proxy).Close()
-	defer conn.Close()
+	// Cleanups run last first: the queue is deleted before the connection closes.
+	t.Cleanup(func() { breaker.(*conformance.Proxy).Close() })
+	t.Cleanup(func() { conn.Close() })
 	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t)}) // durable
 	flow := &flowtest.Flow{Conn: conn, Queue: q, Total: 20000, Prefetch: 200}
 	flow.Run(ctx, t, flowtest.Cuts(breaker, 5))
@@ -701,14 +702,9 @@ func TestStreamWithCuts(t *testing.T) {
 // does not know: RabbitMQ ends the connection rather than answer basic.get, and Fetch
 // returns ErrUnsupported rather than try again on every new connection.
 func TestFetchFromStream(t *testing.T) {
-	url := testbroker.URL(t, testbroker.RabbitMQ)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	conn, err := carrot.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := open(t, "") // closed after declareQueue's cleanup deletes the stream
 	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t), Type: carrot.StreamQueue})
 	c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
 	if err != nil {
