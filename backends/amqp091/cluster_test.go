@@ -31,13 +31,9 @@ func TestCluster(t *testing.T) {
 		testClusterFailover(t, cluster, cluster.Nodes[2], cluster.Nodes[2])
 	})
 	t.Run("Conformance", func(t *testing.T) {
-		single := "amqp://guest:guest@" + cluster.Nodes[0].Addr + "/"
-		conformance.Run(t, conformance.Harness{
-			URL:        url,
-			Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
-			OpenFaulty: openFaulty(single), // through a proxy to one node
-			QueueType:  carrot.QuorumQueue,
-		})
+		h := harness(url) // its faulty connections go through a proxy to the first node
+		h.QueueType = carrot.QuorumQueue
+		conformance.Run(t, h)
 	})
 }
 

@@ -24,23 +24,23 @@ import (
 func TestMain(m *testing.M) { testbroker.Main(m) }
 
 func TestConformance(t *testing.T) {
-	url := testbroker.URL(t, testbroker.RabbitMQ4)
-	conformance.Run(t, conformance.Harness{
-		URL:        url,
-		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
-		OpenFaulty: openFaulty(url),
-	})
+	conformance.Run(t, harness(testbroker.URL(t, testbroker.RabbitMQ4)))
 }
 
 // TestConformanceQuorum runs the suite with every queue it can a quorum queue.
 func TestConformanceQuorum(t *testing.T) {
-	url := testbroker.URL(t, testbroker.RabbitMQ4)
-	conformance.Run(t, conformance.Harness{
+	h := harness(testbroker.URL(t, testbroker.RabbitMQ4))
+	h.QueueType = carrot.QuorumQueue
+	conformance.Run(t, h)
+}
+
+// harness is the conformance harness of the broker at url.
+func harness(url string) conformance.Harness {
+	return conformance.Harness{
 		URL:        url,
 		Open:       func(ctx context.Context) (*carrot.Conn, error) { return carrot.Open(ctx, url) },
 		OpenFaulty: openFaulty(url),
-		QueueType:  carrot.QuorumQueue,
-	})
+	}
 }
 
 // openFaulty opens connections to url through a proxy of their own.
