@@ -52,6 +52,7 @@ run within --budget.`)
 	match := fs.String("run", "", "run only the behaviours whose names match this regular `expression`")
 	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
 	interop := fs.String("interop", "", "a second `URL` of the same broker: report what crosses between the two")
+	queueType := fs.String("queue-type", "", "declare the suite's queues of this `type` where they can be (quorum on a cluster, say): classic, quorum or stream; the backend's default when empty")
 	mgmt := fs.String("management", "", "RabbitMQ's management API `URL`, to read policies and alarms (default http://HOST:15672/ with the URL's credentials, for amqp://; of the first of several hosts that answers)")
 	args, err := c.parse(fs, args, 1)
 	if err != nil {
@@ -78,6 +79,7 @@ run within --budget.`)
 		return err
 	}
 	h.Timeout = *timeout
+	h.QueueType = carrot.QueueType(*queueType)
 
 	rep := &checkReport{Broker: carrot.Redact(*rawURL)}
 	conn, err := h.Open(ctx)

@@ -206,3 +206,23 @@ func TestCheckSeveralHosts(t *testing.T) {
 		t.Errorf("report of %d passed for broker %q, want 3, for both hosts without the user info", rep.Passed, rep.Broker)
 	}
 }
+
+// TestCheckQueueType checks with --queue-type: on RabbitMQ the behaviours pass on quorum
+// queues, and on memory://, which has no quorum queues, the behaviours that declare one fail.
+func TestCheckQueueType(t *testing.T) {
+	const run = "^(AckRemoves|RequeueRedelivers|RejectDeadLetters)$"
+	code, rep, _ := checkJSON(t, "--queue-type", "quorum", "--run", run, "memory://"+t.Name())
+	if code != 1 || rep.Failed != 3 {
+		t.Errorf("check --queue-type quorum on memory://: exit %d, %d failed; want 1, 3 (no quorum queues there)", code, rep.Failed)
+	}
+	for _, r := range rep.Results {
+		if r.Status == "failed" && !strings.Contains(strings.Join(r.Reasons, " "), "quorum") {
+			t.Errorf("%s failed for another reason than quorum queues: %v", r.Name, r.Reasons)
+		}
+	}
+	url := testbroker.URL(t, testbroker.RabbitMQ)
+	code, rep, _ = checkJSON(t, "--queue-type", "quorum", "--run", run, url)
+	if code != 0 || rep.Passed != 3 {
+		t.Errorf("check --queue-type quorum on RabbitMQ: exit %d, %d passed; want 0, 3: %+v", code, rep.Passed, rep.Results)
+	}
+}
