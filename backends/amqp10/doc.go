@@ -231,9 +231,12 @@
 //
 // # Queue types
 //
-// Quorum, Streams, SingleActiveConsumer and ConsumerTimeout: the fields of carrot.Queue go
-// to the management node's PUT /queues/NAME as the same x- arguments the amqp091 backend
-// sends (x-queue-type, x-delivery-limit, x-max-age, ...). A stream's receiver attaches
+// Quorum, Streams and SingleActiveConsumer: the fields of carrot.Queue go to the management
+// node's PUT /queues/NAME as the same x- arguments the amqp091 backend sends
+// (x-queue-type, x-delivery-limit, x-max-age, ...). Not ConsumerTimeout: RabbitMQ 4.0
+// enforces x-consumer-timeout on AMQP 0-9-1 channels only (an AMQP 1.0 receiver kept a
+// message 150 seconds past a timeout of 2), so carrot refuses it here with ErrUnsupported;
+// declared over amqp://, the same queue's timeout applies to 0-9-1 consumers. A stream's receiver attaches
 // with RabbitMQ's source filter rabbitmq:stream-offset-spec ("first", "last", "next", an
 // offset, or a timestamp, to the millisecond); each message's x-stream-offset annotation
 // becomes its Message.StreamOffset. RabbitMQ 4's quorum queues have a delivery limit of
