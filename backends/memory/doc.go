@@ -78,7 +78,9 @@
 //
 // # Capabilities
 //
-// Every capability but Persistence and SharedAcross: confirms, mandatory, dead-lettering,
+// Every capability but Persistence, SharedAcross and those of replicated brokers (the
+// queue types Quorum and Streams, SingleActiveConsumer, ConsumerTimeout, which carrot
+// refuses with ErrUnsupported): confirms, mandatory, dead-lettering,
 // message and queue TTL, max length, priorities, delivery counts, exclusive and
 // auto-delete queues, delays, nested headers, and MaxBodySize from the URL; UserID is
 // empty (any is carried). Queue and exchange Args are not supported: use the fields of

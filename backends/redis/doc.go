@@ -289,7 +289,10 @@
 // they were published. Persistence when the server has appendonly on; MaxBodySize is the server's
 // proto-max-bulk-len. Not MaxLength, Priority, Exclusive or AutoDelete: a queue of one
 // connection, or one deleted with its last consumer, needs a broker that knows when a
-// client goes away, which Redis does not. Queues and exchanges take no Args.
+// client goes away, which Redis does not. Nor the queue types (Quorum, Streams) or
+// SingleActiveConsumer and ConsumerTimeout: carrot refuses them with ErrUnsupported; Redis's
+// own replication is the wait option's (see Replication and failover). Queues and
+// exchanges take no Args.
 //
 // InspectQueue reports every count (AllCounts), in one script that changes nothing; a
 // missing queue is an ErrNotFound error:
