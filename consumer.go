@@ -365,16 +365,13 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 	if opts.Handler != nil {
 		cons.handlers = append(cons.handlers, opts.Handler)
 	}
+	if err := checkStreamOffset(op, opts.StreamOffset, c.Capabilities()); err != nil {
+		return nil, err
+	}
 	for _, q := range opts.Queues {
-		if err := checkStreamConsumer(op, q, opts, c.Capabilities()); err != nil {
+		if err := checkStreamConsumer(op, q, opts); err != nil {
 			return nil, err
 		}
-		if q.Type == StreamQueue {
-			cons.streams = append(cons.streams, q.Name)
-		}
-	}
-	if opts.StreamOffset != (StreamOffset{}) && !c.Capabilities().Streams {
-		return nil, unsupportedf(op, "the backend does not support stream queues, which StreamOffset is for")
 	}
 	for _, q := range opts.Queues {
 		name, err := c.DeclareQueue(ctx, q)
@@ -382,6 +379,9 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 			return nil, err
 		}
 		cons.queues = append(cons.queues, name)
+		if q.Type == StreamQueue {
+			cons.streams = append(cons.streams, name)
+		}
 	}
 	if err := opts.Retry.check(ctx, op, c, cons.queues); err != nil {
 		return nil, err
@@ -392,20 +392,17 @@ func (c *Conn) NewConsumer(ctx context.Context, opts ConsumerOptions) (*Consumer
 	return cons, nil
 }
 
-// checkStreamConsumer refuses what a consumer of q cannot do if q is a stream, and a
-// StreamOffset for a queue of another type.
-func checkStreamConsumer(op string, q Queue, opts ConsumerOptions, caps Capabilities) error {
-	if q.Type != StreamQueue {
-		if q.Type != "" && opts.StreamOffset != (StreamOffset{}) {
-			return invalidf(op, "StreamOffset is for stream queues, and queue %q is of type %s", q.Name, q.Type)
-		}
+// checkStreamOffset refuses a StreamOffset the backend cannot honour or that points
+// nowhere.
+func checkStreamOffset(op string, o StreamOffset, caps Capabilities) error {
+	if o == (StreamOffset{}) {
 		return nil
 	}
-	if opts.NoAck {
-		return invalidf(op, "a stream queue is consumed with acks: NoAck is refused for queue %q", q.Name)
+	if !caps.Streams {
+		return unsupportedf(op, "the backend does not support stream queues, which StreamOffset is for")
 	}
-	switch o := opts.StreamOffset; o.Kind {
-	case backend.OffsetDefault, backend.OffsetFirst, backend.OffsetLast, backend.OffsetNext:
+	switch o.Kind {
+	case backend.OffsetFirst, backend.OffsetLast, backend.OffsetNext:
 	case backend.OffsetAt:
 		if o.Offset < 0 {
 			return invalidf(op, "stream offset %d is negative", o.Offset)
@@ -416,6 +413,18 @@ func checkStreamConsumer(op string, q Queue, opts ConsumerOptions, caps Capabili
 		}
 	default:
 		return invalidf(op, "unknown stream offset kind %d", o.Kind)
+	}
+	return nil
+}
+
+// checkStreamConsumer refuses what a consumer of q cannot do if q is a stream, and a
+// StreamOffset for a queue of another type.
+func checkStreamConsumer(op string, q Queue, opts ConsumerOptions) error {
+	switch {
+	case q.Type == StreamQueue && opts.NoAck:
+		return invalidf(op, "a stream queue is consumed with acks: NoAck is refused for queue %q", q.Name)
+	case q.Type != StreamQueue && q.Type != "" && opts.StreamOffset != (StreamOffset{}):
+		return invalidf(op, "StreamOffset is for stream queues, and queue %q is of type %s", q.Name, q.Type)
 	}
 	return nil
 }

@@ -101,6 +101,7 @@ func TestQueueTypeSettings(t *testing.T) {
 	}{
 		{"NoAck on a stream", carrot.ConsumerOptions{Queues: []carrot.Queue{stream}, NoAck: true}},
 		{"negative offset", carrot.ConsumerOptions{Queues: []carrot.Queue{stream}, StreamOffset: carrot.FromOffset(-1)}},
+		{"negative offset, queue of unknown type", carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: "stream", Passive: true}}, StreamOffset: carrot.FromOffset(-1)}},
 		{"zero time", carrot.ConsumerOptions{Queues: []carrot.Queue{stream}, StreamOffset: carrot.FromTime(time.Time{})}},
 		{"offset on a quorum queue", carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: "quorum", Type: carrot.QuorumQueue, Passive: true}}, StreamOffset: carrot.FromFirst}},
 	} {

@@ -127,16 +127,6 @@ func (c *RabbitMQCluster) Node(name string) *ClusterNode {
 	return nil
 }
 
-// NodeAt returns the node whose AMQP port is published at addr, or nil.
-func (c *RabbitMQCluster) NodeAt(addr string) *ClusterNode {
-	for _, n := range c.Nodes {
-		if n.Addr == addr {
-			return n
-		}
-	}
-	return nil
-}
-
 // Running returns a node that is running, to run rabbitmqctl on.
 func (c *RabbitMQCluster) Running(ctx context.Context) (*ClusterNode, error) {
 	var errs []string
