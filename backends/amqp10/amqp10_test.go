@@ -204,6 +204,33 @@ func TestAs(t *testing.T) {
 	m.Ack(ctx)
 }
 
+// TestPassiveDeclareOfGoneExclusiveQueue covers the moment a passive declaration's GET
+// finds an exclusive queue of another connection that closes right then: the check of
+// its owner that follows must not make the queue again, for this connection, for good.
+func TestPassiveDeclareOfGoneExclusiveQueue(t *testing.T) {
+	ctx := t.Context()
+	url := testbroker.URL(t, testbroker.RabbitMQ4)
+	opts, err := amqp10.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := amqp10.NewConnector(opts).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	conn := bc.(*amqp10.Conn)
+	name := uniqueName(t)
+	err = conn.CheckOwnerOfGone(ctx, name)
+	if backend.CodeOf(err) != backend.NotFound {
+		t.Errorf("passive declaration of an exclusive queue gone before its owner is checked = %v, want NotFound", err)
+	}
+	if err := conn.DeclareQueue(ctx, backend.Queue{Name: name, Passive: true}); backend.CodeOf(err) != backend.NotFound {
+		conn.DeleteQueue(context.Background(), name)
+		t.Errorf("the queue is there after the passive declaration: declaring it again = %v, want NotFound", err)
+	}
+}
+
 // TestSessionChurn opens sessions one after the other, each right after the last one
 // ended, as consumers that come and go do. RabbitMQ 4.0 now and then drops the begin of a
 // session on the channel number of one just ended; no call may wait for it forever.

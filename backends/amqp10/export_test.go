@@ -1,5 +1,7 @@
 package amqp10
 
+import "context"
+
 // FixedLinks returns the addresses that the connection's publisher has a link with a
 // fixed target for.
 func (c *Conn) FixedLinks() []string {
@@ -12,4 +14,11 @@ func (c *Conn) FixedLinks() []string {
 		addrs = append(addrs, a)
 	}
 	return addrs
+}
+
+// CheckOwnerOfGone runs a passive declaration's ownership check of an exclusive queue
+// as if a GET had just found the queue name, which is gone by the time of the check.
+func (c *Conn) CheckOwnerOfGone(ctx context.Context, name string) error {
+	info := map[string]any{"durable": false, "exclusive": true, "auto_delete": false, "arguments": map[string]any{}}
+	return c.checkOwner(ctx, "/queues/"+escape(name), info)
 }

@@ -219,6 +219,12 @@ func (c *Conn) declareQueue(ctx context.Context, q backend.Queue) error {
 // checkOwner makes sure an exclusive queue found by a passive declaration belongs to this
 // connection, as AMQP 0-9-1's passive declaration does: a GET succeeds for anyone, but
 // declaring the queue again with its own properties succeeds only for its owner.
+//
+// The queue may go between the GET and that declaration, when its owner's connection
+// closes: the declaration then creates it (201, not 200), exclusive to this connection.
+// A passive declaration creates nothing, so that queue is deleted again and the answer is
+// NotFound. (Were it kept, every later passive declaration would find it this
+// connection's, and the queue would outlive the connection that made it.)
 func (c *Conn) checkOwner(ctx context.Context, path string, info any) error {
 	m, ok := info.(map[string]any)
 	if !ok || m["exclusive"] != true {
@@ -233,7 +239,21 @@ func (c *Conn) checkOwner(ctx context.Context, path string, info any) error {
 	if err != nil {
 		return err
 	}
-	return check("PUT", path, r, 200, 201)
+	if err := check("PUT", path, r, 200, 201); err != nil {
+		return err
+	}
+	if r.status == 201 {
+		d, err := c.request(ctx, "DELETE", path, nil)
+		if err == nil {
+			err = check("DELETE", path, d, 200)
+		}
+		if err != nil {
+			// The queue is this connection's and goes with it at the latest.
+			return fmt.Errorf("carrot/amqp10: a passive declaration of %s made the queue its owner had just deleted, and could not delete it: %w", path, err)
+		}
+		return backend.Errorf(backend.NotFound, "carrot/amqp10: GET %s: the exclusive queue was deleted with its connection", path)
+	}
+	return nil
 }
 
 func (c *Conn) declareExchange(ctx context.Context, x backend.Exchange) error {
