@@ -379,12 +379,10 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 		}
 		room := s.room()
 		if room <= 0 {
-			select {
-			case <-s.settled:
-				continue
-			case <-ctx.Done():
-				return nil, ctx.Err()
+			if err := s.awaitRoom(ctx); err != nil {
+				return nil, err
 			}
+			continue
 		}
 		if s.needTake.Swap(false) || time.Since(s.lastTake) >= c.opts.Block {
 			s.lastTake = time.Now()
@@ -405,6 +403,31 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 		s.buf = append(s.buf, entries...)
 		if err != nil {
 			return nil, err
+		}
+	}
+}
+
+// awaitRoom waits until a settle makes room under the prefetch limit. Acks that are
+// still to be sent meanwhile (ones that too few replicas acknowledged, say) go on their
+// own once they waited the block time, as when handing out messages takes long.
+func (s *subscription) awaitRoom(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		var due <-chan time.Time
+		if t := s.ackedAt.Load(); t != 0 {
+			timer.Reset(time.Until(time.Unix(0, t).Add(s.c.opts.Block)))
+			due = timer.C
+		}
+		select {
+		case <-s.settled:
+			return nil
+		case <-due:
+			if err := s.sendAcks(ctx); err != nil && !notReplicated(err) {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
@@ -631,8 +654,10 @@ type settler struct {
 }
 
 // hold removes the delivery from those its holder keeps, and reports whether it was
-// still held: not lost to another consumer, not given back on close.
-func (st *settler) hold() (bool, error) {
+// still held: not lost to another consumer, not given back on close. A consumer's
+// delivery that is still held and acked joins the acks to send before the room it made
+// is announced: the read that the room allows then carries the ack.
+func (st *settler) hold(o backend.Outcome) (bool, error) {
 	c := st.c
 	if st.sub != nil {
 		s := st.sub
@@ -643,11 +668,18 @@ func (st *settler) hold() (bool, error) {
 		}
 		h, ok := s.inflight[st.id]
 		delete(s.inflight, st.id)
+		held := ok && !h.lost
+		if held && o == backend.Ack {
+			if len(s.acks) == 0 {
+				s.ackedAt.Store(time.Now().UnixNano())
+			}
+			s.acks = append(s.acks, st.id)
+		}
 		select {
 		case s.settled <- struct{}{}:
 		default:
 		}
-		return ok && !h.lost, nil
+		return held, nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -665,7 +697,7 @@ func (st *settler) Settle(ctx context.Context, o backend.Outcome) error {
 	if err := st.c.gone(); err != nil {
 		return err
 	}
-	held, err := st.hold()
+	held, err := st.hold(o)
 	if err != nil {
 		return err
 	}
@@ -674,14 +706,8 @@ func (st *settler) Settle(ctx context.Context, o backend.Outcome) error {
 	}
 	switch o {
 	case backend.Ack:
-		if s := st.sub; s != nil {
-			s.mu.Lock()
-			if len(s.acks) == 0 {
-				s.ackedAt.Store(time.Now().UnixNano())
-			}
-			s.acks = append(s.acks, st.id)
-			s.mu.Unlock()
-			return nil
+		if st.sub != nil {
+			return nil // hold queued it
 		}
 		return st.c.ack(st.queue, st.id)
 	case backend.Requeue:

@@ -142,8 +142,9 @@
 // its next read, which it makes as soon as it has handed out the messages it read and
 // has room under its prefetch limit. A read waits for new messages at most the block
 // time; if handing out the messages read takes longer than the block time since an ack
-// was made, the acks go on their own when the consumer is next asked for a message; and
-// Close sends the acks made so far, and returns their error. So an ack waits at most the
+// was made, the acks go on their own when the consumer is next asked for a message, or,
+// when it holds its prefetch limit, after the block time; and Close sends the acks made
+// so far, and returns their error. So an ack waits at most the
 // block time, or the handling of one message if that is longer. A message got with
 // Fetch is acked by the connection's ack loop, at once, in one script call with the other
 // acks queued meanwhile. An ack not yet sent when the connection is cut is lost with it;
