@@ -449,6 +449,51 @@ func TestPublishRetriesUnavailable(t *testing.T) {
 	}
 }
 
+// outageConn fails its first publish as if the link it went through dropped, and holds
+// every later one until its context ends.
+type outageConn struct {
+	backend.Conn
+	calls atomic.Int32
+}
+
+func (o *outageConn) Publish(ctx context.Context, p *backend.Publishing) error {
+	if o.calls.Add(1) == 1 {
+		return backend.Errorf(backend.Unavailable, "link detached")
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestPublishContextEndsInRetry checks that a publish whose context ends during an
+// attempt made again reports the outage it was retrying through, as it does when the
+// context ends between attempts: the error wraps ErrUnavailable, the context's error and
+// the first attempt's.
+func TestPublishContextEndsInRetry(t *testing.T) {
+	ctx := t.Context()
+	var oc *outageConn
+	conn := wrapped(t, func(b backend.Conn) backend.Conn {
+		oc = &outageConn{Conn: b}
+		return oc
+	})
+	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "q", AllowUnroutable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, async := range []bool{false, true} {
+		oc.calls.Store(0)
+		short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		if async {
+			err = p.PublishAsync(short, &carrot.Message{Body: []byte("x")}).Wait(ctx)
+		} else {
+			err = p.Send(short, "x")
+		}
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, carrot.ErrUnavailable) || err == nil || !strings.Contains(err.Error(), "link detached") || oc.calls.Load() != 2 {
+			t.Errorf("async %v: got %v after %d attempts, want an error wrapping context.DeadlineExceeded and ErrUnavailable, saying why the first of 2 attempts failed", async, err, oc.calls.Load())
+		}
+	}
+}
+
 // stalledConn waits for the context of each call, then fails with an error of its own
 // that does not wrap the context's, as some clients do (go-amqp says "credit limit
 // exceeded" for a send cut short).
