@@ -449,14 +449,15 @@ func TestPublishRetriesUnavailable(t *testing.T) {
 	}
 }
 
-// outageConn fails its first publish as if the link it went through dropped, and holds
-// every later one until its context ends.
+// outageConn fails the first call it is given as if the broker went away under it
+// (a publish's link detaches; an unbind's connection drops), and holds every later one
+// until its context ends. Its calls count is shared by the connections of one Conn.
 type outageConn struct {
 	backend.Conn
-	calls atomic.Int32
+	calls *atomic.Int32
 }
 
-func (o *outageConn) Publish(ctx context.Context, p *backend.Publishing) error {
+func (o outageConn) Publish(ctx context.Context, p *backend.Publishing) error {
 	if o.calls.Add(1) == 1 {
 		return backend.Errorf(backend.Unavailable, "link detached")
 	}
@@ -464,32 +465,46 @@ func (o *outageConn) Publish(ctx context.Context, p *backend.Publishing) error {
 	return ctx.Err()
 }
 
-// TestPublishContextEndsInRetry checks that a publish whose context ends during an
-// attempt made again reports the outage it was retrying through, as it does when the
-// context ends between attempts: the error wraps ErrUnavailable, the context's error and
-// the first attempt's.
-func TestPublishContextEndsInRetry(t *testing.T) {
+func (o outageConn) Unbind(ctx context.Context, b backend.Binding) error {
+	if o.calls.Add(1) == 1 {
+		o.Conn.Close()
+		return backend.Errorf(backend.Unavailable, "connection dropped")
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestContextEndsInRetry checks that a call whose context ends during an attempt made
+// again reports the outage it was retrying through, as it does when the context ends
+// between attempts: the error wraps ErrUnavailable, the context's error and the first
+// attempt's.
+func TestContextEndsInRetry(t *testing.T) {
 	ctx := t.Context()
-	var oc *outageConn
-	conn := wrapped(t, func(b backend.Conn) backend.Conn {
-		oc = &outageConn{Conn: b}
-		return oc
-	})
+	calls := new(atomic.Int32)
+	conn := wrapped(t, func(b backend.Conn) backend.Conn { return outageConn{Conn: b, calls: calls} })
 	p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: "q", AllowUnroutable: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, async := range []bool{false, true} {
-		oc.calls.Store(0)
-		short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		if async {
-			err = p.PublishAsync(short, &carrot.Message{Body: []byte("x")}).Wait(ctx)
-		} else {
-			err = p.Send(short, "x")
-		}
+	for _, tc := range []struct {
+		name  string
+		cause string
+		call  func(ctx context.Context) error
+	}{
+		{"Publish", "link detached", func(ctx context.Context) error { return p.Send(ctx, "x") }},
+		{"PublishAsync", "link detached", func(ctx context.Context) error {
+			return p.PublishAsync(ctx, &carrot.Message{Body: []byte("x")}).Wait(t.Context())
+		}},
+		{"Unbind", "connection dropped", func(ctx context.Context) error {
+			return conn.Unbind(ctx, carrot.Binding{Exchange: "x", Queue: "q", Key: "k"})
+		}},
+	} {
+		calls.Store(0)
+		short, cancel := context.WithTimeout(ctx, time.Second)
+		err := tc.call(short)
 		cancel()
-		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, carrot.ErrUnavailable) || err == nil || !strings.Contains(err.Error(), "link detached") || oc.calls.Load() != 2 {
-			t.Errorf("async %v: got %v after %d attempts, want an error wrapping context.DeadlineExceeded and ErrUnavailable, saying why the first of 2 attempts failed", async, err, oc.calls.Load())
+		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, carrot.ErrUnavailable) || err == nil || !strings.Contains(err.Error(), tc.cause) || calls.Load() != 2 {
+			t.Errorf("%s: got %v after %d attempts, want an error wrapping context.DeadlineExceeded and ErrUnavailable, saying why the first of 2 attempts failed (%s)", tc.name, err, calls.Load(), tc.cause)
 		}
 	}
 }

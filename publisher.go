@@ -205,7 +205,7 @@ func (p *Publisher) Publish(ctx context.Context, m *Message) (err error) {
 		}
 		werr := p.conn.wrap(ctx, p.op, g, err)
 		if !p.retry(ctx, werr) {
-			return p.retried(ctx, werr, cause)
+			return retriedError(ctx, p.op, werr, cause)
 		}
 		cause = err
 		if g.done() {
@@ -405,7 +405,7 @@ func (a *asyncPublish) attemptDone(err error) {
 	p, g := a.p, a.g
 	werr := p.conn.wrap(a.ctx, p.op, g, err)
 	if !p.retry(a.ctx, werr) {
-		a.finish(p.retried(a.ctx, werr, a.cause))
+		a.finish(retriedError(a.ctx, p.op, werr, a.cause))
 		return
 	}
 	a.cause = err
@@ -482,17 +482,6 @@ func (p *Publisher) prepare(ctx context.Context, m *Message, pub *backend.Publis
 // connection, or the channel or link it went through, failed under it.
 func (p *Publisher) retry(ctx context.Context, err error) bool {
 	return err != nil && !p.opts.NoRetry && errors.Is(err, ErrUnavailable) && ctx.Err() == nil && !p.conn.isClosed()
-}
-
-// retried returns the error of a publish whose last attempt failed with werr, not to be
-// made again. When an earlier attempt failed as unavailable (cause) and ctx ended during
-// this one, the error is that of a publish whose context ended during an outage: it wraps
-// ErrUnavailable, ctx's error and cause, as when ctx ends between attempts.
-func (p *Publisher) retried(ctx context.Context, werr, cause error) error {
-	if cerr := ended(ctx); cerr != nil && cause != nil && !errors.Is(werr, ErrUnavailable) {
-		return outageError(p.op, cerr, cause)
-	}
-	return werr
 }
 
 // A Confirmation is the outcome of a publish started with [Publisher.PublishAsync].

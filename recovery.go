@@ -307,10 +307,21 @@ func (c *Conn) do(ctx context.Context, op string, retry bool, call func(g *gener
 			return nil
 		}
 		if !retry || c.isClosed() || !g.ending(ctx, err) {
-			return c.wrap(ctx, op, g, err)
+			return retriedError(ctx, op, c.wrap(ctx, op, g, err), cause)
 		}
 		stale, cause = g, err
 	}
+}
+
+// retriedError returns werr, the error of op's last attempt, or, when an earlier attempt
+// failed because the broker was unavailable (cause) and ctx ended during this one, the
+// error of a call whose context ended during an outage, as when ctx ends between
+// attempts: it wraps ErrUnavailable, ctx's error and cause.
+func retriedError(ctx context.Context, op string, werr, cause error) error {
+	if cerr := ended(ctx); cerr != nil && cause != nil && !errors.Is(werr, ErrUnavailable) {
+		return outageError(op, cerr, cause)
+	}
+	return werr
 }
 
 // supervise watches the live connection and recovers it when it is lost, until Close.
