@@ -218,6 +218,10 @@ func TestReplayRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
+	defer func() { // the named broker outlives the test: leave it empty for the next run (-count)
+		other.DeleteQueue(context.Background(), "q")
+		other.DeleteExchange(context.Background(), "x")
+	}()
 	if _, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "q", Exchange: carrot.Exchange{Name: "x"}}); err != nil {
 		t.Fatal(err)
 	}
