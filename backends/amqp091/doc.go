@@ -48,9 +48,12 @@
 // connection tries the hosts in turn, each once, and takes the first that opens: the first
 // connection starts with the first host, and each later one, such as a reconnection, with
 // the host after the one of the previous connection, so that a node that has just failed
-// is tried last. connection_timeout bounds each host, and carrot's dial timeout
-// (carrot.Dialer.DialTimeout, 30s by default) the whole attempt: with several hosts, a
-// shorter connection_timeout lets an attempt get past a node that does not answer. When
+// is tried last. carrot's dial timeout (carrot.Dialer.DialTimeout, 30s by default) bounds
+// the whole attempt, and each host gets an equal part of the time left for the hosts still
+// to try (at least 2s; the last one all of it), within connection_timeout: a node that
+// hangs, accepting and never answering, costs its part, and the attempt goes on to the
+// next. If the attempt ends before every host was tried, the next one starts with the
+// first host not tried. When
 // every host fails, the error names each host and its failure; it wraps
 // carrot.ErrInvalid only when every host refused the settings (such as the password),
 // carrot.ErrUnavailable otherwise. With amqps, each host's certificate is verified

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/carrot-go/carrot/backend"
 )
@@ -28,7 +29,12 @@ func NewHosts(prefix string, addrs []string) *Hosts {
 // tries each address once, in the URL's order but starting with the one after the address
 // of the previous connection that opened (the first address the first time), so that a
 // host that has just failed is tried last, and returns the first connection that opens.
-// It stops early when ctx ends.
+//
+// When ctx has a deadline, each address gets its share of the time left: an equal part
+// for each address still to try, but at least [MinHostShare] (and never past the
+// deadline). So a host that swallows packets, or accepts and never answers, costs its
+// share and not the whole attempt. If ctx ends before every address was tried, the next
+// Connect starts with the first address not tried.
 //
 // The errors of dial should be backend errors (see [backend.Errorf]) that do not name the
 // address. When every address fails, the error starts with the prefix given to
@@ -43,7 +49,7 @@ func Connect[C any](ctx context.Context, h *Hosts, dial func(ctx context.Context
 	failed := &hostErrors{}
 	for i := range n {
 		j := (start + i) % n
-		c, err := dial(ctx, h.addrs[j])
+		c, err := dialShare(ctx, n-i, h.addrs[j], dial)
 		if err == nil {
 			h.mu.Lock()
 			h.next = (j + 1) % n
@@ -55,6 +61,11 @@ func Connect[C any](ctx context.Context, h *Hosts, dial func(ctx context.Context
 		if ctx.Err() != nil {
 			for k := i + 1; k < n; k++ {
 				failed.untried = append(failed.untried, h.addrs[(start+k)%n])
+			}
+			if i+1 < n {
+				h.mu.Lock()
+				h.next = (j + 1) % n
+				h.mu.Unlock()
 			}
 			break
 		}
@@ -70,6 +81,22 @@ func Connect[C any](ctx context.Context, h *Hosts, dial func(ctx context.Context
 		return zero, backend.Errorf(code, "%s: %w", h.prefix, failed.errs[0])
 	}
 	return zero, backend.Errorf(code, "%s: %w", h.prefix, failed)
+}
+
+// MinHostShare is the least time [Connect] gives an address, when the deadline allows.
+const MinHostShare = 2 * time.Second
+
+// dialShare dials addr, one of left addresses still to try, within its share of the time
+// left before ctx's deadline.
+func dialShare[C any](ctx context.Context, left int, addr string, dial func(ctx context.Context, addr string) (C, error)) (C, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok || left == 1 {
+		return dial(ctx, addr)
+	}
+	share := max(time.Until(deadline)/time.Duration(left), MinHostShare)
+	ctx, cancel := context.WithTimeout(ctx, share) // never past the deadline of ctx
+	defer cancel()
+	return dial(ctx, addr)
 }
 
 // hostErrors are the failures of a connection to several hosts.

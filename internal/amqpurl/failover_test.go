@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/carrot-go/carrot/backend"
 )
@@ -98,5 +99,50 @@ func TestConnectStopsWhenTheContextEnds(t *testing.T) {
 	}
 	if err == nil || !errors.Is(err, context.Canceled) || !strings.HasSuffix(err.Error(), "b: context canceled; not tried: c") || backend.CodeOf(err) != backend.Unavailable {
 		t.Errorf("Connect = %v, want an Unavailable error wrapping context.Canceled that says c was not tried", err)
+	}
+
+	// The next connection starts with c, the first host not tried: a host that hangs
+	// until the context ends cannot keep the others from ever being tried.
+	tried = nil
+	if _, err := Connect(t.Context(), h, fakeDial(&tried, "a")); err != nil || !slices.Equal(tried, []string{"c", "a"}) {
+		t.Errorf("the connection after one cut short on b tried %q (%v), want c, then a", tried, err)
+	}
+}
+
+// TestConnectShares checks that each host gets an equal part of the time left before the
+// context's deadline for the hosts still to try, at least MinHostShare, and the last one
+// all of it. (The hosts here fail at once, so the time left is the whole timeout.)
+func TestConnectShares(t *testing.T) {
+	for _, tc := range []struct {
+		timeout time.Duration
+		want    []time.Duration // each host's time, within half a second
+	}{
+		{30 * time.Second, []time.Duration{10 * time.Second, 15 * time.Second, 30 * time.Second}},
+		{30 * time.Second, []time.Duration{15 * time.Second, 30 * time.Second}},
+		{3 * time.Second, []time.Duration{MinHostShare, MinHostShare, 3 * time.Second}},
+		{30 * time.Second, []time.Duration{30 * time.Second}},
+	} {
+		h := NewHosts("test: connect", []string{"a", "b", "c"}[:len(tc.want)])
+		ctx, cancel := context.WithTimeout(t.Context(), tc.timeout)
+		deadline, _ := ctx.Deadline()
+		var got []time.Duration
+		Connect(ctx, h, func(ctx context.Context, addr string) (int, error) {
+			d, ok := ctx.Deadline()
+			if !ok || d.After(deadline) {
+				t.Errorf("%v, %d hosts: %s dialed with deadline %v (%v), want one before the attempt's", tc.timeout, len(tc.want), addr, d, ok)
+			}
+			got = append(got, time.Until(d))
+			return 0, backend.Errorf(backend.Unavailable, "connection refused")
+		})
+		cancel()
+		if len(got) != len(tc.want) {
+			t.Errorf("%v, %d hosts: %d dials", tc.timeout, len(tc.want), len(got))
+			continue
+		}
+		for i := range got {
+			if d := got[i] - tc.want[i]; d < -time.Second/2 || d > time.Second/2 {
+				t.Errorf("%v, %d hosts: host %d had %v, want %v", tc.timeout, len(tc.want), i+1, got[i], tc.want[i])
+			}
+		}
 	}
 }

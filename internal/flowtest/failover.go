@@ -29,6 +29,38 @@ func ClosedPort(t testing.TB) string {
 	return addr
 }
 
+// SilentPort returns the loopback HOST:PORT of a listener that accepts connections and
+// never answers, as a node that hangs does; it closes them when t ends.
+func SilentPort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
 // hostOf returns the HOST:PORT of rawURL, failing t unless the URL names one.
 func hostOf(t testing.TB, rawURL string) string {
 	t.Helper()
@@ -73,6 +105,28 @@ func Failover(t *testing.T, brokerURL string) {
 			t.Fatal(err)
 		}
 		if m := FetchAck(t, conn, q); string(m.Body) != `"through the second host"` {
+			t.Errorf("fetched %q, want the message published", m.Body)
+		}
+	})
+
+	t.Run("FirstHostSilent", func(t *testing.T) {
+		// A node that accepts and never answers costs its share of the dial timeout,
+		// not all of it: the second host is reached within the timeout of one attempt.
+		d := carrot.Dialer{DialTimeout: 8 * time.Second}
+		conn, err := d.Open(t.Context(), withHosts(brokerURL, SilentPort(t), broker))
+		if err != nil {
+			t.Fatalf("Open with the first host silent, within a dial timeout of %v: %v", d.DialTimeout, err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		q := declare(t, conn, carrot.Queue{Name: queueName(t)})
+		p, err := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Send(t.Context(), "past a silent host"); err != nil {
+			t.Fatal(err)
+		}
+		if m := FetchAck(t, conn, q); string(m.Body) != `"past a silent host"` {
 			t.Errorf("fetched %q, want the message published", m.Body)
 		}
 	})
@@ -310,4 +364,14 @@ func TLSServerNames(t *testing.T, scheme string) {
 			}
 		})
 	}
+
+	// A TLS handshake that gets no answer says the host failed, not the settings: the
+	// Conn would try again, where ErrInvalid would tell it not to.
+	t.Run("HandshakeUnanswered", func(t *testing.T) {
+		d := carrot.Dialer{DialTimeout: 10 * time.Second} // connection_timeout ends each host's first
+		raw := scheme + "://guest:guest@" + SilentPort(t) + "," + SilentPort(t) + "/?connection_timeout=1s&cacertfile=" + url.QueryEscape(srv.CAFile)
+		if _, err := d.Open(t.Context(), raw); !errors.Is(err, carrot.ErrUnavailable) || errors.Is(err, carrot.ErrInvalid) {
+			t.Errorf("Open with hosts that never answer the TLS handshake = %v, want ErrUnavailable", err)
+		}
+	})
 }
