@@ -136,8 +136,9 @@ func (k *Connector) dial(ctx context.Context, addr string) (*Conn, error) {
 			tc := tls.Client(nc, tlsConfig)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				nc.Close()
-				if ne, ok := errors.AsType[net.Error](err); ctx.Err() != nil || ok && ne.Timeout() {
-					// No answer in time: the host, not the settings, failed.
+				if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+					// No answer within connection_timeout: the host, not the settings,
+					// failed. (A ctx that ends is dealt with below, for every step.)
 					return nil, backend.Errorf(backend.Unavailable, "TLS handshake: %w", err)
 				}
 				return nil, backend.Errorf(backend.Invalid, "TLS handshake: %w", err)

@@ -20,5 +20,5 @@ func (c *Conn) FixedLinks() []string {
 // as if a GET had just found the queue name, which is gone by the time of the check.
 func (c *Conn) CheckOwnerOfGone(ctx context.Context, name string) error {
 	info := map[string]any{"durable": false, "exclusive": true, "auto_delete": false, "arguments": map[string]any{}}
-	return c.checkOwner(ctx, "/queues/"+escape(name), info)
+	return c.checkOwner(ctx, name, info)
 }

@@ -202,7 +202,7 @@ func (c *Conn) declareQueue(ctx context.Context, q backend.Queue) error {
 		if err := check("GET", path, r, 200); err != nil {
 			return err
 		}
-		return c.checkOwner(ctx, path, r.body)
+		return c.checkOwner(ctx, q.Name, r.body)
 	}
 	args, err := rabbitargs.Queue("carrot/amqp10", q)
 	if err != nil {
@@ -225,7 +225,7 @@ func (c *Conn) declareQueue(ctx context.Context, q backend.Queue) error {
 // A passive declaration creates nothing, so that queue is deleted again and the answer is
 // NotFound. (Were it kept, every later passive declaration would find it this
 // connection's, and the queue would outlive the connection that made it.)
-func (c *Conn) checkOwner(ctx context.Context, path string, info any) error {
+func (c *Conn) checkOwner(ctx context.Context, name string, info any) error {
 	m, ok := info.(map[string]any)
 	if !ok || m["exclusive"] != true {
 		return nil
@@ -235,6 +235,7 @@ func (c *Conn) checkOwner(ctx context.Context, path string, info any) error {
 		args = map[string]any{} // an empty map arrives as map[any]any
 	}
 	body := map[string]any{"durable": m["durable"], "exclusive": true, "auto_delete": m["auto_delete"], "arguments": args}
+	path := "/queues/" + escape(name)
 	r, err := c.request(ctx, "PUT", path, body)
 	if err != nil {
 		return err
@@ -243,11 +244,7 @@ func (c *Conn) checkOwner(ctx context.Context, path string, info any) error {
 		return err
 	}
 	if r.status == 201 {
-		d, err := c.request(ctx, "DELETE", path, nil)
-		if err == nil {
-			err = check("DELETE", path, d, 200)
-		}
-		if err != nil {
+		if err := c.DeleteQueue(ctx, name); err != nil {
 			// The queue is this connection's and goes with it at the latest.
 			return fmt.Errorf("carrot/amqp10: a passive declaration of %s made the queue its owner had just deleted, and could not delete it: %w", path, err)
 		}

@@ -51,9 +51,7 @@ func Connect[C any](ctx context.Context, h *Hosts, dial func(ctx context.Context
 		j := (start + i) % n
 		c, err := dialShare(ctx, n-i, h.addrs[j], dial)
 		if err == nil {
-			h.mu.Lock()
-			h.next = (j + 1) % n
-			h.mu.Unlock()
+			h.startAt(j + 1)
 			return c, nil
 		}
 		failed.addrs = append(failed.addrs, h.addrs[j])
@@ -62,11 +60,7 @@ func Connect[C any](ctx context.Context, h *Hosts, dial func(ctx context.Context
 			for k := i + 1; k < n; k++ {
 				failed.untried = append(failed.untried, h.addrs[(start+k)%n])
 			}
-			if i+1 < n {
-				h.mu.Lock()
-				h.next = (j + 1) % n
-				h.mu.Unlock()
-			}
+			h.startAt(j + 1) // the first host not tried
 			break
 		}
 	}
@@ -81,6 +75,13 @@ func Connect[C any](ctx context.Context, h *Hosts, dial func(ctx context.Context
 		return zero, backend.Errorf(code, "%s: %w", h.prefix, failed.errs[0])
 	}
 	return zero, backend.Errorf(code, "%s: %w", h.prefix, failed)
+}
+
+// startAt makes the next Connect start with the address at index i (modulo their number).
+func (h *Hosts) startAt(i int) {
+	h.mu.Lock()
+	h.next = i % len(h.addrs)
+	h.mu.Unlock()
 }
 
 // MinHostShare is the least time [Connect] gives an address, when the deadline allows.
