@@ -94,6 +94,8 @@ type Conn struct {
 	probing atomic.Pointer[subscription] // the receiver in its probe window
 	subsMu  sync.Mutex
 	subs    map[*subscription]struct{} // attached receivers
+
+	sess sessions
 }
 
 var _ backend.Conn = (*Conn)(nil)
@@ -145,7 +147,8 @@ func (k *Connector) dial(ctx context.Context, addr string) (*Conn, error) {
 		}
 		nc = tc
 	}
-	conn, err := amqp.NewConn(dctx, nc, co)
+	sniff := &openSniffer{Conn: nc}
+	conn, err := amqp.NewConn(dctx, sniff, co)
 	if err != nil {
 		nc.Close()
 		if dctx.Err() != nil {
@@ -158,6 +161,7 @@ func (k *Connector) dial(ctx context.Context, addr string) (*Conn, error) {
 		return nil, backend.Errorf(code, "%w", err)
 	}
 	c := &Conn{opts: o, conn: conn, net: nc, getters: make(map[string]*getter), k: k, born: time.Now(), subs: make(map[*subscription]struct{})}
+	c.sess = sessions{limit: int(sniff.limit.Load()), open: make(map[*amqp.Session]struct{})}
 	if k.suspect.Load() {
 		c.probe = make(chan struct{}, 1)
 	}
@@ -257,51 +261,6 @@ func (c *Conn) gone() error {
 	return backend.Errorf(backend.Unavailable, "carrot/amqp10: connection lost: %w", c.Err())
 }
 
-// How long session waits for the broker to answer a begin, attempt after attempt. RabbitMQ
-// before 4.1 can drop a begin on the channel number of a session that has just ended (its
-// reader still routes the number to the ended session), and go-amqp reuses the lowest free
-// number at once; a begin sent again goes out on another number. A broker that answers
-// none of them in all this time has stopped working, and the connection is dropped.
-var beginWaits = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 15 * time.Second}
-
-// session opens a session on the connection.
-func (c *Conn) session(ctx context.Context) (*amqp.Session, error) {
-	for _, wait := range beginWaits {
-		if err := c.gone(); err != nil {
-			return nil, err
-		}
-		bctx, cancel := context.WithTimeout(ctx, wait)
-		s, err := c.conn.NewSession(bctx, nil)
-		cancel()
-		if err == nil {
-			return s, nil
-		}
-		if gerr := c.gone(); gerr != nil {
-			return nil, gerr
-		}
-		if ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
-			return nil, err
-		}
-		// Unanswered: go-amqp abandons the session, keeping its channel number, and
-		// the next begin goes out on another one.
-	}
-	c.End(backend.Errorf(backend.Unavailable, "carrot/amqp10: the broker answers no session begin"))
-	c.net.Close()
-	return nil, c.Err()
-}
-
-// closeQuietly closes a session in the background, without waiting for the broker.
-func closeQuietly(s *amqp.Session) {
-	if s == nil {
-		return
-	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Close(ctx)
-	}()
-}
-
 // Capabilities reports what RabbitMQ 4 does over AMQP 1.0. Classic queues do not count
 // deliveries, so DeliveryCount is off; quorum queues' counts still fill it.
 func (c *Conn) Capabilities() backend.Capabilities {
@@ -391,7 +350,7 @@ func (c *Conn) As(target any) bool {
 		*t = c.conn
 		return true
 	case **amqp.Session:
-		s, err := c.session(context.Background())
+		s, err := c.begin(context.Background(), false)
 		if err != nil {
 			return false
 		}

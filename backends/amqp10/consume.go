@@ -93,7 +93,7 @@ func (s *subscription) attachLink(ctx context.Context) error {
 			Filters:                   filters,
 		})
 		if err != nil {
-			closeQuietly(sess)
+			s.c.closeSession(sess)
 			if gerr := s.c.gone(); gerr != nil {
 				return gerr
 			}
@@ -132,7 +132,7 @@ func (s *subscription) Receive(ctx context.Context) (*backend.Delivery, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		closeQuietly(s.session)
+		s.c.closeSession(s.session)
 		s.receiver, s.session = nil, nil
 		if gerr := s.c.gone(); gerr != nil {
 			if s.poisoned.Load() {
@@ -162,7 +162,7 @@ func (s *subscription) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s.receiver.Close(ctx)
-	err := s.session.Close(ctx)
+	err := s.c.endSession(ctx, s.session)
 	if linkGone(err) {
 		err = nil
 	}
@@ -367,7 +367,7 @@ func (c *Conn) dropGetter(queue string) {
 	c.getMu.Lock()
 	defer c.getMu.Unlock()
 	if g := c.getters[queue]; g != nil {
-		closeQuietly(g.session)
+		c.closeSession(g.session)
 		delete(c.getters, queue)
 	}
 }
@@ -402,7 +402,7 @@ func (c *Conn) Get(ctx context.Context, queue string, autoAck bool) (*backend.De
 		}
 		msg, err := g.take(ctx, wait)
 		if err != nil {
-			closeQuietly(g.session)
+			c.closeSession(g.session)
 			delete(c.getters, queue)
 			if gerr := c.gone(); gerr != nil {
 				return nil, gerr
@@ -465,7 +465,7 @@ func (c *Conn) getter(ctx context.Context, queue string) (*getter, error) {
 		SettlementMode:            amqp.ReceiverSettleModeFirst.Ptr(),
 	})
 	if err != nil {
-		closeQuietly(s)
+		c.closeSession(s)
 		return nil, err
 	}
 	g := &getter{session: s, receiver: r}

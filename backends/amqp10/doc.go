@@ -109,10 +109,17 @@
 //
 // RabbitMQ ends the whole session of a link it refuses, so the management link pair, the
 // publishing link, each consumer and each queue fetched from have a session of their own.
+// A connection has room for as many sessions at once as the broker's channel-max allows
+// (RabbitMQ 4 allows 64, its session_max_per_connection): a consumer, fetch or publish
+// that needs a session when none is left gets an ErrUnsupported error naming the limit,
+// and the connection carries on (go-amqp alone would close it). Use another carrot.Conn
+// for more consumers.
 // RabbitMQ before 4.1 now and then ignores the begin of a session on the channel number of
 // a session that has just ended; a begin not answered within a second is sent again on
 // another channel number (waiting longer each time), and a broker that answers none in
-// 30 seconds is taken for lost.
+// 30 seconds is taken for lost. The number of an unanswered begin stays taken for the rest
+// of the connection (go-amqp waits for an end the broker never sends): when such numbers
+// leave no room for a session, the Conn ends as unavailable, and carrot reconnects.
 // The Conn owns its connection, sessions and links. It is one AMQP connection and never
 // reconnects: when the connection is lost, carrot opens a new Conn, declares its topology
 // again and resumes its consumers (see package carrot). A publish whose outcome was lost
@@ -248,6 +255,9 @@
 // # As
 //
 // [carrot.Conn.As] takes a **amqp.Conn (the current connection, which changes when
-// carrot reconnects) and a **amqp.Session (a new session, which the caller closes).
+// carrot reconnects) and a **amqp.Session (a new session, which the caller closes). Such
+// a session needs room to begin, like carrot's own; carrot does not see it end, so it
+// does not count it after: sessions a caller holds on to can still fill the connection,
+// which go-amqp then closes.
 // [carrot.Message.As] takes a **amqp.Message.
 package amqp10

@@ -22,3 +22,14 @@ func (c *Conn) CheckOwnerOfGone(ctx context.Context, name string) error {
 	info := map[string]any{"durable": false, "exclusive": true, "auto_delete": false, "arguments": map[string]any{}}
 	return c.checkOwner(ctx, name, info)
 }
+
+// LoseAllSessions counts every channel number of the connection as lost to a begin the
+// broker never answered.
+func (c *Conn) LoseAllSessions() {
+	c.sess.mu.Lock()
+	c.sess.lost = c.sess.limit
+	c.sess.mu.Unlock()
+}
+
+// SessionLimitOf is sessionLimit, for the body of an open frame.
+var SessionLimitOf = sessionLimit

@@ -51,7 +51,7 @@ func (c *Conn) management(ctx context.Context) (*management, error) {
 		Credit:                    100,
 	})
 	if err != nil {
-		closeQuietly(s)
+		c.closeSession(s)
 		return nil, err
 	}
 	snd, err := s.NewSender(ctx, "/management", &amqp.SenderOptions{
@@ -62,7 +62,7 @@ func (c *Conn) management(ctx context.Context) (*management, error) {
 		RequestedReceiverSettleMode: amqp.ReceiverSettleModeFirst.Ptr(),
 	})
 	if err != nil {
-		closeQuietly(s)
+		c.closeSession(s)
 		return nil, err
 	}
 	c.mgmt = &management{session: s, sender: snd, receiver: r}
@@ -122,7 +122,7 @@ func (c *Conn) requestOnce(ctx context.Context, method, path string, body any) (
 		// A request cut short by ctx leaves the pair sound: the answer, if it comes, is
 		// skipped by the next request.
 		if ctx.Err() == nil {
-			closeQuietly(m.session)
+			c.closeSession(m.session)
 			c.mgmt = nil
 		}
 		return response{}, err
@@ -278,7 +278,7 @@ func (c *Conn) exchangeExists(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	defer closeQuietly(s)
+	defer c.closeSession(s)
 	snd, err := s.NewSender(ctx, "/exchanges/"+escape(name), nil)
 	if err != nil {
 		if c.ErrorCode(err) == backend.NotFound {

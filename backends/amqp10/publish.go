@@ -25,6 +25,7 @@ import (
 // goroutine keep their order. One goroutine waits for the outcomes, in the order the
 // messages went out.
 type publisher struct {
+	c       *Conn
 	session *amqp.Session
 	sender  *amqp.Sender // null target
 	waits   chan wait
@@ -78,10 +79,10 @@ func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 		RequestedReceiverSettleMode: amqp.ReceiverSettleModeFirst.Ptr(),
 	})
 	if err != nil {
-		closeQuietly(s)
+		c.closeSession(s)
 		return nil, err
 	}
-	p := &publisher{session: s, sender: snd, waits: make(chan wait, 4096), dead: make(chan struct{}), tried: make(map[string]bool)}
+	p := &publisher{c: c, session: s, sender: snd, waits: make(chan wait, 4096), dead: make(chan struct{}), tried: make(map[string]bool)}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -110,7 +111,7 @@ func (p *publisher) kill() {
 	case <-p.dead:
 	default:
 		close(p.dead)
-		closeQuietly(p.session)
+		p.c.closeSession(p.session)
 	}
 }
 
