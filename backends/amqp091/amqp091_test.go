@@ -280,6 +280,65 @@ func TestNackIsRefused(t *testing.T) {
 // TestExchangeDeletedUnderPublisher deletes, behind the publisher's back, an exchange it
 // published to: RabbitMQ closes the publishing channel, the publish is ErrNotFound, and
 // the connection goes on.
+// TestChannelMax fills a connection's channels: the consumer and the fetch that find none
+// get ErrUnsupported at once (no outage to wait out), and a consumer closed makes room.
+func TestChannelMax(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	conn := open(t, "channel_max=4")
+	nop := carrot.HandlerFunc(func(context.Context, *carrot.Message) error { return nil })
+	consume := func(q string) (*carrot.Consumer, chan error) {
+		c, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}, Handler: nop})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ran := make(chan error, 1)
+		go func() { ran <- c.Run(ctx) }()
+		return c, ran
+	}
+	// The control channel and three consumers' fill it.
+	var first *carrot.Consumer
+	for i := range 3 {
+		c, ran := consume(declareQueue(t, conn, carrot.Queue{Name: fmt.Sprintf("%s.%d", uniqueName(t), i)}))
+		if i == 0 {
+			first = c
+		}
+		// Run subscribes at once; wait for it to be in place.
+		for {
+			info, err := conn.InspectQueue(ctx, c.Queues()[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Consumers == 1 {
+				break
+			}
+			select {
+			case err := <-ran:
+				t.Fatalf("consumer %d: Run = %v", i, err)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	q := declareQueue(t, conn, carrot.Queue{Name: uniqueName(t) + ".extra"})
+	_, ran := consume(q)
+	select {
+	case err := <-ran:
+		if !errors.Is(err, carrot.ErrUnsupported) || !strings.Contains(err.Error(), "4 channels") {
+			t.Errorf("Run of a consumer with no channel left = %v, want ErrUnsupported naming the limit", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run of a consumer with no channel left did not return")
+	}
+	fetcher, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	if _, err := fetcher.Fetch(ctx); !errors.Is(err, carrot.ErrUnsupported) {
+		t.Errorf("Fetch with no channel left = %v, want ErrUnsupported", err)
+	}
+	first.Close()
+	if _, err := fetcher.Fetch(ctx); !errors.Is(err, carrot.ErrEmpty) {
+		t.Errorf("Fetch after a consumer closed = %v, want ErrEmpty", err)
+	}
+}
+
 func TestExchangeDeletedUnderPublisher(t *testing.T) {
 	ctx := t.Context()
 	conn, other := open(t, ""), open(t, "")

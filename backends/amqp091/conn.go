@@ -360,7 +360,11 @@ func (c *Conn) openChannel(ctx context.Context) (*amqp.Channel, error) {
 		if r.err != nil && c.conn.IsClosed() {
 			return nil, c.gone()
 		}
-		return r.ch, r.err // an error is a refusal, such as channel_max reached
+		if errors.Is(r.err, amqp.ErrChannelMax) {
+			// Not an outage: waiting would not open one.
+			return nil, backend.Errorf(backend.Unsupported, "carrot/amqp091: the connection has the %d channels the broker allows open (the publishing channel, the control channel, the one gets share and each consumer's); use another connection", c.conn.Config.ChannelMax)
+		}
+		return r.ch, r.err
 	case <-ctx.Done():
 		go func() {
 			if r := <-done; r.ch != nil {

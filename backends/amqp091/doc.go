@@ -102,7 +102,9 @@
 // no answer); if the connection is lost before, RabbitMQ delivers the message again,
 // flagged redelivered. Requeues and rejects are sent at once. Gets share one channel; a get from a
 // queue that does not exist closes it, and RabbitMQ requeues what was got on it and not
-// yet settled.
+// yet settled. A connection has as many channels as the broker's channel_max allows
+// (RabbitMQ's default: 2047): a consumer or fetch that needs one when none is left gets an
+// ErrUnsupported error naming the limit, at once, and the connection carries on.
 //
 // The Conn owns its connection and channels, and drains every notification channel it
 // registers. It is one AMQP connection and never reconnects: when the connection is lost,
