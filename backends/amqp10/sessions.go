@@ -28,9 +28,10 @@ import (
 type sessions struct {
 	limit int // sessions at once; 0 when the broker's channel-max could not be read
 
-	mu   sync.Mutex
-	open map[*amqp.Session]struct{}
-	lost int
+	mu      sync.Mutex
+	open    map[*amqp.Session]struct{}
+	lost    int
+	pending int // begins under way
 }
 
 // errNoRoom is the error for a session the Conn has no room for.
@@ -57,28 +58,29 @@ func (c *Conn) begin(ctx context.Context, counted bool) (*amqp.Session, error) {
 		if err := c.gone(); err != nil {
 			return nil, err
 		}
-		if err := c.room(); err != nil {
+		if err := c.reserve(); err != nil {
 			return nil, err
 		}
 		bctx, cancel := context.WithTimeout(ctx, wait)
 		s, err := c.conn.NewSession(bctx, nil)
 		cancel()
+		c.sess.mu.Lock()
+		c.sess.pending--
+		switch {
+		case err == nil && counted:
+			c.sess.open[s] = struct{}{}
+		case err != nil:
+			// go-amqp keeps the number of a begin it stopped waiting for until the
+			// broker ends that session, which it may never do.
+			c.sess.lost++
+		}
+		c.sess.mu.Unlock()
 		if err == nil {
-			if counted {
-				c.sess.mu.Lock()
-				c.sess.open[s] = struct{}{}
-				c.sess.mu.Unlock()
-			}
 			return s, nil
 		}
 		if gerr := c.gone(); gerr != nil {
 			return nil, gerr
 		}
-		// go-amqp keeps the number of a begin it stopped waiting for until the broker
-		// ends that session, which it may never do.
-		c.sess.mu.Lock()
-		c.sess.lost++
-		c.sess.mu.Unlock()
 		if ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
 			return nil, err
 		}
@@ -89,15 +91,17 @@ func (c *Conn) begin(ctx context.Context, counted bool) (*amqp.Session, error) {
 	return nil, c.Err()
 }
 
-// room reports whether a session may begin: an error when there is no room, ending the
-// Conn when numbers lost to unanswered begins take some of it.
-func (c *Conn) room() error {
+// reserve takes room for a session about to begin: an error when there is none, ending
+// the Conn when numbers lost to unanswered begins take some of it.
+func (c *Conn) reserve() error {
 	c.sess.mu.Lock()
-	taken, lost := len(c.sess.open)+c.sess.lost, c.sess.lost
-	c.sess.mu.Unlock()
+	taken, lost := len(c.sess.open)+c.sess.lost+c.sess.pending, c.sess.lost
 	if c.sess.limit == 0 || taken < c.sess.limit {
+		c.sess.pending++
+		c.sess.mu.Unlock()
 		return nil
 	}
+	c.sess.mu.Unlock()
 	if lost == 0 {
 		return c.errNoRoom()
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/carrot-go/carrot"
 	"github.com/carrot-go/carrot/backend"
@@ -112,12 +113,43 @@ func TestSessionLimit(t *testing.T) {
 		t.Error("the message came redelivered: the connection was lost on the way")
 	}
 	m.Ack(ctx)
-	// So does a consumer that found no room: Run returns the error, once.
+	// Consumers that begin together past the limit: those with room run, the others'
+	// Run returns the error.
+	for _, q := range queues[1:3] {
+		if err := conn.DeleteQueue(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
 	extra := declare(t, conn, carrot.Queue{Name: uniqueName(t) + ".extra"})
-	cons, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: extra, Passive: true}},
-		Handler: carrot.HandlerFunc(func(context.Context, *carrot.Message) error { return nil })})
-	if err := cons.Run(ctx); !errors.Is(err, carrot.ErrUnsupported) {
-		t.Errorf("Run of a consumer with no session left = %v, want ErrUnsupported", err)
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 4)
+	for range 4 {
+		cons, err := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: extra, Passive: true}},
+			Handler: carrot.HandlerFunc(func(context.Context, *carrot.Message) error { return nil })})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { ran <- cons.Run(runCtx) }()
+	}
+	next := func() error {
+		select {
+		case err := <-ran:
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatalf("Run did not return; the log:\n%s", logs.String())
+			return nil
+		}
+	}
+	for range 2 {
+		if err := next(); !errors.Is(err, carrot.ErrUnsupported) {
+			t.Errorf("Run of a consumer with no session left = %v, want ErrUnsupported", err)
+		}
+	}
+	stop()
+	for range 2 {
+		if err := next(); !errors.Is(err, context.Canceled) {
+			t.Errorf("Run of a consumer with a session = %v, want it to run until canceled", err)
+		}
 	}
 	if strings.Contains(logs.String(), "connection lost") {
 		t.Errorf("the connection was lost:\n%s", logs.String())
