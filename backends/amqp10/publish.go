@@ -25,7 +25,6 @@ import (
 // goroutine keep their order. One goroutine waits for the outcomes, in the order the
 // messages went out.
 type publisher struct {
-	c       *Conn
 	session *amqp.Session
 	sender  *amqp.Sender // null target
 	waits   chan wait
@@ -82,14 +81,14 @@ func (c *Conn) publisher(ctx context.Context) (*publisher, error) {
 		c.closeSession(s)
 		return nil, err
 	}
-	p := &publisher{c: c, session: s, sender: snd, waits: make(chan wait, 4096), dead: make(chan struct{}), tried: make(map[string]bool)}
+	p := &publisher{session: s, sender: snd, waits: make(chan wait, 4096), dead: make(chan struct{}), tried: make(map[string]bool)}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		p.answer(c)
 	}()
 	if old := c.pub.Swap(p); old != nil {
-		old.kill()
+		old.kill(c)
 	}
 	return p, nil
 }
@@ -104,14 +103,14 @@ func (p *publisher) isDead() bool {
 }
 
 // kill marks the link failed and closes its session.
-func (p *publisher) kill() {
+func (p *publisher) kill(c *Conn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
 	case <-p.dead:
 	default:
 		close(p.dead)
-		p.c.closeSession(p.session)
+		c.closeSession(p.session)
 	}
 }
 
@@ -265,7 +264,7 @@ func (p *publisher) learn(c *Conn, address string) {
 			RequestedReceiverSettleMode: amqp.ReceiverSettleModeFirst.Ptr(),
 		})
 		if err != nil {
-			p.kill()
+			p.kill(c)
 			return
 		}
 		p.setLink(address, snd)
@@ -397,7 +396,7 @@ func (c *Conn) send(ctx context.Context, w *wait) (*publisher, error) {
 			return nil, ctx.Err()
 		}
 		if linkGone(err) {
-			pub.kill()
+			pub.kill(c)
 			if gerr := c.gone(); gerr != nil {
 				return nil, gerr
 			}

@@ -86,9 +86,7 @@ func (c *Conn) begin(ctx context.Context, counted bool) (*amqp.Session, error) {
 		}
 		// Unanswered: the next begin goes out on another channel number.
 	}
-	c.End(backend.Errorf(backend.Unavailable, "carrot/amqp10: the broker answers no session begin"))
-	c.net.Close()
-	return nil, c.Err()
+	return nil, c.drop(backend.Errorf(backend.Unavailable, "carrot/amqp10: the broker answers no session begin"))
 }
 
 // reserve takes room for a session about to begin: an error when there is none, ending
@@ -105,7 +103,13 @@ func (c *Conn) reserve() error {
 	if lost == 0 {
 		return c.errNoRoom()
 	}
-	c.End(backend.Errorf(backend.Unavailable, "carrot/amqp10: %d of the connection's %d sessions are lost to begins the broker never answered; reconnecting gives them back", lost, c.sess.limit))
+	return c.drop(backend.Errorf(backend.Unavailable, "carrot/amqp10: %d of the connection's %d sessions are lost to begins the broker never answered; reconnecting gives them back", lost, c.sess.limit))
+}
+
+// drop ends the Conn with err, unless it ended before, and cuts its network connection
+// without waiting for the broker. It returns the Conn's error.
+func (c *Conn) drop(err error) error {
+	c.End(err)
 	c.net.Close()
 	return c.Err()
 }
