@@ -165,7 +165,10 @@
 // consumer reaches it; the queues that have a MessageTTL are also swept in the background
 // by every connection, a few times a second, so that their expired messages are
 // dead-lettered even when nobody reads them. Fetch never waits: requeued, abandoned and new
-// messages, in that order, or carrot.ErrEmpty.
+// messages, in that order, or carrot.ErrEmpty. A Fetch whose context ends while its
+// request is on the way (a stalled network) may still be carried out by Redis after it
+// returned: the message it took is then held by nobody until the visibility timeout, and
+// comes again after it, flagged redelivered.
 //
 // # Connections and recovery
 //
