@@ -129,6 +129,10 @@ type Conn struct {
 	closed          atomic.Bool // Close has given back what the connection held
 	lifetime.Ending             // Done and Err
 
+	takeSeq  atomic.Uint64 // the last take's token
+	takesMu  sync.Mutex
+	answered map[string][]any // by consumer, the tokens of takes whose answer came
+
 	foreignReply atomic.Value  // the first bytes of a server that does not speak RESP
 	sendingLarge atomic.Int32  // publishes of a batch with a body Redis may refuse, under way
 	stop         chan struct{} // closed by Close: the background goroutines end

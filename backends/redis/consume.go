@@ -15,16 +15,23 @@ import (
 	"github.com/carrot-go/carrot/backend"
 )
 
-// take runs scriptTake for consumer and parses what it returns.
+// take runs scriptTake for consumer and parses what it returns. When ctx ends before the
+// answer comes, the script may still run (a stalled network delivers it later), taking
+// messages nobody would hand out until the visibility timeout: the take is abandoned.
 func (c *Conn) take(ctx context.Context, queue, consumer string, count int, noAck, fresh bool, cursor string) (string, []entry, error) {
 	s, q := c.stream(queue)
+	token := strconv.FormatUint(c.takeSeq.Add(1), 36)
+	args := append([]any{consumer, count, c.opts.VisibilityTimeout.Milliseconds(), flag(noAck), cursor, flag(fresh), token}, c.forgotten(consumer)...)
 	var res any
 	err := c.try(ctx, func() error {
 		var err error
-		res, err = scriptTake.Run(ctx, c.rdb, []string{s, q, c.versionKey}, consumer, count, c.opts.VisibilityTimeout.Milliseconds(), flag(noAck), cursor, flag(fresh)).Result()
+		res, err = scriptTake.Run(ctx, c.rdb, []string{s, q, c.versionKey, c.takesKey(consumer)}, args...).Result()
 		return err
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			c.abandon(queue, consumer, token)
+		}
 		return cursor, nil, err
 	}
 	top, ok := res.([]any)
@@ -44,6 +51,9 @@ func (c *Conn) take(ctx context.Context, queue, consumer string, count int, noAc
 		expired, _ := e[3].(int64)
 		entries = append(entries, entry{id: id, fields: fieldMap(e[1]), count: int(count), expired: expired == 1})
 	}
+	if len(entries) > 0 && !noAck {
+		c.forget(consumer, token) // the script recorded them
+	}
 	return next, entries, nil
 }
 
@@ -56,6 +66,56 @@ func fieldMap(v any) map[string]any {
 		m[k] = list[i+1]
 	}
 	return m
+}
+
+// takesKey is the key of the hash in which consumer's takes record what they took.
+func (c *Conn) takesKey(consumer string) string { return c.prefix + "takes:" + consumer }
+
+// forget notes that the answer of consumer's take token came: its record goes with the
+// consumer's next take.
+func (c *Conn) forget(consumer, token string) {
+	c.takesMu.Lock()
+	defer c.takesMu.Unlock()
+	if c.answered == nil {
+		c.answered = make(map[string][]any)
+	}
+	c.answered[consumer] = append(c.answered[consumer], token)
+}
+
+// forgotten returns, and clears, the tokens of consumer's takes whose answer came.
+func (c *Conn) forgotten(consumer string) []any {
+	c.takesMu.Lock()
+	defer c.takesMu.Unlock()
+	tokens := c.answered[consumer]
+	delete(c.answered, consumer)
+	return tokens
+}
+
+// abandon undoes, in the background, consumer's take token, whose answer ctx did not wait
+// for: what it took, if it ran, goes back to the queue (a take with noack has deleted it),
+// and if it has not run yet, it will take nothing. Should that fail, what it took comes
+// again after the visibility timeout.
+func (c *Conn) abandon(queue, consumer, token string) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.VisibilityTimeout)
+		defer cancel()
+		go func() {
+			select {
+			case <-c.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		var ids []string
+		err := c.try(ctx, func() error {
+			var err error
+			ids, err = scriptAbandon.Run(ctx, c.rdb, []string{c.takesKey(consumer)}, token, 2*c.opts.VisibilityTimeout.Milliseconds()).StringSlice()
+			return err
+		})
+		if err == nil {
+			c.release(ctx, queue, consumer, ids)
+		}
+	}()
 }
 
 // Get takes one message without waiting: a requeued one first, then one a dead consumer
@@ -573,6 +633,7 @@ func (s *subscription) Close() error {
 		c.mu.Lock()
 		delete(c.subs, s)
 		c.mu.Unlock()
+		c.forgotten(s.consumer) // its takes hash expires on its own
 	}()
 	if s.givenBack.Load() {
 		return nil // the Conn's Close gave back what it held

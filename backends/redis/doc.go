@@ -90,6 +90,9 @@
 //	                     stream key (s:QUEUE with the prefix)
 //	due          zset    the ids of delayed's entries, scored by the time (Unix ms) each
 //	                     is due
+//	takes:CONSUMER hash  what the consumer's recent reads took, by a token of each read,
+//	                     to undo a read whose answer was not waited for (see below);
+//	                     it expires after twice the visibility timeout
 //
 // \0 is a NUL byte. Exchange and queue names cannot hold one (declaring one is an error
 // wrapping carrot.ErrInvalid), so a binding's field or member is cut at its first NUL,
@@ -165,10 +168,12 @@
 // consumer reaches it; the queues that have a MessageTTL are also swept in the background
 // by every connection, a few times a second, so that their expired messages are
 // dead-lettered even when nobody reads them. Fetch never waits: requeued, abandoned and new
-// messages, in that order, or carrot.ErrEmpty. A Fetch whose context ends while its
-// request is on the way (a stalled network) may still be carried out by Redis after it
-// returned: the message it took is then held by nobody until the visibility timeout, and
-// comes again after it, flagged redelivered.
+// messages, in that order, or carrot.ErrEmpty. A Fetch whose context ends before its
+// answer comes may still be carried out by Redis afterwards (a stalled network delivers
+// it late), so the connection undoes it: each take script records what it took under a
+// token of its own, and the connection then hands that back to the queue (flagged
+// redelivered), or, if the script has not run yet, marks it so that it takes nothing.
+// Should undoing fail too, what it took comes again after the visibility timeout.
 //
 // # Connections and recovery
 //

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -912,5 +913,54 @@ func TestPublishBatchRefusals(t *testing.T) {
 	}
 	if n, err := raw.XLen(ctx, "{ns}:s:"+late).Result(); err != nil || n != 1 {
 		t.Errorf("the queue bound by another connection holds %d messages (%v), want 1", n, err)
+	}
+}
+
+// TestAbandonedFetch stalls the network under a Fetch until its context ends: the take it
+// sent still reaches Redis when the network comes back, and the message it takes must not
+// wait for the visibility timeout (a minute here) to be fetched again.
+func TestAbandonedFetch(t *testing.T) {
+	ctx := t.Context()
+	url := namespaced(t, testbroker.URL(t, testbroker.Redis)+"?visibility_timeout=1m")
+	conn, breaker, err := openFaulty(url)(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer breaker.(io.Closer).Close()
+	defer conn.Close()
+	q, err := conn.DeclareQueue(ctx, carrot.Queue{Name: "abandoned"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := conn.NewPublisher(carrot.PublisherOptions{RoutingKey: q})
+	if err := p.Send(ctx, "m"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := conn.NewConsumer(ctx, carrot.ConsumerOptions{Queues: []carrot.Queue{{Name: q, Passive: true}}})
+	breaker.Stall()
+	stalled, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = c.Fetch(stalled)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Fetch while the network stalls = %v, want context.DeadlineExceeded", err)
+	}
+	breaker.Unblock()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, err := c.Fetch(ctx)
+		if err == nil {
+			if string(m.Body) != `"m"` {
+				t.Fatalf("fetched %s, want \"m\"", m.Body)
+			}
+			m.Ack(ctx)
+			return
+		}
+		if !errors.Is(err, carrot.ErrEmpty) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the message the abandoned Fetch took did not come back in 10s (the visibility timeout is a minute)")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -188,13 +188,23 @@ return out
 // the queue at once, and expired ones are dropped.
 // A namespace whose version is gone was lost (Redis restarted without persistence): the
 // script says LOST, and the connection ends so that carrot declares the topology again.
-// KEYS[1] stream, KEYS[2] queue, KEYS[3] version; ARGV consumer, count, visibility (ms),
-// noack, cursor, and "1" to take new messages too (consumers read those with XREADGROUP).
+// Unless noack, the ids taken are recorded under the take's token in the consumer's takes
+// hash, so that a take whose caller stopped waiting can be undone (scriptAbandon); a take
+// already abandoned takes nothing. The tokens of takes whose answer came are forgotten.
+// KEYS[1] stream, KEYS[2] queue, KEYS[3] version, KEYS[4] takes; ARGV consumer, count,
+// visibility (ms), noack, cursor, "1" to take new messages too (consumers read those with
+// XREADGROUP), the token, and the tokens to forget.
 var scriptTake = goredis.NewScript(luaHelpers + `
 local s = KEYS[1]
 local consumer, want, vis, noack = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
 if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('LOST the namespace is gone') end
 if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('NOTFOUND queue not found') end
+local takes, token = KEYS[4], ARGV[7]
+for i = 8, #ARGV do redis.call('HDEL', takes, ARGV[i]) end
+if redis.call('HGET', takes, token) == 'abandoned' then
+  redis.call('HDEL', takes, token)
+  return {ARGV[5], {}}
+end
 -- Trim the acknowledged messages: those older than every pending one and not newer than
 -- the last delivered. Approximately (~), so that Redis drops whole nodes, cheaply.
 local last = nil
@@ -250,7 +260,32 @@ if #out < want and ARGV[6] == '1' then
     for _, e in ipairs(r[1][2]) do add(e[1], e[2], 1) end
   end
 end
+if #out > 0 and not noack then
+  local ids = {}
+  for i, e in ipairs(out) do ids[i] = e[1] end
+  redis.call('HSET', takes, token, table.concat(ids, ','))
+  redis.call('PEXPIRE', takes, 2 * tonumber(vis))
+end
 return {cursor, out}
+`)
+
+// scriptAbandon undoes a take whose caller stopped waiting for its answer: it returns the
+// ids the take recorded, to be handed back, or, when the take has not run yet, marks it
+// abandoned so that it takes nothing when it does. KEYS[1] takes; ARGV token, how long
+// the mark lasts (ms).
+var scriptAbandon = goredis.NewScript(`
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then
+  redis.call('HSET', KEYS[1], ARGV[1], 'abandoned')
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {}
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local ids = {}
+if v ~= 'abandoned' then
+  for id in string.gmatch(v, '[^,]+') do table.insert(ids, id) end
+end
+return ids
 `)
 
 // scriptRelease hands messages a consumer holds back to the queue, to be delivered again
