@@ -181,7 +181,9 @@
 // network connection of each consumer's own for its blocking reads, which closing the
 // consumer cuts short (CLIENT UNBLOCK) rather than waiting for the block time. go-redis's
 // own retries are off, and a network connection of the pool that breaks (reset, closed by
-// Redis) ends the carrot connection, as does Redis losing the namespace's data (a restart
+// Redis) ends the carrot connection (except on a Cluster, where go-redis still tries a
+// call that failed on the network again, on a new connection, up to three times, so a
+// broken connection may go unnoticed, and a script may be applied twice), as does Redis losing the namespace's data (a restart
 // without persistence, or [DeleteNamespace], seen by the missing version key): carrot then
 // connects again, declares its topology again and resumes its consumers, as it does for
 // every backend. A monitor checks the version key every second, so that an idle
